@@ -1,0 +1,162 @@
+"""flashcore: the command line, a thin layer over the harness API.
+
+Exit codes: 0 success, 1 a check failed, 2 bad usage or missing hardware. Every error is
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from harness.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, FlashCoreError, UsageError
+
+
+class FlashCoreGroup(click.Group):
+    """Turns click usage errors and FlashCoreErrors into one line and the right exit code."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "flashcore", standalone_mode=False, **extra)
+        except click.UsageError as e:
+            _die(e.format_message(), EXIT_USAGE)
+        except click.Abort:
+            _die("aborted", 130)
+        except FlashCoreError as e:
+            _die(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _die("interrupted", 130)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+def _die(message: str, code: int):
+    lines = str(message).strip().splitlines() or ["error"]
+    click.echo(f"flashcore: error: {lines[0]}", err=True)
+    if len(lines) > 1:   # a compile log: the first line is the message, the rest the evidence
+        click.echo("\n".join(lines[1:]), err=True)
+    sys.exit(code)
+
+
+@click.group(cls=FlashCoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """FlashCore: stage-isolated checks, bisection and regression tracking for a fused
+    FlashAttention-style CUDA kernel (kernels/flashcore_fused.cu)."""
+
+
+# ------------------------------------------------------------------ shared option parsing
+def _modes_arg(debug: str) -> list:
+    from debug_modes.registry import DATAFLOW_ORDER, get_mode
+    if debug == "all":
+        return list(DATAFLOW_ORDER)
+    return [get_mode(m.strip()).name for m in debug.split(",")]
+
+
+def _bugs_arg(bugs) -> tuple:
+    from debug_modes import BUGS
+    out = []
+    for b in bugs:
+        name = b.upper().removeprefix("BUG_")
+        if name not in BUGS:
+            raise UsageError(f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
+        out.append(name)
+    return tuple(out)
+
+
+def _shape_arg(shape: str, sk, head_dim):
+    from harness.shapes import parse_shape
+    return parse_shape(shape, sk, head_dim)
+
+
+shape_options = [
+    click.option("--shape", default="mission", show_default=True, help="mission | short | long | B,H,S,D"),
+    click.option("--sk", type=int, default=None, help="key/value length when it differs from Sq"),
+    click.option("--head-dim", type=int, default=None, help="override D of the shape (64 or 128)"),
+    click.option("--causal", is_flag=True, help="causal (top-left) masking"),
+]
+
+
+def with_shape_options(f):
+    for opt in reversed(shape_options):
+        f = opt(f)
+    return f
+
+
+# ------------------------------------------------------------------ modes
+@cli.command()
+def modes():
+    """Table of the debug modes: flag, stage, buffers read and written, reference."""
+    from rich.table import Table
+    from debug_modes.registry import DATAFLOW_ORDER, MODES
+    from harness.report import console
+    t = Table(title="Debug modes (data-flow order)", title_justify="left")
+    for c in ("mode", "flag", "stage", "reads", "writes", "judged by", "what it isolates"):
+        t.add_column(c)
+    for name in DATAFLOW_ORDER:
+        m = MODES[name]
+        t.add_row(name, m.flag or "-", m.stage, ", ".join(b.param for b in m.reads),
+                  ", ".join(f"{b.param} {b.dtype} [{b.dims}]" for b in m.writes), m.judged_by, m.description)
+    console.print(t)
+
+
+# ------------------------------------------------------------------ compile
+@cli.command()
+@click.option("--debug", "debug", default="all", show_default=True, help="mode, comma list, or all")
+@click.option("--arch", default="all", show_default=True, help="sm_80 | sm_90 | all")
+@click.option("--head-dim", type=int, multiple=True, help="64 and/or 128 (default both)")
+@click.option("--causal/--no-causal", "causal", default=None, help="only causal / only non-causal (default both)")
+@click.option("--bug", "bugs", multiple=True, help="compile with seeded bug(s) switched on")
+@click.option("--list-bugs", is_flag=True, help="list the seeded bugs and exit")
+@click.option("--record/--no-record", default=False, help="append the resources to results/")
+def compile(debug, arch, head_dim, causal, bugs, list_bugs, record):
+    """Compile variants with NVRTC (no GPU needed) and report registers, shared memory and
+    spills; exit 1 on a compile error or any spill byte."""
+    from harness import compile_sweep
+    from harness.report import console
+    if list_bugs:
+        compile_sweep.print_bugs()
+        return EXIT_OK
+    archs = ["sm_80", "sm_90"] if arch == "all" else [arch]
+    head_dims = list(head_dim) or [64, 128]
+    causals = [False, True] if causal is None else [causal]
+    rows, failures = compile_sweep.sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs))
+    console.print(compile_sweep.table(rows))
+    for f in failures:
+        click.echo(f, err=True)
+    if record:
+        compile_sweep.record(rows)
+    spills = [r for r in rows if r.spill_bytes]
+    return EXIT_CHECK_FAILED if failures or spills else EXIT_OK
+
+
+# ------------------------------------------------------------------ run
+@cli.command()
+@click.option("--debug", "debug", default="full", show_default=True, help="mode, comma list, or all (data-flow order)")
+@with_shape_options
+@click.option("--inputs", default="randn", show_default=True, help="randn | large | uniform | identical_rows | onehot_keys")
+@click.option("--seed", type=int, default=None, help="input seed (default: fresh, printed and recorded)")
+@click.option("--scale", type=float, default=None, help="softmax scale (default 1/sqrt(D))")
+@click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug (must-fail check)")
+@click.option("--record/--no-record", default=True, show_default=True, help="append run records to results/")
+@click.option("--isolate/--no-isolate", default=None, help="one process per mode (default: on for several modes)")
+def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate):
+    """Run debug mode(s) on a GPU against the float64 references; print the stage-isolated
+    error table. Exit 0 when every check passes, 1 when one fails, 2 without a GPU."""
+    from harness import session
+    from harness.inputs import INPUT_SETS
+    if inputs not in INPUT_SETS:
+        raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
+    shp = _shape_arg(shape, sk, head_dim)
+    modes_ = _modes_arg(debug)
+    results = session.run_modes(modes_, shp, causal=causal, inputs=inputs, seed=seed, scale=scale,
+                                bugs=_bugs_arg(bugs), record=record, isolate=isolate)
+    return EXIT_OK if all(r.passed for r in results) else EXIT_CHECK_FAILED
+
+
+def main():
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""One entry per debug mode: its -D flag, the buffers the kernel reads and writes, the
+stage it isolates and what it is judged by. DESIGN.md's table, as data.
+
+Buffer shapes are symbolic over B, H, Sq, Sk, D and resolved by Buffer.shape_for().
+The kernel's parameter list is KERNEL_PARAMS; a buffer a mode does not use is passed
+as a null pointer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.errors import UsageError
+
+# The pointer parameters of flashcore_fwd, in order (then H, Sq, Sk, scale).
+KERNEL_PARAMS = ("Q", "K", "V", "O", "LSE", "S_in", "P_in", "S_out", "P_out", "M_out", "L_out")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    param: str       # kernel parameter name
+    dims: str        # "BHSqD" | "BHSkD" | "BHSq" | "BHSqSk"
+    dtype: str       # "float16" | "float32"
+    output: str = "" # name the metrics use for an output buffer (O, LSE, S, m, l, P)
+
+    def shape_for(self, shape) -> tuple:
+        return {
+            "BHSqD": (shape.B, shape.H, shape.Sq, shape.D),
+            "BHSkD": (shape.B, shape.H, shape.Sk, shape.D),
+            "BHSq": (shape.B, shape.H, shape.Sq),
+            "BHSqSk": (shape.B, shape.H, shape.Sq, shape.Sk),
+        }[self.dims]
+
+    @property
+    def np_dtype(self):
+        return np.dtype(self.dtype)
+
+
+Q = Buffer("Q", "BHSqD", "float16")
+K = Buffer("K", "BHSkD", "float16")
+V = Buffer("V", "BHSkD", "float16")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    flag: str | None          # -D flag, None for full
+    stage: str                # the stage it isolates (QK, softmax, PV, ...)
+    description: str
+    reads: tuple              # Buffers the kernel reads
+    writes: tuple             # Buffers the kernel writes (each judged against its reference)
+    judged_by: str            # the reference, in words
+    allows_causal: bool = True
+
+    @property
+    def defines(self) -> list:
+        return [self.flag] if self.flag else []
+
+
+MODES = {
+    m.name: m
+    for m in (
+        Mode("qk_only", "DEBUG_QK_ONLY", "QK",
+             "S = scale*Q*K^T with tail/causal masking, written whole as fp32",
+             (Q, K), (Buffer("S_out", "BHSqSk", "float32", "S"),),
+             "float64 scale*Q*K^T, masked = -inf"),
+        Mode("softmax_only", "DEBUG_SOFTMAX_ONLY", "softmax",
+             "online softmax on injected exact S: row max m, row sum l, normalised P",
+             (Buffer("S_in", "BHSqSk", "float32"),),
+             (Buffer("M_out", "BHSq", "float32", "m"), Buffer("L_out", "BHSq", "float32", "l"),
+              Buffer("P_out", "BHSqSk", "float32", "P")),
+             "float64 softmax of the injected S"),
+        Mode("pv_only", "DEBUG_PV_ONLY", "PV",
+             "O = P.V on injected exact P (fp16 on the tensor cores), alpha = 1, l = 1",
+             (Buffer("P_in", "BHSqSk", "float32"), V), (Buffer("O", "BHSqD", "float16", "O"),),
+             "float64 P.V of the injected P"),
+        Mode("uniform_p", "UNIFORM_P", "PV (smoking gun)",
+             "P = 1/Sk made in the kernel, no QK/softmax/rescale: every row = column mean of V",
+             (V,), (Buffer("O", "BHSqD", "float16", "O"),),
+             "float64 column mean of V; row spread must be within the floor",
+             allows_causal=False),
+        Mode("full", None, "all (glue)",
+             "the whole fused forward pass: O and the log-sum-exp",
+             (Q, K, V), (Buffer("O", "BHSqD", "float16", "O"), Buffer("LSE", "BHSq", "float32", "LSE")),
+             "float64 attention"),
+        Mode("fp32_p", "FP32_P", "all, fp32 P",
+             "as full with P kept at fp32 (hi+lo fp16 split) and O written as fp32",
+             (Q, K, V), (Buffer("O", "BHSqD", "float32", "O"), Buffer("LSE", "BHSq", "float32", "LSE")),
+             "float64 attention (floor without fp16 P or fp16 output rounding)"),
+    )
+}
+
+# DESIGN.md: the isolated stages in data-flow order, then the whole pipeline.
+DATAFLOW_ORDER = ("qk_only", "softmax_only", "pv_only", "uniform_p", "full", "fp32_p")
+ISOLATED = ("qk_only", "softmax_only", "pv_only", "uniform_p")
+
+
+def get_mode(name: str) -> Mode:
+    try:
+        return MODES[name]
+    except KeyError:
+        raise UsageError(f"unknown mode {name!r}; valid modes: {', '.join(DATAFLOW_ORDER)}") from None

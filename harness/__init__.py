@@ -1,0 +1,1 @@
+"""FlashCore harness: references, metrics, compilation, the GPU path, records."""

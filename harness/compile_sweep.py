@@ -1,0 +1,52 @@
+"""The GPU-free compile check of every variant: mode x head dim x causal x arch."""
+
+from __future__ import annotations
+
+import itertools
+
+from debug_modes import BUGS
+from debug_modes.registry import get_mode
+from . import compiler, records
+from .errors import CompileError
+from .report import console, resources_table
+from .variant import Variant
+
+
+def variants(modes, head_dims, causals, archs, bugs=()):
+    for mode, d, c, arch in itertools.product(modes, head_dims, causals, archs):
+        if c and not get_mode(mode).allows_causal:
+            continue
+        yield Variant(mode=mode, head_dim=d, causal=c, bugs=tuple(bugs), arch=arch)
+
+
+def sweep(modes, head_dims, causals, archs, bugs=()):
+    """Compile each variant; returns (Resources rows, failure messages). Variants are all
+    validated before the first compilation."""
+    vs = list(variants(modes, head_dims, causals, archs, bugs))
+    rows, failures = [], []
+    for v in vs:
+        try:
+            rows.append(compiler.compile_check(v))
+        except CompileError as e:
+            failures.append(str(e))
+    return rows, failures
+
+
+def table(rows):
+    return resources_table(rows)
+
+
+def print_bugs():
+    from rich.table import Table
+    t = Table(title="Seeded bugs (-DBUG_<NAME>; none is on by default)", title_justify="left")
+    for c in ("name", "stage", "shows with inputs", "what it breaks"):
+        t.add_column(c)
+    for b in BUGS.values():
+        t.add_row(b.name, b.stage, b.needs_input, b.description)
+    console.print(t)
+
+
+def record(rows):
+    for r in rows:
+        records.append(records.new_record("compile", kernel_sha256=compiler.source_hash(), device=None,
+                                          **r.to_dict()))

@@ -1,0 +1,183 @@
+"""Compilation: the exact options the run time hands to cupy.RawModule, a cache key over the
+kernel and everything it includes, and a GPU-free NVRTC path that reports resources.
+
+* CuPy's kernel cache key ignores the contents of #included files, so the sha256 of the
+  source and of every local include is passed as -DFLASHCORE_SRC_HASH=...: an edit to any
+  of them changes the options and thereby the key.
+* NVRTC does not find crt/mma.h among the pip headers: find_cuda_include() looks for a
+  toolkit include directory that holds it (env vars, nvcc's location, CuPy's CUDA path,
+  the nvidia wheels) and passes it with -I.
+* cupy.cuda.compiler needs a driver; cupy.cuda.nvrtc does not, so compile_check() uses
+  the latter (the same compiler the run time uses) and reads ptxas' -v report.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import CompileError, UsageError
+from .variant import Variant
+
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+KERNEL_FILE = KERNELS_DIR / "flashcore_fused.cu"
+KERNEL_NAME = "flashcore_fwd"
+INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def kernel_sources(path: Path = KERNEL_FILE) -> dict:
+    """{path: text} of the kernel and every local file it includes, recursively."""
+    seen: dict = {}
+
+    def walk(p: Path):
+        p = p.resolve()
+        if p in seen:
+            return
+        if not p.is_file():
+            raise UsageError(f"kernel source not found: {p}")
+        seen[p] = p.read_text()
+        for inc in INCLUDE_RE.findall(seen[p]):
+            walk(p.parent / inc)
+
+    walk(Path(path))
+    return seen
+
+
+def source_hash(path: Path = KERNEL_FILE) -> str:
+    """sha256 over the kernel source and everything it includes (names and contents)."""
+    h = hashlib.sha256()
+    for p, text in sorted(kernel_sources(path).items()):
+        h.update(p.name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _include_candidates():
+    for var in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT"):
+        if os.environ.get(var):
+            yield Path(os.environ[var]) / "include"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        yield Path(nvcc).resolve().parent.parent / "include"
+    try:
+        import cupy
+        p = cupy.cuda.get_cuda_path()
+        if p:
+            yield Path(p) / "include"
+    except Exception:   # no CuPy, or no toolkit it knows of
+        pass
+    yield Path("/usr/local/cuda/include")
+    yield from (Path(p) for p in sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True))
+    try:
+        import nvidia
+        for base in nvidia.__path__:
+            yield from (Path(p) for p in sorted(glob.glob(os.path.join(base, "*", "include"))))
+    except Exception:
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def find_cuda_include() -> Path:
+    """A CUDA include directory that holds crt/mma.h (and cuda_fp16.h)."""
+    for cand in _include_candidates():
+        if (cand / "crt" / "mma.h").is_file() and (cand / "cuda_fp16.h").is_file():
+            return cand
+    raise UsageError("no CUDA include directory with crt/mma.h found; set CUDA_PATH to the toolkit")
+
+
+def runtime_options(variant: Variant, path: Path = KERNEL_FILE) -> tuple:
+    """The option tuple passed to cupy.RawModule (CuPy adds the arch of the current device)."""
+    opts = ["-std=c++17", "-lineinfo", f"-I{find_cuda_include()}", f"-I{Path(path).resolve().parent}",
+            f"-DFLASHCORE_SRC_HASH={source_hash(path)[:16]}"]
+    opts += [f"-D{d}" for d in variant.defines]
+    return tuple(opts)
+
+
+def cache_key(variant: Variant, path: Path = KERNEL_FILE) -> str:
+    return hashlib.sha256(("\0".join(runtime_options(variant, path))).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Resources:
+    variant: str
+    arch: str
+    registers: int
+    smem_static: int
+    smem_dynamic: int
+    stack_bytes: int
+    spill_stores: int
+    spill_loads: int
+    cubin_bytes: int
+
+    @property
+    def spill_bytes(self) -> int:
+        return self.spill_stores + self.spill_loads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _int(pattern: str, log: str) -> int:
+    m = re.search(pattern, log)
+    return int(m.group(1)) if m else 0
+
+
+def parse_ptxas(log: str) -> dict:
+    return {
+        "registers": _int(r"Used (\d+) registers", log),
+        "smem_static": _int(r"(\d+) bytes smem", log),
+        "stack_bytes": _int(r"(\d+) bytes stack frame", log),
+        "spill_stores": _int(r"(\d+) bytes spill stores", log),
+        "spill_loads": _int(r"(\d+) bytes spill loads", log),
+    }
+
+
+def format_compile_log(log: str, sources: dict) -> str:
+    """The compiler's log with each error's source line quoted beneath it."""
+    by_name = {p.name: text.splitlines() for p, text in sources.items()}
+    out = []
+    for line in log.splitlines():
+        out.append(line)
+        m = re.match(r"(.+?)\((\d+)\): (error|warning)", line)
+        if m and Path(m.group(1)).name in by_name:
+            lines = by_name[Path(m.group(1)).name]
+            n = int(m.group(2))
+            if 1 <= n <= len(lines):
+                out.append(f"    {n:5d} | {lines[n - 1]}")
+    return "\n".join(out)
+
+
+def _nvrtc():
+    try:
+        from cupy.cuda import nvrtc
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception as e:   # no CuPy or no libnvrtc
+        raise UsageError(f"NVRTC is not available ({type(e).__name__}: {e}); install flashcore[cuda13] or [cuda12]") from None
+
+
+def compile_check(variant: Variant, path: Path = KERNEL_FILE) -> Resources:
+    """Compile one variant for variant.arch with NVRTC (no GPU needed) and read the resources."""
+    nvrtc = _nvrtc()
+    sources = kernel_sources(path)
+    main_src = sources[Path(path).resolve()]
+    opts = [f"--gpu-architecture={variant.arch}", "--ptxas-options=-v", "-ftz=true"]
+    opts += list(runtime_options(variant, path))
+    prog = nvrtc.createProgram(main_src, Path(path).name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, opts)
+        except Exception:
+            log = nvrtc.getProgramLog(prog)
+            raise CompileError(f"{variant.label}: compilation failed\n{format_compile_log(log, sources)}") from None
+        log = nvrtc.getProgramLog(prog)
+        cubin = nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return Resources(variant=variant.label, arch=variant.arch, smem_dynamic=variant.smem_bytes,
+                     cubin_bytes=len(cubin), **parse_ptxas(log))

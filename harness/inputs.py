@@ -1,0 +1,45 @@
+"""Input sets of DESIGN.md, drawn from a recorded seed, rounded to fp16 on the host.
+
+Every check draws fresh inputs; the seed goes into the run record so a failure replays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UsageError
+from .shapes import Shape
+
+INPUT_SETS = {
+    "randn": "Q, K, V ~ N(0, 1)",
+    "large": "Q ~ N(0, 10^2): logits ~ +-30, so subtracting the row max matters",
+    "uniform": "Q, K, V ~ U(-1, 1)",
+    "identical_rows": "every query row of a head identical: every output row must be too",
+    "onehot_keys": "K rows one-hot (3 * e_{j mod D}): each score picks one Q coordinate",
+}
+
+
+def fresh_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**31))
+
+
+def make_inputs(shape: Shape, kind: str = "randn", seed: int = 0):
+    """Return fp16 numpy arrays q [B,H,Sq,D], k, v [B,H,Sk,D]."""
+    if kind not in INPUT_SETS:
+        raise UsageError(f"unknown input set {kind!r}; valid: {', '.join(INPUT_SETS)}")
+    rng = np.random.default_rng(seed)
+    qs = (shape.B, shape.H, shape.Sq, shape.D)
+    ks = (shape.B, shape.H, shape.Sk, shape.D)
+    if kind == "uniform":
+        q, k, v = (rng.uniform(-1, 1, s) for s in (qs, ks, ks))
+    else:
+        q, k, v = (rng.standard_normal(s) for s in (qs, ks, ks))
+    if kind == "large":
+        q = q * 10.0
+    elif kind == "identical_rows":
+        q = np.broadcast_to(q[:, :, :1, :], qs)
+    elif kind == "onehot_keys":
+        k = np.zeros(ks)
+        j = np.arange(shape.Sk)
+        k[:, :, j, j % shape.D] = 3.0
+    return tuple(np.ascontiguousarray(a, dtype=np.float16) for a in (q, k, v))

@@ -1,0 +1,107 @@
+"""Stage metrics and the pass rule of DESIGN.md.
+
+pass  iff  max|kernel - exact| <= 2 * floor + atol,  no NaN/Inf,  no unwritten element,
+where floor = max|kernel-precision - exact| and atol = ATOL_REL * max|exact| (fp32
+accumulation-order noise, tiny next to any fp16 rounding).
+
+Unwritten elements are told apart from computed NaNs by the poison's bit pattern: the
+harness fills outputs with a NaN carrying a payload no arithmetic produces (CUDA's own
+NaNs are 0x7fff / 0x7fffffff).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+ATOL_REL = 2.0**-18
+POISON_BITS = {np.dtype(np.float16): np.uint16(0x7E5A), np.dtype(np.float32): np.uint32(0x7FC0DEAD)}
+UINT_OF = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32}
+
+
+def poison(shape, dtype) -> np.ndarray:
+    """A host array filled with the poison NaN (the GPU path fills device arrays the same way)."""
+    dtype = np.dtype(dtype)
+    return np.full(shape, POISON_BITS[dtype], dtype=UINT_OF[dtype]).view(dtype)
+
+
+def unwritten_mask(out: np.ndarray) -> np.ndarray:
+    return out.view(UINT_OF[out.dtype]) == POISON_BITS[out.dtype]
+
+
+def abs_error(a: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """|a - exact| in float64; equal infinities (masked scores) count as 0, any other
+    non-finite value in a as +inf."""
+    a64 = a.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(a64 - exact)
+    same_inf = np.isinf(exact) & (a64 == exact)
+    err[same_inf] = 0.0
+    err[~np.isfinite(err)] = np.inf
+    return err
+
+
+@dataclass
+class StageMetrics:
+    mode: str
+    output: str            # which buffer: O, LSE, S, m, l, P
+    stage: str             # QK, softmax, PV, ...
+    max_abs: float
+    mean_abs: float
+    rel_l2: float
+    floor: float
+    atol: float
+    tol: float
+    err_over_floor: float
+    n_over_tol: int
+    n_nonfinite: int
+    n_unwritten: int
+    n_elements: int
+    worst_index: tuple
+    passed: bool
+    extra: dict = field(default_factory=dict)   # e.g. row_spread for uniform_p
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["worst_index"] = list(self.worst_index)
+        return d
+
+
+def compare(mode: str, output: str, stage: str, kernel: np.ndarray, exact: np.ndarray, kp: np.ndarray):
+    """Metrics of one output buffer; also returns the |error| array for localisation."""
+    unwritten = unwritten_mask(kernel)
+    err = abs_error(kernel, exact)
+    floor_err = abs_error(kp, exact)
+    finite_ref = np.isfinite(exact)
+    scale = float(np.max(np.abs(exact[finite_ref]))) if finite_ref.any() else 0.0
+    floor = float(floor_err.max()) if floor_err.size else 0.0
+    atol = ATOL_REL * scale
+    tol = 2.0 * floor + atol
+    nonfinite = (~np.isfinite(kernel.astype(np.float64)) & ~unwritten) & ~(np.isinf(exact) & (kernel == exact))
+    finite_err = err[np.isfinite(err)]
+    max_abs = float(err.max()) if err.size else 0.0
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape)) if err.size else ()
+    diff = np.where(np.isfinite(err), err, 0.0)[finite_ref]
+    ref_norm = float(np.linalg.norm(exact[finite_ref]))
+    rel_l2 = float(np.linalg.norm(diff)) / ref_norm if ref_norm > 0 else float(np.linalg.norm(diff))
+    if not np.all(np.isfinite(err)):
+        rel_l2 = float("inf")
+    n_over = int(np.count_nonzero(err > tol))
+    m = StageMetrics(
+        mode=mode, output=output, stage=stage, max_abs=max_abs,
+        mean_abs=float(finite_err.mean()) if finite_err.size else float("inf"),
+        rel_l2=rel_l2, floor=floor, atol=atol, tol=tol,
+        err_over_floor=(max_abs / floor) if floor > 0 else (0.0 if max_abs == 0 else float("inf")),
+        n_over_tol=n_over, n_nonfinite=int(np.count_nonzero(nonfinite)),
+        n_unwritten=int(np.count_nonzero(unwritten)), n_elements=int(kernel.size),
+        worst_index=worst,
+        passed=bool(n_over == 0 and not nonfinite.any() and not unwritten.any()),
+    )
+    return m, err
+
+
+def row_spread(out: np.ndarray) -> float:
+    """uniform_p: per (b, h, column), max over rows minus min over rows; the largest of them."""
+    o = out.astype(np.float64)
+    return float(np.nanmax(o.max(axis=-2) - o.min(axis=-2)))

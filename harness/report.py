@@ -1,0 +1,54 @@
+"""Rich rendering of modes, resources and stage-isolated error tables."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+import shutil
+
+# Wide tables stay readable in logs and CI, where there is no terminal to size them by.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else max(shutil.get_terminal_size((200, 24)).columns, 200))
+
+
+def fmt(x, spec=".2e") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return str(x)
+    return format(x, spec)
+
+
+def verdict(ok: bool, text_ok="PASS", text_bad="FAIL") -> str:
+    return f"[green]{text_ok}[/]" if ok else f"[bold red]{text_bad}[/]"
+
+
+def error_table(results, title: str) -> Table:
+    """One row per output buffer of every result: the stage-isolated error table."""
+    t = Table(title=title, title_justify="left")
+    for col in ("mode", "stage", "out", "max abs", "mean abs", "rel L2", "floor", "err/floor",
+                "NaN", "unwritten", "worst (b,h,i,j)", "verdict"):
+        t.add_column(col, justify="right" if col not in ("mode", "stage", "out", "verdict") else "left")
+    for r in results:
+        if r.status != "ok":
+            t.add_row(r.variant.mode, "-", "-", *["-"] * 8, f"[bold red]{r.status.upper()}[/] {r.message[:60]}")
+            continue
+        for m in r.metrics:
+            extra = f" spread {fmt(m.extra['row_spread'])}" if "row_spread" in m.extra else ""
+            t.add_row(m.mode, m.stage, m.output, fmt(m.max_abs), fmt(m.mean_abs), fmt(m.rel_l2), fmt(m.floor),
+                      fmt(m.err_over_floor, ".2f"), str(m.n_nonfinite), str(m.n_unwritten),
+                      ",".join(map(str, m.worst_index)), verdict(m.passed) + extra)
+    return t
+
+
+def resources_table(rows, title="Resources (NVRTC, ptxas -v)") -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("variant", "arch", "regs", "smem static", "smem dynamic", "stack", "spill bytes", "budget"):
+        t.add_column(col, justify="left" if col in ("variant", "arch", "budget") else "right")
+    for r in rows:
+        t.add_row(r.variant, r.arch, str(r.registers), str(r.smem_static), str(r.smem_dynamic), str(r.stack_bytes),
+                  str(r.spill_bytes), verdict(r.spill_bytes == 0, "ok (0 spills)", "SPILLS"))
+    return t

@@ -1,0 +1,37 @@
+"""What `flashcore run` does, as an API: validate, run each mode (isolated or not), print
+the error table, record every result."""
+
+from __future__ import annotations
+
+from debug_modes.registry import DATAFLOW_ORDER
+from . import records, runs
+from .gpu import require_gpu
+from .report import console, error_table
+from .variant import Variant
+
+
+def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(),
+              record=True, isolate=None, show=True, title=None):
+    """Run the modes in data-flow order on one shape; returns the RunResults."""
+    from .inputs import fresh_seed
+    modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
+    for m in modes:   # validate every variant before touching the GPU
+        Variant(m, shape.D, causal and m != "uniform_p", tuple(bugs))
+    device = require_gpu()
+    seed = fresh_seed() if seed is None else seed
+    isolate = len(modes) > 1 if isolate is None else isolate
+    results = []
+    for m in modes:
+        case = dict(mode=m, shape=dict(B=shape.B, H=shape.H, Sq=shape.Sq, Sk=shape.Sk, D=shape.D),
+                    causal=causal and m != "uniform_p", inputs=inputs, seed=seed, scale=scale, bugs=list(bugs))
+        r = runs.run_case(case, isolate=isolate)
+        results.append(r)
+        if record:
+            records.append(runs.run_record(r, device))
+    if show:
+        t = title or (f"{shape.label}{' causal' if causal else ''}  inputs={inputs} seed={seed}  "
+                      f"{device['device']}" + "".join(f" +BUG_{b}" for b in bugs))
+        console.print(error_table(results, t))
+        n_fail = sum(not r.passed for r in results)
+        console.print(f"[bold]{'all checks pass' if not n_fail else f'{n_fail} of {len(results)} modes FAIL'}[/]")
+    return results

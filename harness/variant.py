@@ -1,0 +1,75 @@
+"""A variant = (mode, head dim, causal, seeded bugs, arch) plus the tile constants.
+
+Like cupy's sgemm example, every derived value (rows per block, shared memory, the -D
+list) is computed and asserted here, in Python, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from debug_modes import BUGS, get_mode
+from .errors import UsageError
+from .shapes import SUPPORTED_HEAD_DIMS
+
+# Shared memory a block may use, per arch (bytes, the opt-in maximum).
+ARCHS = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
+SMEM_PAD_HALVES = 8   # kernels/flashcore_fused.cu SMEM_PAD
+
+
+@dataclass(frozen=True)
+class Variant:
+    mode: str = "full"
+    head_dim: int = 64
+    causal: bool = False
+    bugs: tuple = field(default_factory=tuple)
+    arch: str = "sm_90"
+    nwarps: int = 4
+    block_n: int = 64
+
+    def __post_init__(self):
+        m = get_mode(self.mode)
+        if self.head_dim not in SUPPORTED_HEAD_DIMS:
+            raise UsageError(f"unsupported head dim {self.head_dim}; the kernel supports {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+        if self.arch not in ARCHS:
+            raise UsageError(f"unknown arch {self.arch!r}; valid: {', '.join(ARCHS)}")
+        for b in self.bugs:
+            if b not in BUGS:
+                raise UsageError(f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
+        if self.causal and not m.allows_causal:
+            raise UsageError(f"mode {self.mode} has no causal form (P = 1/Sk everywhere)")
+        if self.block_n % 16 or self.block_n < 16:
+            raise UsageError(f"block_n must be a positive multiple of 16, got {self.block_n}")
+        if not 1 <= self.nwarps <= 16:
+            raise UsageError(f"nwarps must be 1..16, got {self.nwarps}")
+        if self.smem_bytes > ARCHS[self.arch]:
+            raise UsageError(f"variant needs {self.smem_bytes} B of shared memory, {self.arch} allows {ARCHS[self.arch]}")
+
+    @property
+    def block_m(self) -> int:
+        return 16 * self.nwarps
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.nwarps
+
+    @property
+    def smem_bytes(self) -> int:
+        """Q tile + one K tile + one V tile, fp16, rows padded by SMEM_PAD halves."""
+        return (self.block_m + 2 * self.block_n) * (self.head_dim + SMEM_PAD_HALVES) * 2
+
+    @property
+    def defines(self) -> list:
+        d = [f"HEAD_DIM={self.head_dim}", f"IS_CAUSAL={int(self.causal)}",
+             f"NWARPS={self.nwarps}", f"BLOCK_N={self.block_n}"]
+        d += get_mode(self.mode).defines
+        d += [f"BUG_{b}" for b in sorted(self.bugs)]
+        return d
+
+    def grid(self, shape) -> tuple:
+        return ((shape.Sq + self.block_m - 1) // self.block_m, shape.H, shape.B)
+
+    @property
+    def label(self) -> str:
+        s = f"{self.mode} D={self.head_dim}{' causal' if self.causal else ''} {self.arch}"
+        return s + "".join(f" +BUG_{b}" for b in sorted(self.bugs))

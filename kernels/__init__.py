@@ -1,0 +1,1 @@
+"""Kernel sources, loaded at run time by harness.compiler (package only so installs carry them)."""

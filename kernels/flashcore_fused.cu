@@ -1,0 +1,463 @@
+// flashcore_fused.cu -- fused FlashAttention-2-style forward pass, fp16 in, fp32 accumulate.
+//
+// Layout: Q [B,H,Sq,D], K/V [B,H,Sk,D], O [B,H,Sq,D], all fp16 and contiguous.
+// One thread block owns BLOCK_M = 16*NWARPS query rows (16 per warp) and sweeps the
+// key/value tiles of BLOCK_N = 64 keys. Tensor cores through mma.sync.m16n8k16 with
+// ldmatrix; P stays in registers between the two products; online softmax with exp2.
+// No atomics: every output element is written by exactly one thread, so results are
+// bitwise reproducible run to run.
+//
+// Causal masking is top-left aligned (key j is visible to query i iff j <= i), the
+// convention of torch.nn.functional.scaled_dot_product_attention(is_causal=True).
+//
+// Macros read by this file (the harness passes them with -D; see debug_modes/):
+//   HEAD_DIM            64 or 128 (required)
+//   IS_CAUSAL           0 or 1 (default 0)
+//   NWARPS              warps per block, 16 query rows each (default 4)
+//   BLOCK_N             keys per K/V tile, a multiple of 16 (default 64)
+//   -- debug modes: each changes only where one stage reads its input or writes its output
+//   DEBUG_QK_ONLY       write S = scale*Q*K^T (masked = -inf) as fp32 [B,H,Sq,Sk] to S_out
+//   DEBUG_SOFTMAX_ONLY  read exact S from S_in; write m, l [B,H,Sq] and normalised P to P_out
+//   DEBUG_PV_ONLY       read exact P from P_in; alpha = 1, l = 1; write O
+//   UNIFORM_P           P = 1/Sk made in the kernel; no QK, no softmax, no rescale; write O
+//   FP32_P              as full, P split into two fp16 halves (hi + lo) so P.V sees fp32 P;
+//                       O written as fp32 so the fp16 output cast does not hide P's precision
+//   -- seeded bugs (must-fail cases for the harness; none is on by default)
+//   BUG_KT_LAYOUT       QK: K tile read with the transposed ldmatrix layout
+//   BUG_TAIL_MASK       QK: sequence-tail mask off by one (the last valid key is masked)
+//   BUG_NO_RESCALE      glue: O accumulator not rescaled by alpha when the row max moves
+//   BUG_PV_FIRST_TILE   PV: P.V accumulated for the first key tile only
+//   BUG_FRAG_SWAP       PV: accumulator fragment rows swapped (c0,c1 <-> c2,c3) when O is stored
+//   BUG_NO_BARRIER      glue: next K tile issued before the barrier that ends the reads of the
+//                       current one (a shared-memory race)
+//   BUG_P_OVERFLOW      softmax: row max frozen after the first key tile (alpha = 1), so P is
+//                       exp(S - m_first), which overflows fp16 once a later logit is 11 larger
+
+#include <cuda_fp16.h>
+typedef unsigned int u32;   // NVRTC has no <stdint.h>
+
+#ifndef HEAD_DIM
+#error "HEAD_DIM must be defined (64 or 128)"
+#endif
+#if HEAD_DIM != 64 && HEAD_DIM != 128
+#error "HEAD_DIM must be 64 or 128"
+#endif
+#ifndef IS_CAUSAL
+#define IS_CAUSAL 0
+#endif
+#ifndef NWARPS
+#define NWARPS 4
+#endif
+
+#define BLOCK_M (16 * NWARPS)
+#ifndef BLOCK_N
+#define BLOCK_N 64                          // keys per tile (multiple of 16)
+#endif
+#define NTHREADS (32 * NWARPS)
+#define SMEM_PAD 8                          // halves: 16 bytes per row, breaks ldmatrix bank conflicts
+#define SMEM_LD (HEAD_DIM + SMEM_PAD)
+#define N_FRAG (BLOCK_N / 8)                // n8 tiles of S per warp
+#define D_FRAG (HEAD_DIM / 8)               // n8 tiles of O per warp
+#define K_STEPS (HEAD_DIM / 16)             // k16 steps of Q.K^T
+
+#if defined(DEBUG_QK_ONLY) || defined(FP32_P) || !(defined(DEBUG_SOFTMAX_ONLY) || defined(DEBUG_PV_ONLY) || defined(UNIFORM_P))
+#define USES_QK 1
+#else
+#define USES_QK 0
+#endif
+#if defined(DEBUG_QK_ONLY) || defined(DEBUG_SOFTMAX_ONLY)
+#define USES_PV 0
+#else
+#define USES_PV 1
+#endif
+#ifdef FP32_P
+typedef float out_t;
+#else
+typedef half out_t;
+#endif
+
+#define LOG2E 1.4426950408889634f
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+// ---------------------------------------------------------------- PTX helpers
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; src_bytes = 0 fills the destination with zeros (padding rows).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+// D = A(16x16, row) * B(16x8, col) + D, fp16 operands, fp32 accumulators.
+__device__ __forceinline__ void mma16816(float d[4], const u32 a[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ u32 pack_half2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<u32*>(&h);
+}
+
+// The fp16 remainder (x - fp16(x), y - fp16(y)) of a pair already packed as hi.
+__device__ __forceinline__ u32 pack_lo(float x, float y, u32 hi) {
+    const float2 h = __half22float2(*reinterpret_cast<const __half2*>(&hi));
+    return pack_half2(x - h.x, y - h.y);
+}
+
+// ---------------------------------------------------------------- tile loads
+// Copies rows [row0, row0+ROWS) of a [S, HEAD_DIM] fp16 matrix into shared memory,
+// zero-filling rows >= S (their scores are masked and their V rows contribute 0).
+template <int ROWS>
+__device__ __forceinline__ void load_tile(half* sdst, const half* gsrc, int row0, int S) {
+    constexpr int CHUNKS = HEAD_DIM / 8;    // 16-byte chunks per row
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += NTHREADS) {
+        const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
+        const int gr = row0 + r;
+        const bool ok = gr < S;
+        cp_async16(sdst + r * SMEM_LD + col, gsrc + (size_t)(ok ? gr : 0) * HEAD_DIM + col, ok ? 16 : 0);
+    }
+}
+
+// ---------------------------------------------------------------- stage 1: QK
+// s[nt][e]: row (lane/4 + 8*(e/2)) of this warp, key column nt*8 + (lane%4)*2 + (e%2).
+__device__ __forceinline__ void qk_tile(float s[N_FRAG][4], const u32 qf[K_STEPS][4],
+                                        const half* sK, int lane, float scale) {
+#pragma unroll
+    for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+    const int mat = lane >> 3, r = lane & 7;
+#pragma unroll
+    for (int kd = 0; kd < K_STEPS; ++kd) {
+#pragma unroll
+        for (int nn = 0; nn < BLOCK_N / 16; ++nn) {
+            u32 b[4];
+            const half* p = sK + (nn * 16 + (mat >> 1) * 8 + r) * SMEM_LD + kd * 16 + (mat & 1) * 8;
+#ifdef BUG_KT_LAYOUT
+            ldmatrix_x4_trans(b, p);
+#else
+            ldmatrix_x4(b, p);
+#endif
+            mma16816(s[2 * nn], qf[kd], b[0], b[1]);
+            mma16816(s[2 * nn + 1], qf[kd], b[2], b[3]);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= scale;
+}
+
+// Tail (key >= Sk) and causal (key > query) masking, applied to tiles that need it.
+__device__ __forceinline__ void mask_tile(float s[N_FRAG][4], int kv0, int row_base, int lane, int Sk) {
+#ifdef BUG_TAIL_MASK
+    const int kv_limit = Sk - 1;
+#else
+    const int kv_limit = Sk;
+#endif
+#pragma unroll
+    for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+            bool masked = col >= kv_limit;
+#if IS_CAUSAL
+            masked = masked || col > row_base + (e >> 1) * 8;
+#endif
+            if (masked) s[nt][e] = NEG_INF;
+        }
+}
+
+// ---------------------------------------------------------------- stage 2: online softmax
+// In: masked scores s. Out: s overwritten by P = exp(s - m_new) (fp32, unnormalised),
+// per-thread partial row sums l, running max m and the rescale factor alpha for O.
+__device__ __forceinline__ void softmax_update(float s[N_FRAG][4], float m[2], float l[2],
+                                               float alpha[2], bool first_tile) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float mx = m[h];
+#pragma unroll
+        for (int nt = 0; nt < N_FRAG; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+#ifdef BUG_P_OVERFLOW
+        if (!first_tile) mx = m[h];          // the bug: max frozen after the first tile
+#endif
+        const float m_use = (mx == NEG_INF) ? 0.f : mx;   // a row with no key yet: keep exp finite
+        alpha[h] = fast_exp2((m[h] - m_use) * LOG2E);      // m[h] = -inf on the first tile -> 0
+        const float ms = m_use * LOG2E;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float p = fast_exp2(fmaf(s[nt][2 * h + e], LOG2E, -ms));
+                s[nt][2 * h + e] = p;
+                sum += p;
+            }
+        l[h] = l[h] * alpha[h] + sum;
+        m[h] = mx;
+    }
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+
+// ---------------------------------------------------------------- stage 3: PV
+// o += A.V[kk*16 : kk*16+16, :] for one 16-key slice; V fragments via transposed ldmatrix.
+__device__ __forceinline__ void pv_mma(float o[D_FRAG][4], const u32 a[4], const half* sV, int kk, int lane) {
+    const int mat = lane >> 3, r = lane & 7;
+#pragma unroll
+    for (int dn = 0; dn < HEAD_DIM / 16; ++dn) {
+        u32 b[4];
+        ldmatrix_x4_trans(b, sV + (kk * 16 + (mat & 1) * 8 + r) * SMEM_LD + dn * 16 + (mat >> 1) * 8);
+        mma16816(o[2 * dn], a, b[0], b[1]);
+        mma16816(o[2 * dn + 1], a, b[2], b[3]);
+    }
+}
+
+// o += P.V for one key tile. P comes from the S registers (the m16n8 accumulator layout of
+// two adjacent n8 tiles is the m16k16 A-operand layout), cast to fp16; with FP32_P the
+// remainder p - fp16(p) is multiplied in a second product so P.V sees fp32 P.
+__device__ __forceinline__ void pv_tile(float o[D_FRAG][4], const float p[N_FRAG][4],
+                                        const half* sV, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+        u32 a[4];
+        a[0] = pack_half2(p[2 * kk][0], p[2 * kk][1]);
+        a[1] = pack_half2(p[2 * kk][2], p[2 * kk][3]);
+        a[2] = pack_half2(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+        a[3] = pack_half2(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+        pv_mma(o, a, sV, kk, lane);
+#ifdef FP32_P
+        // Second pass with the remainders; V fragments re-read so that a and a_lo are not
+        // live together (keeps the D=128 variant free of spills).
+        a[0] = pack_lo(p[2 * kk][0], p[2 * kk][1], a[0]);
+        a[1] = pack_lo(p[2 * kk][2], p[2 * kk][3], a[1]);
+        a[2] = pack_lo(p[2 * kk + 1][0], p[2 * kk + 1][1], a[2]);
+        a[3] = pack_lo(p[2 * kk + 1][2], p[2 * kk + 1][3], a[3]);
+        pv_mma(o, a, sV, kk, lane);
+#endif
+    }
+}
+
+// Debug-mode I/O for [Sq,Sk] fp32 matrices in the S-fragment layout; out-of-range -> fill.
+__device__ __forceinline__ void load_s_frag(float s[N_FRAG][4], const float* src, int kv0,
+                                            int row_base, int lane, int Sq, int Sk, float fill) {
+#pragma unroll
+    for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+            const int row = row_base + (e >> 1) * 8;
+            s[nt][e] = (row < Sq && col < Sk) ? src[(size_t)row * Sk + col] : fill;
+        }
+}
+__device__ __forceinline__ void store_s_frag(float* dst, const float s[N_FRAG][4], int kv0,
+                                             int row_base, int lane, int Sq, int Sk) {
+#pragma unroll
+    for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+            const int row = row_base + (e >> 1) * 8;
+            if (row < Sq && col < Sk) dst[(size_t)row * Sk + col] = s[nt][e];
+        }
+}
+
+__device__ __forceinline__ void store_out2(half* p, float x, float y) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y); }
+__device__ __forceinline__ void store_out2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
+
+// ---------------------------------------------------------------- the kernel
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half* __restrict__ V,
+              out_t* __restrict__ O, float* __restrict__ LSE,
+              const float* __restrict__ S_in, const float* __restrict__ P_in,
+              float* __restrict__ S_out, float* __restrict__ P_out,
+              float* __restrict__ M_out, float* __restrict__ L_out,
+              int H, int Sq, int Sk, float scale) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    half* sQ = reinterpret_cast<half*>(smem_raw);
+    half* sK = sQ + BLOCK_M * SMEM_LD;
+    half* sV = sK + BLOCK_N * SMEM_LD;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // Causal: the heaviest query tiles (last rows) start first for load balance.
+    const int q_tile = IS_CAUSAL ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
+    const int q0 = q_tile * BLOCK_M;
+    const size_t bh = (size_t)blockIdx.z * H + blockIdx.y;
+    const half* Qb = Q + bh * Sq * HEAD_DIM;
+    const half* Kb = K + bh * Sk * HEAD_DIM;
+    const half* Vb = V + bh * Sk * HEAD_DIM;
+    const int row_base = q0 + warp * 16 + (lane >> 2);   // this thread's rows: row_base, row_base + 8
+
+    const int n_tiles = (Sk + BLOCK_N - 1) / BLOCK_N;
+#if IS_CAUSAL && !defined(DEBUG_QK_ONLY) && !defined(DEBUG_SOFTMAX_ONLY)
+    // Tiles wholly above the diagonal contribute P = 0: skip them. The debug modes that
+    // write [Sq,Sk] matrices sweep every tile so that every element is written.
+    const int n_iter = min(n_tiles, (q0 + BLOCK_M + BLOCK_N - 1) / BLOCK_N);
+#else
+    const int n_iter = n_tiles;
+#endif
+
+#ifdef DEBUG_SOFTMAX_ONLY
+    {   // Stage 2 alone: exact S in, the same online update, then a second sweep for P.
+        const float* Sb = S_in + bh * Sq * Sk;
+        float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, alpha[2];
+        float s[N_FRAG][4];
+        for (int j = 0; j < n_iter; ++j) {
+            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, Sq, Sk, NEG_INF);
+            softmax_update(s, m, l, alpha, j == 0);
+        }
+        float inv[2], ms[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            l[h] = quad_sum(l[h]);
+            inv[h] = 1.f / l[h];
+            ms[h] = (m[h] == NEG_INF ? 0.f : m[h]) * LOG2E;
+            const int row = row_base + 8 * h;
+            if (row < Sq && (lane & 3) == 0) { M_out[bh * Sq + row] = m[h]; L_out[bh * Sq + row] = l[h]; }
+        }
+        float* Pb = P_out + bh * Sq * Sk;
+        for (int j = 0; j < n_iter; ++j) {
+            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, Sq, Sk, NEG_INF);
+#pragma unroll
+            for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(fmaf(s[nt][e], LOG2E, -ms[e >> 1])) * inv[e >> 1];
+            store_s_frag(Pb, s, j * BLOCK_N, row_base, lane, Sq, Sk);
+        }
+        return;
+    }
+#endif
+
+    // ---- prologue: Q tile and the first K tile
+#if USES_QK
+    load_tile<BLOCK_M>(sQ, Qb, q0, Sq);
+    load_tile<BLOCK_N>(sK, Kb, 0, Sk);
+#endif
+    cp_async_commit();
+
+    float o[D_FRAG][4];
+#pragma unroll
+    for (int i = 0; i < D_FRAG; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, alpha[2] = {1.f, 1.f};
+    u32 qf[K_STEPS][4];
+
+    for (int j = 0; j < n_iter; ++j) {
+        const int kv0 = j * BLOCK_N;
+        cp_async_wait<0>();
+        __syncthreads();                        // K_j visible; every warp is done with V_{j-1}
+#if USES_PV
+        load_tile<BLOCK_N>(sV, Vb, kv0, Sk);    // overlaps with QK and softmax
+        cp_async_commit();
+#endif
+        float s[N_FRAG][4];
+#if USES_QK
+        if (j == 0) {
+            const int mat = lane >> 3, r = lane & 7;
+#pragma unroll
+            for (int kd = 0; kd < K_STEPS; ++kd)
+                ldmatrix_x4(qf[kd], sQ + (warp * 16 + (mat & 1) * 8 + r) * SMEM_LD + kd * 16 + (mat >> 1) * 8);
+        }
+        qk_tile(s, qf, sK, lane, scale);
+        if (kv0 + BLOCK_N > Sk || (IS_CAUSAL && kv0 + BLOCK_N - 1 > q0))
+            mask_tile(s, kv0, row_base, lane, Sk);
+#endif
+
+#if defined(DEBUG_QK_ONLY)
+        store_s_frag(S_out + bh * Sq * Sk, s, kv0, row_base, lane, Sq, Sk);
+#elif defined(DEBUG_PV_ONLY)
+        load_s_frag(s, P_in + bh * Sq * Sk, kv0, row_base, lane, Sq, Sk, 0.f);   // alpha = 1, l = 1
+#elif defined(UNIFORM_P)
+        {
+            const float inv_sk = 1.f / (float)Sk;
+#pragma unroll
+            for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < Sk) ? inv_sk : 0.f;
+        }
+#else
+        softmax_update(s, m, l, alpha, j == 0);
+#ifndef BUG_NO_RESCALE
+#pragma unroll
+        for (int i = 0; i < D_FRAG; ++i) {
+            o[i][0] *= alpha[0]; o[i][1] *= alpha[0];
+            o[i][2] *= alpha[1]; o[i][3] *= alpha[1];
+        }
+#endif
+#endif
+
+#ifdef BUG_NO_BARRIER
+        if (j + 1 < n_iter) { load_tile<BLOCK_N>(sK, Kb, kv0 + BLOCK_N, Sk); }   // the bug: before the barrier
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+#else
+        cp_async_wait<0>();
+        __syncthreads();                        // V_j visible; every warp is done reading K_j
+#if USES_QK
+        if (j + 1 < n_iter) { load_tile<BLOCK_N>(sK, Kb, kv0 + BLOCK_N, Sk); }   // overlaps with PV
+#endif
+        cp_async_commit();
+#endif
+
+#if USES_PV
+#ifdef BUG_PV_FIRST_TILE
+        if (j == 0)
+#endif
+        pv_tile(o, s, sV, lane);
+#endif
+    }
+
+#if USES_PV
+    // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), optional LSE = m + log(l)
+    out_t* Ob = O + bh * Sq * HEAD_DIM;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
+        const float inv = 1.f;
+#else
+        l[h] = quad_sum(l[h]);
+        const float inv = 1.f / l[h];
+        const int row = row_base + 8 * h;
+        if (LSE != nullptr && row < Sq && (lane & 3) == 0) LSE[bh * Sq + row] = m[h] + logf(l[h]);
+#endif
+#ifdef BUG_FRAG_SWAP
+        const int row_w = row_base + 8 * (1 - h);
+#else
+        const int row_w = row_base + 8 * h;
+#endif
+        if (row_w < Sq) {
+#pragma unroll
+            for (int i = 0; i < D_FRAG; ++i)
+                store_out2(Ob + (size_t)row_w * HEAD_DIM + i * 8 + (lane & 3) * 2, o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+        }
+    }
+#endif
+}
