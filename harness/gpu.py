@@ -178,33 +178,61 @@ def check_debug_size(mode: str, shape: Shape):
                          f"{MAX_DEBUG_MATRIX_BYTES / 2**30:.0f} GiB (use a shorter sequence)")
 
 
-def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
-             bugs=(), scale: float | None = None, keep_outputs: bool = False, **variant_kw) -> RunResult:
-    """Run one debug mode on one shape against its references; returns the metrics record.
-    A kernel fault is reported in the result (status 'fault'), not raised."""
+@dataclass
+class Prepared:
+    """Everything one launch of a mode needs: device inputs, poisoned outputs, host copies."""
+    variant: Variant
+    shape: Shape
+    scale: float
+    seed: int
+    host: dict        # host inputs by kernel parameter (Q, K, V, S_in, P_in)
+    bufs: dict        # device inputs by parameter
+    outs: dict        # device outputs by parameter (poisoned)
+
+    def repoison(self):
+        for p, a in self.outs.items():
+            self.outs[p] = poisoned(a.shape, a.dtype)
+
+    def launch(self):
+        self.repoison()
+        launch(self.variant, self.shape, {**self.bufs, **self.outs}, self.scale)
+
+
+def prepare(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
+            bugs=(), scale: float | None = None, **variant_kw) -> Prepared:
     cp = _cupy()
-    if shape.D not in (64, 128):
-        raise UsageError(f"unsupported head dim {shape.D}")
     variant = runtime_variant(mode, shape.D, causal, bugs, **variant_kw)
     check_debug_size(mode, shape)
     seed = fresh_seed() if seed is None else int(seed)
     scale = default_scale(shape.D, scale)
     q, k, v = make_inputs(shape, inputs, seed)
-    injected = stages.injected_inputs(mode, q, k, v, causal, scale)
-    result = RunResult(variant, shape, scale, inputs, seed)
+    host = {"Q": q, "K": k, "V": v, **stages.injected_inputs(mode, q, k, v, causal, scale)}
     m = get_mode(mode)
-    host = {"Q": q, "K": k, "V": v, **injected}
     bufs = {b.param: cp.asarray(host[b.param]) for b in m.reads}
     outs = {b.param: poisoned(b.shape_for(shape), b.np_dtype) for b in m.writes}
+    return Prepared(variant, shape, scale, seed, host, bufs, outs)
+
+
+def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
+             bugs=(), scale: float | None = None, keep_outputs: bool = False, **variant_kw) -> RunResult:
+    """Run one debug mode on one shape against its references; returns the metrics record.
+    A kernel fault is reported in the result (status 'fault'), not raised."""
+    cp = _cupy()
+    pre = prepare(mode, shape, causal, inputs, seed, bugs, scale, **variant_kw)
+    variant, scale, m = pre.variant, pre.scale, get_mode(mode)
+    result = RunResult(variant, shape, scale, inputs, pre.seed)
     try:
         result.resources = kernel_resources(variant)
-        launch(variant, shape, {**bufs, **outs}, scale)
+        pre.launch()
     except compiler.CompileError as e:
         result.status, result.message = "compile_error", str(e)
         return result
     except KernelFault as e:
         result.status, result.message = "fault", str(e)
         return result
+    q, k, v = pre.host["Q"], pre.host["K"], pre.host["V"]
+    injected = {p: pre.host[p] for p in ("S_in", "P_in") if p in pre.host}
+    outs = pre.outs
     refs = stages.stage_references(mode, q, k, v, causal, scale, variant.block_n, injected)
     for b in m.writes:
         got = cp.asnumpy(outs[b.param])

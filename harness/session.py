@@ -15,15 +15,17 @@ def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None,
     """Run the modes in data-flow order on one shape; returns the RunResults."""
     from .inputs import fresh_seed
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
+    # uniform_p has no causal form: in a sweep it runs non-causal, asked for alone it is an error.
+    causal_of = {m: causal and (m != "uniform_p" or len(modes) == 1) for m in modes}
     for m in modes:   # validate every variant before touching the GPU
-        Variant(m, shape.D, causal and m != "uniform_p", tuple(bugs))
+        Variant(m, shape.D, causal_of[m], tuple(bugs))
     device = require_gpu()
     seed = fresh_seed() if seed is None else seed
     isolate = len(modes) > 1 if isolate is None else isolate
     results = []
     for m in modes:
         case = dict(mode=m, shape=dict(B=shape.B, H=shape.H, Sq=shape.Sq, Sk=shape.Sk, D=shape.D),
-                    causal=causal and m != "uniform_p", inputs=inputs, seed=seed, scale=scale, bugs=list(bugs))
+                    causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs))
         r = runs.run_case(case, isolate=isolate)
         results.append(r)
         if record:

@@ -1,0 +1,90 @@
+"""Every variant compiles for sm_80 and sm_90 with NVRTC and 0 spill bytes; the cache key
+covers included files; a compile error shows the offending source line."""
+
+import itertools
+
+import pytest
+
+from debug_modes import BUGS
+from debug_modes.registry import DATAFLOW_ORDER, MODES
+from harness import compiler
+from harness.errors import CompileError, UsageError
+from harness.variant import Variant
+
+VARIANTS = [
+    (mode, d, causal, arch)
+    for mode, d, causal, arch in itertools.product(DATAFLOW_ORDER, (64, 128), (False, True), ("sm_80", "sm_90"))
+    if MODES[mode].allows_causal or not causal
+]
+
+
+@pytest.mark.parametrize("mode,d,causal,arch", VARIANTS)
+def test_every_variant_compiles_without_spills(mode, d, causal, arch):
+    r = compiler.compile_check(Variant(mode, d, causal, arch=arch))
+    assert r.spill_bytes == 0 and r.stack_bytes == 0, r
+    assert 0 < r.registers <= 255
+    assert r.cubin_bytes > 0
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_seeded_bug_variants_compile(bug):
+    r = compiler.compile_check(Variant("full", 64, False, (bug,), arch="sm_90"))
+    assert r.cubin_bytes > 0
+
+
+def test_bug_switch_changes_the_code():
+    clean = compiler.compile_check(Variant("full", 64, arch="sm_90"))
+    bugged = compiler.compile_check(Variant("full", 64, bugs=("PV_FIRST_TILE",), arch="sm_90"))
+    assert (clean.registers, clean.cubin_bytes) != (bugged.registers, bugged.cubin_bytes)
+
+
+def test_runtime_options_carry_include_dir_defines_lineinfo():
+    v = Variant("pv_only", 128, True)
+    opts = compiler.runtime_options(v)
+    assert "-lineinfo" in opts
+    inc = [o for o in opts if o.startswith("-I")]
+    assert any((compiler.Path(o[2:]) / "crt" / "mma.h").is_file() for o in inc)
+    for d in ("-DHEAD_DIM=128", "-DIS_CAUSAL=1", "-DDEBUG_PV_ONLY"):
+        assert d in opts
+    assert any(o.startswith("-DFLASHCORE_SRC_HASH=") for o in opts)
+
+
+def test_cache_key_covers_included_files(tmp_path):
+    main = tmp_path / "k.cu"
+    inc = tmp_path / "part.cuh"
+    main.write_text('#include "part.cuh"\nextern "C" __global__ void flashcore_fwd() {}\n')
+    inc.write_text("// v1\n")
+    v = Variant()
+    k1 = compiler.cache_key(v, main)
+    inc.write_text("// v2\n")
+    assert compiler.cache_key(v, main) != k1
+    assert set(p.name for p in compiler.kernel_sources(main)) == {"k.cu", "part.cuh"}
+
+
+def test_compile_error_quotes_the_source_line(tmp_path):
+    bad = tmp_path / "bad.cu"
+    bad.write_text('extern "C" __global__ void flashcore_fwd() {\n    int x = undefined_thing;\n}\n')
+    with pytest.raises(CompileError) as e:
+        compiler.compile_check(Variant(), bad)
+    msg = str(e.value)
+    assert "undefined_thing" in msg and "    2 |" in msg
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(mode="nope"), "valid modes"),
+    (dict(head_dim=96), "head dim"),
+    (dict(arch="sm_70"), "unknown arch"),
+    (dict(bugs=("NOPE",)), "valid bugs"),
+    (dict(mode="uniform_p", causal=True), "no causal form"),
+    (dict(block_n=24), "multiple of 16"),
+])
+def test_variant_validation(kw, needle):
+    with pytest.raises(UsageError, match=needle):
+        Variant(**kw)
+
+
+def test_variant_derived_values():
+    v = Variant("full", 128, nwarps=4, block_n=64)
+    assert v.block_m == 64 and v.threads == 128
+    assert v.smem_bytes == (64 + 2 * 64) * (128 + 8) * 2
+    assert v.defines[:4] == ["HEAD_DIM=128", "IS_CAUSAL=0", "NWARPS=4", "BLOCK_N=64"]
