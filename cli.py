@@ -154,6 +154,120 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
     return EXIT_OK if all(r.passed for r in results) else EXIT_CHECK_FAILED
 
 
+# ------------------------------------------------------------------ diagnose, smoking gun, sanitize
+@cli.command()
+@with_shape_options
+@click.option("--inputs", default="randn", show_default=True, help="input set")
+@click.option("--seed", type=int, default=None, help="input seed (default: fresh)")
+@click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
+@click.option("--png", type=click.Path(dir_okay=False), default=None, help="also write the heat maps as PNG")
+@click.option("--record/--no-record", default=True, show_default=True)
+def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
+    """Stage bisection: run every isolated mode in data-flow order, name the first failing
+    stage (or the glue), and fold its error onto tiles, warps and fragments. Exit 0 when no
+    stage fails, 1 otherwise."""
+    from harness.diagnose import diagnose as run_diagnose
+    from harness.inputs import INPUT_SETS
+    if inputs not in INPUT_SETS:
+        raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
+    d = run_diagnose(_shape_arg(shape, sk, head_dim), causal=causal, inputs=inputs, seed=seed,
+                     bugs=_bugs_arg(bugs), record=record, png=png)
+    return EXIT_OK if d.clean else EXIT_CHECK_FAILED
+
+
+@cli.command("smoking-gun")
+@click.option("--shape", default="mission", show_default=True, help="mission | short | long | B,H,S,D")
+@click.option("--sk", type=int, default=None, help="key/value length when it differs from Sq")
+@click.option("--seed", type=int, default=None, help="input seed (default: fresh)")
+@click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
+@click.option("--record/--no-record", default=True, show_default=True)
+def smoking_gun(shape, sk, seed, bugs, record):
+    """The uniform-attention test (P = 1/Sk): every output row must equal the column mean
+    of V. Prints the expected row, the first rows written, the row spread and the verdict."""
+    from harness.diagnose import smoking_gun as run_sg
+    sg = run_sg(_shape_arg(shape, sk, None), seed=seed, record=record, bugs=_bugs_arg(bugs))
+    return EXIT_OK if sg.passed else EXIT_CHECK_FAILED
+
+
+@cli.command()
+@click.option("--tool", required=True, help="memcheck | racecheck | synccheck | initcheck")
+@click.option("--debug", "debug", default="full", show_default=True, help="mode to run")
+@click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
+@click.option("--shape", default="1,2,128,64", show_default=True, help="small: the sanitizer is slow")
+@click.option("--sk", type=int, default=256, show_default=True)
+@click.option("--causal", is_flag=True)
+def sanitize(tool, debug, bugs, shape, sk, causal):
+    """Run one variant under compute-sanitizer (pool off, -lineinfo) and summarise each
+    hazard with kernel file:line. Exit 1 on any hazard, 2 without compute-sanitizer."""
+    from rich.table import Table
+    from harness.report import console
+    from harness.sanitize import TOOLS, sanitize as run_sanitize
+    if tool not in TOOLS:
+        raise UsageError(f"unknown tool {tool!r}; valid: {', '.join(TOOLS)}")
+    modes_ = _modes_arg(debug)
+    if len(modes_) != 1:
+        raise UsageError("sanitize runs one mode at a time")
+    res = run_sanitize(tool, modes_[0], _bugs_arg(bugs), _shape_arg(shape, sk, None), causal)
+    t = Table(title=f"compute-sanitizer --tool {tool}: {modes_[0]}" + "".join(f" +BUG_{b}" for b in bugs),
+              title_justify="left")
+    t.add_column("hazard @ kernel file:line")
+    t.add_column("count", justify="right")
+    for k, n in res.hazards.most_common():
+        t.add_row(k, str(n))
+    console.print(t)
+    console.print(f"ERROR SUMMARY: {res.error_summary}  ->  " + ("[green]clean[/]" if res.clean else "[bold red]HAZARDS[/]"))
+    return EXIT_OK if res.clean else EXIT_CHECK_FAILED
+
+
+# ------------------------------------------------------------------ bench
+@cli.command()
+@click.option("--shape", default=None, help="mission | short | long | B,H,S,D (default mission)")
+@click.option("--sk", type=int, default=None)
+@click.option("--suite", is_flag=True, help="the benchmark suite (7 shapes)")
+@click.option("--debug", "debug", default="full", show_default=True, help="time a debug variant instead")
+@click.option("--causal", is_flag=True)
+@click.option("--nwarps", type=int, default=4, show_default=True, help="warps per block (16 query rows each)")
+@click.option("--no-sdpa", is_flag=True, help="skip PyTorch SDPA")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="write the table as Markdown (BENCHMARKS.md)")
+@click.option("--record/--no-record", default=True, show_default=True)
+def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, markdown, record):
+    """Time the kernel with CUDA events (median, p10-p90) beside PyTorch SDPA's flash and
+    cuDNN backends in the same process; report us, TFLOP/s, % of fp16 peak and ratios."""
+    import datetime
+    from harness import bench as b, records
+    from harness.gpu import require_gpu
+    from harness.report import console
+    if suite and shape:
+        raise UsageError("--suite and --shape exclude each other")
+    modes_ = _modes_arg(debug)
+    if len(modes_) != 1:
+        raise UsageError("bench times one mode at a time")
+    cases = b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
+    for _, shp, c in cases:   # validate before the GPU
+        from harness.variant import Variant
+        Variant(modes_[0], shp.D, c, nwarps=nwarps)
+    device = require_gpu()
+    rows = []
+    for label, shp, c in cases:
+        row = b.bench_one(label, shp, c, modes_[0], with_sdpa=not no_sdpa, nwarps=nwarps)
+        rows.append(row)
+        if record:
+            from harness import compiler
+            records.append(records.new_record("bench", mode=modes_[0], shape=row.to_dict()["shape"],
+                                              shape_label=shp.label, causal=c, device=device["device"],
+                                              driver=device["driver"], cupy=device["cupy"],
+                                              kernel_sha256=compiler.source_hash(), latency=row.to_dict(),
+                                              resources=row.resources))
+    console.print(b.rich_table(rows, device))
+    if markdown:
+        cmd = "flashcore bench " + ("--suite" if suite else f"--shape {shape or 'mission'}")
+        today = datetime.date.today().isoformat()
+        with open(markdown, "w") as f:
+            f.write("# Benchmarks\n\n" + b.markdown(rows, device, today, cmd))
+        console.print(f"written {markdown}")
+    return EXIT_OK
+
+
 def main():
     cli.main()
 

@@ -39,7 +39,12 @@ def record_path(device: str | None = None) -> Path:
 
 
 def git_info(cwd: Path = REPO_ROOT) -> dict:
-    """Commit, subject, date and dirtiness of the checkout (None where it is not a git tree)."""
+    """Commit, subject, date and dirtiness of the checkout. Where the tree is a copy without
+    .git (the lent GPU machine), FLASHCORE_GIT_COMMIT / _SUBJECT / _DATE / _DIRTY say it."""
+    if os.environ.get("FLASHCORE_GIT_COMMIT"):
+        return {"commit": os.environ["FLASHCORE_GIT_COMMIT"], "subject": os.environ.get("FLASHCORE_GIT_SUBJECT"),
+                "commit_date": os.environ.get("FLASHCORE_GIT_DATE"),
+                "dirty": os.environ.get("FLASHCORE_GIT_DIRTY", "0") == "1"}
     def git(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
     try:

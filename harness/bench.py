@@ -1,0 +1,187 @@
+"""`flashcore bench`: CUDA-event timing of the kernel beside PyTorch SDPA, in one process.
+
+Method (triton.testing.do_bench's): warm up, then time each launch with its own pair of
+events over many back-to-back launches; report the median and p10-p90. Where the working
+set fits in L2, L2 is flushed (a 256 MiB memset) before every timed launch so that the
+numbers are not cache numbers. FLOPs: 4*B*H*Sq*Sk*D, half of it for causal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .shapes import Shape
+
+SUITE = [  # (label, shape, causal)  -- issue: the benchmark suite, as data
+    ("mission", Shape(1, 8, 512, 512, 64), False),
+    ("long", Shape(1, 8, 1024, 1024, 64), False),
+    ("4x16x2048 d64", Shape(4, 16, 2048, 2048, 64), False),
+    ("4x16x2048 d128", Shape(4, 16, 2048, 2048, 128), False),
+    ("2x16x8192 d128", Shape(2, 16, 8192, 8192, 128), False),
+    ("16x16x1024 d64", Shape(16, 16, 1024, 1024, 64), False),
+    ("causal 4x16x2048 d128", Shape(4, 16, 2048, 2048, 128), True),
+]
+
+# Datasheet dense fp16 tensor-core peaks (TFLOP/s), by a substring of the device name.
+FP16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
+L2_FLUSH_BYTES = 256 << 20
+
+
+def fp16_peak(device_name: str) -> float | None:
+    for key, peak in FP16_PEAK_TFLOPS.items():
+        if key in device_name:
+            return peak
+    return None
+
+
+@dataclass
+class Timing:
+    median_us: float
+    p10_us: float
+    p90_us: float
+    n: int
+
+    def tflops(self, flops: float) -> float:
+        return flops / (self.median_us * 1e-6) / 1e12
+
+
+def do_bench(fn, warmup_ms: float = 30.0, rep_ms: float = 200.0, flush_l2: bool = True,
+             min_rep: int = 20, max_rep: int = 2000) -> Timing:
+    """Median / p10 / p90 of fn's device time in microseconds, with CUDA events per launch."""
+    import cupy as cp
+    cache = cp.empty(L2_FLUSH_BYTES, dtype=cp.uint8) if flush_l2 else None
+    fn()
+    cp.cuda.Device().synchronize()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(5):
+        fn()
+    end.record()
+    end.synchronize()
+    est_ms = max(cp.cuda.get_elapsed_time(start, end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / est_ms))):
+        fn()
+    n = int(min(max_rep, max(min_rep, rep_ms / est_ms)))
+    evs = [(cp.cuda.Event(), cp.cuda.Event()) for _ in range(n)]
+    for s, e in evs:
+        if cache is not None:
+            cache.fill(0)
+        s.record()
+        fn()
+        e.record()
+    evs[-1][1].synchronize()
+    times = np.array([cp.cuda.get_elapsed_time(s, e) for s, e in evs]) * 1e3
+    return Timing(float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90)), n)
+
+
+@dataclass
+class BenchRow:
+    label: str
+    shape: Shape
+    causal: bool
+    mode: str
+    kernel: Timing
+    flops: float
+    sdpa: dict = field(default_factory=dict)    # backend -> Timing
+    resources: dict = field(default_factory=dict)
+    nwarps: int = 4
+
+    @property
+    def tflops(self) -> float:
+        return self.kernel.tflops(self.flops)
+
+    def ratio(self, backend: str) -> float | None:
+        """Throughput ratio kernel / SDPA backend (> 1: the kernel is faster)."""
+        t = self.sdpa.get(backend)
+        return t.median_us / self.kernel.median_us if t else None
+
+    def to_dict(self) -> dict:
+        d = {"label": self.label, "shape": asdict(self.shape), "causal": self.causal, "mode": self.mode,
+             "nwarps": self.nwarps, "flops": self.flops, "kernel": asdict(self.kernel),
+             "tflops": self.tflops, "resources": self.resources,
+             "sdpa": {k: asdict(v) | {"tflops": v.tflops(self.flops)} for k, v in self.sdpa.items()}}
+        return d
+
+
+def _sdpa_timings(shape: Shape, causal: bool, q, k, v) -> dict:
+    """SDPA's flash and cuDNN backends on the same inputs, where torch with CUDA is present."""
+    try:
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except Exception:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+    out = {}
+    for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+        try:
+            with sdpa_kernel([backend]):
+                fn = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)  # noqa: E731
+                fn()
+                torch.cuda.synchronize()
+                out[name] = do_bench(fn, flush_l2=_fits_l2(shape))
+        except Exception:   # backend not available for this shape / build
+            continue
+    return out
+
+
+def _fits_l2(shape: Shape, l2_bytes: int = 60 << 20) -> bool:
+    return (2 * shape.B * shape.H * (shape.Sq + shape.Sk) * shape.D * 2) <= l2_bytes
+
+
+def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full", with_sdpa: bool = True,
+              nwarps: int = 4, seed: int = 0) -> BenchRow:
+    from .gpu import kernel_resources, launch, prepare
+    pre = prepare(mode, shape, causal, "randn", seed, nwarps=nwarps)
+    pre.launch()    # compile, check it runs
+    bufs = {**pre.bufs, **pre.outs}
+    t = do_bench(lambda: launch(pre.variant, shape, bufs, pre.scale, sync=False), flush_l2=_fits_l2(shape))
+    row = BenchRow(label, shape, causal, mode, t, shape.flops(causal), resources=kernel_resources(pre.variant),
+                   nwarps=nwarps)
+    if with_sdpa and mode == "full":
+        row.sdpa = _sdpa_timings(shape, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"])
+    return row
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.0f}%"
+
+
+def _cols(r: BenchRow, peak: float | None) -> list:
+    fl, cu = r.sdpa.get("sdpa_flash"), r.sdpa.get("sdpa_cudnn")
+    k = r.kernel
+    return [r.label, r.shape.label, "yes" if r.causal else "", f"{k.median_us:.1f} ({k.p10_us:.1f}-{k.p90_us:.1f})",
+            f"{r.tflops:.1f}", pct(100 * r.tflops / peak if peak else None),
+            f"{fl.median_us:.1f}" if fl else "-", f"{fl.tflops(r.flops):.1f}" if fl else "-",
+            f"{r.ratio('sdpa_flash'):.2f}x" if fl else "-",
+            f"{cu.median_us:.1f}" if cu else "-", f"{r.ratio('sdpa_cudnn'):.2f}x" if cu else "-"]
+
+
+HEADERS = ["case", "B,H,S,D", "causal", "kernel us median (p10-p90)", "TFLOP/s", "% fp16 peak",
+           "SDPA flash us", "flash TFLOP/s", "kernel/flash", "SDPA cuDNN us", "kernel/cuDNN"]
+
+
+def rich_table(rows, device: dict):
+    from rich.table import Table
+    peak = fp16_peak(device.get("device", ""))
+    t = Table(title=f"flashcore bench on {device.get('device')} (driver {device.get('driver')}); "
+                    f"ratios are throughput, > 1 = kernel faster", title_justify="left")
+    for h in HEADERS:
+        t.add_column(h, justify="left" if h in ("case", "B,H,S,D", "causal") else "right")
+    for r in rows:
+        t.add_row(*_cols(r, peak))
+    return t
+
+
+def markdown(rows, device: dict, date: str, command: str) -> str:
+    peak = fp16_peak(device.get("device", ""))
+    lines = [f"GPU: {device.get('device')}, driver {device.get('driver')}, CUDA runtime {device.get('runtime')}, "
+             f"CuPy {device.get('cupy')}; {date}.", "",
+             f"Reproduce: `{command}`", "",
+             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(_cols(r, peak)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

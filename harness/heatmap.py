@@ -1,0 +1,91 @@
+"""Terminal (rich) and PNG (matplotlib, optional extra) heat maps of the localisation folds."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Group
+from rich.panel import Panel
+from rich.text import Text
+
+from .errors import UsageError
+from .localise import Folds
+
+# error / tol buckets -> background colour
+BUCKETS = [(1.0, "green"), (10.0, "yellow"), (100.0, "dark_orange"), (1e4, "red"), (np.inf, "magenta")]
+MAX_ROWS, MAX_COLS = 32, 48
+
+
+def _pool(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Max-pool a 2-D map down to at most rows x cols cells."""
+    fr, fc = -(-a.shape[0] // rows), -(-a.shape[1] // cols)
+    pr, pc = -a.shape[0] % fr, -a.shape[1] % fc
+    a = np.pad(a, ((0, pr), (0, pc)), constant_values=0)
+    return a.reshape(a.shape[0] // fr, fr, a.shape[1] // fc, fc).max(axis=(1, 3))
+
+
+def _colour(v: float) -> str:
+    for limit, colour in BUCKETS:
+        if v <= limit:
+            return colour
+    return "magenta"
+
+
+def render(a: np.ndarray, title: str, row_label: str, col_label: str) -> Panel:
+    a = np.atleast_2d(a)
+    pooled = _pool(a, MAX_ROWS, MAX_COLS)
+    note = "" if pooled.shape == a.shape else f" (max-pooled from {a.shape[0]}x{a.shape[1]})"
+    t = Text()
+    for r in range(pooled.shape[0]):
+        t.append(f"{r:>3} ")
+        for v in pooled[r]:
+            t.append("  ", style=f"on {_colour(v)}")
+        t.append("\n")
+    t.append(f"    rows: {row_label}; cols: {col_label}{note}; worst {a.max():.3g}x tol", style="dim")
+    return Panel(t, title=title, expand=False)
+
+
+def legend() -> Text:
+    t = Text("error/tol: ")
+    lo = 0.0
+    for limit, colour in BUCKETS:
+        t.append("  ", style=f"on {colour}")
+        t.append(f" {'<=' + format(limit, 'g') if np.isfinite(limit) else '>' + format(lo, 'g')}  ")
+        lo = limit
+    return t
+
+
+def render_folds(f: Folds) -> Group:
+    col = "key tile" if f.key_tiles is not None else "head-dim tile (16)"
+    parts = [render(f.tiles, f"{f.output}: query tile x {col}", "query tile", col),
+             render(f.warps[None, :], f"{f.output}: warp (16 rows each)", "-", "warp"),
+             render(f.fragment, f"{f.output}: 16x16 fragment position", "row % 16", "col % 16")]
+    if f.key_tiles is not None:
+        parts.append(render(f.key_tiles[None, :], f"{f.output}: key tile index", "-", "key tile"))
+    parts.append(legend())
+    parts.append(Text("hints: " + "; ".join(f.hints), style="bold"))
+    return Group(*parts)
+
+
+def save_png(folds: list, path: str, title: str = ""):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--png needs matplotlib: pip install 'flashcore[plot]'") from None
+    panels = []
+    for f in folds:
+        panels += [(f"{f.output}: tiles", f.tiles), (f"{f.output}: warps", f.warps[None, :]),
+                   (f"{f.output}: fragment", f.fragment)]
+        if f.key_tiles is not None:
+            panels.append((f"{f.output}: key tiles", f.key_tiles[None, :]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (name, a) in zip(axes[0], panels):
+        im = ax.imshow(np.log10(np.maximum(np.atleast_2d(a), 1e-3)), cmap="magma", vmin=-3, vmax=4,
+                       aspect="auto", interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), label="log10(error / tol)")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
+# benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|demo|bench|all]
+set -uo pipefail
+OUT=${OUT:-/tmp/flashcore-out}; mkdir -p "$OUT"
+what=${1:-all}
+export PYTHONUNBUFFERED=1 FLASHCORE_RECORD_SUITE=1
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 2; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+rc=0
+if [[ $what == tests || $what == all ]]; then
+  python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 600 tests 2>&1 | tee "$OUT/gpu_tests.log"
+  rc=${PIPESTATUS[0]}
+  flashcore run --debug all --shape mission 2>&1 | tee "$OUT/run_all.log"
+fi
+if [[ $what == demo || $what == all ]]; then
+  { flashcore diagnose --bug FRAG_SWAP --seed 1 --png "$OUT/frag_swap.png"
+    flashcore diagnose --bug NO_RESCALE --seed 1
+    flashcore smoking-gun --seed 1
+    flashcore smoking-gun --seed 1 --bug PV_FIRST_TILE
+    flashcore sanitize --tool racecheck --bug NO_BARRIER
+  } 2>&1 | tee "$OUT/walkthrough.log"
+fi
+if [[ $what == bench || $what == all ]]; then
+  flashcore bench --suite --markdown "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/bench.log"
+fi
+cp results/runs-*.jsonl "$OUT/" 2>/dev/null
+exit $rc
