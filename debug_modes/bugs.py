@@ -12,6 +12,11 @@ class Bug:
     stage: str           # where stage bisection must place it: qk | softmax | pv | glue
     description: str
     needs_input: str = "randn"   # the input set on which the bug shows
+    also: tuple = ()             # other acceptable placements (a race shows where it strikes)
+
+    @property
+    def stages(self) -> tuple:
+        return (self.stage,) + self.also
 
 
 BUGS = {
@@ -22,7 +27,8 @@ BUGS = {
         Bug("NO_RESCALE", "glue", "O accumulator not rescaled by alpha when the row max moves"),
         Bug("PV_FIRST_TILE", "pv", "P.V accumulated over the first key tile only"),
         Bug("FRAG_SWAP", "pv", "accumulator fragment rows swapped (c0,c1 <-> c2,c3) when O is stored"),
-        Bug("NO_BARRIER", "glue", "next K tile issued before the barrier ending the reads of the current one (race)"),
+        Bug("NO_BARRIER", "glue", "next K tile issued before the barrier ending the reads of the current one (race)",
+            also=("qk",)),
         Bug("P_OVERFLOW", "softmax", "row max frozen after the first key tile: P = exp(S - m_first) overflows fp16", "large"),
     )
 }

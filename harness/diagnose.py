@@ -86,6 +86,10 @@ def print_diagnosis(d: Diagnosis):
     console.print(f"[bold red]first failing stage: {STAGE_TEXT[d.stage]}[/]  (mode {mode})")
     if d.failing.status != "ok":
         console.print(f"  {d.failing.status}: {d.failing.message}")
+    moved = {m.output: m.extra.get("nondeterministic", 0) for m in d.failing.metrics}
+    if any(moved.values()):
+        console.print(f"[bold red]  the output moved between two launches on the same inputs ({moved}): a race. "
+                      f"Next: flashcore sanitize --tool racecheck --debug {mode}[/]")
     for f in d.folds:
         console.print(heatmap.render_folds(f))
 

@@ -38,6 +38,8 @@ def error_table(results, title: str) -> Table:
             continue
         for m in r.metrics:
             extra = f" spread {fmt(m.extra['row_spread'])}" if "row_spread" in m.extra else ""
+            if m.extra.get("nondeterministic"):
+                extra += f" [red]RACE: {m.extra['nondeterministic']} elements differ between two launches[/]"
             t.add_row(m.mode, m.stage, m.output, fmt(m.max_abs), fmt(m.mean_abs), fmt(m.rel_l2), fmt(m.floor),
                       fmt(m.err_over_floor, ".2f"), str(m.n_nonfinite), str(m.n_unwritten),
                       ",".join(map(str, m.worst_index)), verdict(m.passed) + extra)

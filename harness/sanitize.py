@@ -22,6 +22,11 @@ CU_LINE = re.compile(r"([\w./-]+\.cuh?):(\d+)")
 TIMEOUT_S = 540
 
 
+def compiler_kernel_name() -> str:
+    from .compiler import KERNEL_FILE
+    return f"kernels/{KERNEL_FILE.name}"
+
+
 def find_sanitizer() -> str:
     cands = [shutil.which("compute-sanitizer")]
     for var in ("CUDA_PATH", "CUDA_HOME"):
@@ -98,6 +103,8 @@ def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, s
     except subprocess.TimeoutExpired:
         raise UsageError(f"compute-sanitizer --tool {tool} timed out after {TIMEOUT_S} s") from None
     out = p.stdout + p.stderr
+    # CuPy compiles the source under its own cache name (<hash>.cubin.cu): name the kernel file.
+    out = re.sub(r"[\w./-]*\.cubin\.cu", compiler_kernel_name(), out)
     hazards, n_err = parse(out)
     if "FLASHCORE_TARGET_OK" not in out and not hazards and n_err == 0:
         last = [l for l in out.splitlines() if l.strip()][-1:] or ["(no output)"]

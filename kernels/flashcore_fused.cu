@@ -24,7 +24,7 @@
 //                       O written as fp32 so the fp16 output cast does not hide P's precision
 //   -- seeded bugs (must-fail cases for the harness; none is on by default)
 //   BUG_KT_LAYOUT       QK: K tile read with the transposed ldmatrix layout
-//   BUG_TAIL_MASK       QK: sequence-tail mask off by one (the last valid key is masked)
+//   BUG_TAIL_MASK       QK: sequence-tail bound off by one (the last valid key is masked)
 //   BUG_NO_RESCALE      glue: O accumulator not rescaled by alpha when the row max moves
 //   BUG_PV_FIRST_TILE   PV: P.V accumulated for the first key tile only
 //   BUG_FRAG_SWAP       PV: accumulator fragment rows swapped (c0,c1 <-> c2,c3) when O is stored
@@ -168,12 +168,8 @@ __device__ __forceinline__ void qk_tile(float s[N_FRAG][4], const u32 qf[K_STEPS
 }
 
 // Tail (key >= Sk) and causal (key > query) masking, applied to tiles that need it.
-__device__ __forceinline__ void mask_tile(float s[N_FRAG][4], int kv0, int row_base, int lane, int Sk) {
-#ifdef BUG_TAIL_MASK
-    const int kv_limit = Sk - 1;
-#else
-    const int kv_limit = Sk;
-#endif
+// kv_limit is the first invalid key: Sk (BUG_TAIL_MASK: Sk - 1, the classic off-by-one).
+__device__ __forceinline__ void mask_tile(float s[N_FRAG][4], int kv0, int row_base, int lane, int kv_limit) {
 #pragma unroll
     for (int nt = 0; nt < N_FRAG; ++nt)
 #pragma unroll
@@ -314,6 +310,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const int row_base = q0 + warp * 16 + (lane >> 2);   // this thread's rows: row_base, row_base + 8
 
     const int n_tiles = (Sk + BLOCK_N - 1) / BLOCK_N;
+#ifdef BUG_TAIL_MASK
+    const int kv_limit = Sk - 1;
+#else
+    const int kv_limit = Sk;
+#endif
 #if IS_CAUSAL && !defined(DEBUG_QK_ONLY) && !defined(DEBUG_SOFTMAX_ONLY)
     // Tiles wholly above the diagonal contribute P = 0: skip them. The debug modes that
     // write [Sq,Sk] matrices sweep every tile so that every element is written.
@@ -385,8 +386,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 ldmatrix_x4(qf[kd], sQ + (warp * 16 + (mat & 1) * 8 + r) * SMEM_LD + kd * 16 + (mat >> 1) * 8);
         }
         qk_tile(s, qf, sK, lane, scale);
-        if (kv0 + BLOCK_N > Sk || (IS_CAUSAL && kv0 + BLOCK_N - 1 > q0))
-            mask_tile(s, kv0, row_base, lane, Sk);
+        if (kv0 + BLOCK_N > kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > q0))
+            mask_tile(s, kv0, row_base, lane, kv_limit);
+#ifdef BUG_NO_BARRIER
+        // The bug: the next K tile is issued as soon as this warp is done with the current
+        // one, without the barrier that waits for the other warps' reads of it.
+        if (j + 1 < n_iter) load_tile<BLOCK_N>(sK, Kb, kv0 + BLOCK_N, Sk);
+        cp_async_commit();
+#endif
 #endif
 
 #if defined(DEBUG_QK_ONLY)
@@ -413,10 +420,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 #endif
 
-#ifdef BUG_NO_BARRIER
-        if (j + 1 < n_iter) { load_tile<BLOCK_N>(sK, Kb, kv0 + BLOCK_N, Sk); }   // the bug: before the barrier
-        cp_async_commit();
-        cp_async_wait<1>();
+#if defined(BUG_NO_BARRIER) && USES_QK
+        cp_async_wait<1>();                     // V_j landed; K_{j+1} (issued early) may still fly
         __syncthreads();
 #else
         cp_async_wait<0>();
