@@ -268,6 +268,116 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, markdown, record):
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ regression tracking
+def _shape_label(shape: str | None):
+    return _shape_arg(shape, None, None).label if shape else None
+
+
+@cli.command()
+@click.option("--mode", default="full", show_default=True)
+@click.option("--shape", default="mission", show_default=True, help="shape name or B,H,S,D ('any' for all)")
+@click.option("--metric", default="max_err", show_default=True, help="max_err | err_floor | latency | tflops | regs | smem")
+@click.option("--png", type=click.Path(dir_okay=False), default=None, help="also plot the journey")
+def history(mode, shape, metric, png):
+    """The journey, oldest commit first: one row per commit (its newest record) with the
+    metric and a bar, from the run records in results/."""
+    from harness import history as h
+    from harness.report import console
+    from debug_modes.registry import get_mode
+    get_mode(mode)
+    if metric not in h.METRICS:
+        raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(h.METRICS)}")
+    label = None if shape == "any" else _shape_label(shape)
+    points, damaged = h.journey(metric, mode, label)
+    for d in damaged:
+        click.echo(f"flashcore: warning: skipped damaged record {d}", err=True)
+    title = f"history: {metric} of {mode} on {label or 'any shape'} ({len(points)} commits)"
+    if not points:
+        console.print(f"{title}: no records")
+        return EXIT_OK
+    console.print(h.history_table(points, metric, title))
+    if png:
+        h.save_png(points, metric, png, title)
+        console.print(f"written {png}")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+def compare(a, b):
+    """Two commits (hash or rev) or two run ids side by side, metric by metric, with the change."""
+    from harness import history as h
+    from harness.report import console
+    rows = h.compare(a, b)
+    if not rows:
+        raise UsageError(f"{a} and {b} have no case in common")
+    console.print(h.compare_table(rows, a, b))
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--mode", default="full", show_default=True)
+@click.option("--shape", default="mission", show_default=True)
+@click.option("--causal", is_flag=True)
+@click.option("--against", default=None, help="baseline: a git revision with records in results/, or a records file")
+@click.option("--max-error", type=float, default=None, help="largest max abs error allowed")
+@click.option("--max-slowdown", type=float, default=None, help="largest latency increase over the baseline, percent")
+@click.option("--max-regs", type=int, default=None, help="largest register count allowed (sm_90)")
+@click.option("--no-spills", is_flag=True, help="fail on any spill byte")
+def check(mode, shape, causal, against, max_error, max_slowdown, max_regs, no_spills):
+    """Regression gate: exit 0 nothing regressed, 1 something did, 2 could not decide."""
+    from rich.table import Table
+    from harness.gate import check as run_check
+    from harness.report import console, verdict
+    from debug_modes.registry import get_mode
+    get_mode(mode)
+    res = run_check(mode, _shape_arg(shape, None, None), causal, against, max_error, max_slowdown, max_regs, no_spills)
+    t = Table(title=f"check {mode} {shape}" + (f" against {against}" if against else ""), title_justify="left")
+    for c in ("check", "result", "detail"):
+        t.add_column(c)
+    for f in res.findings:
+        t.add_row(f.name, "[yellow]UNDECIDED[/]" if f.ok is None else verdict(f.ok, "ok", "REGRESSED"), f.detail)
+    console.print(t)
+    return res.exit_code
+
+
+@cli.command("bisect")
+@click.option("--good", required=True, help="a revision known good")
+@click.option("--bad", required=True, help="a revision known bad")
+@click.option("--mode", default="full", show_default=True)
+@click.option("--shape", default="mission", show_default=True)
+@click.option("--causal", is_flag=True)
+@click.option("--metric", default="max_err", show_default=True, help="max_err (GPU) | spills | regs | smem (no GPU)")
+@click.option("--threshold", type=float, default=None,
+              help="bad when the metric exceeds it (max_err: err/floor; default: the pass rule; spills: 0)")
+def bisect_cmd(good, bad, mode, shape, causal, metric, threshold):
+    """Find the first bad commit with git bisect run, in a throw-away worktree; every step
+    is recorded. Exit 0 when a first bad commit is found."""
+    from rich.table import Table
+    from harness.bisect import bisect
+    from harness.report import console
+    from debug_modes.registry import get_mode
+    get_mode(mode)
+    r = bisect(good, bad, mode, shape, metric, threshold, causal)
+    t = Table(title=f"{metric} along the bisection path", title_justify="left")
+    for c in ("step", "commit", "subject", metric, "verdict"):
+        t.add_column(c)
+    for i, s in enumerate(r.steps, 1):
+        v = s.get("value")
+        t.add_row(str(i), (s.get("git_commit") or "")[:10], (s.get("git_subject") or "")[:50],
+                  "-" if v is None else f"{v:.4g}", s.get("verdict"))
+    console.print(t)
+    if r.first_bad:
+        console.print(f"[bold]first bad commit: {r.first_bad[:12]} {r.subject}[/]")
+        console.print(r.diffstat)
+        return EXIT_OK
+    if r.candidates:
+        console.print("[bold yellow]skipped commits leave several candidates:[/] " + ", ".join(c[:10] for c in r.candidates))
+        return EXIT_CHECK_FAILED
+    raise UsageError("git bisect did not name a first bad commit (is --good really good and --bad bad?)")
+
+
 def main():
     cli.main()
 

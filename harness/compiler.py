@@ -27,13 +27,20 @@ from .variant import Variant
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 KERNEL_FILE = KERNELS_DIR / "flashcore_fused.cu"
+
+
+def kernel_file(path=None) -> Path:
+    """The kernel source in use: path, else $FLASHCORE_KERNEL (git bisect points it into a
+    worktree), else kernels/flashcore_fused.cu."""
+    return Path(path or os.environ.get("FLASHCORE_KERNEL") or KERNEL_FILE)
 KERNEL_NAME = "flashcore_fwd"
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
 
-def kernel_sources(path: Path = KERNEL_FILE) -> dict:
+def kernel_sources(path: Path | None = None) -> dict:
     """{path: text} of the kernel and every local file it includes, recursively."""
     seen: dict = {}
+    path = kernel_file(path)
 
     def walk(p: Path):
         p = p.resolve()
@@ -49,10 +56,10 @@ def kernel_sources(path: Path = KERNEL_FILE) -> dict:
     return seen
 
 
-def source_hash(path: Path = KERNEL_FILE) -> str:
+def source_hash(path: Path | None = None) -> str:
     """sha256 over the kernel source and everything it includes (names and contents)."""
     h = hashlib.sha256()
-    for p, text in sorted(kernel_sources(path).items()):
+    for p, text in sorted(kernel_sources(kernel_file(path)).items()):
         h.update(p.name.encode() + b"\0" + text.encode() + b"\0")
     return h.hexdigest()
 
@@ -90,15 +97,16 @@ def find_cuda_include() -> Path:
     raise UsageError("no CUDA include directory with crt/mma.h found; set CUDA_PATH to the toolkit")
 
 
-def runtime_options(variant: Variant, path: Path = KERNEL_FILE) -> tuple:
+def runtime_options(variant: Variant, path: Path | None = None) -> tuple:
     """The option tuple passed to cupy.RawModule (CuPy adds the arch of the current device)."""
+    path = kernel_file(path)
     opts = ["-std=c++17", "-lineinfo", f"-I{find_cuda_include()}", f"-I{Path(path).resolve().parent}",
             f"-DFLASHCORE_SRC_HASH={source_hash(path)[:16]}"]
     opts += [f"-D{d}" for d in variant.defines]
     return tuple(opts)
 
 
-def cache_key(variant: Variant, path: Path = KERNEL_FILE) -> str:
+def cache_key(variant: Variant, path: Path | None = None) -> str:
     return hashlib.sha256(("\0".join(runtime_options(variant, path))).encode()).hexdigest()[:16]
 
 
@@ -161,9 +169,10 @@ def _nvrtc():
         raise UsageError(f"NVRTC is not available ({type(e).__name__}: {e}); install flashcore[cuda13] or [cuda12]") from None
 
 
-def compile_check(variant: Variant, path: Path = KERNEL_FILE) -> Resources:
+def compile_check(variant: Variant, path: Path | None = None) -> Resources:
     """Compile one variant for variant.arch with NVRTC (no GPU needed) and read the resources."""
     nvrtc = _nvrtc()
+    path = kernel_file(path)
     sources = kernel_sources(path)
     main_src = sources[Path(path).resolve()]
     opts = [f"--gpu-architecture={variant.arch}", "--ptxas-options=-v", "-ftz=true"]

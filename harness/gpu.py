@@ -68,7 +68,7 @@ def get_kernel(variant: Variant):
     key = compiler.cache_key(variant)
     if key not in _MODULES:
         cp = _cupy()
-        src = compiler.KERNEL_FILE.read_text()
+        src = compiler.kernel_file().read_text()
         try:
             mod = cp.RawModule(code=src, options=compiler.runtime_options(variant), backend="nvrtc")
             fn = mod.get_function(compiler.KERNEL_NAME)

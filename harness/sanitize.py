@@ -23,8 +23,8 @@ TIMEOUT_S = 540
 
 
 def compiler_kernel_name() -> str:
-    from .compiler import KERNEL_FILE
-    return f"kernels/{KERNEL_FILE.name}"
+    from .compiler import kernel_file
+    return f"kernels/{kernel_file().name}"
 
 
 def find_sanitizer() -> str:

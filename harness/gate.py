@@ -1,0 +1,106 @@
+"""`flashcore check`: the regression gate. Exit 0 nothing regressed, 1 something did (named,
+with by how much), 2 it could not decide (no GPU for a GPU metric, no baseline). Usable in a
+GPU CI job and under `git bisect run`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import records
+from .errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, FlashCoreError
+from .history import _resolve, matches, metric_value
+
+
+@dataclass
+class Finding:
+    name: str
+    ok: bool | None          # None: could not decide
+    detail: str
+
+
+@dataclass
+class CheckResult:
+    findings: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if any(f.ok is False for f in self.findings):
+            return EXIT_CHECK_FAILED
+        if any(f.ok is None for f in self.findings):
+            return EXIT_USAGE
+        return EXIT_OK
+
+
+def load_baseline(against: str | None, mode: str, shape_label: str) -> list:
+    """Records of a revision (from results/) or of a JSON / JSON Lines file, for this case."""
+    if against is None:
+        return []
+    p = Path(against)
+    if p.is_file():
+        text = p.read_text()
+        try:
+            data = json.loads(text)
+            recs = [records.Record(d) for d in (data if isinstance(data, list) else [data])]
+        except ValueError:
+            recs = records.read([p]).records
+    else:
+        recs = _resolve(against, records.read().records)
+    return [r for r in recs if matches(r, mode, shape_label)]
+
+
+def _baseline_value(baseline, metric):
+    vals = [metric_value(r, metric) for r in baseline]
+    vals = [v for v in vals if v is not None]
+    return vals[-1] if vals else None
+
+
+def check(mode="full", shape=None, causal=False, against=None, max_error=None, max_slowdown=None,
+          max_regs=None, no_spills=False) -> CheckResult:
+    from .shapes import parse_shape
+    from .variant import Variant
+    shape = shape or parse_shape("mission")
+    Variant(mode, shape.D, causal)     # validate first
+    res = CheckResult()
+    baseline = load_baseline(against, mode, shape.label)
+    if against is not None and not baseline:
+        res.findings.append(Finding("baseline", None, f"no records for {mode} {shape.label} in {against!r}"))
+    # -- resources: NVRTC, no GPU needed
+    if max_regs is not None or no_spills or against is not None:
+        from .compiler import compile_check
+        r = compile_check(Variant(mode, shape.D, causal, arch="sm_90"))
+        if max_regs is not None:
+            res.findings.append(Finding("regs", r.registers <= max_regs,
+                                        f"{r.registers} registers (limit {max_regs}, {r.registers - max_regs:+d})"))
+        elif baseline and _baseline_value(baseline, "regs") is not None:
+            b = _baseline_value(baseline, "regs")
+            res.findings.append(Finding("regs", r.registers <= b, f"{r.registers} registers vs baseline {b:.0f} ({r.registers - b:+.0f})"))
+        if no_spills:
+            res.findings.append(Finding("spills", r.spill_bytes == 0, f"{r.spill_bytes} spill bytes"))
+    # -- GPU metrics
+    wants_gpu = max_error is not None or max_slowdown is not None or not res.findings or against is not None
+    if wants_gpu:
+        try:
+            from .gpu import require_gpu, run_mode
+            require_gpu()
+        except FlashCoreError as e:
+            res.findings.append(Finding("GPU metrics", None, f"cannot decide: {e}"))
+            return res
+        rr = run_mode(mode, shape, causal=causal, inputs="randn")
+        worst = max((m.max_abs for m in rr.metrics), default=float("inf"))
+        res.findings.append(Finding("verdict", rr.passed, f"{mode} {shape.label}: " + (
+            "passes the floor rule" if rr.passed else f"fails ({rr.status} {rr.message})".strip())))
+        if max_error is not None:
+            res.findings.append(Finding("max_err", worst <= max_error, f"max abs error {worst:.3e} (limit {max_error:.3e})"))
+        if max_slowdown is not None:
+            b = _baseline_value(baseline, "latency")
+            if b is None:
+                res.findings.append(Finding("latency", None, "cannot decide: no baseline latency (run flashcore bench at the baseline)"))
+            else:
+                from .bench import bench_one
+                now = bench_one("check", shape, causal, mode, with_sdpa=False).kernel.median_us
+                pct = 100.0 * (now - b) / b
+                res.findings.append(Finding("latency", pct <= max_slowdown,
+                                            f"{now:.1f} us vs baseline {b:.1f} us ({pct:+.1f}%, limit +{max_slowdown}%)"))
+    return res
