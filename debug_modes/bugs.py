@@ -13,6 +13,7 @@ class Bug:
     description: str
     needs_input: str = "randn"   # the input set on which the bug shows
     also: tuple = ()             # other acceptable placements (a race shows where it strikes)
+    found_by: str = "diagnose"   # the tool that must catch it: diagnose (numbers) or racecheck
 
     @property
     def stages(self) -> tuple:
@@ -28,7 +29,7 @@ BUGS = {
         Bug("PV_FIRST_TILE", "pv", "P.V accumulated over the first key tile only"),
         Bug("FRAG_SWAP", "pv", "accumulator fragment rows swapped (c0,c1 <-> c2,c3) when O is stored"),
         Bug("NO_BARRIER", "glue", "next K tile issued before the barrier ending the reads of the current one (race)",
-            also=("qk",)),
+            also=("qk",), found_by="racecheck"),
         Bug("P_OVERFLOW", "softmax", "row max frozen after the first key tile: P = exp(S - m_first) overflows fp16", "large"),
     )
 }

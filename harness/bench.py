@@ -135,11 +135,12 @@ def _fits_l2(shape: Shape, l2_bytes: int = 60 << 20) -> bool:
 
 def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full", with_sdpa: bool = True,
               nwarps: int = 4, seed: int = 0) -> BenchRow:
-    from .gpu import kernel_resources, launch, prepare
+    from .gpu import kernel_resources, prepare
+    import cupy as cp
     pre = prepare(mode, shape, causal, "randn", seed, nwarps=nwarps)
     pre.launch()    # compile, check it runs
-    bufs = {**pre.bufs, **pre.outs}
-    t = do_bench(lambda: launch(pre.variant, shape, bufs, pre.scale, sync=False), flush_l2=_fits_l2(shape))
+    t = do_bench(pre.timed_launcher(), flush_l2=_fits_l2(shape))
+    cp.cuda.runtime.deviceSynchronize()   # a fault during timing surfaces here
     row = BenchRow(label, shape, causal, mode, t, shape.flops(causal), resources=kernel_resources(pre.variant),
                    nwarps=nwarps)
     if with_sdpa and mode == "full":

@@ -39,10 +39,10 @@ def table(rows):
 def print_bugs():
     from rich.table import Table
     t = Table(title="Seeded bugs (-DBUG_<NAME>; none is on by default)", title_justify="left")
-    for c in ("name", "stage", "shows with inputs", "what it breaks"):
+    for c in ("name", "stage", "shows with inputs", "caught by", "what it breaks"):
         t.add_column(c)
     for b in BUGS.values():
-        t.add_row(b.name, b.stage, b.needs_input, b.description)
+        t.add_row(b.name, b.stage, b.needs_input, b.found_by, b.description)
     console.print(t)
 
 

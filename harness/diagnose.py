@@ -55,15 +55,16 @@ def localise_result(r) -> list:
     out = []
     for m in r.metrics:
         if not m.passed and m.output in r.errors:
-            out.append(localise.fold(r.errors[m.output], m.tol, f"{r.variant.mode}:{m.output}",
-                                     r.variant.block_m, r.variant.block_n))
+            out.append(localise.fold(r.errors[m.output], m.tol, f"{r.variant.mode}/{m.output}",
+                                     r.variant.block_m, r.variant.block_n,
+                                     r.outputs.get(m.output), r.expected.get(m.output)))
     return out
 
 
 def diagnose(shape, causal=False, inputs="randn", seed=None, bugs=(), record=True, isolate=True,
              show=True, png=None) -> Diagnosis:
     results = session.run_modes(BISECT_MODES, shape, causal=causal, inputs=inputs, seed=seed, bugs=bugs,
-                                record=record, isolate=isolate, show=show,
+                                record=record, isolate=isolate, show=show, keep_outputs=True,
                                 title=f"diagnose {shape.label}{' causal' if causal else ''} inputs={inputs}"
                                       + "".join(f" +BUG_{b}" for b in bugs))
     stage, failing = bisect_stages(results)

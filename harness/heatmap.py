@@ -11,7 +11,9 @@ from .errors import UsageError
 from .localise import Folds
 
 # error / tol buckets -> background colour
-BUCKETS = [(1.0, "green"), (10.0, "yellow"), (100.0, "dark_orange"), (1e4, "red"), (np.inf, "magenta")]
+# error / tol buckets -> colour and a glyph (the glyph keeps the map readable without colour)
+BUCKETS = [(1.0, "green", "·"), (10.0, "yellow", "░"), (100.0, "dark_orange", "▒"), (1e4, "red", "▓"),
+           (np.inf, "magenta", "█")]
 MAX_ROWS, MAX_COLS = 32, 48
 
 
@@ -23,11 +25,11 @@ def _pool(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return a.reshape(a.shape[0] // fr, fr, a.shape[1] // fc, fc).max(axis=(1, 3))
 
 
-def _colour(v: float) -> str:
-    for limit, colour in BUCKETS:
+def _cell(v: float) -> tuple:
+    for limit, colour, glyph in BUCKETS:
         if v <= limit:
-            return colour
-    return "magenta"
+            return colour, glyph
+    return BUCKETS[-1][1:]
 
 
 def render(a: np.ndarray, title: str, row_label: str, col_label: str) -> Panel:
@@ -38,17 +40,18 @@ def render(a: np.ndarray, title: str, row_label: str, col_label: str) -> Panel:
     for r in range(pooled.shape[0]):
         t.append(f"{r:>3} ")
         for v in pooled[r]:
-            t.append("  ", style=f"on {_colour(v)}")
+            colour, glyph = _cell(v)
+            t.append(glyph * 2, style=colour)
         t.append("\n")
     t.append(f"    rows: {row_label}; cols: {col_label}{note}; worst {a.max():.3g}x tol", style="dim")
-    return Panel(t, title=title, expand=False)
+    return Panel(t, title=Text(title), expand=False)   # Text: no emoji/markup in titles
 
 
 def legend() -> Text:
     t = Text("error/tol: ")
     lo = 0.0
-    for limit, colour in BUCKETS:
-        t.append("  ", style=f"on {colour}")
+    for limit, colour, glyph in BUCKETS:
+        t.append(glyph * 2, style=colour)
         t.append(f" {'<=' + format(limit, 'g') if np.isfinite(limit) else '>' + format(lo, 'g')}  ")
         lo = limit
     return t

@@ -35,8 +35,10 @@ def _fold_max(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def fold(err: np.ndarray, tol: float, output: str, block_m: int, block_n: int) -> Folds:
-    """err: |error| of one output, [B,H,Sq] or [B,H,Sq,X]; tol: the pass threshold."""
+def fold(err: np.ndarray, tol: float, output: str, block_m: int, block_n: int,
+         got: np.ndarray | None = None, exact: np.ndarray | None = None) -> Folds:
+    """err: |error| of one output, [B,H,Sq] or [B,H,Sq,X]; tol: the pass threshold; got and
+    exact (optional) let the permutation rule test fragment mappings."""
     tol = tol if tol > 0 else np.finfo(np.float64).tiny
     e = np.where(np.isfinite(err), err, np.inf).astype(np.float64) / tol
     e = np.where(np.isinf(e), 1e30, e)          # keep maps finite; NaN rows are listed apart
@@ -60,7 +62,32 @@ def fold(err: np.ndarray, tol: float, output: str, block_m: int, block_n: int) -
     f = Folds(output, tiles, warps, frag, key_tiles, col_tile,
               [tuple(int(x) for x in r) for r in bad_rows[:8]])
     f.hints = hints(f, e, Sq, X, block_m, block_n)
+    if got is not None and exact is not None and f.hints != ["no element over tolerance"]:
+        p = permutation_hint(got, exact, tol)
+        if p:
+            f.hints.insert(0, p)
     return f
+
+
+def permutation_hint(got: np.ndarray, exact: np.ndarray, tol: float) -> str | None:
+    """If the output equals the reference with rows (or columns) permuted as i -> i ^ k inside
+    each 16-wide fragment, name it: a fragment-to-element mapping bug, not a numeric one."""
+    if got.ndim != 4:
+        return None
+    g = got.astype(np.float64)
+    for axis, name in ((2, "row"), (3, "col")):
+        n = g.shape[axis]
+        idx = np.arange(n)
+        for k in range(1, 16):
+            perm = idx ^ k
+            ok = perm < n
+            a = np.take(g, idx[ok], axis=axis)
+            b = np.take(exact, perm[ok], axis=axis)
+            with np.errstate(invalid="ignore"):
+                if np.all(np.abs(a - b) <= tol):
+                    return (f"fragment mapping: {name} i of every 16-{name} fragment holds {name} i^{k} of the "
+                            f"reference (values right, places wrong" + (": c0,c1 <-> c2,c3" if k == 8 and axis == 2 else "") + ")")
+    return None
 
 
 def hints(f: Folds, e: np.ndarray, Sq: int, X: int, block_m: int, block_n: int) -> list:

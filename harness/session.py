@@ -11,7 +11,7 @@ from .variant import Variant
 
 
 def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(),
-              record=True, isolate=None, show=True, title=None):
+              record=True, isolate=None, show=True, title=None, keep_outputs=False):
     """Run the modes in data-flow order on one shape; returns the RunResults."""
     from .inputs import fresh_seed
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
@@ -25,7 +25,8 @@ def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None,
     results = []
     for m in modes:
         case = dict(mode=m, shape=dict(B=shape.B, H=shape.H, Sq=shape.Sq, Sk=shape.Sk, D=shape.D),
-                    causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs))
+                    causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs),
+                    keep_outputs=keep_outputs)
         r = runs.run_case(case, isolate=isolate)
         results.append(r)
         if record:

@@ -16,7 +16,9 @@ BUG_SHAPES = [("mission", Shape(1, 8, 512, 512, 64)), ("odd", Shape(1, 4, 1000, 
 
 
 @pytest.mark.parametrize("shape_label,shape", BUG_SHAPES, ids=[s[0] for s in BUG_SHAPES])
-@pytest.mark.parametrize("bug", sorted(BUGS))
+# NO_BARRIER's race never showed in the numbers on an H200 (two launches bitwise equal over
+# the suite); racecheck is the tool that catches it: test_racecheck_reports_missing_barrier.
+@pytest.mark.parametrize("bug", sorted(b for b in BUGS if BUGS[b].found_by == "diagnose"))
 def test_seeded_bug_is_caught_and_placed(bug, shape_label, shape):
     b = BUGS[bug]
     d = diagnose(shape, inputs=b.needs_input, seed=fresh_seed(), bugs=(bug,), record=False, isolate=True, show=False)

@@ -113,3 +113,16 @@ def test_sanitizer_output_is_summarised_with_file_line():
 def test_clean_sanitizer_output():
     hazards, n = parse("========= COMPUTE-SANITIZER\nFLASHCORE_TARGET_OK\n========= ERROR SUMMARY: 0 errors\n")
     assert not hazards and n == 0
+
+
+def test_fragment_row_swap_is_named_from_outputs():
+    rng = np.random.default_rng(5)
+    exact = rng.standard_normal((1, 2, 64, 64))
+    got = exact.copy()
+    idx = np.arange(64)
+    got = got[:, :, idx ^ 8, :]                       # rows r and r^8 swapped in every fragment
+    err = np.abs(got - exact)
+    f = localise.fold(err, 1e-3, "O", BM, BN, got, exact)
+    assert "holds row i^8" in f.hints[0] and "c0,c1 <-> c2,c3" in f.hints[0]
+    f = localise.fold(np.abs(got[..., idx ^ 3] - exact), 1e-3, "O", BM, BN, got[..., idx ^ 3], exact)
+    assert not any("holds row" in h for h in f.hints)  # a different mess: no false claim
