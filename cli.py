@@ -226,7 +226,7 @@ def sanitize(tool, debug, bugs, shape, sk, causal):
 @click.option("--suite", is_flag=True, help="the benchmark suite (7 shapes)")
 @click.option("--debug", "debug", default="full", show_default=True, help="time a debug variant instead")
 @click.option("--causal", is_flag=True)
-@click.option("--nwarps", type=int, default=4, show_default=True, help="warps per block (16 query rows each)")
+@click.option("--nwarps", type=int, default=None, help="warps per block (default: the tile table)")
 @click.option("--no-sdpa", is_flag=True, help="skip PyTorch SDPA")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="write the table as Markdown (BENCHMARKS.md)")
 @click.option("--record/--no-record", default=True, show_default=True)
@@ -245,7 +245,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, markdown, record):
     cases = b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
     for _, shp, c in cases:   # validate before the GPU
         from harness.variant import Variant
-        Variant(modes_[0], shp.D, c, nwarps=nwarps)
+        Variant(modes_[0], shp.D, c, **({"nwarps": nwarps} if nwarps else {}))
     device = require_gpu()
     rows = []
     for label, shp, c in cases:

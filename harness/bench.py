@@ -88,6 +88,7 @@ class BenchRow:
     sdpa: dict = field(default_factory=dict)    # backend -> Timing
     resources: dict = field(default_factory=dict)
     nwarps: int = 4
+    tiles: dict = field(default_factory=dict)
 
     @property
     def tflops(self) -> float:
@@ -100,7 +101,7 @@ class BenchRow:
 
     def to_dict(self) -> dict:
         d = {"label": self.label, "shape": asdict(self.shape), "causal": self.causal, "mode": self.mode,
-             "nwarps": self.nwarps, "flops": self.flops, "kernel": asdict(self.kernel),
+             "nwarps": self.nwarps, "tiles": self.tiles, "flops": self.flops, "kernel": asdict(self.kernel),
              "tflops": self.tflops, "resources": self.resources,
              "sdpa": {k: asdict(v) | {"tflops": v.tflops(self.flops)} for k, v in self.sdpa.items()}}
         return d
@@ -134,15 +135,18 @@ def _fits_l2(shape: Shape, l2_bytes: int = 60 << 20) -> bool:
 
 
 def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full", with_sdpa: bool = True,
-              nwarps: int = 4, seed: int = 0) -> BenchRow:
+              nwarps: int | None = None, seed: int = 0, **tiles) -> BenchRow:
     from .gpu import kernel_resources, prepare
     import cupy as cp
-    pre = prepare(mode, shape, causal, "randn", seed, nwarps=nwarps)
+    if nwarps is not None:
+        tiles["nwarps"] = nwarps
+    pre = prepare(mode, shape, causal, "randn", seed, **tiles)
     pre.launch()    # compile, check it runs
     t = do_bench(pre.timed_launcher(), flush_l2=_fits_l2(shape))
     cp.cuda.runtime.deviceSynchronize()   # a fault during timing surfaces here
     row = BenchRow(label, shape, causal, mode, t, shape.flops(causal), resources=kernel_resources(pre.variant),
-                   nwarps=nwarps)
+                   nwarps=pre.variant.nwarps)
+    row.tiles = {"nwarps": pre.variant.nwarps, "m_frags": pre.variant.m_frags, "block_n": pre.variant.block_n}
     if with_sdpa and mode == "full":
         row.sdpa = _sdpa_timings(shape, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"])
     return row

@@ -57,7 +57,7 @@ def localise_result(r) -> list:
         if not m.passed and m.output in r.errors:
             out.append(localise.fold(r.errors[m.output], m.tol, f"{r.variant.mode}/{m.output}",
                                      r.variant.block_m, r.variant.block_n,
-                                     r.outputs.get(m.output), r.expected.get(m.output)))
+                                     r.outputs.get(m.output), r.expected.get(m.output), r.variant.warp_rows))
     return out
 
 

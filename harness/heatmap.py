@@ -60,7 +60,7 @@ def legend() -> Text:
 def render_folds(f: Folds) -> Group:
     col = "key tile" if f.key_tiles is not None else "head-dim tile (16)"
     parts = [render(f.tiles, f"{f.output}: query tile x {col}", "query tile", col),
-             render(f.warps[None, :], f"{f.output}: warp (16 rows each)", "-", "warp"),
+             render(f.warps[None, :], f"{f.output}: warp", "-", "warp"),
              render(f.fragment, f"{f.output}: 16x16 fragment position", "row % 16", "col % 16")]
     if f.key_tiles is not None:
         parts.append(render(f.key_tiles[None, :], f"{f.output}: key tile index", "-", "key tile"))

@@ -3,7 +3,7 @@
 Folds (DESIGN.md), each the max |error| / tol over the elements that land in a cell:
   tiles     query-row tile (BLOCK_M rows) x key tile (BLOCK_N) for [Sq,Sk] outputs, or
             x head-dim tile (16 columns) for O
-  warps     row within the block // 16: the 16 rows each warp owns
+  warps     row within the block // rows per warp: the rows each warp owns
   fragment  (row % 16, column % 16): the position inside a 16x16 mma fragment
   key tiles key-tile index (only [Sq,Sk] outputs show keys)
 A value <= 1 is within tolerance. The hint rules read the folds; they are heuristics and
@@ -36,7 +36,7 @@ def _fold_max(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def fold(err: np.ndarray, tol: float, output: str, block_m: int, block_n: int,
-         got: np.ndarray | None = None, exact: np.ndarray | None = None) -> Folds:
+         got: np.ndarray | None = None, exact: np.ndarray | None = None, warp_rows: int = 16) -> Folds:
     """err: |error| of one output, [B,H,Sq] or [B,H,Sq,X]; tol: the pass threshold; got and
     exact (optional) let the permutation rule test fragment mappings."""
     tol = tol if tol > 0 else np.finfo(np.float64).tiny
@@ -53,15 +53,15 @@ def fold(err: np.ndarray, tol: float, output: str, block_m: int, block_n: int,
     nq, nc = -(-Sq // block_m), -(-X // col_tile)
     tiles = np.zeros((nq, nc))
     np.maximum.at(tiles, ((rows // block_m)[:, None], (cols // col_tile)[None, :]), flat)
-    n_warps = block_m // 16
-    warps = _fold_max(flat.max(axis=1), (rows % block_m) // 16, n_warps)
+    n_warps = block_m // warp_rows
+    warps = _fold_max(flat.max(axis=1), (rows % block_m) // warp_rows, n_warps)
     frag = np.zeros((16, 16 if X > 1 else 1))
     np.maximum.at(frag, ((rows % 16)[:, None], (cols % frag.shape[1])[None, :]), flat)
     key_tiles = _fold_max(flat.max(axis=0), cols // block_n, -(-X // block_n)) if per_key else None
     bad_rows = np.argwhere(~np.isfinite(err).reshape(B, H, Sq, -1).all(axis=-1))
     f = Folds(output, tiles, warps, frag, key_tiles, col_tile,
               [tuple(int(x) for x in r) for r in bad_rows[:8]])
-    f.hints = hints(f, e, Sq, X, block_m, block_n)
+    f.hints = hints(f, e, Sq, X, block_m, block_n, warp_rows)
     if got is not None and exact is not None and f.hints != ["no element over tolerance"]:
         p = permutation_hint(got, exact, tol)
         if p:
@@ -90,7 +90,7 @@ def permutation_hint(got: np.ndarray, exact: np.ndarray, tol: float) -> str | No
     return None
 
 
-def hints(f: Folds, e: np.ndarray, Sq: int, X: int, block_m: int, block_n: int) -> list:
+def hints(f: Folds, e: np.ndarray, Sq: int, X: int, block_m: int, block_n: int, warp_rows: int = 16) -> list:
     """Rule-based names for the pattern in the folds (e: error / tol, [B,H,Sq,X])."""
     out = []
     bad = e > 1
@@ -110,7 +110,8 @@ def hints(f: Folds, e: np.ndarray, Sq: int, X: int, block_m: int, block_n: int) 
         out.append(f"one tile only: query tile {bad_q_tiles[0]} x column tile {bad_c_tiles[0]}")
     bad_warps = np.flatnonzero(f.warps > 1)
     if len(bad_warps) == 1 and len(f.warps) > 1:
-        out.append(f"one warp: only rows owned by warp {bad_warps[0]} (rows {16 * bad_warps[0]}-{16 * bad_warps[0] + 15} of each block)")
+        w = bad_warps[0]
+        out.append(f"one warp: only rows owned by warp {w} (rows {warp_rows * w}-{warp_rows * w + warp_rows - 1} of each block)")
     if f.key_tiles is not None and len(f.key_tiles) > 1:
         if f.key_tiles[0] <= 1 and (f.key_tiles[1:] > 1).all():
             out.append("key tiles after the first: the hand-off between tiles or the online rescale")

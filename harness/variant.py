@@ -26,6 +26,7 @@ class Variant:
     arch: str = "sm_90"
     nwarps: int = 4
     block_n: int = 64
+    m_frags: int = 1      # 16-row fragments per warp (2: each K/V fragment feeds two mma)
 
     def __post_init__(self):
         m = get_mode(self.mode)
@@ -40,6 +41,8 @@ class Variant:
             raise UsageError(f"mode {self.mode} has no causal form (P = 1/Sk everywhere)")
         if self.block_n % 16 or self.block_n < 16:
             raise UsageError(f"block_n must be a positive multiple of 16, got {self.block_n}")
+        if self.m_frags not in (1, 2):
+            raise UsageError(f"m_frags must be 1 or 2, got {self.m_frags}")
         if not 1 <= self.nwarps <= 16:
             raise UsageError(f"nwarps must be 1..16, got {self.nwarps}")
         if self.smem_bytes > ARCHS[self.arch]:
@@ -47,7 +50,11 @@ class Variant:
 
     @property
     def block_m(self) -> int:
-        return 16 * self.nwarps
+        return 16 * self.m_frags * self.nwarps
+
+    @property
+    def warp_rows(self) -> int:
+        return 16 * self.m_frags
 
     @property
     def threads(self) -> int:
@@ -61,7 +68,7 @@ class Variant:
     @property
     def defines(self) -> list:
         d = [f"HEAD_DIM={self.head_dim}", f"IS_CAUSAL={int(self.causal)}",
-             f"NWARPS={self.nwarps}", f"BLOCK_N={self.block_n}"]
+             f"NWARPS={self.nwarps}", f"BLOCK_N={self.block_n}", f"M_FRAGS={self.m_frags}"]
         d += get_mode(self.mode).defines
         d += [f"BUG_{b}" for b in sorted(self.bugs)]
         return d

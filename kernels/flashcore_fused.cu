@@ -1,7 +1,7 @@
 // flashcore_fused.cu -- fused FlashAttention-2-style forward pass, fp16 in, fp32 accumulate.
 //
 // Layout: Q [B,H,Sq,D], K/V [B,H,Sk,D], O [B,H,Sq,D], all fp16 and contiguous.
-// One thread block owns BLOCK_M = 16*NWARPS query rows (16 per warp) and sweeps the
+// One thread block owns BLOCK_M = 16*M_FRAGS*NWARPS query rows and sweeps the
 // key/value tiles of BLOCK_N = 64 keys. Tensor cores through mma.sync.m16n8k16 with
 // ldmatrix; P stays in registers between the two products; online softmax with exp2.
 // No atomics: every output element is written by exactly one thread, so results are
@@ -13,7 +13,8 @@
 // Macros read by this file (the harness passes them with -D; see debug_modes/):
 //   HEAD_DIM            64 or 128 (required)
 //   IS_CAUSAL           0 or 1 (default 0)
-//   NWARPS              warps per block, 16 query rows each (default 4)
+//   NWARPS              warps per block (default 4)
+//   M_FRAGS             16-row fragments per warp, 1 or 2 (default 1): a warp owns 16*M_FRAGS rows
 //   BLOCK_N             keys per K/V tile, a multiple of 16 (default 64)
 //   -- debug modes: each changes only where one stage reads its input or writes its output
 //   DEBUG_QK_ONLY       write S = scale*Q*K^T (masked = -inf) as fp32 [B,H,Sq,Sk] to S_out
@@ -49,7 +50,13 @@ typedef unsigned int u32;   // NVRTC has no <stdint.h>
 #define NWARPS 4
 #endif
 
-#define BLOCK_M (16 * NWARPS)
+#ifndef M_FRAGS
+#define M_FRAGS 1                           // 16-row fragments per warp: 2 reuses every K/V fragment twice
+#endif
+#define WARP_M (16 * M_FRAGS)               // query rows per warp
+#define BLOCK_M (WARP_M * NWARPS)
+// Q fragments live in registers when they fit beside the accumulators; else re-read per k-step.
+#define Q_IN_REGS (HEAD_DIM * M_FRAGS <= 128)
 #ifndef BLOCK_N
 #define BLOCK_N 64                          // keys per tile (multiple of 16)
 #endif
@@ -138,16 +145,35 @@ __device__ __forceinline__ void load_tile(half* sdst, const half* gsrc, int row0
 }
 
 // ---------------------------------------------------------------- stage 1: QK
-// s[nt][e]: row (lane/4 + 8*(e/2)) of this warp, key column nt*8 + (lane%4)*2 + (e%2).
-__device__ __forceinline__ void qk_tile(float s[N_FRAG][4], const u32 qf[K_STEPS][4],
-                                        const half* sK, int lane, float scale) {
+// A-operand of Q for fragment mf, k-step kd, from the warp's rows of the Q tile.
+__device__ __forceinline__ void load_q_frag(u32 a[4], const half* sQw, int mf, int kd, int lane) {
+    const int mat = lane >> 3, r = lane & 7;
+    ldmatrix_x4(a, sQw + (mf * 16 + (mat & 1) * 8 + r) * SMEM_LD + kd * 16 + (mat >> 1) * 8);
+}
+
+// s[mf][nt][e]: row mf*16 + lane/4 + 8*(e/2) of this warp, key column nt*8 + (lane%4)*2 + (e%2).
+// Each K fragment is loaded once and used for all M_FRAGS row fragments.
+__device__ __forceinline__ void qk_tile(float s[M_FRAGS][N_FRAG][4], const u32 qf[M_FRAGS][K_STEPS][4],
+                                        const half* sQw, const half* sK, int lane, float scale) {
 #pragma unroll
-    for (int nt = 0; nt < N_FRAG; ++nt)
+    for (int mf = 0; mf < M_FRAGS; ++mf)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+        for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mf][nt][e] = 0.f;
     const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
     for (int kd = 0; kd < K_STEPS; ++kd) {
+        u32 a[M_FRAGS][4];
+#pragma unroll
+        for (int mf = 0; mf < M_FRAGS; ++mf) {
+#if Q_IN_REGS
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[mf][i] = qf[mf][kd][i];
+#else
+            load_q_frag(a[mf], sQw, mf, kd, lane);
+#endif
+        }
 #pragma unroll
         for (int nn = 0; nn < BLOCK_N / 16; ++nn) {
             u32 b[4];
@@ -157,14 +183,19 @@ __device__ __forceinline__ void qk_tile(float s[N_FRAG][4], const u32 qf[K_STEPS
 #else
             ldmatrix_x4(b, p);
 #endif
-            mma16816(s[2 * nn], qf[kd], b[0], b[1]);
-            mma16816(s[2 * nn + 1], qf[kd], b[2], b[3]);
+#pragma unroll
+            for (int mf = 0; mf < M_FRAGS; ++mf) {
+                mma16816(s[mf][2 * nn], a[mf], b[0], b[1]);
+                mma16816(s[mf][2 * nn + 1], a[mf], b[2], b[3]);
+            }
         }
     }
 #pragma unroll
-    for (int nt = 0; nt < N_FRAG; ++nt)
+    for (int mf = 0; mf < M_FRAGS; ++mf)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] *= scale;
+        for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mf][nt][e] *= scale;
 }
 
 // Tail (key >= Sk) and causal (key > query) masking, applied to tiles that need it.
@@ -222,38 +253,49 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 // ---------------------------------------------------------------- stage 3: PV
-// o += A.V[kk*16 : kk*16+16, :] for one 16-key slice; V fragments via transposed ldmatrix.
-__device__ __forceinline__ void pv_mma(float o[D_FRAG][4], const u32 a[4], const half* sV, int kk, int lane) {
+// o += A.V[kk*16 : kk*16+16, :] for one 16-key slice; each V fragment (transposed ldmatrix)
+// is loaded once and used for all M_FRAGS row fragments.
+__device__ __forceinline__ void pv_mma(float o[M_FRAGS][D_FRAG][4], const u32 a[M_FRAGS][4], const half* sV,
+                                       int kk, int lane) {
     const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
     for (int dn = 0; dn < HEAD_DIM / 16; ++dn) {
         u32 b[4];
         ldmatrix_x4_trans(b, sV + (kk * 16 + (mat & 1) * 8 + r) * SMEM_LD + dn * 16 + (mat >> 1) * 8);
-        mma16816(o[2 * dn], a, b[0], b[1]);
-        mma16816(o[2 * dn + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mf = 0; mf < M_FRAGS; ++mf) {
+            mma16816(o[mf][2 * dn], a[mf], b[0], b[1]);
+            mma16816(o[mf][2 * dn + 1], a[mf], b[2], b[3]);
+        }
     }
 }
 
 // o += P.V for one key tile. P comes from the S registers (the m16n8 accumulator layout of
 // two adjacent n8 tiles is the m16k16 A-operand layout), cast to fp16; with FP32_P the
 // remainder p - fp16(p) is multiplied in a second product so P.V sees fp32 P.
-__device__ __forceinline__ void pv_tile(float o[D_FRAG][4], const float p[N_FRAG][4],
+__device__ __forceinline__ void pv_tile(float o[M_FRAGS][D_FRAG][4], const float p[M_FRAGS][N_FRAG][4],
                                         const half* sV, int lane) {
 #pragma unroll
     for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-        u32 a[4];
-        a[0] = pack_half2(p[2 * kk][0], p[2 * kk][1]);
-        a[1] = pack_half2(p[2 * kk][2], p[2 * kk][3]);
-        a[2] = pack_half2(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-        a[3] = pack_half2(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+        u32 a[M_FRAGS][4];
+#pragma unroll
+        for (int mf = 0; mf < M_FRAGS; ++mf) {
+            a[mf][0] = pack_half2(p[mf][2 * kk][0], p[mf][2 * kk][1]);
+            a[mf][1] = pack_half2(p[mf][2 * kk][2], p[mf][2 * kk][3]);
+            a[mf][2] = pack_half2(p[mf][2 * kk + 1][0], p[mf][2 * kk + 1][1]);
+            a[mf][3] = pack_half2(p[mf][2 * kk + 1][2], p[mf][2 * kk + 1][3]);
+        }
         pv_mma(o, a, sV, kk, lane);
 #ifdef FP32_P
         // Second pass with the remainders; V fragments re-read so that a and a_lo are not
         // live together (keeps the D=128 variant free of spills).
-        a[0] = pack_lo(p[2 * kk][0], p[2 * kk][1], a[0]);
-        a[1] = pack_lo(p[2 * kk][2], p[2 * kk][3], a[1]);
-        a[2] = pack_lo(p[2 * kk + 1][0], p[2 * kk + 1][1], a[2]);
-        a[3] = pack_lo(p[2 * kk + 1][2], p[2 * kk + 1][3], a[3]);
+#pragma unroll
+        for (int mf = 0; mf < M_FRAGS; ++mf) {
+            a[mf][0] = pack_lo(p[mf][2 * kk][0], p[mf][2 * kk][1], a[mf][0]);
+            a[mf][1] = pack_lo(p[mf][2 * kk][2], p[mf][2 * kk][3], a[mf][1]);
+            a[mf][2] = pack_lo(p[mf][2 * kk + 1][0], p[mf][2 * kk + 1][1], a[mf][2]);
+            a[mf][3] = pack_lo(p[mf][2 * kk + 1][2], p[mf][2 * kk + 1][3], a[mf][3]);
+        }
         pv_mma(o, a, sV, kk, lane);
 #endif
     }
@@ -287,6 +329,8 @@ __device__ __forceinline__ void store_out2(half* p, float x, float y) { *reinter
 __device__ __forceinline__ void store_out2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
 
 // ---------------------------------------------------------------- the kernel
+#define FOR_MF _Pragma("unroll") for (int mf = 0; mf < M_FRAGS; ++mf)
+
 extern "C" __global__ void __launch_bounds__(NTHREADS)
 flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half* __restrict__ V,
               out_t* __restrict__ O, float* __restrict__ LSE,
@@ -307,7 +351,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const half* Qb = Q + bh * Sq * HEAD_DIM;
     const half* Kb = K + bh * Sk * HEAD_DIM;
     const half* Vb = V + bh * Sk * HEAD_DIM;
-    const int row_base = q0 + warp * 16 + (lane >> 2);   // this thread's rows: row_base, row_base + 8
+    const half* sQw = sQ + warp * WARP_M * SMEM_LD;          // this warp's Q rows
+    // This thread's rows: row_base + mf*16 and row_base + mf*16 + 8.
+    const int row_base = q0 + warp * WARP_M + (lane >> 2);
 
     const int n_tiles = (Sk + BLOCK_N - 1) / BLOCK_N;
 #ifdef BUG_TAIL_MASK
@@ -326,29 +372,37 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #ifdef DEBUG_SOFTMAX_ONLY
     {   // Stage 2 alone: exact S in, the same online update, then a second sweep for P.
         const float* Sb = S_in + bh * Sq * Sk;
-        float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, alpha[2];
+        float m[M_FRAGS][2], l[M_FRAGS][2], alpha[M_FRAGS][2];
+        FOR_MF { m[mf][0] = m[mf][1] = NEG_INF; l[mf][0] = l[mf][1] = 0.f; }
         float s[N_FRAG][4];
         for (int j = 0; j < n_iter; ++j) {
-            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, Sq, Sk, NEG_INF);
-            softmax_update(s, m, l, alpha, j == 0);
+            FOR_MF {
+                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, Sq, Sk, NEG_INF);
+                softmax_update(s, m[mf], l[mf], alpha[mf], j == 0);
+            }
         }
-        float inv[2], ms[2];
+        float inv[M_FRAGS][2], ms[M_FRAGS][2];
+        FOR_MF {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            l[h] = quad_sum(l[h]);
-            inv[h] = 1.f / l[h];
-            ms[h] = (m[h] == NEG_INF ? 0.f : m[h]) * LOG2E;
-            const int row = row_base + 8 * h;
-            if (row < Sq && (lane & 3) == 0) { M_out[bh * Sq + row] = m[h]; L_out[bh * Sq + row] = l[h]; }
+            for (int h = 0; h < 2; ++h) {
+                l[mf][h] = quad_sum(l[mf][h]);
+                inv[mf][h] = 1.f / l[mf][h];
+                ms[mf][h] = (m[mf][h] == NEG_INF ? 0.f : m[mf][h]) * LOG2E;
+                const int row = row_base + mf * 16 + 8 * h;
+                if (row < Sq && (lane & 3) == 0) { M_out[bh * Sq + row] = m[mf][h]; L_out[bh * Sq + row] = l[mf][h]; }
+            }
         }
         float* Pb = P_out + bh * Sq * Sk;
         for (int j = 0; j < n_iter; ++j) {
-            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, Sq, Sk, NEG_INF);
+            FOR_MF {
+                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, Sq, Sk, NEG_INF);
 #pragma unroll
-            for (int nt = 0; nt < N_FRAG; ++nt)
+                for (int nt = 0; nt < N_FRAG; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(fmaf(s[nt][e], LOG2E, -ms[e >> 1])) * inv[e >> 1];
-            store_s_frag(Pb, s, j * BLOCK_N, row_base, lane, Sq, Sk);
+                    for (int e = 0; e < 4; ++e)
+                        s[nt][e] = fast_exp2(fmaf(s[nt][e], LOG2E, -ms[mf][e >> 1])) * inv[mf][e >> 1];
+                store_s_frag(Pb, s, j * BLOCK_N, row_base + mf * 16, lane, Sq, Sk);
+            }
         }
         return;
     }
@@ -361,13 +415,18 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
     cp_async_commit();
 
-    float o[D_FRAG][4];
+    float o[M_FRAGS][D_FRAG][4];
+    float m[M_FRAGS][2], l[M_FRAGS][2], alpha[M_FRAGS][2];
+    FOR_MF {
 #pragma unroll
-    for (int i = 0; i < D_FRAG; ++i)
+        for (int i = 0; i < D_FRAG; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, alpha[2] = {1.f, 1.f};
-    u32 qf[K_STEPS][4];
+            for (int e = 0; e < 4; ++e) o[mf][i][e] = 0.f;
+        m[mf][0] = m[mf][1] = NEG_INF;
+        l[mf][0] = l[mf][1] = 0.f;
+        alpha[mf][0] = alpha[mf][1] = 1.f;
+    }
+    u32 qf[M_FRAGS][K_STEPS][4];
 
     for (int j = 0; j < n_iter; ++j) {
         const int kv0 = j * BLOCK_N;
@@ -377,17 +436,20 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         load_tile<BLOCK_N>(sV, Vb, kv0, Sk);    // overlaps with QK and softmax
         cp_async_commit();
 #endif
-        float s[N_FRAG][4];
+        float s[M_FRAGS][N_FRAG][4];
 #if USES_QK
+#if Q_IN_REGS
         if (j == 0) {
-            const int mat = lane >> 3, r = lane & 7;
+            FOR_MF {
 #pragma unroll
-            for (int kd = 0; kd < K_STEPS; ++kd)
-                ldmatrix_x4(qf[kd], sQ + (warp * 16 + (mat & 1) * 8 + r) * SMEM_LD + kd * 16 + (mat >> 1) * 8);
+                for (int kd = 0; kd < K_STEPS; ++kd) load_q_frag(qf[mf][kd], sQw, mf, kd, lane);
+            }
         }
-        qk_tile(s, qf, sK, lane, scale);
-        if (kv0 + BLOCK_N > kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > q0))
-            mask_tile(s, kv0, row_base, lane, kv_limit);
+#endif
+        qk_tile(s, qf, sQw, sK, lane, scale);
+        if (kv0 + BLOCK_N > kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > q0)) {
+            FOR_MF mask_tile(s[mf], kv0, row_base + mf * 16, lane, kv_limit);
+        }
 #ifdef BUG_NO_BARRIER
         // The bug: the next K tile is issued as soon as this warp is done with the current
         // one, without the barrier that waits for the other warps' reads of it.
@@ -397,27 +459,31 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 
 #if defined(DEBUG_QK_ONLY)
-        store_s_frag(S_out + bh * Sq * Sk, s, kv0, row_base, lane, Sq, Sk);
+        FOR_MF store_s_frag(S_out + bh * Sq * Sk, s[mf], kv0, row_base + mf * 16, lane, Sq, Sk);
 #elif defined(DEBUG_PV_ONLY)
-        load_s_frag(s, P_in + bh * Sq * Sk, kv0, row_base, lane, Sq, Sk, 0.f);   // alpha = 1, l = 1
+        FOR_MF load_s_frag(s[mf], P_in + bh * Sq * Sk, kv0, row_base + mf * 16, lane, Sq, Sk, 0.f);  // alpha = l = 1
 #elif defined(UNIFORM_P)
         {
             const float inv_sk = 1.f / (float)Sk;
+            FOR_MF {
 #pragma unroll
-            for (int nt = 0; nt < N_FRAG; ++nt)
+                for (int nt = 0; nt < N_FRAG; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    s[nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < Sk) ? inv_sk : 0.f;
+                    for (int e = 0; e < 4; ++e)
+                        s[mf][nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < Sk) ? inv_sk : 0.f;
+            }
         }
 #else
-        softmax_update(s, m, l, alpha, j == 0);
+        FOR_MF {
+            softmax_update(s[mf], m[mf], l[mf], alpha[mf], j == 0);
 #ifndef BUG_NO_RESCALE
 #pragma unroll
-        for (int i = 0; i < D_FRAG; ++i) {
-            o[i][0] *= alpha[0]; o[i][1] *= alpha[0];
-            o[i][2] *= alpha[1]; o[i][3] *= alpha[1];
-        }
+            for (int i = 0; i < D_FRAG; ++i) {
+                o[mf][i][0] *= alpha[mf][0]; o[mf][i][1] *= alpha[mf][0];
+                o[mf][i][2] *= alpha[mf][1]; o[mf][i][3] *= alpha[mf][1];
+            }
 #endif
+        }
 #endif
 
 #if defined(BUG_NO_BARRIER) && USES_QK
@@ -443,25 +509,28 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if USES_PV
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), optional LSE = m + log(l)
     out_t* Ob = O + bh * Sq * HEAD_DIM;
+    FOR_MF {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < 2; ++h) {
 #if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
-        const float inv = 1.f;
+            const float inv = 1.f;
 #else
-        l[h] = quad_sum(l[h]);
-        const float inv = 1.f / l[h];
-        const int row = row_base + 8 * h;
-        if (LSE != nullptr && row < Sq && (lane & 3) == 0) LSE[bh * Sq + row] = m[h] + logf(l[h]);
+            l[mf][h] = quad_sum(l[mf][h]);
+            const float inv = 1.f / l[mf][h];
+            const int row = row_base + mf * 16 + 8 * h;
+            if (LSE != nullptr && row < Sq && (lane & 3) == 0) LSE[bh * Sq + row] = m[mf][h] + logf(l[mf][h]);
 #endif
 #ifdef BUG_FRAG_SWAP
-        const int row_w = row_base + 8 * (1 - h);
+            const int row_w = row_base + mf * 16 + 8 * (1 - h);
 #else
-        const int row_w = row_base + 8 * h;
+            const int row_w = row_base + mf * 16 + 8 * h;
 #endif
-        if (row_w < Sq) {
+            if (row_w < Sq) {
 #pragma unroll
-            for (int i = 0; i < D_FRAG; ++i)
-                store_out2(Ob + (size_t)row_w * HEAD_DIM + i * 8 + (lane & 3) * 2, o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+                for (int i = 0; i < D_FRAG; ++i)
+                    store_out2(Ob + (size_t)row_w * HEAD_DIM + i * 8 + (lane & 3) * 2,
+                               o[mf][i][2 * h] * inv, o[mf][i][2 * h + 1] * inv);
+            }
         }
     }
 #endif
