@@ -15,6 +15,9 @@ from .shapes import SUPPORTED_HEAD_DIMS
 # Shared memory a block may use, per arch (bytes, the opt-in maximum).
 ARCHS = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
 SMEM_PAD_HALVES = 8   # kernels/flashcore_fused.cu SMEM_PAD
+# Default tiles per head dim, chosen by scripts/tune_tiles.py on an H200 (kernels/NOTES.md):
+# 32 query rows per warp; D=128 takes 32-key tiles to stay under 255 registers without spills.
+TILES = {64: dict(m_frags=2, nwarps=4, block_n=64), 128: dict(m_frags=2, nwarps=4, block_n=32)}
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,15 @@ class Variant:
     causal: bool = False
     bugs: tuple = field(default_factory=tuple)
     arch: str = "sm_90"
-    nwarps: int = 4
-    block_n: int = 64
-    m_frags: int = 1      # 16-row fragments per warp (2: each K/V fragment feeds two mma)
+    nwarps: int | None = None    # None: from TILES
+    block_n: int | None = None
+    m_frags: int | None = None   # 16-row fragments per warp (2: each K/V fragment feeds two mma)
 
     def __post_init__(self):
         m = get_mode(self.mode)
+        for k, v in TILES.get(self.head_dim, TILES[64]).items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
         if self.head_dim not in SUPPORTED_HEAD_DIMS:
             raise UsageError(f"unsupported head dim {self.head_dim}; the kernel supports {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
         if self.arch not in ARCHS:
@@ -62,8 +68,8 @@ class Variant:
 
     @property
     def smem_bytes(self) -> int:
-        """Q tile + one K tile + one V tile, fp16, rows padded by SMEM_PAD halves."""
-        return (self.block_m + 2 * self.block_n) * (self.head_dim + SMEM_PAD_HALVES) * 2
+        """Q tile + two K tiles + two V tiles (double buffer), fp16, rows padded by SMEM_PAD halves."""
+        return (self.block_m + 4 * self.block_n) * (self.head_dim + SMEM_PAD_HALVES) * 2
 
     @property
     def defines(self) -> list:

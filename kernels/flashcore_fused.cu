@@ -29,8 +29,8 @@
 //   BUG_NO_RESCALE      glue: O accumulator not rescaled by alpha when the row max moves
 //   BUG_PV_FIRST_TILE   PV: P.V accumulated for the first key tile only
 //   BUG_FRAG_SWAP       PV: accumulator fragment rows swapped (c0,c1 <-> c2,c3) when O is stored
-//   BUG_NO_BARRIER      glue: next K tile issued before the barrier that ends the reads of the
-//                       current one (a shared-memory race)
+//   BUG_NO_BARRIER      glue: the K/V tile two ahead is issued without the barrier that ends the
+//                       reads of the buffer it overwrites (a shared-memory race)
 //   BUG_P_OVERFLOW      softmax: row max frozen after the first key tile (alpha = 1), so P is
 //                       exp(S - m_first), which overflows fp16 once a later logit is 11 larger
 
@@ -142,6 +142,16 @@ __device__ __forceinline__ void load_tile(half* sdst, const half* gsrc, int row0
         const bool ok = gr < S;
         cp_async16(sdst + r * SMEM_LD + col, gsrc + (size_t)(ok ? gr : 0) * HEAD_DIM + col, ok ? 16 : 0);
     }
+}
+
+// The K and V tiles a mode reads (qk_only and the softmax-free modes skip one of them).
+__device__ __forceinline__ void load_kv(half* sKt, half* sVt, const half* Kb, const half* Vb, int kv0, int Sk) {
+#if USES_QK
+    load_tile<BLOCK_N>(sKt, Kb, kv0, Sk);
+#endif
+#if USES_PV
+    load_tile<BLOCK_N>(sVt, Vb, kv0, Sk);
+#endif
 }
 
 // ---------------------------------------------------------------- stage 1: QK
@@ -331,7 +341,7 @@ __device__ __forceinline__ void store_out2(float* p, float x, float y) { *reinte
 // ---------------------------------------------------------------- the kernel
 #define FOR_MF _Pragma("unroll") for (int mf = 0; mf < M_FRAGS; ++mf)
 
-extern "C" __global__ void __launch_bounds__(NTHREADS)
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half* __restrict__ V,
               out_t* __restrict__ O, float* __restrict__ LSE,
               const float* __restrict__ S_in, const float* __restrict__ P_in,
@@ -340,8 +350,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
               int H, int Sq, int Sk, float scale) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     half* sQ = reinterpret_cast<half*>(smem_raw);
-    half* sK = sQ + BLOCK_M * SMEM_LD;
-    half* sV = sK + BLOCK_N * SMEM_LD;
+    half* sK = sQ + BLOCK_M * SMEM_LD;       // two K tiles (double buffer)
+    half* sV = sK + 2 * BLOCK_N * SMEM_LD;   // two V tiles
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // Causal: the heaviest query tiles (last rows) start first for load balance.
@@ -408,12 +418,15 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     }
 #endif
 
-    // ---- prologue: Q tile and the first K tile
+    // ---- prologue: Q and the first two K/V tiles. Tile t lives in buffer t % 2; the loads of
+    // tile j+2 are issued at the end of iteration j, so each tile has a whole iteration to land.
 #if USES_QK
     load_tile<BLOCK_M>(sQ, Qb, q0, Sq);
-    load_tile<BLOCK_N>(sK, Kb, 0, Sk);
 #endif
+    load_kv(sK, sV, Kb, Vb, 0, Sk);
     cp_async_commit();
+    if (n_iter > 1) load_kv(sK + BLOCK_N * SMEM_LD, sV + BLOCK_N * SMEM_LD, Kb, Vb, BLOCK_N, Sk);
+    cp_async_commit();                          // (an empty group keeps the counting uniform)
 
     float o[M_FRAGS][D_FRAG][4];
     float m[M_FRAGS][2], l[M_FRAGS][2], alpha[M_FRAGS][2];
@@ -430,12 +443,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 
     for (int j = 0; j < n_iter; ++j) {
         const int kv0 = j * BLOCK_N;
-        cp_async_wait<0>();
-        __syncthreads();                        // K_j visible; every warp is done with V_{j-1}
-#if USES_PV
-        load_tile<BLOCK_N>(sV, Vb, kv0, Sk);    // overlaps with QK and softmax
-        cp_async_commit();
-#endif
+        const half* sKj = sK + (j & 1) * BLOCK_N * SMEM_LD;
+        const half* sVj = sV + (j & 1) * BLOCK_N * SMEM_LD;
+        cp_async_wait<1>();                     // tile j landed (tile j+1 may still fly)
+        __syncthreads();                        // ... and is visible to every warp
         float s[M_FRAGS][N_FRAG][4];
 #if USES_QK
 #if Q_IN_REGS
@@ -446,16 +457,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             }
         }
 #endif
-        qk_tile(s, qf, sQw, sK, lane, scale);
+        qk_tile(s, qf, sQw, sKj, lane, scale);
         if (kv0 + BLOCK_N > kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > q0)) {
             FOR_MF mask_tile(s[mf], kv0, row_base + mf * 16, lane, kv_limit);
         }
-#ifdef BUG_NO_BARRIER
-        // The bug: the next K tile is issued as soon as this warp is done with the current
-        // one, without the barrier that waits for the other warps' reads of it.
-        if (j + 1 < n_iter) load_tile<BLOCK_N>(sK, Kb, kv0 + BLOCK_N, Sk);
-        cp_async_commit();
-#endif
 #endif
 
 #if defined(DEBUG_QK_ONLY)
@@ -486,24 +491,21 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         }
 #endif
 
-#if defined(BUG_NO_BARRIER) && USES_QK
-        cp_async_wait<1>();                     // V_j landed; K_{j+1} (issued early) may still fly
-        __syncthreads();
-#else
-        cp_async_wait<0>();
-        __syncthreads();                        // V_j visible; every warp is done reading K_j
-#if USES_QK
-        if (j + 1 < n_iter) { load_tile<BLOCK_N>(sK, Kb, kv0 + BLOCK_N, Sk); }   // overlaps with PV
-#endif
-        cp_async_commit();
-#endif
-
 #if USES_PV
 #ifdef BUG_PV_FIRST_TILE
         if (j == 0)
 #endif
-        pv_tile(o, s, sV, lane);
+        pv_tile(o, s, sVj, lane);
 #endif
+
+#ifndef BUG_NO_BARRIER
+        __syncthreads();                        // every warp is done reading buffer j % 2 ...
+#endif
+        // ... so tile j+2 may overwrite it (BUG_NO_BARRIER: without that barrier, a fast
+        // warp's copies land on a K/V tile that slower warps are still reading).
+        if (j + 2 < n_iter)
+            load_kv(sK + (j & 1) * BLOCK_N * SMEM_LD, sV + (j & 1) * BLOCK_N * SMEM_LD, Kb, Vb, kv0 + 2 * BLOCK_N, Sk);
+        cp_async_commit();
     }
 
 #if USES_PV

@@ -9,14 +9,12 @@ from harness.gpu import run_mode
 from harness.shapes import Shape
 
 CONFIGS = {
-    64: [dict(m_frags=1, nwarps=4, block_n=64), dict(m_frags=2, nwarps=4, block_n=64),
-         dict(m_frags=2, nwarps=4, block_n=32), dict(m_frags=1, nwarps=8, block_n=64),
-         dict(m_frags=2, nwarps=8, block_n=64)],
-    128: [dict(m_frags=1, nwarps=4, block_n=64), dict(m_frags=2, nwarps=4, block_n=32),
-          dict(m_frags=2, nwarps=4, block_n=64), dict(m_frags=2, nwarps=8, block_n=32),
-          dict(m_frags=1, nwarps=8, block_n=32)],
+    64: [dict(m_frags=2, nwarps=4, block_n=64), dict(m_frags=1, nwarps=4, block_n=64),
+         dict(m_frags=1, nwarps=8, block_n=64), dict(m_frags=2, nwarps=4, block_n=32),
+         dict(m_frags=1, nwarps=2, block_n=64)],
+    128: [dict(m_frags=2, nwarps=4, block_n=32), dict(m_frags=1, nwarps=4, block_n=64),
+          dict(m_frags=2, nwarps=8, block_n=32), dict(m_frags=1, nwarps=4, block_n=32)],
 }
-
 for d, cfgs in CONFIGS.items():
     for cfg in cfgs:
         for causal in (False, True):

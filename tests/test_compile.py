@@ -84,7 +84,9 @@ def test_variant_validation(kw, needle):
 
 
 def test_variant_derived_values():
-    v = Variant("full", 128, nwarps=4, block_n=64)
-    assert v.block_m == 64 and v.threads == 128
-    assert v.smem_bytes == (64 + 2 * 64) * (128 + 8) * 2
-    assert v.defines[:4] == ["HEAD_DIM=128", "IS_CAUSAL=0", "NWARPS=4", "BLOCK_N=64"]
+    v = Variant("full", 128, nwarps=4, block_n=64, m_frags=1)
+    assert v.block_m == 64 and v.threads == 128 and v.warp_rows == 16
+    assert v.smem_bytes == (64 + 4 * 64) * (128 + 8) * 2        # Q + double-buffered K and V
+    assert v.defines[:5] == ["HEAD_DIM=128", "IS_CAUSAL=0", "NWARPS=4", "BLOCK_N=64", "M_FRAGS=1"]
+    d = Variant("full", 128)                                      # the tile table's default
+    assert (d.m_frags, d.nwarps, d.block_n, d.block_m) == (2, 4, 32, 128)
