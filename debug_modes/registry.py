@@ -53,6 +53,7 @@ class Mode:
     writes: tuple             # Buffers the kernel writes (each judged against its reference)
     judged_by: str            # the reference, in words
     allows_causal: bool = True
+    max_m_frags: dict | None = None   # head dim -> cap on rows per warp (register budget of the mode)
 
     @property
     def defines(self) -> list:
@@ -88,7 +89,8 @@ MODES = {
         Mode("fp32_p", "FP32_P", "all, fp32 P",
              "as full with P kept at fp32 (hi+lo fp16 split) and O written as fp32",
              (Q, K, V), (Buffer("O", "BHSqD", "float32", "O"), Buffer("LSE", "BHSq", "float32", "LSE")),
-             "float64 attention (floor without fp16 P or fp16 output rounding)"),
+             "float64 attention (floor without fp16 P or fp16 output rounding)",
+             max_m_frags={128: 1}),   # the hi+lo products need the registers 32 rows/warp use
     )
 }
 

@@ -18,7 +18,7 @@ from . import compiler, metrics as met, stages
 from .errors import FlashCoreError, NoGPUError, UsageError
 from .inputs import fresh_seed, make_inputs
 from .shapes import Shape
-from .variant import Variant
+from .variant import Variant, tiles_for
 
 DEFAULT_SMEM = 48 * 1024
 MAX_DEBUG_MATRIX_BYTES = 2 << 30   # [B,H,Sq,Sk] fp32 buffers of the debug modes
@@ -135,7 +135,7 @@ def forward(q, k, v, causal: bool = False, scale: float | None = None, lse: bool
     if kc.shape != vc.shape or kc.shape[:2] != (B, H) or kc.shape[3] != D:
         raise UsageError(f"k/v shapes {kc.shape}/{vc.shape} do not match q {qc.shape}")
     shape = Shape(B, H, Sq, kc.shape[2], D)
-    variant = runtime_variant("full", D, bool(causal))
+    variant = runtime_variant("full", D, bool(causal), **tiles_for(shape))
     qc, kc, vc = (cp.ascontiguousarray(x) for x in (qc, kc, vc))
     o = cp.empty((B, H, Sq, D), cp.float16)
     bufs = {"Q": qc, "K": kc, "V": vc, "O": o}
@@ -211,7 +211,7 @@ class Prepared:
 def prepare(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
             bugs=(), scale: float | None = None, **variant_kw) -> Prepared:
     cp = _cupy()
-    variant = runtime_variant(mode, shape.D, causal, bugs, **variant_kw)
+    variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles_for(shape), **variant_kw})
     check_debug_size(mode, shape)
     seed = fresh_seed() if seed is None else int(seed)
     scale = default_scale(shape.D, scale)

@@ -17,7 +17,19 @@ ARCHS = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 2
 SMEM_PAD_HALVES = 8   # kernels/flashcore_fused.cu SMEM_PAD
 # Default tiles per head dim, chosen by scripts/tune_tiles.py on an H200 (kernels/NOTES.md):
 # 32 query rows per warp; D=128 takes 32-key tiles to stay under 255 registers without spills.
-TILES = {64: dict(m_frags=2, nwarps=4, block_n=64), 128: dict(m_frags=2, nwarps=4, block_n=32)}
+# D=128 keeps one K/V buffer: double buffering costs the registers that 64-key tiles need.
+TILES = {64: dict(m_frags=2, nwarps=4, block_n=64, kv_stages=2),
+         128: dict(m_frags=2, nwarps=4, block_n=64, kv_stages=1)}
+# Shapes with fewer than ~one block of 128 rows per SM: 64-row blocks double the parallelism.
+SMALL_TILES = {64: dict(m_frags=1, nwarps=4, block_n=64, kv_stages=2),
+               128: dict(m_frags=1, nwarps=4, block_n=64, kv_stages=2)}
+N_SM = 132
+
+
+def tiles_for(shape) -> dict:
+    """The tile table's choice for a problem shape (all modes of one shape share it)."""
+    rows_blocks = shape.B * shape.H * -(-shape.Sq // 128)
+    return (SMALL_TILES if rows_blocks < N_SM else TILES)[shape.D]
 
 
 @dataclass(frozen=True)
@@ -30,12 +42,17 @@ class Variant:
     nwarps: int | None = None    # None: from TILES
     block_n: int | None = None
     m_frags: int | None = None   # 16-row fragments per warp (2: each K/V fragment feeds two mma)
+    kv_stages: int | None = None # K/V shared-memory buffers (2: double-buffered)
 
     def __post_init__(self):
         m = get_mode(self.mode)
         for k, v in TILES.get(self.head_dim, TILES[64]).items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
+        cap = (m.max_m_frags or {}).get(self.head_dim)
+        if cap is not None and self.m_frags > cap:
+            object.__setattr__(self, "m_frags", cap)
+            object.__setattr__(self, "kv_stages", 2)
         if self.head_dim not in SUPPORTED_HEAD_DIMS:
             raise UsageError(f"unsupported head dim {self.head_dim}; the kernel supports {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
         if self.arch not in ARCHS:
@@ -47,6 +64,8 @@ class Variant:
             raise UsageError(f"mode {self.mode} has no causal form (P = 1/Sk everywhere)")
         if self.block_n % 16 or self.block_n < 16:
             raise UsageError(f"block_n must be a positive multiple of 16, got {self.block_n}")
+        if self.kv_stages not in (1, 2):
+            raise UsageError(f"kv_stages must be 1 or 2, got {self.kv_stages}")
         if self.m_frags not in (1, 2):
             raise UsageError(f"m_frags must be 1 or 2, got {self.m_frags}")
         if not 1 <= self.nwarps <= 16:
@@ -68,13 +87,14 @@ class Variant:
 
     @property
     def smem_bytes(self) -> int:
-        """Q tile + two K tiles + two V tiles (double buffer), fp16, rows padded by SMEM_PAD halves."""
-        return (self.block_m + 4 * self.block_n) * (self.head_dim + SMEM_PAD_HALVES) * 2
+        """Q tile + kv_stages K and V tiles, fp16, rows padded by SMEM_PAD halves."""
+        return (self.block_m + 2 * self.kv_stages * self.block_n) * (self.head_dim + SMEM_PAD_HALVES) * 2
 
     @property
     def defines(self) -> list:
         d = [f"HEAD_DIM={self.head_dim}", f"IS_CAUSAL={int(self.causal)}",
-             f"NWARPS={self.nwarps}", f"BLOCK_N={self.block_n}", f"M_FRAGS={self.m_frags}"]
+             f"NWARPS={self.nwarps}", f"BLOCK_N={self.block_n}", f"M_FRAGS={self.m_frags}",
+             f"KV_STAGES={self.kv_stages}"]
         d += get_mode(self.mode).defines
         d += [f"BUG_{b}" for b in sorted(self.bugs)]
         return d

@@ -15,6 +15,7 @@
 //   IS_CAUSAL           0 or 1 (default 0)
 //   NWARPS              warps per block (default 4)
 //   M_FRAGS             16-row fragments per warp, 1 or 2 (default 1): a warp owns 16*M_FRAGS rows
+//   KV_STAGES           K/V shared-memory buffers, 1 or 2 (default 2: tile j+2 loads during tile j)
 //   BLOCK_N             keys per K/V tile, a multiple of 16 (default 64)
 //   -- debug modes: each changes only where one stage reads its input or writes its output
 //   DEBUG_QK_ONLY       write S = scale*Q*K^T (masked = -inf) as fp32 [B,H,Sq,Sk] to S_out
@@ -29,8 +30,8 @@
 //   BUG_NO_RESCALE      glue: O accumulator not rescaled by alpha when the row max moves
 //   BUG_PV_FIRST_TILE   PV: P.V accumulated for the first key tile only
 //   BUG_FRAG_SWAP       PV: accumulator fragment rows swapped (c0,c1 <-> c2,c3) when O is stored
-//   BUG_NO_BARRIER      glue: the K/V tile two ahead is issued without the barrier that ends the
-//                       reads of the buffer it overwrites (a shared-memory race)
+//   BUG_NO_BARRIER      glue: the next K/V tile is issued without the barrier that ends the
+//                       other warps' reads of the buffer it overwrites (a shared-memory race)
 //   BUG_P_OVERFLOW      softmax: row max frozen after the first key tile (alpha = 1), so P is
 //                       exp(S - m_first), which overflows fp16 once a later logit is 11 larger
 
@@ -52,6 +53,9 @@ typedef unsigned int u32;   // NVRTC has no <stdint.h>
 
 #ifndef M_FRAGS
 #define M_FRAGS 1                           // 16-row fragments per warp: 2 reuses every K/V fragment twice
+#endif
+#ifndef KV_STAGES
+#define KV_STAGES 2                         // K/V buffers: 2 = double-buffered, 1 = single
 #endif
 #define WARP_M (16 * M_FRAGS)               // query rows per warp
 #define BLOCK_M (WARP_M * NWARPS)
@@ -338,8 +342,64 @@ __device__ __forceinline__ void store_s_frag(float* dst, const float s[N_FRAG][4
 __device__ __forceinline__ void store_out2(half* p, float x, float y) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y); }
 __device__ __forceinline__ void store_out2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
 
-// ---------------------------------------------------------------- the kernel
+// ---------------------------------------------------------------- one key tile, QK to P
+struct TileCtx {
+    int lane, q0, row_base, kv_limit, Sq, Sk;
+    float scale;
+    float* S_out;          // this (b, h)'s [Sq, Sk] slices for the debug modes
+    const float* P_in;
+};
+
 #define FOR_MF _Pragma("unroll") for (int mf = 0; mf < M_FRAGS; ++mf)
+
+// Stage 1 and 2 for key tile j: s <- P (or the debug mode's stand-in), o rescaled by alpha.
+__device__ __forceinline__ void scores_to_p(float s[M_FRAGS][N_FRAG][4], float o[M_FRAGS][D_FRAG][4],
+                                            float m[M_FRAGS][2], float l[M_FRAGS][2], float alpha[M_FRAGS][2],
+                                            u32 qf[M_FRAGS][K_STEPS][4], const half* sQw, const half* sKj,
+                                            int j, const TileCtx& c) {
+    const int kv0 = j * BLOCK_N, lane = c.lane;
+#if USES_QK
+#if Q_IN_REGS
+    if (j == 0) {
+        FOR_MF {
+#pragma unroll
+            for (int kd = 0; kd < K_STEPS; ++kd) load_q_frag(qf[mf][kd], sQw, mf, kd, lane);
+        }
+    }
+#endif
+    qk_tile(s, qf, sQw, sKj, lane, c.scale);
+    if (kv0 + BLOCK_N > c.kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0)) {
+        FOR_MF mask_tile(s[mf], kv0, c.row_base + mf * 16, lane, c.kv_limit);
+    }
+#endif
+#if defined(DEBUG_QK_ONLY)
+    FOR_MF store_s_frag(c.S_out, s[mf], kv0, c.row_base + mf * 16, lane, c.Sq, c.Sk);
+#elif defined(DEBUG_PV_ONLY)
+    FOR_MF load_s_frag(s[mf], c.P_in, kv0, c.row_base + mf * 16, lane, c.Sq, c.Sk, 0.f);   // alpha = l = 1
+#elif defined(UNIFORM_P)
+    const float inv_sk = 1.f / (float)c.Sk;
+    FOR_MF {
+#pragma unroll
+        for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                s[mf][nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < c.Sk) ? inv_sk : 0.f;
+    }
+#else
+    FOR_MF {
+        softmax_update(s[mf], m[mf], l[mf], alpha[mf], j == 0);
+#ifndef BUG_NO_RESCALE
+#pragma unroll
+        for (int i = 0; i < D_FRAG; ++i) {
+            o[mf][i][0] *= alpha[mf][0]; o[mf][i][1] *= alpha[mf][0];
+            o[mf][i][2] *= alpha[mf][1]; o[mf][i][3] *= alpha[mf][1];
+        }
+#endif
+    }
+#endif
+}
+
+// ---------------------------------------------------------------- the kernel
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half* __restrict__ V,
@@ -350,8 +410,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
               int H, int Sq, int Sk, float scale) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     half* sQ = reinterpret_cast<half*>(smem_raw);
-    half* sK = sQ + BLOCK_M * SMEM_LD;       // two K tiles (double buffer)
-    half* sV = sK + 2 * BLOCK_N * SMEM_LD;   // two V tiles
+    half* sK = sQ + BLOCK_M * SMEM_LD;       // KV_STAGES K tiles
+    half* sV = sK + KV_STAGES * BLOCK_N * SMEM_LD;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // Causal: the heaviest query tiles (last rows) start first for load balance.
@@ -418,16 +478,6 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     }
 #endif
 
-    // ---- prologue: Q and the first two K/V tiles. Tile t lives in buffer t % 2; the loads of
-    // tile j+2 are issued at the end of iteration j, so each tile has a whole iteration to land.
-#if USES_QK
-    load_tile<BLOCK_M>(sQ, Qb, q0, Sq);
-#endif
-    load_kv(sK, sV, Kb, Vb, 0, Sk);
-    cp_async_commit();
-    if (n_iter > 1) load_kv(sK + BLOCK_N * SMEM_LD, sV + BLOCK_N * SMEM_LD, Kb, Vb, BLOCK_N, Sk);
-    cp_async_commit();                          // (an empty group keeps the counting uniform)
-
     float o[M_FRAGS][D_FRAG][4];
     float m[M_FRAGS][2], l[M_FRAGS][2], alpha[M_FRAGS][2];
     FOR_MF {
@@ -440,73 +490,78 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         alpha[mf][0] = alpha[mf][1] = 1.f;
     }
     u32 qf[M_FRAGS][K_STEPS][4];
+    const TileCtx ctx{lane, q0, row_base, kv_limit, Sq, Sk, scale,
+                      S_out ? S_out + bh * Sq * Sk : nullptr, P_in ? P_in + bh * Sq * Sk : nullptr};
+
+#if KV_STAGES == 2
+    // ---- prologue: Q and the first two K/V tiles. Tile t lives in buffer t % 2; the loads of
+    // tile j+2 are issued at the end of iteration j, so each tile has a whole iteration to land.
+#if USES_QK
+    load_tile<BLOCK_M>(sQ, Qb, q0, Sq);
+#endif
+    load_kv(sK, sV, Kb, Vb, 0, Sk);
+    cp_async_commit();
+    if (n_iter > 1) load_kv(sK + BLOCK_N * SMEM_LD, sV + BLOCK_N * SMEM_LD, Kb, Vb, BLOCK_N, Sk);
+    cp_async_commit();                          // (an empty group keeps the counting uniform)
 
     for (int j = 0; j < n_iter; ++j) {
-        const int kv0 = j * BLOCK_N;
         const half* sKj = sK + (j & 1) * BLOCK_N * SMEM_LD;
         const half* sVj = sV + (j & 1) * BLOCK_N * SMEM_LD;
         cp_async_wait<1>();                     // tile j landed (tile j+1 may still fly)
         __syncthreads();                        // ... and is visible to every warp
         float s[M_FRAGS][N_FRAG][4];
-#if USES_QK
-#if Q_IN_REGS
-        if (j == 0) {
-            FOR_MF {
-#pragma unroll
-                for (int kd = 0; kd < K_STEPS; ++kd) load_q_frag(qf[mf][kd], sQw, mf, kd, lane);
-            }
-        }
-#endif
-        qk_tile(s, qf, sQw, sKj, lane, scale);
-        if (kv0 + BLOCK_N > kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > q0)) {
-            FOR_MF mask_tile(s[mf], kv0, row_base + mf * 16, lane, kv_limit);
-        }
-#endif
-
-#if defined(DEBUG_QK_ONLY)
-        FOR_MF store_s_frag(S_out + bh * Sq * Sk, s[mf], kv0, row_base + mf * 16, lane, Sq, Sk);
-#elif defined(DEBUG_PV_ONLY)
-        FOR_MF load_s_frag(s[mf], P_in + bh * Sq * Sk, kv0, row_base + mf * 16, lane, Sq, Sk, 0.f);  // alpha = l = 1
-#elif defined(UNIFORM_P)
-        {
-            const float inv_sk = 1.f / (float)Sk;
-            FOR_MF {
-#pragma unroll
-                for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        s[mf][nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < Sk) ? inv_sk : 0.f;
-            }
-        }
-#else
-        FOR_MF {
-            softmax_update(s[mf], m[mf], l[mf], alpha[mf], j == 0);
-#ifndef BUG_NO_RESCALE
-#pragma unroll
-            for (int i = 0; i < D_FRAG; ++i) {
-                o[mf][i][0] *= alpha[mf][0]; o[mf][i][1] *= alpha[mf][0];
-                o[mf][i][2] *= alpha[mf][1]; o[mf][i][3] *= alpha[mf][1];
-            }
-#endif
-        }
-#endif
-
+        scores_to_p(s, o, m, l, alpha, qf, sQw, sKj, j, ctx);
 #if USES_PV
 #ifdef BUG_PV_FIRST_TILE
         if (j == 0)
 #endif
         pv_tile(o, s, sVj, lane);
 #endif
-
 #ifndef BUG_NO_BARRIER
         __syncthreads();                        // every warp is done reading buffer j % 2 ...
 #endif
         // ... so tile j+2 may overwrite it (BUG_NO_BARRIER: without that barrier, a fast
         // warp's copies land on a K/V tile that slower warps are still reading).
         if (j + 2 < n_iter)
-            load_kv(sK + (j & 1) * BLOCK_N * SMEM_LD, sV + (j & 1) * BLOCK_N * SMEM_LD, Kb, Vb, kv0 + 2 * BLOCK_N, Sk);
+            load_kv(sK + (j & 1) * BLOCK_N * SMEM_LD, sV + (j & 1) * BLOCK_N * SMEM_LD, Kb, Vb, (j + 2) * BLOCK_N, Sk);
         cp_async_commit();
     }
+#else
+    // ---- single K and V buffers (fewer registers for pointers, half the shared memory):
+    // V_j is loaded while QK_j and the softmax run, K_{j+1} while PV_j runs.
+#if USES_QK
+    load_tile<BLOCK_M>(sQ, Qb, q0, Sq);
+    load_tile<BLOCK_N>(sK, Kb, 0, Sk);
+#endif
+    cp_async_commit();
+    for (int j = 0; j < n_iter; ++j) {
+        cp_async_wait<0>();
+        __syncthreads();                        // K_j visible; every warp is done with V_{j-1}
+#if USES_PV
+        load_tile<BLOCK_N>(sV, Vb, j * BLOCK_N, Sk);
+        cp_async_commit();
+#endif
+        float s[M_FRAGS][N_FRAG][4];
+        scores_to_p(s, o, m, l, alpha, qf, sQw, sK, j, ctx);
+#ifdef BUG_NO_BARRIER
+        if (USES_QK && j + 1 < n_iter) load_tile<BLOCK_N>(sK, Kb, (j + 1) * BLOCK_N, Sk);   // the bug
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+#else
+        cp_async_wait<0>();
+        __syncthreads();                        // V_j visible; every warp is done reading K_j
+        if (USES_QK && j + 1 < n_iter) load_tile<BLOCK_N>(sK, Kb, (j + 1) * BLOCK_N, Sk);   // overlaps PV
+        cp_async_commit();
+#endif
+#if USES_PV
+#ifdef BUG_PV_FIRST_TILE
+        if (j == 0)
+#endif
+        pv_tile(o, s, sV, lane);
+#endif
+    }
+#endif
 
 #if USES_PV
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), optional LSE = m + log(l)

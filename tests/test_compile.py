@@ -87,6 +87,21 @@ def test_variant_derived_values():
     v = Variant("full", 128, nwarps=4, block_n=64, m_frags=1)
     assert v.block_m == 64 and v.threads == 128 and v.warp_rows == 16
     assert v.smem_bytes == (64 + 4 * 64) * (128 + 8) * 2        # Q + double-buffered K and V
-    assert v.defines[:5] == ["HEAD_DIM=128", "IS_CAUSAL=0", "NWARPS=4", "BLOCK_N=64", "M_FRAGS=1"]
+    assert v.defines[:6] == ["HEAD_DIM=128", "IS_CAUSAL=0", "NWARPS=4", "BLOCK_N=64", "M_FRAGS=1", "KV_STAGES=2"]
     d = Variant("full", 128)                                      # the tile table's default
-    assert (d.m_frags, d.nwarps, d.block_n, d.block_m) == (2, 4, 32, 128)
+    assert (d.m_frags, d.nwarps, d.block_n, d.kv_stages, d.block_m) == (2, 4, 64, 1, 128)
+    assert Variant("fp32_p", 128).m_frags == 1                     # the mode's register cap
+
+
+@pytest.mark.parametrize("mode,d,causal", [(m, d, c) for m, d, c, a in VARIANTS if a == "sm_90"])
+def test_small_shape_tiles_compile_without_spills(mode, d, causal):
+    from harness.variant import SMALL_TILES
+    r = compiler.compile_check(Variant(mode, d, causal, **SMALL_TILES[d]))
+    assert r.spill_bytes == 0 and r.stack_bytes == 0, r
+
+
+def test_tiles_for_shape():
+    from harness.shapes import Shape
+    from harness.variant import SMALL_TILES, TILES, tiles_for
+    assert tiles_for(Shape(1, 8, 512, 512, 64)) == SMALL_TILES[64]
+    assert tiles_for(Shape(4, 16, 2048, 2048, 128)) == TILES[128]
