@@ -84,7 +84,7 @@ def test_variant_validation(kw, needle):
 
 
 def test_variant_derived_values():
-    v = Variant("full", 128, nwarps=4, block_n=64, m_frags=1)
+    v = Variant("full", 128, nwarps=4, block_n=64, m_frags=1, kv_stages=2)
     assert v.block_m == 64 and v.threads == 128 and v.warp_rows == 16
     assert v.smem_bytes == (64 + 4 * 64) * (128 + 8) * 2        # Q + double-buffered K and V
     assert v.defines[:6] == ["HEAD_DIM=128", "IS_CAUSAL=0", "NWARPS=4", "BLOCK_N=64", "M_FRAGS=1", "KV_STAGES=2"]
