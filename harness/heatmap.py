@@ -87,8 +87,12 @@ def save_png(folds: list, path: str, title: str = ""):
         im = ax.imshow(np.log10(np.maximum(np.atleast_2d(a), 1e-3)), cmap="magma", vmin=-3, vmax=4,
                        aspect="auto", interpolation="nearest")
         ax.set_title(name, fontsize=9)
+        if np.atleast_2d(a).shape[0] == 1:
+            ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), label="log10(error / tol)")
     fig.suptitle(title)
+    hints = "; ".join(h for f in folds for h in f.hints)
+    fig.text(0.01, 0.01, "\n".join(hints[i:i + 160] for i in range(0, len(hints), 160)), fontsize=7, va="bottom")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
