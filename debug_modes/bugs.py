@@ -28,8 +28,8 @@ BUGS = {
         Bug("NO_RESCALE", "glue", "O accumulator not rescaled by alpha when the row max moves"),
         Bug("PV_FIRST_TILE", "pv", "P.V accumulated over the first key tile only"),
         Bug("FRAG_SWAP", "pv", "accumulator fragment rows swapped (c0,c1 <-> c2,c3) when O is stored"),
-        Bug("NO_BARRIER", "glue", "K/V tile two ahead issued without the barrier ending the reads of its buffer (race)",
-            also=("qk",), found_by="racecheck"),
+        Bug("NO_BARRIER", "glue", "next K/V tile issued without the barrier ending the reads of its buffer (race)",
+            also=("qk", "pv"), found_by="racecheck"),
         Bug("P_OVERFLOW", "softmax", "row max frozen after the first key tile: P = exp(S - m_first) overflows fp16", "large"),
     )
 }

@@ -16,14 +16,24 @@ BUG_SHAPES = [("mission", Shape(1, 8, 512, 512, 64)), ("odd", Shape(1, 4, 1000, 
 
 
 @pytest.mark.parametrize("shape_label,shape", BUG_SHAPES, ids=[s[0] for s in BUG_SHAPES])
-# NO_BARRIER's race never showed in the numbers on an H200 (two launches bitwise equal over
-# the suite); racecheck is the tool that catches it: test_racecheck_reports_missing_barrier.
+# NO_BARRIER's race does not show in the numbers on the mission shape (one block per SM);
+# racecheck catches it there (test_racecheck_reports_missing_barrier), diagnose on a loaded
+# GPU (test_race_shows_as_moving_output).
 @pytest.mark.parametrize("bug", sorted(b for b in BUGS if BUGS[b].found_by == "diagnose"))
 def test_seeded_bug_is_caught_and_placed(bug, shape_label, shape):
     b = BUGS[bug]
     d = diagnose(shape, inputs=b.needs_input, seed=fresh_seed(), bugs=(bug,), record=False, isolate=True, show=False)
     assert not d.clean, f"BUG_{bug} not caught on {shape_label}"
     assert d.stage in b.stages, f"BUG_{bug} placed in {d.stage}, expected {b.stages}"
+
+
+def test_race_shows_as_moving_output():
+    """With several blocks per SM the missing barrier strikes: the stage that reads the raced
+    buffer fails and its output differs between two launches on the same inputs."""
+    d = diagnose(Shape(4, 16, 1024, 1024, 64), seed=fresh_seed(), bugs=("NO_BARRIER",), record=False,
+                 isolate=True, show=False)
+    assert not d.clean and d.stage in BUGS["NO_BARRIER"].stages
+    assert any(m.extra.get("nondeterministic") for m in d.failing.metrics)
 
 
 @pytest.mark.parametrize("seed_index", range(20))
