@@ -277,8 +277,9 @@ def _shape_label(shape: str | None):
 @click.option("--mode", default="full", show_default=True)
 @click.option("--shape", default="mission", show_default=True, help="shape name or B,H,S,D ('any' for all)")
 @click.option("--metric", default="max_err", show_default=True, help="max_err | err_floor | latency | tflops | regs | smem")
+@click.option("--causal", is_flag=True, help="the causal runs (default: the non-causal ones)")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also plot the journey")
-def history(mode, shape, metric, png):
+def history(mode, shape, metric, causal, png):
     """The journey, oldest commit first: one row per commit (its newest record) with the
     metric and a bar, from the run records in results/."""
     from harness import history as h
@@ -288,10 +289,10 @@ def history(mode, shape, metric, png):
     if metric not in h.METRICS:
         raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(h.METRICS)}")
     label = None if shape == "any" else _shape_label(shape)
-    points, damaged = h.journey(metric, mode, label)
+    points, damaged = h.journey(metric, mode, label, causal)
     for d in damaged:
         click.echo(f"flashcore: warning: skipped damaged record {d}", err=True)
-    title = f"history: {metric} of {mode} on {label or 'any shape'} ({len(points)} commits)"
+    title = f"history: {metric} of {mode}{' causal' if causal else ''} on {label or 'any shape'} ({len(points)} commits)"
     if not points:
         console.print(f"{title}: no records")
         return EXIT_OK

@@ -33,7 +33,7 @@ class CheckResult:
         return EXIT_OK
 
 
-def load_baseline(against: str | None, mode: str, shape_label: str) -> list:
+def load_baseline(against: str | None, mode: str, shape_label: str, causal: bool = False) -> list:
     """Records of a revision (from results/) or of a JSON / JSON Lines file, for this case."""
     if against is None:
         return []
@@ -47,7 +47,7 @@ def load_baseline(against: str | None, mode: str, shape_label: str) -> list:
             recs = records.read([p]).records
     else:
         recs = _resolve(against, records.read().records)
-    return [r for r in recs if matches(r, mode, shape_label)]
+    return [r for r in recs if matches(r, mode, shape_label, causal)]
 
 
 def _baseline_value(baseline, metric):
@@ -63,7 +63,7 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
     shape = shape or parse_shape("mission")
     Variant(mode, shape.D, causal)     # validate first
     res = CheckResult()
-    baseline = load_baseline(against, mode, shape.label)
+    baseline = load_baseline(against, mode, shape.label, causal)
     if against is not None and not baseline:
         res.findings.append(Finding("baseline", None, f"no records for {mode} {shape.label} in {against!r}"))
     # -- resources: NVRTC, no GPU needed

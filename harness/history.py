@@ -43,7 +43,7 @@ def matches(rec, mode=None, shape_label=None, causal=None, clean_only=True) -> b
         return False
     if shape_label and rec.get("kind") != "compile" and rec.get("shape_label") != shape_label:
         return False
-    if causal is not None and rec.get("causal") not in (causal, None):
+    if causal is not None and rec.get("kind") != "compile" and bool(rec.get("causal")) != causal:
         return False
     if clean_only and rec.get("bugs"):
         return False
