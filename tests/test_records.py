@@ -59,6 +59,7 @@ def _fixture(results_dir):
                          resources={"registers": regs}))
         rows.append(dict(base, kind="bench", run_id=f"bench{n}", latency={"kernel": {"median_us": lat}, "tflops": 1.0},
                          resources={"registers": regs}))
+    rows.append(dict(rows[-1], causal=True, run_id="bench-causal", latency={"kernel": {"median_us": 99.0}}))
     results_dir.mkdir(parents=True, exist_ok=True)
     for r in rows:
         records.append(r, results_dir / "runs-gpu-x.jsonl")
@@ -68,8 +69,10 @@ def test_history_journey_and_command(results_tmp):
     _fixture(results_tmp)
     pts, damaged = history.journey("max_err", "full", "1,8,512,64")
     assert [p.commit[0] for p in pts] == ["a", "b", "c"] and pts[-1].value == 5e-2 and not damaged
-    pts, _ = history.journey("latency", "full", "1,8,512,64")
-    assert [p.value for p in pts] == [10.0, 11.0, 20.0]
+    pts, _ = history.journey("latency", "full", "1,8,512,64", causal=False)
+    assert [p.value for p in pts] == [10.0, 11.0, 20.0]           # the causal run is its own case
+    pts, _ = history.journey("latency", "full", "1,8,512,64", causal=True)
+    assert [p.value for p in pts] == [99.0]
     r = CliRunner().invoke(cli, ["history", "--mode", "full", "--shape", "mission", "--metric", "latency"])
     assert r.exit_code == 0 and "commit 2" in r.output and "20" in r.output
 
