@@ -48,3 +48,20 @@ def suite_recorder():
         rec["source"] = "gpu-suite"
         records.append(rec)
     return record
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With FLASHCORE_RECORD_SUITE=1, one summary record of the GPU suite's outcome."""
+    if os.environ.get("FLASHCORE_RECORD_SUITE") != "1" or hasattr(session.config, "workerinput"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    counts = {k: len(v) for k, v in (reporter.stats.items() if reporter else []) if k in ("passed", "failed", "error", "skipped")}
+    try:
+        from harness import compiler, records
+        from harness.gpu import require_gpu
+        device = require_gpu()
+    except Exception:
+        return
+    records.append(records.new_record("suite", device=device["device"], driver=device["driver"], cupy=device["cupy"],
+                                      kernel_sha256=compiler.source_hash(), exit_status=int(exitstatus),
+                                      counts=counts, failed=[r.nodeid for r in reporter.stats.get("failed", [])]))
