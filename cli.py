@@ -113,7 +113,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record):
     """Compile variants with NVRTC (no GPU needed) and report registers, shared memory and
     spills; exit 1 on a compile error or any spill byte."""
     from harness import compile_sweep
-    from harness.report import console
+    from harness.report import console, resources_table
     if list_bugs:
         compile_sweep.print_bugs()
         return EXIT_OK
@@ -121,7 +121,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record):
     head_dims = list(head_dim) or [64, 128]
     causals = [False, True] if causal is None else [causal]
     rows, failures = compile_sweep.sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs))
-    console.print(compile_sweep.table(rows))
+    console.print(resources_table(rows))
     for f in failures:
         click.echo(f, err=True)
     if record:

@@ -8,7 +8,7 @@ from debug_modes import BUGS
 from debug_modes.registry import get_mode
 from . import compiler, records
 from .errors import CompileError
-from .report import console, resources_table
+from .report import console
 from .variant import Variant
 
 
@@ -30,10 +30,6 @@ def sweep(modes, head_dims, causals, archs, bugs=()):
         except CompileError as e:
             failures.append(str(e))
     return rows, failures
-
-
-def table(rows):
-    return resources_table(rows)
 
 
 def print_bugs():

@@ -94,19 +94,21 @@ def runtime_variant(mode="full", head_dim=64, causal=False, bugs=(), **kw) -> Va
     return Variant(mode=mode, head_dim=head_dim, causal=causal, bugs=tuple(bugs), arch=arch, **kw)
 
 
+def kernel_args(shape: Shape, bufs: dict, scale: float) -> tuple:
+    """flashcore_fwd's argument tuple; buffers absent from bufs are null pointers."""
+    return tuple(bufs[p] if p in bufs else np.uint64(0) for p in KERNEL_PARAMS) + (
+        np.int32(shape.H), np.int32(shape.Sq), np.int32(shape.Sk), np.float32(scale))
+
+
 def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool = True):
-    """Launch flashcore_fwd; buffers absent from bufs are null pointers. Checks launch and sync."""
+    """Launch flashcore_fwd; checks the launch and (with sync) the synchronisation."""
     cp = _cupy()
     fn = get_kernel(variant)
-    args = [bufs[p] if p in bufs else np.uint64(0) for p in KERNEL_PARAMS]
-    args += [np.int32(shape.H), np.int32(shape.Sq), np.int32(shape.Sk), np.float32(scale)]
     try:
-        fn(variant.grid(shape), (variant.threads,), tuple(args), shared_mem=variant.smem_bytes)
+        fn(variant.grid(shape), (variant.threads,), kernel_args(shape, bufs, scale), shared_mem=variant.smem_bytes)
         if sync:
             cp.cuda.runtime.deviceSynchronize()
-    except cp.cuda.runtime.CUDARuntimeError as e:
-        raise KernelFault(f"{variant.label} on {shape.label}: kernel fault: {e}") from None
-    except cp.cuda.driver.CUDADriverError as e:
+    except (cp.cuda.runtime.CUDARuntimeError, cp.cuda.driver.CUDADriverError) as e:
         raise KernelFault(f"{variant.label} on {shape.label}: kernel fault: {e}") from None
 
 
@@ -201,9 +203,7 @@ class Prepared:
         """A zero-overhead launch for timing: kernel and arguments resolved once, no checks
         (the caller checks the stream afterwards)."""
         fn = get_kernel(self.variant)
-        bufs = {**self.bufs, **self.outs}
-        args = tuple(bufs[p] if p in bufs else np.uint64(0) for p in KERNEL_PARAMS) + (
-            np.int32(self.shape.H), np.int32(self.shape.Sq), np.int32(self.shape.Sk), np.float32(self.scale))
+        args = kernel_args(self.shape, {**self.bufs, **self.outs}, self.scale)
         grid, block, smem = self.variant.grid(self.shape), (self.variant.threads,), self.variant.smem_bytes
         return lambda: fn(grid, block, args, shared_mem=smem)
 
