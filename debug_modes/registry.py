@@ -53,7 +53,7 @@ class Mode:
     writes: tuple             # Buffers the kernel writes (each judged against its reference)
     judged_by: str            # the reference, in words
     allows_causal: bool = True
-    max_m_frags: dict | None = None   # head dim -> cap on rows per warp (register budget of the mode)
+    tiles: dict | None = None   # tile values the mode forces, whatever was asked (its register budget)
 
     @property
     def defines(self) -> list:
@@ -90,7 +90,8 @@ MODES = {
              "as full with P kept at fp32 (hi+lo fp16 split) and O written as fp32",
              (Q, K, V), (Buffer("O", "BHSqD", "float32", "O"), Buffer("LSE", "BHSq", "float32", "LSE")),
              "float64 attention (floor without fp16 P or fp16 output rounding)",
-             max_m_frags={128: 1}),   # the hi+lo products need the registers 32 rows/warp use
+             # the hi+lo products need the registers that 32 rows per warp or the pipelined loop use
+             tiles=dict(m_frags=1, kv_stages=1)),
     )
 }
 

@@ -169,8 +169,8 @@ def _nvrtc():
         raise UsageError(f"NVRTC is not available ({type(e).__name__}: {e}); install flashcore[cuda13] or [cuda12]") from None
 
 
-def compile_check(variant: Variant, path: Path | None = None) -> Resources:
-    """Compile one variant for variant.arch with NVRTC (no GPU needed) and read the resources."""
+def compile_cubin(variant: Variant, path: Path | None = None) -> tuple:
+    """Compile one variant for variant.arch with NVRTC (no GPU needed): (ptxas log, cubin bytes)."""
     nvrtc = _nvrtc()
     path = kernel_file(path)
     sources = kernel_sources(path)
@@ -184,9 +184,13 @@ def compile_check(variant: Variant, path: Path | None = None) -> Resources:
         except Exception:
             log = nvrtc.getProgramLog(prog)
             raise CompileError(f"{variant.label}: compilation failed\n{format_compile_log(log, sources)}") from None
-        log = nvrtc.getProgramLog(prog)
-        cubin = nvrtc.getCUBIN(prog)
+        return nvrtc.getProgramLog(prog), nvrtc.getCUBIN(prog)
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def compile_check(variant: Variant, path: Path | None = None) -> Resources:
+    """Compile one variant and read its resources from the ptxas log."""
+    log, cubin = compile_cubin(variant, path)
     return Resources(variant=variant.label, arch=variant.arch, smem_dynamic=variant.smem_bytes,
                      cubin_bytes=len(cubin), **parse_ptxas(log))

@@ -71,19 +71,21 @@ def uniform_p_output(v: np.ndarray, Sq: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ kernel-precision emulation
-def _exp2_fma(s32: np.ndarray, ms32: np.ndarray) -> np.ndarray:
-    """fp32 exp2(fma(s, log2e, -ms)): the product is exact in float64, one rounding to fp32."""
-    arg = (s32.astype(F64) * F64(LOG2E32) - ms32.astype(F64)).astype(F32)
+def _exp2_fma(s32: np.ndarray, sl2: np.float32, ms32: np.ndarray) -> np.ndarray:
+    """fp32 exp2(fma(s, sl2, -ms)): the product is exact in float64, one rounding to fp32."""
+    arg = (s32.astype(F64) * F64(sl2) - ms32.astype(F64)).astype(F32)
     return np.exp2(arg.astype(F64)).astype(F32)
 
 
-def _online_softmax_step(s32, m, l):
-    """One key tile of the kernel's softmax_update: returns p (fp32), alpha, new m, new l."""
+def _online_softmax_step(s32, m, l, sl2=LOG2E32):
+    """One key tile of the kernel's softmax_update: returns p (fp32), alpha, new m, new l.
+    s32 are scores in the units the kernel holds them (raw Q.K^T with sl2 = fp32(scale*log2e)
+    in the full kernel, scaled S with sl2 = log2e in softmax_only); m is in the same units."""
     mx = np.maximum(m, s32.max(axis=1))
     m_use = np.where(np.isneginf(mx), F32(0), mx).astype(F32)
-    alpha = np.exp2(((m - m_use).astype(F32) * LOG2E32).astype(F64)).astype(F32)
-    ms = (m_use * LOG2E32).astype(F32)
-    p = _exp2_fma(s32, ms[:, None])
+    alpha = np.exp2(((m - m_use).astype(F32) * sl2).astype(F64)).astype(F32)
+    ms = (m_use * sl2).astype(F32)
+    p = _exp2_fma(s32, sl2, ms[:, None])
     l = (l * alpha + p.sum(axis=1, dtype=F32)).astype(F32)
     return p, alpha, mx.astype(F32), l
 
@@ -131,6 +133,7 @@ def kp_scores(q, k, scale: float, causal: bool, rows=None) -> np.ndarray:
 def kp_attention(q, k, v, scale: float, causal: bool, block_n: int, fp32_p: bool = False):
     """One head, the kernel's arithmetic: O (fp16, or fp32 for fp32_p) and LSE (fp32)."""
     Sq, Sk = q.shape[0], k.shape[0]
+    sl2 = (F32(scale) * LOG2E32).astype(F32)     # the kernel's scale * log2(e), in fp32
     out = np.empty((Sq, v.shape[1]), dtype=F32 if fp32_p else F16)
     lse = np.empty(Sq, dtype=F32)
     for rows in row_chunks(Sq, Sk):
@@ -139,14 +142,14 @@ def kp_attention(q, k, v, scale: float, causal: bool, block_n: int, fp32_p: bool
         o = np.zeros((len(rows), v.shape[1]), dtype=F32)
         for t0 in range(0, Sk, block_n):
             t1 = min(Sk, t0 + block_n)
-            s = kp_scores(q, k[t0:t1], scale, False, rows)
+            s = kp_scores(q, k[t0:t1], 1.0, False, rows)    # raw scores: the scale is in sl2
             if causal:
                 s[np.arange(t0, t1)[None, :] > rows[:, None]] = -np.inf
-            p, alpha, m, l = _online_softmax_step(s, m, l)
+            p, alpha, m, l = _online_softmax_step(s, m, l, sl2)
             o = _pv_accumulate((o * alpha[:, None]).astype(F32), p, v[t0:t1], fp32_p)
         inv = (F32(1) / l).astype(F32)
         out[rows] = (o * inv[:, None]).astype(out.dtype)
-        lse[rows] = (m + np.log(l)).astype(F32)
+        lse[rows] = ((m * F32(scale)).astype(F32) + np.log(l)).astype(F32)
     return out, lse
 
 
@@ -158,7 +161,7 @@ def kp_softmax(s_in: np.ndarray, block_n: int):
     for t0 in range(0, Sk, block_n):
         _, _, m, l = _online_softmax_step(s_in[:, t0:t0 + block_n].astype(F32), m, l)
     ms = (np.where(np.isneginf(m), F32(0), m) * LOG2E32).astype(F32)
-    p = (_exp2_fma(s_in.astype(F32), ms[:, None]) * (F32(1) / l)[:, None]).astype(F32)
+    p = (_exp2_fma(s_in.astype(F32), LOG2E32, ms[:, None]) * (F32(1) / l)[:, None]).astype(F32)
     return m, l, p
 
 

@@ -49,10 +49,8 @@ class Variant:
         for k, v in TILES.get(self.head_dim, TILES[64]).items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
-        cap = (m.max_m_frags or {}).get(self.head_dim)
-        if cap is not None and self.m_frags > cap:
-            object.__setattr__(self, "m_frags", cap)
-            object.__setattr__(self, "kv_stages", 2)
+        for k, v in (m.tiles or {}).items():
+            object.__setattr__(self, k, v)
         if self.head_dim not in SUPPORTED_HEAD_DIMS:
             raise UsageError(f"unsupported head dim {self.head_dim}; the kernel supports {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
         if self.arch not in ARCHS:
@@ -70,6 +68,10 @@ class Variant:
             raise UsageError(f"m_frags must be 1 or 2, got {self.m_frags}")
         if not 1 <= self.nwarps <= 16:
             raise UsageError(f"nwarps must be 1..16, got {self.nwarps}")
+        rows_per_pass = self.threads // (self.head_dim // 8)   # load_tile: one 16-byte chunk per thread per pass
+        if self.threads % (self.head_dim // 8) or self.block_n % rows_per_pass or self.block_m % rows_per_pass:
+            raise UsageError(f"tiles of {self.block_n} keys and {self.block_m} rows are not a multiple of the "
+                             f"{rows_per_pass} rows {self.threads} threads copy per pass")
         if self.smem_bytes > ARCHS[self.arch]:
             raise UsageError(f"variant needs {self.smem_bytes} B of shared memory, {self.arch} allows {ARCHS[self.arch]}")
 

@@ -118,6 +118,13 @@ __device__ __forceinline__ void mma16816(float d[4], const u32 a[4], u32 b0, u32
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// D = A * B with C = 0 (ptxas reads the zero register: no accumulator clearing per tile).
+__device__ __forceinline__ void mma16816_zc(float d[4], const u32 a[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
+}
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -137,25 +144,28 @@ __device__ __forceinline__ u32 pack_lo(float x, float y, u32 hi) {
 // ---------------------------------------------------------------- tile loads
 // Copies rows [row0, row0+ROWS) of a [S, HEAD_DIM] fp16 matrix into shared memory,
 // zero-filling rows >= S (their scores are masked and their V rows contribute 0).
+// Each thread owns one 16-byte column chunk and every ROWS_PER_PASS-th row, so all its
+// addresses are one base plus compile-time offsets: a few instructions per copy, not the
+// divide, modulo and 64-bit multiply a flat chunk loop costs on every tile.
+#define CHUNKS (HEAD_DIM / 8)                   // 16-byte chunks per row
+#define ROWS_PER_PASS (NTHREADS / CHUNKS)       // rows one pass of the block covers
 template <int ROWS>
 __device__ __forceinline__ void load_tile(half* sdst, const half* gsrc, int row0, int S) {
-    constexpr int CHUNKS = HEAD_DIM / 8;    // 16-byte chunks per row
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += NTHREADS) {
-        const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
-        const int gr = row0 + r;
-        const bool ok = gr < S;
-        cp_async16(sdst + r * SMEM_LD + col, gsrc + (size_t)(ok ? gr : 0) * HEAD_DIM + col, ok ? 16 : 0);
+    static_assert(NTHREADS % CHUNKS == 0 && ROWS % ROWS_PER_PASS == 0, "tile rows must be a multiple of NTHREADS/CHUNKS");
+    const int r = threadIdx.x / CHUNKS;         // this thread's first row; its column is (tid % CHUNKS) * 8
+    half* d = sdst + threadIdx.x * 8 + r * SMEM_PAD;          // = r * SMEM_LD + column
+    const half* g = gsrc + (row0 * HEAD_DIM + threadIdx.x * 8);  // = (row0 + r) * HEAD_DIM + column
+    if (row0 + ROWS <= S) {                     // the whole tile is inside the matrix
+#pragma unroll
+        for (int i = 0; i < ROWS / ROWS_PER_PASS; ++i)
+            cp_async16(d + i * ROWS_PER_PASS * SMEM_LD, g + i * ROWS_PER_PASS * HEAD_DIM, 16);
+    } else {                                    // the tail tile: rows >= S are zero-filled
+#pragma unroll 1
+        for (int i = 0; i < ROWS / ROWS_PER_PASS; ++i) {
+            const bool ok = row0 + r + i * ROWS_PER_PASS < S;
+            cp_async16(d + i * ROWS_PER_PASS * SMEM_LD, ok ? g + i * ROWS_PER_PASS * HEAD_DIM : gsrc, ok ? 16 : 0);
+        }
     }
-}
-
-// The K and V tiles a mode reads (qk_only and the softmax-free modes skip one of them).
-__device__ __forceinline__ void load_kv(half* sKt, half* sVt, const half* Kb, const half* Vb, int kv0, int Sk) {
-#if USES_QK
-    load_tile<BLOCK_N>(sKt, Kb, kv0, Sk);
-#endif
-#if USES_PV
-    load_tile<BLOCK_N>(sVt, Vb, kv0, Sk);
-#endif
 }
 
 // ---------------------------------------------------------------- stage 1: QK
@@ -165,16 +175,21 @@ __device__ __forceinline__ void load_q_frag(u32 a[4], const half* sQw, int mf, i
     ldmatrix_x4(a, sQw + (mf * 16 + (mat & 1) * 8 + r) * SMEM_LD + kd * 16 + (mat >> 1) * 8);
 }
 
-// s[mf][nt][e]: row mf*16 + lane/4 + 8*(e/2) of this warp, key column nt*8 + (lane%4)*2 + (e%2).
-// Each K fragment is loaded once and used for all M_FRAGS row fragments.
-__device__ __forceinline__ void qk_tile(float s[M_FRAGS][N_FRAG][4], const u32 qf[M_FRAGS][K_STEPS][4],
-                                        const half* sQw, const half* sK, int lane, float scale) {
+// All of the warp's Q fragments into registers, where they fit (else qk_tile re-reads them).
+__device__ __forceinline__ void load_q_regs(u32 qf[M_FRAGS][K_STEPS][4], const half* sQw, int lane) {
+#if USES_QK && Q_IN_REGS
 #pragma unroll
     for (int mf = 0; mf < M_FRAGS; ++mf)
 #pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[mf][nt][e] = 0.f;
+        for (int kd = 0; kd < K_STEPS; ++kd) load_q_frag(qf[mf][kd], sQw, mf, kd, lane);
+#endif
+}
+
+// s[mf][nt][e]: row mf*16 + lane/4 + 8*(e/2) of this warp, key column nt*8 + (lane%4)*2 + (e%2).
+// Raw scores Q.K^T: the softmax scale is folded into its exp2 argument (one FFMA per score).
+// Each K fragment is loaded once and used for all M_FRAGS row fragments.
+__device__ __forceinline__ void qk_tile(float s[M_FRAGS][N_FRAG][4], const u32 qf[M_FRAGS][K_STEPS][4],
+                                        const half* sQw, const half* sK, int lane) {
     const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
     for (int kd = 0; kd < K_STEPS; ++kd) {
@@ -199,17 +214,16 @@ __device__ __forceinline__ void qk_tile(float s[M_FRAGS][N_FRAG][4], const u32 q
 #endif
 #pragma unroll
             for (int mf = 0; mf < M_FRAGS; ++mf) {
-                mma16816(s[mf][2 * nn], a[mf], b[0], b[1]);
-                mma16816(s[mf][2 * nn + 1], a[mf], b[2], b[3]);
+                if (kd == 0) {                  // the first k-step starts from C = 0
+                    mma16816_zc(s[mf][2 * nn], a[mf], b[0], b[1]);
+                    mma16816_zc(s[mf][2 * nn + 1], a[mf], b[2], b[3]);
+                } else {
+                    mma16816(s[mf][2 * nn], a[mf], b[0], b[1]);
+                    mma16816(s[mf][2 * nn + 1], a[mf], b[2], b[3]);
+                }
             }
         }
     }
-#pragma unroll
-    for (int mf = 0; mf < M_FRAGS; ++mf)
-#pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[mf][nt][e] *= scale;
 }
 
 // Tail (key >= Sk) and causal (key > query) masking, applied to tiles that need it.
@@ -229,10 +243,12 @@ __device__ __forceinline__ void mask_tile(float s[N_FRAG][4], int kv0, int row_b
 }
 
 // ---------------------------------------------------------------- stage 2: online softmax
-// In: masked scores s. Out: s overwritten by P = exp(s - m_new) (fp32, unnormalised),
-// per-thread partial row sums l, running max m and the rescale factor alpha for O.
+// In: masked scores s in units where softmax(s * sl2 / log2(e)) is wanted: raw Q.K^T with
+// sl2 = scale*log2(e) in the full kernel, already-scaled S with sl2 = log2(e) in softmax_only.
+// Out: s overwritten by P = exp2(s*sl2 - m*sl2) (fp32, unnormalised; one FFMA + ex2 per score),
+// per-thread partial row sums l, running max m (units of s) and the rescale factor alpha for O.
 __device__ __forceinline__ void softmax_update(float s[N_FRAG][4], float m[2], float l[2],
-                                               float alpha[2], bool first_tile) {
+                                               float alpha[2], float sl2, bool first_tile) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         float mx = m[h];
@@ -244,14 +260,14 @@ __device__ __forceinline__ void softmax_update(float s[N_FRAG][4], float m[2], f
         if (!first_tile) mx = m[h];          // the bug: max frozen after the first tile
 #endif
         const float m_use = (mx == NEG_INF) ? 0.f : mx;   // a row with no key yet: keep exp finite
-        alpha[h] = fast_exp2((m[h] - m_use) * LOG2E);      // m[h] = -inf on the first tile -> 0
-        const float ms = m_use * LOG2E;
+        alpha[h] = fast_exp2((m[h] - m_use) * sl2);        // m[h] = -inf on the first tile -> 0
+        const float ms = m_use * sl2;
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < N_FRAG; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float p = fast_exp2(fmaf(s[nt][2 * h + e], LOG2E, -ms));
+                const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
                 s[nt][2 * h + e] = p;
                 sum += p;
             }
@@ -316,64 +332,82 @@ __device__ __forceinline__ void pv_tile(float o[M_FRAGS][D_FRAG][4], const float
 }
 
 // Debug-mode I/O for [Sq,Sk] fp32 matrices in the S-fragment layout; out-of-range -> fill.
+// One row pointer per fragment row half: every element is that pointer plus a constant.
 __device__ __forceinline__ void load_s_frag(float s[N_FRAG][4], const float* src, int kv0,
                                             int row_base, int lane, int Sq, int Sk, float fill) {
 #pragma unroll
-    for (int nt = 0; nt < N_FRAG; ++nt)
+    for (int h = 0; h < 2; ++h) {
+        const int row = row_base + 8 * h, c0 = kv0 + (lane & 3) * 2;
+        const bool row_ok = row < Sq;
+        const float* p = src + (size_t)(row_ok ? row : 0) * Sk + c0;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-            const int row = row_base + (e >> 1) * 8;
-            s[nt][e] = (row < Sq && col < Sk) ? src[(size_t)row * Sk + col] : fill;
-        }
+        for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                s[nt][2 * h + e] = (row_ok && c0 + nt * 8 + e < Sk) ? p[nt * 8 + e] : fill;
+    }
 }
 __device__ __forceinline__ void store_s_frag(float* dst, const float s[N_FRAG][4], int kv0,
                                              int row_base, int lane, int Sq, int Sk) {
 #pragma unroll
-    for (int nt = 0; nt < N_FRAG; ++nt)
+    for (int h = 0; h < 2; ++h) {
+        const int row = row_base + 8 * h, c0 = kv0 + (lane & 3) * 2;
+        if (row >= Sq) continue;
+        float* p = dst + (size_t)row * Sk + c0;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-            const int row = row_base + (e >> 1) * 8;
-            if (row < Sq && col < Sk) dst[(size_t)row * Sk + col] = s[nt][e];
-        }
+        for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                if (c0 + nt * 8 + e < Sk) p[nt * 8 + e] = s[nt][2 * h + e];
+    }
 }
 
 __device__ __forceinline__ void store_out2(half* p, float x, float y) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y); }
 __device__ __forceinline__ void store_out2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
 
-// ---------------------------------------------------------------- one key tile, QK to P
+// ---------------------------------------------------------------- one key tile: the stages
 struct TileCtx {
     int lane, q0, row_base, kv_limit, Sq, Sk;
-    float scale;
+    float scale, sl2;      // sl2 = scale * log2(e): the exp2 multiplier for raw scores
     float* S_out;          // this (b, h)'s [Sq, Sk] slices for the debug modes
     const float* P_in;
 };
 
 #define FOR_MF _Pragma("unroll") for (int mf = 0; mf < M_FRAGS; ++mf)
 
-// Stage 1 and 2 for key tile j: s <- P (or the debug mode's stand-in), o rescaled by alpha.
+// Stage 1 for key tile t: raw scores Q.K_t^T (no-op in the modes without QK).
+__device__ __forceinline__ void qk_scores(float s[M_FRAGS][N_FRAG][4], const u32 qf[M_FRAGS][K_STEPS][4],
+                                          const half* sQw, const half* sKt, const TileCtx& c) {
+#if USES_QK
+    qk_tile(s, qf, sQw, sKt, c.lane);
+#endif
+}
+
+// Masking for key tile t, applied only to tiles that reach the tail or the diagonal.
+__device__ __forceinline__ void mask_scores(float s[M_FRAGS][N_FRAG][4], int t, const TileCtx& c) {
+#if USES_QK
+    const int kv0 = t * BLOCK_N;
+    if (kv0 + BLOCK_N > c.kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0)) {
+        FOR_MF mask_tile(s[mf], kv0, c.row_base + mf * 16, c.lane, c.kv_limit);
+    }
+#endif
+}
+
+// Stage 2 for key tile j: masked raw scores s -> P (or the debug mode's stand-in), o rescaled.
 __device__ __forceinline__ void scores_to_p(float s[M_FRAGS][N_FRAG][4], float o[M_FRAGS][D_FRAG][4],
                                             float m[M_FRAGS][2], float l[M_FRAGS][2], float alpha[M_FRAGS][2],
-                                            u32 qf[M_FRAGS][K_STEPS][4], const half* sQw, const half* sKj,
                                             int j, const TileCtx& c) {
+#if defined(DEBUG_QK_ONLY) || defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
     const int kv0 = j * BLOCK_N, lane = c.lane;
-#if USES_QK
-#if Q_IN_REGS
-    if (j == 0) {
-        FOR_MF {
-#pragma unroll
-            for (int kd = 0; kd < K_STEPS; ++kd) load_q_frag(qf[mf][kd], sQw, mf, kd, lane);
-        }
-    }
-#endif
-    qk_tile(s, qf, sQw, sKj, lane, c.scale);
-    if (kv0 + BLOCK_N > c.kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0)) {
-        FOR_MF mask_tile(s[mf], kv0, c.row_base + mf * 16, lane, c.kv_limit);
-    }
 #endif
 #if defined(DEBUG_QK_ONLY)
-    FOR_MF store_s_frag(c.S_out, s[mf], kv0, c.row_base + mf * 16, lane, c.Sq, c.Sk);
+    FOR_MF {
+#pragma unroll
+        for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mf][nt][e] *= c.scale;    // the stage's output is scaled S
+        store_s_frag(c.S_out, s[mf], kv0, c.row_base + mf * 16, lane, c.Sq, c.Sk);
+    }
 #elif defined(DEBUG_PV_ONLY)
     FOR_MF load_s_frag(s[mf], c.P_in, kv0, c.row_base + mf * 16, lane, c.Sq, c.Sk, 0.f);   // alpha = l = 1
 #elif defined(UNIFORM_P)
@@ -387,7 +421,7 @@ __device__ __forceinline__ void scores_to_p(float s[M_FRAGS][N_FRAG][4], float o
     }
 #else
     FOR_MF {
-        softmax_update(s[mf], m[mf], l[mf], alpha[mf], j == 0);
+        softmax_update(s[mf], m[mf], l[mf], alpha[mf], c.sl2, j == 0);
 #ifndef BUG_NO_RESCALE
 #pragma unroll
         for (int i = 0; i < D_FRAG; ++i) {
@@ -396,6 +430,27 @@ __device__ __forceinline__ void scores_to_p(float s[M_FRAGS][N_FRAG][4], float o
         }
 #endif
     }
+#endif
+}
+
+// Stage 3 for key tile j (BUG_PV_FIRST_TILE: only the first tile's product is accumulated).
+__device__ __forceinline__ void pv_stage(float o[M_FRAGS][D_FRAG][4], const float p[M_FRAGS][N_FRAG][4],
+                                         const half* sVj, int j, int lane) {
+#if USES_PV
+#ifdef BUG_PV_FIRST_TILE
+    if (j == 0)
+#endif
+    pv_tile(o, p, sVj, lane);
+#endif
+}
+
+// The K and V tiles of key tile t into buffer slot (the modes without QK or PV skip one).
+__device__ __forceinline__ void load_kv(half* sK, half* sV, const half* Kb, const half* Vb, int slot, int t, int Sk) {
+#if USES_QK
+    load_tile<BLOCK_N>(sK + slot * BLOCK_N * SMEM_LD, Kb, t * BLOCK_N, Sk);
+#endif
+#if USES_PV
+    load_tile<BLOCK_N>(sV + slot * BLOCK_N * SMEM_LD, Vb, t * BLOCK_N, Sk);
 #endif
 }
 
@@ -448,7 +503,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         for (int j = 0; j < n_iter; ++j) {
             FOR_MF {
                 load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, Sq, Sk, NEG_INF);
-                softmax_update(s, m[mf], l[mf], alpha[mf], j == 0);
+                softmax_update(s, m[mf], l[mf], alpha[mf], LOG2E, j == 0);   // S_in is already scaled
             }
         }
         float inv[M_FRAGS][2], ms[M_FRAGS][2];
@@ -490,44 +545,38 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         alpha[mf][0] = alpha[mf][1] = 1.f;
     }
     u32 qf[M_FRAGS][K_STEPS][4];
-    const TileCtx ctx{lane, q0, row_base, kv_limit, Sq, Sk, scale,
+    const TileCtx ctx{lane, q0, row_base, kv_limit, Sq, Sk, scale, scale * LOG2E,
                       S_out ? S_out + bh * Sq * Sk : nullptr, P_in ? P_in + bh * Sq * Sk : nullptr};
 
 #if KV_STAGES == 2
-    // ---- prologue: Q and the first two K/V tiles. Tile t lives in buffer t % 2; the loads of
-    // tile j+2 are issued at the end of iteration j, so each tile has a whole iteration to land.
+    // ---- two K and two V buffers: tile t lives in buffer t % 2; the loads of tile j+2 are
+    // issued at the end of iteration j, so each tile has a whole iteration to land.
 #if USES_QK
     load_tile<BLOCK_M>(sQ, Qb, q0, Sq);
 #endif
-    load_kv(sK, sV, Kb, Vb, 0, Sk);
+    load_kv(sK, sV, Kb, Vb, 0, 0, Sk);
     cp_async_commit();
-    if (n_iter > 1) load_kv(sK + BLOCK_N * SMEM_LD, sV + BLOCK_N * SMEM_LD, Kb, Vb, BLOCK_N, Sk);
+    if (n_iter > 1) load_kv(sK, sV, Kb, Vb, 1, 1, Sk);
     cp_async_commit();                          // (an empty group keeps the counting uniform)
-
     for (int j = 0; j < n_iter; ++j) {
-        const half* sKj = sK + (j & 1) * BLOCK_N * SMEM_LD;
-        const half* sVj = sV + (j & 1) * BLOCK_N * SMEM_LD;
         cp_async_wait<1>();                     // tile j landed (tile j+1 may still fly)
         __syncthreads();                        // ... and is visible to every warp
+        if (j == 0) load_q_regs(qf, sQw, lane);
         float s[M_FRAGS][N_FRAG][4];
-        scores_to_p(s, o, m, l, alpha, qf, sQw, sKj, j, ctx);
-#if USES_PV
-#ifdef BUG_PV_FIRST_TILE
-        if (j == 0)
-#endif
-        pv_tile(o, s, sVj, lane);
-#endif
+        qk_scores(s, qf, sQw, sK + (j & 1) * BLOCK_N * SMEM_LD, ctx);
+        mask_scores(s, j, ctx);
+        scores_to_p(s, o, m, l, alpha, j, ctx);
+        pv_stage(o, s, sV + (j & 1) * BLOCK_N * SMEM_LD, j, lane);
 #ifndef BUG_NO_BARRIER
         __syncthreads();                        // every warp is done reading buffer j % 2 ...
 #endif
         // ... so tile j+2 may overwrite it (BUG_NO_BARRIER: without that barrier, a fast
         // warp's copies land on a K/V tile that slower warps are still reading).
-        if (j + 2 < n_iter)
-            load_kv(sK + (j & 1) * BLOCK_N * SMEM_LD, sV + (j & 1) * BLOCK_N * SMEM_LD, Kb, Vb, (j + 2) * BLOCK_N, Sk);
+        if (j + 2 < n_iter) load_kv(sK, sV, Kb, Vb, j & 1, j + 2, Sk);
         cp_async_commit();
     }
 #else
-    // ---- single K and V buffers (fewer registers for pointers, half the shared memory):
+    // ---- single K and V buffers (fewer registers, half the shared memory):
     // V_j is loaded while QK_j and the softmax run, K_{j+1} while PV_j runs.
 #if USES_QK
     load_tile<BLOCK_M>(sQ, Qb, q0, Sq);
@@ -541,8 +590,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         load_tile<BLOCK_N>(sV, Vb, j * BLOCK_N, Sk);
         cp_async_commit();
 #endif
+        if (j == 0) load_q_regs(qf, sQw, lane);
         float s[M_FRAGS][N_FRAG][4];
-        scores_to_p(s, o, m, l, alpha, qf, sQw, sK, j, ctx);
+        qk_scores(s, qf, sQw, sK, ctx);
+        mask_scores(s, j, ctx);
+        scores_to_p(s, o, m, l, alpha, j, ctx);
 #ifdef BUG_NO_BARRIER
         if (USES_QK && j + 1 < n_iter) load_tile<BLOCK_N>(sK, Kb, (j + 1) * BLOCK_N, Sk);   // the bug
         cp_async_commit();
@@ -554,17 +606,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         if (USES_QK && j + 1 < n_iter) load_tile<BLOCK_N>(sK, Kb, (j + 1) * BLOCK_N, Sk);   // overlaps PV
         cp_async_commit();
 #endif
-#if USES_PV
-#ifdef BUG_PV_FIRST_TILE
-        if (j == 0)
-#endif
-        pv_tile(o, s, sV, lane);
-#endif
+        pv_stage(o, s, sV, j, lane);
     }
 #endif
 
 #if USES_PV
-    // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), optional LSE = m + log(l)
+    // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), optional LSE = scale*m + log(l)
+    // (m is the max of the raw scores)
     out_t* Ob = O + bh * Sq * HEAD_DIM;
     FOR_MF {
 #pragma unroll
@@ -575,7 +623,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             l[mf][h] = quad_sum(l[mf][h]);
             const float inv = 1.f / l[mf][h];
             const int row = row_base + mf * 16 + 8 * h;
-            if (LSE != nullptr && row < Sq && (lane & 3) == 0) LSE[bh * Sq + row] = m[mf][h] + logf(l[mf][h]);
+            if (LSE != nullptr && row < Sq && (lane & 3) == 0) LSE[bh * Sq + row] = m[mf][h] * scale + logf(l[mf][h]);
 #endif
 #ifdef BUG_FRAG_SWAP
             const int row_w = row_base + mf * 16 + 8 * (1 - h);

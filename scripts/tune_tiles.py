@@ -1,27 +1,69 @@
-"""Time tile configurations of the full kernel on the bench suite (GPU). Each config is first
-checked for correctness on an odd shape; prints one line per (shape, config)."""
+"""Time kernel versions x tile configurations on the bench suite (GPU), SDPA flash beside them.
 
-import itertools
+Usage: python scripts/tune_tiles.py [name=path.cu ...]
+Each extra name=path is an older kernel source to time against the working tree's (A/B in one
+process, one GPU). Every (source, config) is first checked for correctness on an odd shape,
+causal and not; then one line per (shape, source, config): median us, TFLOP/s, ratio to SDPA
+flash, registers.
+"""
+
+import os
 import sys
 
-from harness.bench import SUITE, bench_one
-from harness.gpu import run_mode
+from harness.bench import SUITE, _sdpa_timings, bench_one
+from harness.gpu import kernel_resources, prepare, run_mode
 from harness.shapes import Shape
+from harness.variant import SMALL_TILES, tiles_for
 
+# Candidate tiles per head dim; the tile table's choice for each shape is always timed too.
 CONFIGS = {
-    64: [dict(m_frags=2, nwarps=4, block_n=64), dict(m_frags=1, nwarps=4, block_n=64),
-         dict(m_frags=1, nwarps=8, block_n=64), dict(m_frags=2, nwarps=4, block_n=32),
-         dict(m_frags=1, nwarps=2, block_n=64)],
-    128: [dict(m_frags=2, nwarps=4, block_n=32), dict(m_frags=1, nwarps=4, block_n=64),
-          dict(m_frags=2, nwarps=8, block_n=32), dict(m_frags=1, nwarps=4, block_n=32)],
+    64: [dict(m_frags=2, nwarps=4, block_n=64, kv_stages=2), dict(m_frags=1, nwarps=8, block_n=64, kv_stages=2)],
+    128: [dict(m_frags=2, nwarps=4, block_n=64, kv_stages=1), dict(m_frags=2, nwarps=4, block_n=32, kv_stages=2),
+          dict(m_frags=1, nwarps=8, block_n=64, kv_stages=2)],
 }
-for d, cfgs in CONFIGS.items():
-    for cfg in cfgs:
-        for causal in (False, True):
-            r = run_mode("full", Shape(2, 3, 1000, 777, d), causal=causal, seed=3, **cfg)
-            print(f"check d={d} {cfg} causal={causal}: {'ok' if r.passed else 'FAIL ' + r.message}", flush=True)
+SOURCES = {"new": None} | dict(a.split("=", 1) for a in sys.argv[1:])
+
+
+def use_source(path):
+    if path:
+        os.environ["FLASHCORE_KERNEL"] = path
+    else:
+        os.environ.pop("FLASHCORE_KERNEL", None)
+
+
+def configs_for(shape):
+    base = tiles_for(shape)
+    return [base] + [c for c in CONFIGS[shape.D] if c != base and base is not SMALL_TILES[shape.D]]
+
+
+for name, path in SOURCES.items():
+    if path:            # older sources were checked when they were current
+        continue
+    use_source(path)
+    for d in CONFIGS:
+        for cfg in CONFIGS[d] + [SMALL_TILES[d]]:
+            for causal in (False, True):
+                try:
+                    r = run_mode("full", Shape(2, 3, 1000, 777, d), causal=causal, seed=3, **cfg)
+                    msg = "ok" if r.passed else "FAIL " + r.message
+                except Exception as e:   # a fault here must not end the sweep
+                    msg = f"ERROR {type(e).__name__}: {str(e).splitlines()[0]}"
+                print(f"check {name} d={d} {cfg} causal={causal}: {msg}", flush=True)
+
 for label, shape, causal in SUITE:
-    for cfg in CONFIGS[shape.D]:
-        row = bench_one(label, shape, causal, "full", with_sdpa=False, **cfg)
-        print(f"{label:24s} {cfg} {row.kernel.median_us:9.1f} us {row.tflops:6.1f} TFLOP/s regs={row.resources['registers']}",
-              flush=True)
+    flash = None
+    for name, path in SOURCES.items():
+        use_source(path)
+        for cfg in configs_for(shape):
+            try:
+                row = bench_one(label, shape, causal, "full", with_sdpa=False, **cfg)
+            except Exception as e:
+                print(f"{label:24s} {name:4s} {cfg} ERROR {type(e).__name__}", flush=True)
+                continue
+            if flash is None:
+                pre = prepare("full", shape, causal, "randn", 0)
+                flash = _sdpa_timings(shape, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"]).get("sdpa_flash")
+            ratio = f"{flash.median_us / row.kernel.median_us:5.2f}x" if flash else "  -  "
+            print(f"{label:24s} {name:4s} {cfg} {row.kernel.median_us:9.1f} us {row.tflops:6.1f} TFLOP/s "
+                  f"{ratio} flash({flash.median_us if flash else float('nan'):.1f} us) regs={row.resources['registers']}",
+                  flush=True)

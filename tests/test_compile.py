@@ -90,7 +90,7 @@ def test_variant_derived_values():
     assert v.defines[:6] == ["HEAD_DIM=128", "IS_CAUSAL=0", "NWARPS=4", "BLOCK_N=64", "M_FRAGS=1", "KV_STAGES=2"]
     d = Variant("full", 128)                                      # the tile table's default
     assert (d.m_frags, d.nwarps, d.block_n, d.kv_stages, d.block_m) == (2, 4, 64, 1, 128)
-    assert Variant("fp32_p", 128).m_frags == 1                     # the mode's register cap
+    assert (Variant("fp32_p", 128).m_frags, Variant("fp32_p", 64, m_frags=2).kv_stages) == (1, 1)   # the mode forces its tiles
 
 
 @pytest.mark.parametrize("mode,d,causal", [(m, d, c) for m, d, c, a in VARIANTS if a == "sm_90"])
