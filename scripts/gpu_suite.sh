@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|demo|bench|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|demo|bench|profile|all]
+# (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
 set -uo pipefail
 OUT=${OUT:-/tmp/flashcore-out}; mkdir -p "$OUT"
 what=${1:-all}
@@ -24,6 +25,14 @@ if [[ $what == demo || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   flashcore bench --suite --markdown "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/bench.log"
+fi
+if [[ $what == profile ]]; then
+  for shape in 4,16,2048,64 4,16,2048,128; do
+    ncu --clock-control none -k regex:'flashcore_fwd|flash_fwd' --print-details all \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+        --section InstructionStats --section Occupancy --metrics 'regex:smsp__average_warp_latency_issue_stalled_.*' \
+        python3 scripts/profile_ncu.py $shape > "$OUT/ncu_$shape.txt" 2>&1 || tail -5 "$OUT/ncu_$shape.txt"
+  done
 fi
 cp results/runs-*.jsonl "$OUT/" 2>/dev/null
 exit $rc
