@@ -31,7 +31,7 @@ if [[ $what == profile ]]; then
     ncu --clock-control none -k regex:'flashcore_fwd|flash_fwd' --print-details all \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
         --section InstructionStats --section Occupancy --metrics 'regex:smsp__average_warp_latency_issue_stalled_.*' \
-        python3 scripts/profile_ncu.py $shape > "$OUT/ncu_$shape.txt" 2>&1 || tail -5 "$OUT/ncu_$shape.txt"
+        python3 scripts/profile_ncu.py $shape > "$OUT/ncu_${shape//,/x}.txt" 2>&1 || tail -5 "$OUT/ncu_${shape//,/x}.txt"
   done
 fi
 cp results/runs-*.jsonl "$OUT/" 2>/dev/null
