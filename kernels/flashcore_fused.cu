@@ -111,16 +111,18 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
 }
-// D = A(16x16, row) * B(16x8, col) + D, fp16 operands, fp32 accumulators.
+// D = A(16x16, row) * B(16x8, col) + D, fp16 operands, fp32 accumulators. Not volatile: a pure
+// register operation, so the compiler may interleave it with the ldmatrix and softmax work
+// around it (the ldmatrix asm stays volatile: it reads shared memory and must not cross a barrier).
 __device__ __forceinline__ void mma16816(float d[4], const u32 a[4], u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 // D = A * B with C = 0 (ptxas reads the zero register: no accumulator clearing per tile).
 __device__ __forceinline__ void mma16816_zc(float d[4], const u32 a[4], u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
@@ -185,42 +187,57 @@ __device__ __forceinline__ void load_q_regs(u32 qf[M_FRAGS][K_STEPS][4], const h
 #endif
 }
 
-// s[mf][nt][e]: row mf*16 + lane/4 + 8*(e/2) of this warp, key column nt*8 + (lane%4)*2 + (e%2).
-// Raw scores Q.K^T: the softmax scale is folded into its exp2 argument (one FFMA per score).
-// Each K fragment is loaded once and used for all M_FRAGS row fragments.
-__device__ __forceinline__ void qk_tile(float s[M_FRAGS][N_FRAG][4], const u32 qf[M_FRAGS][K_STEPS][4],
-                                        const half* sQw, const half* sK, int lane) {
+// The K fragment of k-step kd and key block nn (16 keys x 16 dims, B operand of two mma).
+__device__ __forceinline__ void load_k_frag(u32 b[4], const half* sK, int kd, int nn, int lane) {
     const int mat = lane >> 3, r = lane & 7;
+    const half* p = sK + (nn * 16 + (mat >> 1) * 8 + r) * SMEM_LD + kd * 16 + (mat & 1) * 8;
+#ifdef BUG_KT_LAYOUT
+    ldmatrix_x4_trans(b, p);
+#else
+    ldmatrix_x4(b, p);
+#endif
+}
+
+// The A operands (Q) of k-step kd for every row fragment: from registers or shared memory.
+__device__ __forceinline__ void load_a_frags(u32 a[M_FRAGS][4], const u32 qf[M_FRAGS][K_STEPS][4],
+                                             const half* sQw, int kd, int lane) {
 #pragma unroll
-    for (int kd = 0; kd < K_STEPS; ++kd) {
-        u32 a[M_FRAGS][4];
-#pragma unroll
-        for (int mf = 0; mf < M_FRAGS; ++mf) {
+    for (int mf = 0; mf < M_FRAGS; ++mf) {
 #if Q_IN_REGS
 #pragma unroll
-            for (int i = 0; i < 4; ++i) a[mf][i] = qf[mf][kd][i];
+        for (int i = 0; i < 4; ++i) a[mf][i] = qf[mf][kd][i];
 #else
-            load_q_frag(a[mf], sQw, mf, kd, lane);
+        load_q_frag(a[mf], sQw, mf, kd, lane);
 #endif
+    }
+}
+
+// s[mf][nt][e]: row mf*16 + lane/4 + 8*(e/2) of this warp, key column nt*8 + (lane%4)*2 + (e%2).
+// Raw scores Q.K^T: the softmax scale is folded into its exp2 argument (one FFMA per score).
+// Each K fragment is loaded once and used for all M_FRAGS row fragments; the fragments of
+// step it+1 are loaded before the mma of step it (two register buffers), so shared-memory
+// latency hides behind tensor work instead of stalling the next mma.
+__device__ __forceinline__ void qk_tile(float s[M_FRAGS][N_FRAG][4], const u32 qf[M_FRAGS][K_STEPS][4],
+                                        const half* sQw, const half* sK, int lane) {
+    constexpr int NN = BLOCK_N / 16, STEPS = K_STEPS * NN;
+    u32 a[2][M_FRAGS][4], b[2][4];
+    load_a_frags(a[0], qf, sQw, 0, lane);
+    load_k_frag(b[0], sK, 0, 0, lane);
+#pragma unroll
+    for (int it = 0; it < STEPS; ++it) {
+        const int kd = it / NN, nn = it % NN;
+        if (it + 1 < STEPS) {
+            if ((it + 1) % NN == 0) load_a_frags(a[(kd + 1) & 1], qf, sQw, kd + 1, lane);
+            load_k_frag(b[(it + 1) & 1], sK, (it + 1) / NN, (it + 1) % NN, lane);
         }
 #pragma unroll
-        for (int nn = 0; nn < BLOCK_N / 16; ++nn) {
-            u32 b[4];
-            const half* p = sK + (nn * 16 + (mat >> 1) * 8 + r) * SMEM_LD + kd * 16 + (mat & 1) * 8;
-#ifdef BUG_KT_LAYOUT
-            ldmatrix_x4_trans(b, p);
-#else
-            ldmatrix_x4(b, p);
-#endif
-#pragma unroll
-            for (int mf = 0; mf < M_FRAGS; ++mf) {
-                if (kd == 0) {                  // the first k-step starts from C = 0
-                    mma16816_zc(s[mf][2 * nn], a[mf], b[0], b[1]);
-                    mma16816_zc(s[mf][2 * nn + 1], a[mf], b[2], b[3]);
-                } else {
-                    mma16816(s[mf][2 * nn], a[mf], b[0], b[1]);
-                    mma16816(s[mf][2 * nn + 1], a[mf], b[2], b[3]);
-                }
+        for (int mf = 0; mf < M_FRAGS; ++mf) {
+            if (kd == 0) {                      // the first k-step starts from C = 0
+                mma16816_zc(s[mf][2 * nn], a[0][mf], b[it & 1][0], b[it & 1][1]);
+                mma16816_zc(s[mf][2 * nn + 1], a[0][mf], b[it & 1][2], b[it & 1][3]);
+            } else {
+                mma16816(s[mf][2 * nn], a[kd & 1][mf], b[it & 1][0], b[it & 1][1]);
+                mma16816(s[mf][2 * nn + 1], a[kd & 1][mf], b[it & 1][2], b[it & 1][3]);
             }
         }
     }
@@ -288,14 +305,16 @@ __device__ __forceinline__ float quad_sum(float x) {
 __device__ __forceinline__ void pv_mma(float o[M_FRAGS][D_FRAG][4], const u32 a[M_FRAGS][4], const half* sV,
                                        int kk, int lane) {
     const int mat = lane >> 3, r = lane & 7;
+    const half* base = sV + (kk * 16 + (mat & 1) * 8 + r) * SMEM_LD + (mat >> 1) * 8;
+    u32 b[2][4];                                // fragment dn+1 loads while dn multiplies
+    ldmatrix_x4_trans(b[0], base);
 #pragma unroll
     for (int dn = 0; dn < HEAD_DIM / 16; ++dn) {
-        u32 b[4];
-        ldmatrix_x4_trans(b, sV + (kk * 16 + (mat & 1) * 8 + r) * SMEM_LD + dn * 16 + (mat >> 1) * 8);
+        if (dn + 1 < HEAD_DIM / 16) ldmatrix_x4_trans(b[(dn + 1) & 1], base + (dn + 1) * 16);
 #pragma unroll
         for (int mf = 0; mf < M_FRAGS; ++mf) {
-            mma16816(o[mf][2 * dn], a[mf], b[0], b[1]);
-            mma16816(o[mf][2 * dn + 1], a[mf], b[2], b[3]);
+            mma16816(o[mf][2 * dn], a[mf], b[dn & 1][0], b[dn & 1][1]);
+            mma16816(o[mf][2 * dn + 1], a[mf], b[dn & 1][2], b[dn & 1][3]);
         }
     }
 }

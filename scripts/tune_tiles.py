@@ -17,9 +17,8 @@ from harness.variant import SMALL_TILES, tiles_for
 
 # Candidate tiles per head dim; the tile table's choice for each shape is always timed too.
 CONFIGS = {
-    64: [dict(m_frags=2, nwarps=4, block_n=64, kv_stages=2), dict(m_frags=1, nwarps=8, block_n=64, kv_stages=2)],
-    128: [dict(m_frags=2, nwarps=4, block_n=64, kv_stages=1), dict(m_frags=2, nwarps=4, block_n=32, kv_stages=2),
-          dict(m_frags=1, nwarps=8, block_n=64, kv_stages=2)],
+    64: [dict(m_frags=2, nwarps=4, block_n=64, kv_stages=2)],
+    128: [dict(m_frags=2, nwarps=4, block_n=64, kv_stages=1), dict(m_frags=2, nwarps=4, block_n=32, kv_stages=2)],
 }
 SOURCES = {"new": None} | dict(a.split("=", 1) for a in sys.argv[1:])
 
@@ -37,8 +36,6 @@ def configs_for(shape):
 
 
 for name, path in SOURCES.items():
-    if path:            # older sources were checked when they were current
-        continue
     use_source(path)
     for d in CONFIGS:
         for cfg in CONFIGS[d] + [SMALL_TILES[d]]:
