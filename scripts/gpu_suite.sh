@@ -4,7 +4,9 @@
 # Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|demo|bench|profile|all]
 # (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
 set -uo pipefail
-OUT=${OUT:-/tmp/flashcore-out}; mkdir -p "$OUT"
+# Everything is written under $OUT/run and packed into $OUT/gpu_suite_out.tgz at the end (the
+# device tool returns only a few files per call; the records must not be among those left out).
+DEST=${OUT:-/tmp/flashcore-out}; OUT=$DEST/run; mkdir -p "$OUT"
 what=${1:-all}
 export PYTHONUNBUFFERED=1 FLASHCORE_RECORD_SUITE=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 2; }
@@ -35,4 +37,5 @@ if [[ $what == profile ]]; then
   done
 fi
 cp results/runs-*.jsonl "$OUT/" 2>/dev/null
+tar czf "$DEST/gpu_suite_out.tgz" -C "$OUT" . && rm -rf "$OUT"
 exit $rc
