@@ -109,11 +109,13 @@ def modes():
 @click.option("--bug", "bugs", multiple=True, help="compile with seeded bug(s) switched on")
 @click.option("--list-bugs", is_flag=True, help="list the seeded bugs and exit")
 @click.option("--record/--no-record", default=False, help="append the resources to results/")
-def compile(debug, arch, head_dim, causal, bugs, list_bugs, record):
+@click.option("--sass", is_flag=True, help="also disassemble (nvcc + nvdisasm): HMMA present, no local memory")
+def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
     """Compile variants with NVRTC (no GPU needed) and report registers, shared memory and
-    spills; exit 1 on a compile error or any spill byte."""
+    spills; exit 1 on a compile error or any spill byte (with --sass: or a variant without
+    HMMA or with local-memory instructions)."""
     from harness import compile_sweep
-    from harness.report import console, resources_table
+    from harness.report import console, resources_table, sass_table
     if list_bugs:
         compile_sweep.print_bugs()
         return EXIT_OK
@@ -127,7 +129,14 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record):
     if record:
         compile_sweep.record(rows)
     spills = [r for r in rows if r.spill_bytes]
-    return EXIT_CHECK_FAILED if failures or spills else EXIT_OK
+    bad_sass = []
+    if sass:
+        srows, sfail = compile_sweep.sass_sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs))
+        console.print(sass_table(srows))
+        for f in sfail:
+            click.echo(f, err=True)
+        bad_sass = sfail + [r for r in srows if not r.ok]
+    return EXIT_CHECK_FAILED if failures or spills or bad_sass else EXIT_OK
 
 
 # ------------------------------------------------------------------ run

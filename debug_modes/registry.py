@@ -54,6 +54,7 @@ class Mode:
     judged_by: str            # the reference, in words
     allows_causal: bool = True
     tiles: dict | None = None   # tile values the mode forces, whatever was asked (its register budget)
+    tensor_cores: bool = True   # its SASS must hold HMMA (softmax_only has no matrix product)
 
     @property
     def defines(self) -> list:
@@ -72,7 +73,7 @@ MODES = {
              (Buffer("S_in", "BHSqSk", "float32"),),
              (Buffer("M_out", "BHSq", "float32", "m"), Buffer("L_out", "BHSq", "float32", "l"),
               Buffer("P_out", "BHSqSk", "float32", "P")),
-             "float64 softmax of the injected S"),
+             "float64 softmax of the injected S", tensor_cores=False),
         Mode("pv_only", "DEBUG_PV_ONLY", "PV",
              "O = P.V on injected exact P (fp16 on the tensor cores), alpha = 1, l = 1",
              (Buffer("P_in", "BHSqSk", "float32"), V), (Buffer("O", "BHSqD", "float16", "O"),),

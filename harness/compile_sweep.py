@@ -32,6 +32,18 @@ def sweep(modes, head_dims, causals, archs, bugs=()):
     return rows, failures
 
 
+def sass_sweep(modes, head_dims, causals, archs, bugs=()):
+    """Disassemble each variant (nvcc + nvdisasm); returns (SassSummary rows, failure messages)."""
+    from . import sass
+    rows, failures = [], []
+    for v in variants(modes, head_dims, causals, archs, bugs):
+        try:
+            rows.append(sass.summarize(v))
+        except CompileError as e:
+            failures.append(str(e))
+    return rows, failures
+
+
 def print_bugs():
     from rich.table import Table
     t = Table(title="Seeded bugs (-DBUG_<NAME>; none is on by default)", title_justify="left")

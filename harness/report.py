@@ -46,6 +46,15 @@ def error_table(results, title: str) -> Table:
     return t
 
 
+def sass_table(rows, title="SASS (nvcc + nvdisasm): tensor cores in use, nothing in local memory") -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("variant", "instructions", "HMMA", "LDSM", "LDL+STL", "check"):
+        t.add_column(col, justify="left" if col in ("variant", "check") else "right")
+    for r in rows:
+        t.add_row(r.variant, str(r.instructions), str(r.hmma), str(r.ldsm), str(r.local), verdict(r.ok, r.verdict, r.verdict))
+    return t
+
+
 def resources_table(rows, title="Resources (NVRTC, ptxas -v)") -> Table:
     t = Table(title=title, title_justify="left")
     for col in ("variant", "arch", "regs", "smem static", "smem dynamic", "stack", "spill bytes", "budget"):

@@ -1,0 +1,49 @@
+"""The SASS of the shipped variants: tensor cores in use (HMMA), nothing in local memory, and
+the opcode counter itself checked on a known snippet. Skips where nvcc or nvdisasm is missing."""
+
+import pytest
+
+from harness import sass
+from harness.variant import SMALL_TILES, Variant
+
+needs_tools = pytest.mark.skipif(not (sass.find_tool("nvcc") and (sass.find_tool("nvdisasm") or sass.find_tool("cuobjdump"))),
+                                 reason="no nvcc + nvdisasm/cuobjdump here (pip install nvidia-cuda-nvdisasm)")
+
+SNIPPET = """
+        /*0100*/                   HMMA.16816.F32 R4, R8, R12, RZ ;
+        /*0110*/              @!PT LDS RZ, [RZ] ;
+        /*0120*/               @P0 STL [R1], R2 ;
+        /*0130*/                   LDSM.16.M88.4 R8, [R3] ;
+        /*0140*/                   HMMA.16816.F32 R4, R8, R14, R4 ;
+"""
+
+
+def test_opcode_counts_reads_predicated_and_dotted_opcodes():
+    c = sass.opcode_counts(SNIPPET)
+    assert c == {"HMMA": 2, "LDS": 1, "STL": 1, "LDSM": 1}
+
+
+def test_summary_verdicts():
+    good = sass.SassSummary("v", 100, 8, 4, 0, True)
+    assert good.ok and good.verdict == "ok"
+    assert not sass.SassSummary("v", 100, 8, 4, 2, True).ok                    # local memory
+    assert sass.SassSummary("v", 100, 0, 4, 0, True).verdict == "NO HMMA"
+    assert sass.SassSummary("v", 100, 0, 0, 0, False).ok                       # softmax_only
+
+
+CASES = [("full", 64, {}), ("full", 128, {}), ("full", 128, SMALL_TILES[128]), ("qk_only", 64, {}),
+         ("pv_only", 128, {}), ("softmax_only", 64, {}), ("fp32_p", 128, {})]
+
+
+@needs_tools
+@pytest.mark.parametrize("mode,d,tiles", CASES)
+def test_shipped_variants_use_tensor_cores_and_no_local_memory(mode, d, tiles):
+    s = sass.summarize(Variant(mode, d, **tiles))
+    assert s.ok, s
+
+
+@needs_tools
+def test_a_spilling_variant_is_caught():
+    # Must-fail case: two K/V buffers at D=128 with 32 rows per warp need more than 255 registers.
+    s = sass.summarize(Variant("full", 128, m_frags=2, block_n=64, kv_stages=2))
+    assert s.local > 0 and not s.ok and s.verdict.startswith("LOCAL MEMORY")
