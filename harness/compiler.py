@@ -64,34 +64,36 @@ def source_hash(path: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def _include_candidates():
+def cuda_roots():
+    """Candidate CUDA toolkit roots, most specific first: $CUDA_PATH/$CUDA_HOME/$CUDA_ROOT, the
+    nvcc on PATH, CuPy's, /usr/local/cuda(-*), and the nvidia-* wheels (nvidia/<pkg>/)."""
     for var in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT"):
         if os.environ.get(var):
-            yield Path(os.environ[var]) / "include"
+            yield Path(os.environ[var])
     nvcc = shutil.which("nvcc")
     if nvcc:
-        yield Path(nvcc).resolve().parent.parent / "include"
+        yield Path(nvcc).resolve().parent.parent
     try:
         import cupy
         p = cupy.cuda.get_cuda_path()
         if p:
-            yield Path(p) / "include"
+            yield Path(p)
     except Exception:   # no CuPy, or no toolkit it knows of
         pass
-    yield Path("/usr/local/cuda/include")
-    yield from (Path(p) for p in sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True))
+    yield Path("/usr/local/cuda")
+    yield from (Path(p) for p in sorted(glob.glob("/usr/local/cuda-*"), reverse=True))
     try:
         import nvidia
         for base in nvidia.__path__:
-            yield from (Path(p) for p in sorted(glob.glob(os.path.join(base, "*", "include"))))
+            yield from (Path(p) for p in sorted(glob.glob(os.path.join(base, "*"))))
     except Exception:
         pass
 
 
-@functools.lru_cache(maxsize=1)
 def find_cuda_include() -> Path:
     """A CUDA include directory that holds crt/mma.h (and cuda_fp16.h)."""
-    for cand in _include_candidates():
+    for root in cuda_roots():
+        cand = root / "include"
         if (cand / "crt" / "mma.h").is_file() and (cand / "cuda_fp16.h").is_file():
             return cand
     raise UsageError("no CUDA include directory with crt/mma.h found; set CUDA_PATH to the toolkit")

@@ -26,25 +26,15 @@ LOCAL_MEMORY_OPS = ("LDL", "STL")
 _INSTR = re.compile(r"^\s*/\*[0-9a-f]{4,6}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
 
-def _tool_dirs() -> list:
-    dirs = [Path(p) / "bin" for p in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")) if p]
-    dirs.append(Path("/usr/local/cuda/bin"))
-    try:   # the nvidia-cuda-nvdisasm / -cuobjdump wheels put their binaries under nvidia/*/bin
-        import nvidia
-        for root in nvidia.__path__:
-            dirs += sorted(Path(root).glob("*/bin"))
-    except ImportError:
-        pass
-    return dirs
-
-
 def find_tool(name: str) -> str | None:
+    """An executable on PATH, else in the bin/ of a CUDA toolkit root (compiler.cuda_roots)."""
     found = shutil.which(name)
     if found:
         return found
-    for d in _tool_dirs():
-        if (d / name).is_file() and os.access(d / name, os.X_OK):
-            return str(d / name)
+    for root in compiler.cuda_roots():
+        exe = root / "bin" / name
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return str(exe)
     return None
 
 
