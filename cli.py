@@ -131,7 +131,8 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
     spills = [r for r in rows if r.spill_bytes]
     bad_sass = []
     if sass:
-        srows, sfail = compile_sweep.sass_sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs))
+        from harness.sass import summarize
+        srows, sfail = compile_sweep.sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs), check=summarize)
         console.print(sass_table(srows))
         for f in sfail:
             click.echo(f, err=True)

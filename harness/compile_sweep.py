@@ -19,26 +19,15 @@ def variants(modes, head_dims, causals, archs, bugs=()):
         yield Variant(mode=mode, head_dim=d, causal=c, bugs=tuple(bugs), arch=arch)
 
 
-def sweep(modes, head_dims, causals, archs, bugs=()):
-    """Compile each variant; returns (Resources rows, failure messages). Variants are all
-    validated before the first compilation."""
+def sweep(modes, head_dims, causals, archs, bugs=(), check=None):
+    """Run check (default: compile_check, NVRTC resources; or sass.summarize) on each variant;
+    returns (rows, failure messages). Variants are all validated before the first compilation."""
+    check = check or compiler.compile_check
     vs = list(variants(modes, head_dims, causals, archs, bugs))
     rows, failures = [], []
     for v in vs:
         try:
-            rows.append(compiler.compile_check(v))
-        except CompileError as e:
-            failures.append(str(e))
-    return rows, failures
-
-
-def sass_sweep(modes, head_dims, causals, archs, bugs=()):
-    """Disassemble each variant (nvcc + nvdisasm); returns (SassSummary rows, failure messages)."""
-    from . import sass
-    rows, failures = [], []
-    for v in variants(modes, head_dims, causals, archs, bugs):
-        try:
-            rows.append(sass.summarize(v))
+            rows.append(check(v))
         except CompileError as e:
             failures.append(str(e))
     return rows, failures

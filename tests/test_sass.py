@@ -47,3 +47,12 @@ def test_a_spilling_variant_is_caught():
     # Must-fail case: two K/V buffers at D=128 with 32 rows per warp need more than 255 registers.
     s = sass.summarize(Variant("full", 128, m_frags=2, block_n=64, kv_stages=2))
     assert s.local > 0 and not s.ok and s.verdict.startswith("LOCAL MEMORY")
+
+
+@needs_tools
+def test_compile_sass_command_prints_the_table_and_passes():
+    from click.testing import CliRunner
+    from cli import cli
+    r = CliRunner().invoke(cli, ["compile", "--sass", "--debug", "pv_only", "--arch", "sm_90", "--head-dim", "64"])
+    assert r.exit_code == 0, r.output
+    assert "HMMA" in r.output and "pv_only D=64 sm_90" in r.output
