@@ -286,7 +286,7 @@ def _shape_label(shape: str | None):
 @cli.command()
 @click.option("--mode", default="full", show_default=True)
 @click.option("--shape", default="mission", show_default=True, help="shape name or B,H,S,D ('any' for all)")
-@click.option("--metric", default="max_err", show_default=True, help="max_err | err_floor | latency | tflops | regs | smem")
+@click.option("--metric", default="max_err", show_default=True, help="max_err | err_floor | latency | tflops | vs_flash | vs_cudnn | regs | spills | smem")
 @click.option("--causal", is_flag=True, help="the causal runs (default: the non-causal ones)")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also plot the journey")
 def history(mode, shape, metric, causal, png):

@@ -11,11 +11,23 @@ from . import records
 from .errors import UsageError
 
 # metric -> (record kinds that carry it, extractor, unit, lower is better)
+def _vs(backend: str):
+    """Throughput relative to an SDPA backend timed in the same run (its time / the kernel's):
+    comparable across machines, unlike the microseconds."""
+    def f(r):
+        lat = r.get("latency") or {}
+        k, b = (lat.get("kernel") or {}).get("median_us"), ((lat.get("sdpa") or {}).get(backend) or {}).get("median_us")
+        return b / k if k and b else None
+    return f
+
+
 METRICS = {
     "max_err": (("run",), lambda r: r.get("max_err"), "abs", True),
     "err_floor": (("run",), lambda r: r.get("err_floor"), "x floor", True),
     "latency": (("bench",), lambda r: ((r.get("latency") or {}).get("kernel") or {}).get("median_us"), "us", True),
     "tflops": (("bench",), lambda r: (r.get("latency") or {}).get("tflops"), "TFLOP/s", False),
+    "vs_flash": (("bench",), _vs("sdpa_flash"), "x SDPA flash", False),
+    "vs_cudnn": (("bench",), _vs("sdpa_cudnn"), "x SDPA cuDNN", False),
     "regs": (("run", "bench", "compile"), lambda r: (r.get("resources") or {}).get("registers", r.get("registers")), "", True),
     "spills": (("compile",), lambda r: (r.get("spill_stores") or 0) + (r.get("spill_loads") or 0)
                if r.get("kind") == "compile" else None, "B", True),

@@ -57,8 +57,8 @@ def _fixture(results_dir):
                     time=f"2026-01-0{n + 1}T00:00:00", device="GPU X")
         rows.append(dict(base, kind="run", run_id=f"run{n}", max_err=err, err_floor=err / 1e-4,
                          resources={"registers": regs}))
-        rows.append(dict(base, kind="bench", run_id=f"bench{n}", latency={"kernel": {"median_us": lat}, "tflops": 1.0},
-                         resources={"registers": regs}))
+        rows.append(dict(base, kind="bench", run_id=f"bench{n}", resources={"registers": regs},
+                         latency={"kernel": {"median_us": lat}, "tflops": 1.0, "sdpa": {"sdpa_flash": {"median_us": 12.0}}}))
     rows.append(dict(rows[-1], causal=True, run_id="bench-causal", latency={"kernel": {"median_us": 99.0}}))
     results_dir.mkdir(parents=True, exist_ok=True)
     for r in rows:
@@ -73,6 +73,8 @@ def test_history_journey_and_command(results_tmp):
     assert [p.value for p in pts] == [10.0, 11.0, 20.0]           # the causal run is its own case
     pts, _ = history.journey("latency", "full", "1,8,512,64", causal=True)
     assert [p.value for p in pts] == [99.0]
+    pts, _ = history.journey("vs_flash", "full", "1,8,512,64", causal=False)
+    assert [round(p.value, 3) for p in pts] == [1.2, round(12 / 11, 3), 0.6]   # SDPA time / kernel time
     r = CliRunner().invoke(cli, ["history", "--mode", "full", "--shape", "mission", "--metric", "latency"])
     assert r.exit_code == 0 and "commit 2" in r.output and "20" in r.output
 
