@@ -90,6 +90,7 @@ def cuda_roots():
         pass
 
 
+@functools.lru_cache(maxsize=1)
 def find_cuda_include() -> Path:
     """A CUDA include directory that holds crt/mma.h (and cuda_fp16.h)."""
     for root in cuda_roots():
@@ -171,8 +172,8 @@ def _nvrtc():
         raise UsageError(f"NVRTC is not available ({type(e).__name__}: {e}); install flashcore[cuda13] or [cuda12]") from None
 
 
-def compile_cubin(variant: Variant, path: Path | None = None) -> tuple:
-    """Compile one variant for variant.arch with NVRTC (no GPU needed): (ptxas log, cubin bytes)."""
+def compile_check(variant: Variant, path: Path | None = None) -> Resources:
+    """Compile one variant for variant.arch with NVRTC (no GPU needed) and read the resources."""
     nvrtc = _nvrtc()
     path = kernel_file(path)
     sources = kernel_sources(path)
@@ -186,13 +187,9 @@ def compile_cubin(variant: Variant, path: Path | None = None) -> tuple:
         except Exception:
             log = nvrtc.getProgramLog(prog)
             raise CompileError(f"{variant.label}: compilation failed\n{format_compile_log(log, sources)}") from None
-        return nvrtc.getProgramLog(prog), nvrtc.getCUBIN(prog)
+        log = nvrtc.getProgramLog(prog)
+        cubin = nvrtc.getCUBIN(prog)
     finally:
         nvrtc.destroyProgram(prog)
-
-
-def compile_check(variant: Variant, path: Path | None = None) -> Resources:
-    """Compile one variant and read its resources from the ptxas log."""
-    log, cubin = compile_cubin(variant, path)
     return Resources(variant=variant.label, arch=variant.arch, smem_dynamic=variant.smem_bytes,
                      cubin_bytes=len(cubin), **parse_ptxas(log))
