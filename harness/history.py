@@ -10,7 +10,7 @@ from rich.table import Table
 from . import records
 from .errors import UsageError
 
-# metric -> (record kinds that carry it, extractor, unit, lower is better)
+
 def _vs(backend: str):
     """Throughput relative to an SDPA backend timed in the same run (its time / the kernel's):
     comparable across machines, unlike the microseconds."""
@@ -21,6 +21,7 @@ def _vs(backend: str):
     return f
 
 
+# metric -> (record kinds that carry it, extractor, unit, lower is better)
 METRICS = {
     "max_err": (("run",), lambda r: r.get("max_err"), "abs", True),
     "err_floor": (("run",), lambda r: r.get("err_floor"), "x floor", True),

@@ -10,8 +10,8 @@ flash, registers.
 import os
 import sys
 
-from harness.bench import SUITE, _sdpa_timings, bench_one
-from harness.gpu import kernel_resources, prepare, run_mode
+from harness.bench import SUITE, bench_one
+from harness.gpu import run_mode
 from harness.shapes import Shape
 from harness.variant import SMALL_TILES, tiles_for
 
@@ -52,14 +52,12 @@ for label, shape, causal in SUITE:
     for name, path in SOURCES.items():
         use_source(path)
         for cfg in configs_for(shape):
-            try:
-                row = bench_one(label, shape, causal, "full", with_sdpa=False, **cfg)
+            try:   # SDPA flash is timed once per shape, beside the first row
+                row = bench_one(label, shape, causal, "full", with_sdpa=flash is None, **cfg)
             except Exception as e:
                 print(f"{label:24s} {name:4s} {cfg} ERROR {type(e).__name__}", flush=True)
                 continue
-            if flash is None:
-                pre = prepare("full", shape, causal, "randn", 0)
-                flash = _sdpa_timings(shape, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"]).get("sdpa_flash")
+            flash = flash or row.sdpa.get("sdpa_flash")
             ratio = f"{flash.median_us / row.kernel.median_us:5.2f}x" if flash else "  -  "
             print(f"{label:24s} {name:4s} {cfg} {row.kernel.median_us:9.1f} us {row.tflops:6.1f} TFLOP/s "
                   f"{ratio} flash({flash.median_us if flash else float('nan'):.1f} us) regs={row.resources['registers']}",
