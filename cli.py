@@ -65,7 +65,7 @@ def _bugs_arg(bugs) -> tuple:
 
 
 def _shape_arg(shape: str, sk, head_dim):
-    from harness.shapes import parse_shape
+    from harness.check.shapes import parse_shape
     return parse_shape(shape, sk, head_dim)
 
 
@@ -89,7 +89,7 @@ def modes():
     """Table of the debug modes: flag, stage, buffers read and written, reference."""
     from rich.table import Table
     from debug_modes.registry import DATAFLOW_ORDER, MODES
-    from harness.report import console
+    from harness.show.report import console
     t = Table(title="Debug modes (data-flow order)", title_justify="left")
     for c in ("mode", "flag", "stage", "reads", "writes", "judged by", "what it isolates"):
         t.add_column(c)
@@ -114,8 +114,8 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
     """Compile variants with NVRTC (no GPU needed) and report registers, shared memory and
     spills; exit 1 on a compile error or any spill byte (with --sass: or a variant without
     HMMA or with local-memory instructions)."""
-    from harness import compile_sweep
-    from harness.report import console, resources_table, sass_table
+    from harness.build import compile_sweep
+    from harness.show.report import console, resources_table, sass_table
     if list_bugs:
         compile_sweep.print_bugs()
         return EXIT_OK
@@ -131,7 +131,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
     spills = [r for r in rows if r.spill_bytes]
     bad_sass = []
     if sass:
-        from harness.sass import summarize
+        from harness.build.sass import summarize
         srows, sfail = compile_sweep.sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs), check=summarize)
         console.print(sass_table(srows))
         for f in sfail:
@@ -153,8 +153,8 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
 def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate):
     """Run debug mode(s) on a GPU against the float64 references; print the stage-isolated
     error table. Exit 0 when every check passes, 1 when one fails, 2 without a GPU."""
-    from harness import session
-    from harness.inputs import INPUT_SETS
+    from harness.run import session
+    from harness.check.inputs import INPUT_SETS
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
     shp = _shape_arg(shape, sk, head_dim)
@@ -176,8 +176,8 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
     """Stage bisection: run every isolated mode in data-flow order, name the first failing
     stage (or the glue), and fold its error onto tiles, warps and fragments. Exit 0 when no
     stage fails, 1 otherwise."""
-    from harness.diagnose import diagnose as run_diagnose
-    from harness.inputs import INPUT_SETS
+    from harness.run.diagnose import diagnose as run_diagnose
+    from harness.check.inputs import INPUT_SETS
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
     d = run_diagnose(_shape_arg(shape, sk, head_dim), causal=causal, inputs=inputs, seed=seed,
@@ -194,7 +194,7 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
 def smoking_gun(shape, sk, seed, bugs, record):
     """The uniform-attention test (P = 1/Sk): every output row must equal the column mean
     of V. Prints the expected row, the first rows written, the row spread and the verdict."""
-    from harness.diagnose import smoking_gun as run_sg
+    from harness.run.diagnose import smoking_gun as run_sg
     sg = run_sg(_shape_arg(shape, sk, None), seed=seed, record=record, bugs=_bugs_arg(bugs))
     return EXIT_OK if sg.passed else EXIT_CHECK_FAILED
 
@@ -210,8 +210,8 @@ def sanitize(tool, debug, bugs, shape, sk, causal):
     """Run one variant under compute-sanitizer (pool off, -lineinfo) and summarise each
     hazard with kernel file:line. Exit 1 on any hazard, 2 without compute-sanitizer."""
     from rich.table import Table
-    from harness.report import console
-    from harness.sanitize import TOOLS, sanitize as run_sanitize
+    from harness.show.report import console
+    from harness.run.sanitize import TOOLS, sanitize as run_sanitize
     if tool not in TOOLS:
         raise UsageError(f"unknown tool {tool!r}; valid: {', '.join(TOOLS)}")
     modes_ = _modes_arg(debug)
@@ -244,9 +244,10 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, markdown, record):
     """Time the kernel with CUDA events (median, p10-p90) beside PyTorch SDPA's flash and
     cuDNN backends in the same process; report us, TFLOP/s, % of fp16 peak and ratios."""
     import datetime
-    from harness import bench as b, records
-    from harness.gpu import require_gpu
-    from harness.report import console
+    from harness.run import bench as b
+    from harness import records
+    from harness.build.device import require_gpu
+    from harness.show.report import console
     if suite and shape:
         raise UsageError("--suite and --shape exclude each other")
     modes_ = _modes_arg(debug)
@@ -254,7 +255,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, markdown, record):
         raise UsageError("bench times one mode at a time")
     cases = b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
     for _, shp, c in cases:   # validate before the GPU
-        from harness.variant import Variant
+        from harness.build.variant import Variant
         Variant(modes_[0], shp.D, c, **({"nwarps": nwarps} if nwarps else {}))
     device = require_gpu()
     rows = []
@@ -262,7 +263,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, markdown, record):
         row = b.bench_one(label, shp, c, modes_[0], with_sdpa=not no_sdpa, nwarps=nwarps)
         rows.append(row)
         if record:
-            from harness import compiler
+            from harness.build import compiler
             records.append(records.new_record("bench", mode=modes_[0], shape=row.to_dict()["shape"],
                                               shape_label=shp.label, causal=c, device=device["device"],
                                               driver=device["driver"], cupy=device["cupy"],
@@ -292,8 +293,8 @@ def _shape_label(shape: str | None):
 def history(mode, shape, metric, causal, png):
     """The journey, oldest commit first: one row per commit (its newest record) with the
     metric and a bar, from the run records in results/."""
-    from harness import history as h
-    from harness.report import console
+    from harness.track import history as h
+    from harness.show.report import console
     from debug_modes.registry import get_mode
     get_mode(mode)
     if metric not in h.METRICS:
@@ -318,8 +319,8 @@ def history(mode, shape, metric, causal, png):
 @click.argument("b")
 def compare(a, b):
     """Two commits (hash or rev) or two run ids side by side, metric by metric, with the change."""
-    from harness import history as h
-    from harness.report import console
+    from harness.track import history as h
+    from harness.show.report import console
     rows = h.compare(a, b)
     if not rows:
         raise UsageError(f"{a} and {b} have no case in common")
@@ -339,8 +340,8 @@ def compare(a, b):
 def check(mode, shape, causal, against, max_error, max_slowdown, max_regs, no_spills):
     """Regression gate: exit 0 nothing regressed, 1 something did, 2 could not decide."""
     from rich.table import Table
-    from harness.gate import check as run_check
-    from harness.report import console, verdict
+    from harness.track.gate import check as run_check
+    from harness.show.report import console, verdict
     from debug_modes.registry import get_mode
     get_mode(mode)
     res = run_check(mode, _shape_arg(shape, None, None), causal, against, max_error, max_slowdown, max_regs, no_spills)
@@ -366,8 +367,8 @@ def bisect_cmd(good, bad, mode, shape, causal, metric, threshold):
     """Find the first bad commit with git bisect run, in a throw-away worktree; every step
     is recorded. Exit 0 when a first bad commit is found."""
     from rich.table import Table
-    from harness.bisect import bisect
-    from harness.report import console
+    from harness.track.bisect import bisect
+    from harness.show.report import console
     from debug_modes.registry import get_mode
     get_mode(mode)
     r = bisect(good, bad, mode, shape, metric, threshold, causal)

@@ -8,8 +8,8 @@ import sys
 
 import cupy as cp
 
-from harness.gpu import prepare
-from harness.shapes import parse_shape
+from harness.run.gpu import prepare
+from harness.check.shapes import parse_shape
 
 shape = parse_shape(sys.argv[1])
 causal = "causal" in sys.argv[2:]

@@ -10,10 +10,10 @@ flash, registers.
 import os
 import sys
 
-from harness.bench import SUITE, bench_one
-from harness.gpu import run_mode
-from harness.shapes import Shape
-from harness.variant import SMALL_TILES, tiles_for
+from harness.run.bench import SUITE, bench_one
+from harness.run.gpu import run_mode
+from harness.check.shapes import Shape
+from harness.build.variant import SMALL_TILES, tiles_for
 
 # Candidate tiles per head dim; the tile table's choice for each shape is always timed too.
 CONFIGS = {

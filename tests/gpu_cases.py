@@ -1,6 +1,6 @@
 """The GPU suite's cases as data (the kernel issue's shape list)."""
 
-from harness.shapes import Shape
+from harness.check.shapes import Shape
 
 # (label, shape, causal)
 SHAPES = [

@@ -5,9 +5,9 @@ kernel is clean under the four sanitizer tools; racecheck reports the missing ba
 import pytest
 
 from debug_modes import BUGS
-from harness.diagnose import diagnose, smoking_gun
-from harness.inputs import fresh_seed
-from harness.shapes import Shape
+from harness.run.diagnose import diagnose, smoking_gun
+from harness.check.inputs import fresh_seed
+from harness.check.shapes import Shape
 from tests.gpu_cases import SHAPES
 
 pytestmark = pytest.mark.gpu
@@ -53,7 +53,7 @@ def test_smoking_gun_clean_and_bugged():
 
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck", "initcheck"])
 def test_clean_kernel_is_clean_under_sanitizer(tool):
-    from harness.sanitize import find_sanitizer, sanitize
+    from harness.run.sanitize import find_sanitizer, sanitize
     try:
         find_sanitizer()
     except Exception as e:
@@ -63,7 +63,7 @@ def test_clean_kernel_is_clean_under_sanitizer(tool):
 
 
 def test_racecheck_reports_missing_barrier():
-    from harness.sanitize import find_sanitizer, sanitize
+    from harness.run.sanitize import find_sanitizer, sanitize
     try:
         find_sanitizer()
     except Exception as e:

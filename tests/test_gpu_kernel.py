@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from debug_modes.registry import DATAFLOW_ORDER, MODES
-from harness import gpu
-from harness.inputs import fresh_seed, make_inputs
-from harness.shapes import Shape
+from harness import api
+from harness.run import gpu
+from harness.check.inputs import fresh_seed, make_inputs
+from harness.check.shapes import Shape
 from tests.gpu_cases import INPUTS, SHAPES
 
 pytestmark = pytest.mark.gpu
@@ -43,10 +44,11 @@ def _torch():
 def test_full_agrees_with_sdpa(label, shape, causal):
     """Second, independent oracle: max|kernel - exact| <= 2 * max|SDPA - exact| + atol."""
     torch = _torch()
-    from harness import metrics as met, stages
+    from harness.check import metrics as met
+    from harness.check import stages
     q, k, v = make_inputs(shape, "randn", fresh_seed())
     tq, tk, tv = (torch.from_numpy(x).cuda() for x in (q, k, v))
-    o_kernel = gpu.forward(tq, tk, tv, causal=causal)
+    o_kernel = api.forward(tq, tk, tv, causal=causal)
     assert isinstance(o_kernel, torch.Tensor) and o_kernel.dtype == torch.float16
     o_sdpa = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
     scale = 1 / np.sqrt(shape.D)
@@ -61,7 +63,7 @@ def test_forward_cupy_roundtrip_and_lse():
     import cupy as cp
     shape = Shape(2, 3, 77, 131, 64)
     q, k, v = (cp.asarray(x) for x in make_inputs(shape, "randn", fresh_seed()))
-    o, lse = gpu.forward(q, k, v, lse=True)
+    o, lse = api.forward(q, k, v, lse=True)
     assert isinstance(o, cp.ndarray) and o.shape == (2, 3, 77, 64) and lse.shape == (2, 3, 77)
     assert bool(cp.isfinite(o).all()) and bool(cp.isfinite(lse).all())
 
@@ -83,4 +85,4 @@ def test_bad_forward_input_is_a_usage_error():
     from harness.errors import UsageError
     q = cp.zeros((1, 1, 8, 64), cp.float32)
     with pytest.raises(UsageError):
-        gpu.forward(q, q, q)
+        api.forward(q, q, q)

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from harness import heatmap, localise
-from harness.sanitize import parse
+from harness.show import heatmap
+
+from harness.check import localise
+from harness.run.sanitize import parse
 
 BM, BN = 64, 64
 

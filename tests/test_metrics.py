@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness import metrics as met
+from harness.check import metrics as met
 
 
 def _case(seed=0, shape=(2, 3, 40, 64)):

@@ -6,7 +6,8 @@ import multiprocessing as mp
 from click.testing import CliRunner
 
 from cli import cli
-from harness import history, records
+from harness.track import history
+from harness import records
 from tests.conftest import gpu_missing_reason
 
 

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from harness import reference as ref, stages
-from harness import metrics as met
-from harness.inputs import make_inputs
-from harness.shapes import Shape
+from harness.check import reference as ref
+
+from harness.check import stages
+from harness.check import metrics as met
+from harness.check.inputs import make_inputs
+from harness.check.shapes import Shape
 
 
 def loop_attention(q, k, v, scale, causal):

@@ -3,8 +3,8 @@ the opcode counter itself checked on a known snippet. Skips where nvcc or nvdisa
 
 import pytest
 
-from harness import sass
-from harness.variant import SMALL_TILES, Variant
+from harness.build import sass
+from harness.build.variant import SMALL_TILES, Variant
 
 needs_tools = pytest.mark.skipif(not (sass.find_tool("nvcc") and (sass.find_tool("nvdisasm") or sass.find_tool("cuobjdump"))),
                                  reason="no nvcc + nvdisasm/cuobjdump here (pip install nvidia-cuda-nvdisasm)")

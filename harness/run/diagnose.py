@@ -12,8 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from rich.table import Table
 
-from . import heatmap, localise, session
-from .report import console, fmt, verdict
+from harness.show import heatmap
+
+from harness.check import localise
+
+from harness.run import session
+from harness.show.report import console, fmt, verdict
 
 BISECT_MODES = ("qk_only", "softmax_only", "pv_only", "uniform_p", "full")
 STAGE_OF_MODE = {"qk_only": "qk", "softmax_only": "softmax", "pv_only": "pv", "uniform_p": "pv", "full": "glue"}
@@ -109,8 +113,10 @@ class SmokingGun:
 
 
 def smoking_gun(shape, seed=None, record=True, show=True, bugs=(), n_rows=4, n_cols=8) -> SmokingGun:
-    from .gpu import require_gpu, run_mode
-    from . import records, runs
+    from harness.build.device import require_gpu
+    from harness.run.gpu import run_mode
+    from harness import records
+    from harness.run import runs
     device = require_gpu()
     r = run_mode("uniform_p", shape, inputs="randn", seed=seed, bugs=bugs, keep_outputs=True)
     if record:

@@ -22,18 +22,19 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import CompileError, UsageError
-from .variant import Variant
+from harness.errors import CompileError, UsageError
+from harness.build.variant import Variant
 
-KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
-KERNEL_FILE = KERNELS_DIR / "flashcore_fused.cu"
+from kernels.registry import DEFAULT as KERNEL
+
+KERNEL_FILE = KERNEL.path
 
 
 def kernel_file(path=None) -> Path:
     """The kernel source in use: path, else $FLASHCORE_KERNEL (git bisect points it into a
     worktree), else kernels/flashcore_fused.cu."""
     return Path(path or os.environ.get("FLASHCORE_KERNEL") or KERNEL_FILE)
-KERNEL_NAME = "flashcore_fwd"
+KERNEL_NAME = KERNEL.entry
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
 

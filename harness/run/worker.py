@@ -1,10 +1,10 @@
-"""python -m harness.worker CASE_JSON OUT_PICKLE: run one case in a fresh process (see runs.py)."""
+"""python -m harness.run.worker CASE_JSON OUT_PICKLE: run one case in a fresh process (see runs.py)."""
 
 import json
 import pickle
 import sys
 
-from .runs import run_case
+from harness.run.runs import run_case
 
 
 def main():

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import records
-from .errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, FlashCoreError
-from .history import _resolve, matches, metric_value
+from harness import records
+from harness.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, FlashCoreError
+from harness.track.history import _resolve, matches, metric_value
 
 
 @dataclass
@@ -58,8 +58,8 @@ def _baseline_value(baseline, metric):
 
 def check(mode="full", shape=None, causal=False, against=None, max_error=None, max_slowdown=None,
           max_regs=None, no_spills=False) -> CheckResult:
-    from .shapes import parse_shape
-    from .variant import Variant
+    from harness.check.shapes import parse_shape
+    from harness.build.variant import Variant
     shape = shape or parse_shape("mission")
     Variant(mode, shape.D, causal)     # validate first
     res = CheckResult()
@@ -68,7 +68,7 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
         res.findings.append(Finding("baseline", None, f"no records for {mode} {shape.label} in {against!r}"))
     # -- resources: NVRTC, no GPU needed
     if max_regs is not None or no_spills or against is not None:
-        from .compiler import compile_check
+        from harness.build.compiler import compile_check
         r = compile_check(Variant(mode, shape.D, causal, arch="sm_90"))
         if max_regs is not None:
             res.findings.append(Finding("regs", r.registers <= max_regs,
@@ -82,7 +82,8 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
     wants_gpu = max_error is not None or max_slowdown is not None or not res.findings or against is not None
     if wants_gpu:
         try:
-            from .gpu import require_gpu, run_mode
+            from harness.build.device import require_gpu
+            from harness.run.gpu import run_mode
             require_gpu()
         except FlashCoreError as e:
             res.findings.append(Finding("GPU metrics", None, f"cannot decide: {e}"))
@@ -98,7 +99,7 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
             if b is None:
                 res.findings.append(Finding("latency", None, "cannot decide: no baseline latency (run flashcore bench at the baseline)"))
             else:
-                from .bench import bench_one
+                from harness.run.bench import bench_one
                 now = bench_one("check", shape, causal, mode, with_sdpa=False).kernel.median_us
                 pct = 100.0 * (now - b) / b
                 res.findings.append(Finding("latency", pct <= max_slowdown,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-from . import records
-from .errors import UsageError
+from harness import records
+from harness.errors import UsageError
 
 
 def _vs(backend: str):

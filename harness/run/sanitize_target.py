@@ -1,4 +1,4 @@
-"""python -m harness.sanitize_target CASE_JSON: one launch of one variant, for compute-sanitizer.
+"""python -m harness.run.sanitize_target CASE_JSON: one launch of one variant, for compute-sanitizer.
 CuPy's memory pool is switched off so each buffer is its own allocation."""
 
 import json
@@ -9,8 +9,8 @@ def main():
     import cupy
     cupy.cuda.set_allocator(None)
     cupy.cuda.set_pinned_memory_allocator(None)
-    from .gpu import prepare
-    from .shapes import Shape
+    from harness.run.gpu import prepare
+    from harness.check.shapes import Shape
     case = json.loads(sys.argv[1])
     pre = prepare(case["mode"], Shape(**case["shape"]), causal=case["causal"], bugs=tuple(case["bugs"]),
                   seed=case["seed"])

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import NoGPUError, UsageError
+from harness.errors import NoGPUError, UsageError
 
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 HAZARD_START = re.compile(r"^========= (?!\s)(?!ERROR SUMMARY|RACECHECK SUMMARY|COMPUTE-SANITIZER|Program hit)(.+)$")
@@ -23,7 +23,7 @@ TIMEOUT_S = 540
 
 
 def compiler_kernel_name() -> str:
-    from .compiler import kernel_file
+    from harness.build.compiler import kernel_file
     return f"kernels/{kernel_file().name}"
 
 
@@ -84,8 +84,8 @@ def parse(output: str) -> tuple:
 
 
 def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, seed=0) -> SanitizeResult:
-    from .shapes import Shape
-    from .variant import Variant
+    from harness.check.shapes import Shape
+    from harness.build.variant import Variant
     if tool not in TOOLS:
         raise UsageError(f"unknown tool {tool!r}; valid: {', '.join(TOOLS)}")
     shape = shape or Shape(1, 2, 128, 256, 64)
@@ -96,7 +96,7 @@ def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, s
     cmd = [exe, "--tool", tool, "--print-limit", "100"]
     if tool == "racecheck":
         cmd += ["--racecheck-report", "hazard"]
-    cmd += [sys.executable, "-m", "harness.sanitize_target", json.dumps(case)]
+    cmd += [sys.executable, "-m", "harness.run.sanitize_target", json.dumps(case)]
     env = dict(os.environ, FLASHCORE_NO_POOL="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)

@@ -7,8 +7,8 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.text import Text
 
-from .errors import UsageError
-from .localise import Folds
+from harness.errors import UsageError
+from harness.check.localise import Folds
 
 # error / tol buckets -> background colour
 # error / tol buckets -> colour and a glyph (the glyph keeps the map readable without colour)

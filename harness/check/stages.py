@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import reference as ref
+from harness.check import reference as ref
 
 F32, F64 = np.float32, np.float64
 

@@ -1,9 +1,9 @@
 """The GPU path: compile with cupy.RawModule, poison, launch, check, compare.
 
 Public API (tests and notebooks call these directly; the CLI is a thin layer on top):
-  require_gpu()                    -> device info dict, or NoGPUError
-  forward(q, k, v, causal, scale)  -> O, same kind as q (CuPy array or a __dlpack__ tensor)
+  prepare(mode, shape, ...)        -> Prepared: device inputs, poisoned outputs, launch()
   run_mode(mode, shape, ...)       -> RunResult: per-output StageMetrics, |error| arrays
+The product path, forward(), lives apart in harness/api.py.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from debug_modes.registry import KERNEL_PARAMS, get_mode
-from . import compiler, metrics as met, stages
-from .errors import FlashCoreError, NoGPUError, UsageError
-from .inputs import fresh_seed, make_inputs
-from .shapes import Shape
-from .variant import Variant, tiles_for
+from harness.build import compiler
+from harness.check import metrics as met
+from harness.check import stages
+from harness.build.device import cupy as _cupy
+from harness.build.loader import get_kernel, kernel_resources, runtime_variant
+from harness.errors import FlashCoreError, UsageError
+from harness.check.inputs import fresh_seed, make_inputs
+from harness.check.shapes import Shape
+from harness.build.variant import tiles_for
 
-DEFAULT_SMEM = 48 * 1024
 MAX_DEBUG_MATRIX_BYTES = 2 << 30   # [B,H,Sq,Sk] fp32 buffers of the debug modes
 
 
@@ -28,70 +31,6 @@ class KernelFault(FlashCoreError):
     """The launch or the synchronisation after it failed (illegal address, ...)."""
 
     exit_code = 1
-
-
-def _cupy():
-    try:
-        import cupy
-        return cupy
-    except Exception as e:
-        raise NoGPUError(f"no GPU: CuPy is not importable ({type(e).__name__}); install flashcore[cuda13]") from None
-
-
-def require_gpu() -> dict:
-    """Device facts for the record; NoGPUError (exit 2) where there is no CUDA GPU."""
-    cp = _cupy()
-    try:
-        n = cp.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        raise NoGPUError(f"no CUDA GPU available ({str(e).splitlines()[0][:120]})") from None
-    if n < 1:
-        raise NoGPUError("no CUDA GPU available")
-    dev = cp.cuda.Device()
-    props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    return {
-        "device": name,
-        "arch": f"sm_{props['major']}{props['minor']}",
-        "sms": int(props["multiProcessorCount"]),
-        "driver": cp.cuda.runtime.driverGetVersion(),
-        "runtime": cp.cuda.runtime.runtimeGetVersion(),
-        "cupy": cp.__version__,
-    }
-
-
-_MODULES: dict = {}
-
-
-def get_kernel(variant: Variant):
-    """The compiled flashcore_fwd for a variant (compiled once per process, cached on disk by CuPy)."""
-    key = compiler.cache_key(variant)
-    if key not in _MODULES:
-        cp = _cupy()
-        src = compiler.kernel_file().read_text()
-        try:
-            mod = cp.RawModule(code=src, options=compiler.runtime_options(variant), backend="nvrtc")
-            fn = mod.get_function(compiler.KERNEL_NAME)
-        except cp.cuda.compiler.CompileException as e:
-            log = compiler.format_compile_log(str(e), compiler.kernel_sources())
-            raise compiler.CompileError(f"{variant.label}: compilation failed\n{log}") from None
-        if variant.smem_bytes > DEFAULT_SMEM:
-            fn.max_dynamic_shared_size_bytes = variant.smem_bytes
-        _MODULES[key] = fn
-    return _MODULES[key]
-
-
-def kernel_resources(variant: Variant) -> dict:
-    fn = get_kernel(variant)
-    return {"registers": int(fn.num_regs), "smem_static": int(fn.shared_size_bytes),
-            "smem_dynamic": variant.smem_bytes, "local_bytes": int(fn.local_size_bytes)}
-
-
-def runtime_variant(mode="full", head_dim=64, causal=False, bugs=(), **kw) -> Variant:
-    """A Variant for the current device's arch (resources and records name it)."""
-    arch = require_gpu()["arch"]
-    arch = arch if arch in ("sm_80", "sm_86", "sm_89", "sm_90") else "sm_80"
-    return Variant(mode=mode, head_dim=head_dim, causal=causal, bugs=tuple(bugs), arch=arch, **kw)
 
 
 def kernel_args(shape: Shape, bufs: dict, scale: float) -> tuple:
@@ -121,34 +60,6 @@ def poisoned(shape_tuple, dtype):
 
 def default_scale(D: int, scale):
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
-
-
-# ------------------------------------------------------------------ forward (the product API)
-def forward(q, k, v, causal: bool = False, scale: float | None = None, lse: bool = False):
-    """Attention forward. q [B,H,Sq,D], k/v [B,H,Sk,D] fp16 CUDA arrays (CuPy, or anything with
-    __dlpack__, e.g. a PyTorch tensor); returns O of the same kind (and LSE fp32 when lse=True)."""
-    cp = _cupy()
-    is_cupy = isinstance(q, cp.ndarray)
-    qc, kc, vc = (x if isinstance(x, cp.ndarray) else cp.from_dlpack(x) for x in (q, k, v))
-    for name, x in (("q", qc), ("k", kc), ("v", vc)):
-        if x.dtype != cp.float16 or x.ndim != 4:
-            raise UsageError(f"{name}: expected a 4-D float16 array [B,H,S,D], got {x.dtype} {x.shape}")
-    B, H, Sq, D = qc.shape
-    if kc.shape != vc.shape or kc.shape[:2] != (B, H) or kc.shape[3] != D:
-        raise UsageError(f"k/v shapes {kc.shape}/{vc.shape} do not match q {qc.shape}")
-    shape = Shape(B, H, Sq, kc.shape[2], D)
-    variant = runtime_variant("full", D, bool(causal), **tiles_for(shape))
-    qc, kc, vc = (cp.ascontiguousarray(x) for x in (qc, kc, vc))
-    o = cp.empty((B, H, Sq, D), cp.float16)
-    bufs = {"Q": qc, "K": kc, "V": vc, "O": o}
-    if lse:
-        bufs["LSE"] = cp.empty((B, H, Sq), cp.float32)
-    launch(variant, shape, bufs, default_scale(D, scale), sync=False)
-    outs = (o, bufs["LSE"]) if lse else (o,)
-    if not is_cupy:
-        import torch   # the only other kind we hand back: a __dlpack__ tensor from PyTorch
-        outs = tuple(torch.from_dlpack(x) for x in outs)
-    return outs if lse else outs[0]
 
 
 # ------------------------------------------------------------------ one mode on one shape

@@ -9,27 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from debug_modes import BUGS, get_mode
-from .errors import UsageError
-from .shapes import SUPPORTED_HEAD_DIMS
+from kernels.registry import DEFAULT as KERNEL
+from harness.errors import UsageError
+from harness.check.shapes import SUPPORTED_HEAD_DIMS
 
-# Shared memory a block may use, per arch (bytes, the opt-in maximum).
-ARCHS = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
-SMEM_PAD_HALVES = 8   # kernels/flashcore_fused.cu SMEM_PAD
-# Default tiles per head dim, chosen by scripts/tune_tiles.py on an H200 (kernels/NOTES.md):
-# 32 query rows per warp; D=128 takes 32-key tiles to stay under 255 registers without spills.
-# D=128 keeps one K/V buffer: double buffering costs the registers that 64-key tiles need.
-TILES = {64: dict(m_frags=2, nwarps=4, block_n=64, kv_stages=2),
-         128: dict(m_frags=2, nwarps=4, block_n=64, kv_stages=1)}
-# Shapes with fewer than ~one block of 128 rows per SM: 64-row blocks double the parallelism.
-SMALL_TILES = {64: dict(m_frags=1, nwarps=4, block_n=64, kv_stages=2),
-               128: dict(m_frags=1, nwarps=4, block_n=64, kv_stages=2)}
-N_SM = 132
+# Shared memory a block may use, per arch (bytes, the opt-in maximum), and the tile tables:
+# the kernel registry's (kernels/registry.py).
+ARCHS = KERNEL.archs
+SMEM_PAD_HALVES = KERNEL.smem_pad_halves
+TILES = KERNEL.tiles
+SMALL_TILES = KERNEL.small_tiles
 
 
 def tiles_for(shape) -> dict:
     """The tile table's choice for a problem shape (all modes of one shape share it)."""
-    rows_blocks = shape.B * shape.H * -(-shape.Sq // 128)
-    return (SMALL_TILES if rows_blocks < N_SM else TILES)[shape.D]
+    return KERNEL.tiles_for(shape.B, shape.H, shape.Sq, shape.D)
 
 
 @dataclass(frozen=True)

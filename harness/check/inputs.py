@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UsageError
-from .shapes import Shape
+from harness.errors import UsageError
+from harness.check.shapes import Shape
 
 INPUT_SETS = {
     "randn": "Q, K, V ~ N(0, 1)",

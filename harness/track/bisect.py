@@ -1,7 +1,7 @@
 """`flashcore bisect`: git bisect run in a throw-away worktree (the user's checkout and
 uncommitted work stay untouched; the worktree is removed afterwards, also on Ctrl-C).
 
-Each step runs `python -m harness.bisect_step` in a subprocess with *this* checkout's
+Each step runs `python -m harness.track.bisect_step` in a subprocess with *this* checkout's
 harness and the worktree's kernel: a compile failure is a skip (125), a kernel fault or a
 metric over the threshold is bad (1), a harness failure aborts (200). Every step is recorded.
 """
@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import records
-from .errors import UsageError
+from harness import records
+from harness.errors import UsageError
 
 RESOURCE_METRICS = ("spills", "regs", "smem")
 METRICS = ("max_err",) + RESOURCE_METRICS
@@ -50,15 +50,15 @@ def bisect(good: str, bad: str, mode="full", shape="mission", metric="max_err", 
         raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     if metric in ("regs", "smem") and threshold is None:
         raise UsageError(f"--metric {metric} needs --threshold (bad when the value exceeds it)")
-    from .shapes import parse_shape
-    from .variant import Variant
+    from harness.check.shapes import parse_shape
+    from harness.build.variant import Variant
     shp = parse_shape(shape)
     Variant(mode, shp.D, causal)
     repo = Path(repo or _git(Path.cwd(), "rev-parse", "--show-toplevel").stdout.strip())
     good_sha = _git(repo, "rev-parse", "--verify", good + "^{commit}").stdout.strip()
     bad_sha = _git(repo, "rev-parse", "--verify", bad + "^{commit}").stdout.strip()
     if metric == "max_err":
-        from .gpu import require_gpu
+        from harness.build.device import require_gpu
         require_gpu()
     bisect_id = uuid.uuid4().hex[:12]
     tmp = Path(tempfile.mkdtemp(prefix="flashcore-bisect-"))
@@ -70,7 +70,7 @@ def bisect(good: str, bad: str, mode="full", shape="mission", metric="max_err", 
     try:
         _git(repo, "worktree", "add", "--detach", str(wt), bad_sha)
         _git(wt, "bisect", "start", bad_sha, good_sha)
-        p = subprocess.run(["git", "bisect", "run", sys.executable, "-m", "harness.bisect_step", json.dumps(case)],
+        p = subprocess.run(["git", "bisect", "run", sys.executable, "-m", "harness.track.bisect_step", json.dumps(case)],
                            cwd=wt, capture_output=True, text=True, env=env)
         log = p.stdout + p.stderr
     finally:

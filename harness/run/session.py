@@ -4,16 +4,17 @@ the error table, record every result."""
 from __future__ import annotations
 
 from debug_modes.registry import DATAFLOW_ORDER
-from . import records, runs
-from .gpu import require_gpu
-from .report import console, error_table
-from .variant import Variant
+from harness import records
+from harness.run import runs
+from harness.build.device import require_gpu
+from harness.show.report import console, error_table
+from harness.build.variant import Variant
 
 
 def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(),
               record=True, isolate=None, show=True, title=None, keep_outputs=False):
     """Run the modes in data-flow order on one shape; returns the RunResults."""
-    from .inputs import fresh_seed
+    from harness.check.inputs import fresh_seed
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
     # uniform_p has no causal form: in a sweep it runs non-causal, asked for alone it is an error.
     causal_of = {m: causal and (m != "uniform_p" or len(modes) == 1) for m in modes}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UsageError
+from harness.errors import UsageError
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 

@@ -12,10 +12,12 @@ import sys
 import tempfile
 from dataclasses import asdict
 
-from . import compiler, records
-from .gpu import RunResult, run_mode
-from .shapes import Shape
-from .variant import Variant
+from harness.build import compiler
+
+from harness import records
+from harness.run.gpu import RunResult, run_mode
+from harness.check.shapes import Shape
+from harness.build.variant import Variant
 
 WORKER_TIMEOUT_S = 300
 
@@ -27,7 +29,7 @@ def run_case(case: dict, isolate: bool = True) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="flashcore-") as tmp:
         out = os.path.join(tmp, "result.pkl")
         try:
-            proc = subprocess.run([sys.executable, "-m", "harness.worker", json.dumps(case), out],
+            proc = subprocess.run([sys.executable, "-m", "harness.run.worker", json.dumps(case), out],
                                   capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return _failed(case, "fault", f"timed out after {WORKER_TIMEOUT_S} s (hang?)")

@@ -1,4 +1,4 @@
-"""python -m harness.bisect_step CASE_JSON -- one `git bisect run` step (see bisect.py).
+"""python -m harness.track.bisect_step CASE_JSON -- one `git bisect run` step (see bisect.py).
 Exit 0 good, 1 bad, 125 skip (does not compile), 200 abort (the harness itself failed)."""
 
 import json
@@ -16,10 +16,10 @@ def main() -> int:
     os.environ.update(FLASHCORE_GIT_COMMIT=commit, FLASHCORE_GIT_SUBJECT=subject, FLASHCORE_GIT_DATE=date,
                       FLASHCORE_KERNEL=case["kernel"])
     from harness import records
-    from harness.compiler import CompileError, compile_check, source_hash
+    from harness.build.compiler import CompileError, compile_check, source_hash
     from harness.errors import UsageError
-    from harness.shapes import parse_shape
-    from harness.variant import Variant
+    from harness.check.shapes import parse_shape
+    from harness.build.variant import Variant
     shape = parse_shape(case["shape"])
     metric, thr = case["metric"], case["threshold"]
     rec = dict(bisect_id=case["bisect_id"], metric=metric, mode=case["mode"], shape_label=shape.label,
@@ -36,7 +36,7 @@ def main() -> int:
             bad = value > (thr if thr is not None else 0)
             message = ""
         else:
-            from harness.gpu import run_mode
+            from harness.run.gpu import run_mode
             rr = run_mode(case["mode"], shape, causal=case["causal"], inputs="randn")
             if rr.status == "compile_error":
                 raise CompileError(rr.message)

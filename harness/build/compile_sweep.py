@@ -6,10 +6,11 @@ import itertools
 
 from debug_modes import BUGS
 from debug_modes.registry import get_mode
-from . import compiler, records
-from .errors import CompileError
-from .report import console
-from .variant import Variant
+from harness.build import compiler
+from harness import records
+from harness.errors import CompileError
+from harness.show.report import console
+from harness.build.variant import Variant
 
 
 def variants(modes, head_dims, causals, archs, bugs=()):

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from debug_modes import get_mode
-from . import compiler
-from .errors import UsageError
-from .variant import Variant
+from harness.build import compiler
+from harness.errors import UsageError
+from harness.build.variant import Variant
 
 # Opcodes that touch thread-local memory (spills, or arrays the compiler could not keep in registers).
 LOCAL_MEMORY_OPS = ("LDL", "STL")

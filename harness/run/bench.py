@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .shapes import Shape
+from harness.check.shapes import Shape
 
 SUITE = [  # (label, shape, causal)  -- issue: the benchmark suite, as data
     ("mission", Shape(1, 8, 512, 512, 64), False),
@@ -136,7 +136,8 @@ def _fits_l2(shape: Shape, l2_bytes: int = 60 << 20) -> bool:
 
 def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full", with_sdpa: bool = True,
               nwarps: int | None = None, seed: int = 0, **tiles) -> BenchRow:
-    from .gpu import kernel_resources, prepare
+    from harness.build.loader import kernel_resources
+    from harness.run.gpu import prepare
     import cupy as cp
     if nwarps is not None:
         tiles["nwarps"] = nwarps

@@ -1,0 +1,56 @@
+"""The CUDA device in use: CuPy imported on demand, and the facts every record names.
+
+Nothing here compiles or launches; the layers above ask for the device through this module
+so that a machine without a GPU gets one line (NoGPUError, exit 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from harness.errors import NoGPUError
+
+# Archs the kernels are built for; a newer device runs the sm_80 build.
+RUNTIME_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+
+
+def cupy():
+    try:
+        import cupy as cp
+        return cp
+    except Exception as e:
+        raise NoGPUError(f"no GPU: CuPy is not importable ({type(e).__name__}); install flashcore[cuda13]") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _facts(device_id: int) -> dict:
+    cp = cupy()
+    props = cp.cuda.runtime.getDeviceProperties(device_id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {
+        "device": name,
+        "arch": f"sm_{props['major']}{props['minor']}",
+        "sms": int(props["multiProcessorCount"]),
+        "driver": cp.cuda.runtime.driverGetVersion(),
+        "runtime": cp.cuda.runtime.runtimeGetVersion(),
+        "cupy": cp.__version__,
+    }
+
+
+def require_gpu() -> dict:
+    """Device facts for the record (queried once per device and process); NoGPUError (exit 2)
+    where there is no CUDA GPU."""
+    cp = cupy()
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise NoGPUError(f"no CUDA GPU available ({str(e).splitlines()[0][:120]})") from None
+    if n < 1:
+        raise NoGPUError("no CUDA GPU available")
+    return dict(_facts(cp.cuda.Device().id))
+
+
+def runtime_arch() -> str:
+    """The arch the current device's variants are built for."""
+    arch = require_gpu()["arch"]
+    return arch if arch in RUNTIME_ARCHS else "sm_80"

@@ -1,0 +1,1 @@
+"""show: terminal tables and heat maps."""

@@ -1,0 +1,1 @@
+"""track: across commits: history, compare, the regression gate, git bisect."""
