@@ -2,8 +2,11 @@
 stage it isolates and what it is judged by. DESIGN.md's table, as data.
 
 Buffer shapes are symbolic over B, H, Sq, Sk, D and resolved by Buffer.shape_for().
-The kernel's parameter list is KERNEL_PARAMS; a buffer a mode does not use is passed
-as a null pointer.
+The [rows, keys] debug matrices ("BHWSkp") hold a window of query rows (W of them) at the
+tile-padded key width Skp = ceil(Sk / BLOCK_N) * BLOCK_N: the softmax consumes the padded
+columns of the tail tile, so their masking is part of what QK is checked for (docs/DESIGN.md,
+"Stage boundaries"). The kernel's parameter list is KERNEL_PARAMS (then H, Sq, Sk, scale,
+row0, n_rows); a buffer a mode does not use is passed as a null pointer.
 """
 
 from __future__ import annotations
@@ -14,24 +17,30 @@ import numpy as np
 
 from harness.errors import UsageError
 
-# The pointer parameters of flashcore_fwd, in order (then H, Sq, Sk, scale).
+# The pointer parameters of flashcore_fwd, in order (then H, Sq, Sk, scale, row0, n_rows).
 KERNEL_PARAMS = ("Q", "K", "V", "O", "LSE", "S_in", "P_in", "S_out", "P_out", "M_out", "L_out")
 
 
 @dataclass(frozen=True)
 class Buffer:
     param: str       # kernel parameter name
-    dims: str        # "BHSqD" | "BHSkD" | "BHSq" | "BHSqSk"
+    dims: str        # "BHSqD" | "BHSkD" | "BHSq" | "BHWSkp" (window rows x padded keys)
     dtype: str       # "float16" | "float32"
     output: str = "" # name the metrics use for an output buffer (O, LSE, S, m, l, P)
 
-    def shape_for(self, shape) -> tuple:
+    def shape_for(self, shape, rows: int | None = None, sk_pad: int | None = None) -> tuple:
+        """rows: the window's query rows (default Sq); sk_pad: the padded key width (default Sk)."""
         return {
             "BHSqD": (shape.B, shape.H, shape.Sq, shape.D),
             "BHSkD": (shape.B, shape.H, shape.Sk, shape.D),
             "BHSq": (shape.B, shape.H, shape.Sq),
-            "BHSqSk": (shape.B, shape.H, shape.Sq, shape.Sk),
+            "BHWSkp": (shape.B, shape.H, shape.Sq if rows is None else rows, shape.Sk if sk_pad is None else sk_pad),
         }[self.dims]
+
+    @property
+    def is_matrix(self) -> bool:
+        """A [rows, keys] debug matrix: windowed and padded."""
+        return self.dims == "BHWSkp"
 
     @property
     def np_dtype(self):
@@ -57,6 +66,11 @@ class Mode:
     tensor_cores: bool = True   # its SASS must hold HMMA (softmax_only has no matrix product)
 
     @property
+    def windowed(self) -> bool:
+        """Reads or writes a [rows, keys] matrix: checked on windows of query rows."""
+        return any(b.is_matrix for b in self.reads + self.writes)
+
+    @property
     def defines(self) -> list:
         return [self.flag] if self.flag else []
 
@@ -65,18 +79,18 @@ MODES = {
     m.name: m
     for m in (
         Mode("qk_only", "DEBUG_QK_ONLY", "QK",
-             "S = scale*Q*K^T with tail/causal masking, written whole as fp32",
-             (Q, K), (Buffer("S_out", "BHSqSk", "float32", "S"),),
-             "float64 scale*Q*K^T, masked = -inf"),
+             "S = scale*Q*K^T with tail/causal masking, fp32 at the tile-padded width (padding = -inf)",
+             (Q, K), (Buffer("S_out", "BHWSkp", "float32", "S"),),
+             "float64 scale*Q*K^T, masked and padded columns = -inf"),
         Mode("softmax_only", "DEBUG_SOFTMAX_ONLY", "softmax",
              "online softmax on injected exact S: row max m, row sum l, normalised P",
-             (Buffer("S_in", "BHSqSk", "float32"),),
+             (Buffer("S_in", "BHWSkp", "float32"),),
              (Buffer("M_out", "BHSq", "float32", "m"), Buffer("L_out", "BHSq", "float32", "l"),
-              Buffer("P_out", "BHSqSk", "float32", "P")),
-             "float64 softmax of the injected S", tensor_cores=False),
+              Buffer("P_out", "BHWSkp", "float32", "P")),
+             "float64 softmax of the injected S; P = 0 in the padded columns", tensor_cores=False),
         Mode("pv_only", "DEBUG_PV_ONLY", "PV",
              "O = P.V on injected exact P (fp16 on the tensor cores), alpha = 1, l = 1",
-             (Buffer("P_in", "BHSqSk", "float32"), V), (Buffer("O", "BHSqD", "float16", "O"),),
+             (Buffer("P_in", "BHWSkp", "float32"), V), (Buffer("O", "BHSqD", "float16", "O"),),
              "float64 P.V of the injected P"),
         Mode("uniform_p", "UNIFORM_P", "PV (smoking gun)",
              "P = 1/Sk made in the kernel, no QK/softmax/rescale: every row = column mean of V",

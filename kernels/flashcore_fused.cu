@@ -34,6 +34,27 @@
 //                       other warps' reads of the buffer it overwrites (a shared-memory race)
 //   BUG_P_OVERFLOW      softmax: row max frozen after the first key tile (alpha = 1), so P is
 //                       exp(S - m_first), which overflows fp16 once a later logit is 11 larger
+//   -- seeded bugs that show only at some shapes (the coverage set must find them)
+//   BUG_TAIL_UNMASKED   QK: the tail mask bound is the tile-padded length, so the zero-padded keys
+//                       of the last key tile score 0 instead of -inf (shows when Sk % BLOCK_N != 0)
+//   BUG_SHORT_UNMASKED  QK: masking skipped when the whole key range fits in one partial tile
+//                       (shows when Sk < BLOCK_N)
+//   BUG_KV_LOOP_SQ      QK: key-tile loop bound from min(Sq, Sk) (a self-attention habit), so keys
+//                       beyond Sq's tiles are never visited (shows when Sq < Sk by a tile)
+//   BUG_BATCH_OFFSET    PV: the O store drops the batch offset (shows when B > 1)
+//   BUG_D128_COLS       PV: the P.V loop stops one 16-column block short at HEAD_DIM 128
+//   BUG_Q_TAIL_SWAP     PV: in a partial (tail) query tile the two 8-row halves of each fragment
+//                       are stored swapped (shows when Sq % BLOCK_M != 0)
+//
+// Arguments (the kernel contract, README "Kernel contract", docs/DESIGN.md):
+//   Q, K, V, O, LSE, S_in, P_in, S_out, P_out, M_out, L_out, H, Sq, Sk, scale, row0, n_rows
+//   (null pointers for the buffers a mode does not use). Only the query rows of the window
+//   [row0, min(row0 + n_rows, Sq)) are computed and stored; row0 is a multiple of BLOCK_M and the
+//   grid is (ceil(n_rows / BLOCK_M), H, B). The [rows, keys] debug matrices (S_out, P_out, S_in,
+//   P_in) hold only the window's rows (row i at i - row0) at the tile-padded width
+//   Skp = ceil(Sk / BLOCK_N) * BLOCK_N: the softmax consumes the padded columns of the tail tile,
+//   so the QK check must see them (-inf), and P over them must be 0. O, LSE, M_out and L_out are
+//   indexed by absolute row.
 
 #include <cuda_fp16.h>
 typedef unsigned int u32;   // NVRTC has no <stdint.h>
@@ -85,6 +106,12 @@ typedef unsigned int u32;   // NVRTC has no <stdint.h>
 typedef float out_t;
 #else
 typedef half out_t;
+#endif
+
+#ifdef BUG_KV_LOOP_SQ
+#define NITER_CONST                         // the seeded bug lowers the loop bound after the fact
+#else
+#define NITER_CONST const
 #endif
 
 #define LOG2E 1.4426950408889634f
@@ -300,6 +327,11 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 // ---------------------------------------------------------------- stage 3: PV
+#if defined(BUG_D128_COLS) && HEAD_DIM == 128
+#define PV_DN (HEAD_DIM / 16 - 1)               // the bug: the last 16 columns get no P.V
+#else
+#define PV_DN (HEAD_DIM / 16)
+#endif
 // o += A.V[kk*16 : kk*16+16, :] for one 16-key slice; each V fragment (transposed ldmatrix)
 // is loaded once and used for all M_FRAGS row fragments.
 __device__ __forceinline__ void pv_mma(float o[M_FRAGS][D_FRAG][4], const u32 a[M_FRAGS][4], const half* sV,
@@ -309,8 +341,8 @@ __device__ __forceinline__ void pv_mma(float o[M_FRAGS][D_FRAG][4], const u32 a[
     u32 b[2][4];                                // fragment dn+1 loads while dn multiplies
     ldmatrix_x4_trans(b[0], base);
 #pragma unroll
-    for (int dn = 0; dn < HEAD_DIM / 16; ++dn) {
-        if (dn + 1 < HEAD_DIM / 16) ldmatrix_x4_trans(b[(dn + 1) & 1], base + (dn + 1) * 16);
+    for (int dn = 0; dn < PV_DN; ++dn) {
+        if (dn + 1 < PV_DN) ldmatrix_x4_trans(b[(dn + 1) & 1], base + (dn + 1) * 16);
 #pragma unroll
         for (int mf = 0; mf < M_FRAGS; ++mf) {
             mma16816(o[mf][2 * dn], a[mf], b[dn & 1][0], b[dn & 1][1]);
@@ -350,34 +382,42 @@ __device__ __forceinline__ void pv_tile(float o[M_FRAGS][D_FRAG][4], const float
     }
 }
 
-// Debug-mode I/O for [Sq,Sk] fp32 matrices in the S-fragment layout; out-of-range -> fill.
-// One row pointer per fragment row half: every element is that pointer plus a constant.
+// Debug-mode I/O for the window's [rows, Skp] fp32 matrices in the S-fragment layout (row i of
+// the problem at i - row0, row stride Skp: every column of every key tile, padding included;
+// Skp is a multiple of BLOCK_N, so each thread's column pair is 8-byte aligned).
+// Rows past the window's end read as fill and are not stored. One row pointer per fragment row
+// half: every element is that pointer plus a constant.
+// Holds the kernel's own arguments, not derived values: ptxas then re-reads them from the
+// constant bank where they are used instead of keeping them in registers across the key loop.
+struct DebugRows {
+    int row0, n_rows, Sq, Sk;
+    __device__ __forceinline__ int row_end() const { return min(Sq, row0 + n_rows); }
+    __device__ __forceinline__ int Skp() const { return (Sk + BLOCK_N - 1) / BLOCK_N * BLOCK_N; }
+};
 __device__ __forceinline__ void load_s_frag(float s[N_FRAG][4], const float* src, int kv0,
-                                            int row_base, int lane, int Sq, int Sk, float fill) {
+                                            int row_base, int lane, DebugRows w, float fill) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int row = row_base + 8 * h, c0 = kv0 + (lane & 3) * 2;
-        const bool row_ok = row < Sq;
-        const float* p = src + (size_t)(row_ok ? row : 0) * Sk + c0;
+        const bool row_ok = row < w.row_end();
+        const float* p = src + (size_t)(row_ok ? row - w.row0 : 0) * w.Skp() + c0;
 #pragma unroll
         for (int nt = 0; nt < N_FRAG; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e)
-                s[nt][2 * h + e] = (row_ok && c0 + nt * 8 + e < Sk) ? p[nt * 8 + e] : fill;
+                s[nt][2 * h + e] = row_ok ? p[nt * 8 + e] : fill;
     }
 }
 __device__ __forceinline__ void store_s_frag(float* dst, const float s[N_FRAG][4], int kv0,
-                                             int row_base, int lane, int Sq, int Sk) {
+                                             int row_base, int lane, DebugRows w) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int row = row_base + 8 * h, c0 = kv0 + (lane & 3) * 2;
-        if (row >= Sq) continue;
-        float* p = dst + (size_t)row * Sk + c0;
+        if (row >= w.row_end()) continue;
+        float* p = dst + (size_t)(row - w.row0) * w.Skp() + c0;
 #pragma unroll
         for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-                if (c0 + nt * 8 + e < Sk) p[nt * 8 + e] = s[nt][2 * h + e];
+            *reinterpret_cast<float2*>(p + nt * 8) = make_float2(s[nt][2 * h], s[nt][2 * h + 1]);
     }
 }
 
@@ -388,7 +428,8 @@ __device__ __forceinline__ void store_out2(float* p, float x, float y) { *reinte
 struct TileCtx {
     int lane, q0, row_base, kv_limit, Sq, Sk;
     float scale, sl2;      // sl2 = scale * log2(e): the exp2 multiplier for raw scores
-    float* S_out;          // this (b, h)'s [Sq, Sk] slices for the debug modes
+    DebugRows w;           // the window of rows the debug matrices hold
+    float* S_out;          // this (b, h)'s [rows, Skp] slices for the debug modes
     const float* P_in;
 };
 
@@ -406,6 +447,9 @@ __device__ __forceinline__ void qk_scores(float s[M_FRAGS][N_FRAG][4], const u32
 __device__ __forceinline__ void mask_scores(float s[M_FRAGS][N_FRAG][4], int t, const TileCtx& c) {
 #if USES_QK
     const int kv0 = t * BLOCK_N;
+#ifdef BUG_SHORT_UNMASKED
+    if (c.Sk < BLOCK_N) return;                 // the bug: "one tile, nothing to mask"
+#endif
     if (kv0 + BLOCK_N > c.kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0)) {
         FOR_MF mask_tile(s[mf], kv0, c.row_base + mf * 16, c.lane, c.kv_limit);
     }
@@ -425,10 +469,10 @@ __device__ __forceinline__ void scores_to_p(float s[M_FRAGS][N_FRAG][4], float o
         for (int nt = 0; nt < N_FRAG; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) s[mf][nt][e] *= c.scale;    // the stage's output is scaled S
-        store_s_frag(c.S_out, s[mf], kv0, c.row_base + mf * 16, lane, c.Sq, c.Sk);
+        store_s_frag(c.S_out, s[mf], kv0, c.row_base + mf * 16, lane, c.w);
     }
 #elif defined(DEBUG_PV_ONLY)
-    FOR_MF load_s_frag(s[mf], c.P_in, kv0, c.row_base + mf * 16, lane, c.Sq, c.Sk, 0.f);   // alpha = l = 1
+    FOR_MF load_s_frag(s[mf], c.P_in, kv0, c.row_base + mf * 16, lane, c.w, 0.f);   // alpha = l = 1
 #elif defined(UNIFORM_P)
     const float inv_sk = 1.f / (float)c.Sk;
     FOR_MF {
@@ -481,7 +525,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
               const float* __restrict__ S_in, const float* __restrict__ P_in,
               float* __restrict__ S_out, float* __restrict__ P_out,
               float* __restrict__ M_out, float* __restrict__ L_out,
-              int H, int Sq, int Sk, float scale) {
+              int H, int Sq, int Sk, float scale, int row0, int n_rows) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     half* sQ = reinterpret_cast<half*>(smem_raw);
     half* sK = sQ + BLOCK_M * SMEM_LD;       // KV_STAGES K tiles
@@ -489,8 +533,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // Causal: the heaviest query tiles (last rows) start first for load balance.
-    const int q_tile = IS_CAUSAL ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
-    const int q0 = q_tile * BLOCK_M;
+    const int q0 = row0 + (IS_CAUSAL ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x) * BLOCK_M;   // row0 % BLOCK_M == 0
+    // Rows >= min(Sq, row0 + n_rows) are computed, never stored. Recomputed where used (from
+    // the constant bank) rather than held in a register across the key loop: D=128 has none to spare.
+#define ROW_END min(Sq, row0 + n_rows)
     const size_t bh = (size_t)blockIdx.z * H + blockIdx.y;
     const half* Qb = Q + bh * Sq * HEAD_DIM;
     const half* Kb = K + bh * Sk * HEAD_DIM;
@@ -500,28 +546,35 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const int row_base = q0 + warp * WARP_M + (lane >> 2);
 
     const int n_tiles = (Sk + BLOCK_N - 1) / BLOCK_N;
+    const DebugRows w{row0, n_rows, Sq, Sk};
+    const size_t debug_off = bh * (size_t)n_rows * w.Skp();   // this (b, h)'s window of a debug matrix
 #ifdef BUG_TAIL_MASK
     const int kv_limit = Sk - 1;
+#elif defined(BUG_TAIL_UNMASKED)
+    const int kv_limit = w.Skp();               // the bug: the padded keys stay visible
 #else
     const int kv_limit = Sk;
 #endif
 #if IS_CAUSAL && !defined(DEBUG_QK_ONLY) && !defined(DEBUG_SOFTMAX_ONLY)
     // Tiles wholly above the diagonal contribute P = 0: skip them. The debug modes that
     // write [Sq,Sk] matrices sweep every tile so that every element is written.
-    const int n_iter = min(n_tiles, (q0 + BLOCK_M + BLOCK_N - 1) / BLOCK_N);
+    NITER_CONST int n_iter = min(n_tiles, (q0 + BLOCK_M + BLOCK_N - 1) / BLOCK_N);
 #else
-    const int n_iter = n_tiles;
+    NITER_CONST int n_iter = n_tiles;
+#endif
+#ifdef BUG_KV_LOOP_SQ
+    n_iter = min(n_iter, (min(Sq, Sk) + BLOCK_N - 1) / BLOCK_N);   // the bug
 #endif
 
 #ifdef DEBUG_SOFTMAX_ONLY
     {   // Stage 2 alone: exact S in, the same online update, then a second sweep for P.
-        const float* Sb = S_in + bh * Sq * Sk;
+        const float* Sb = S_in + debug_off;
         float m[M_FRAGS][2], l[M_FRAGS][2], alpha[M_FRAGS][2];
         FOR_MF { m[mf][0] = m[mf][1] = NEG_INF; l[mf][0] = l[mf][1] = 0.f; }
         float s[N_FRAG][4];
         for (int j = 0; j < n_iter; ++j) {
             FOR_MF {
-                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, Sq, Sk, NEG_INF);
+                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, w, NEG_INF);
                 softmax_update(s, m[mf], l[mf], alpha[mf], LOG2E, j == 0);   // S_in is already scaled
             }
         }
@@ -533,19 +586,19 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 inv[mf][h] = 1.f / l[mf][h];
                 ms[mf][h] = (m[mf][h] == NEG_INF ? 0.f : m[mf][h]) * LOG2E;
                 const int row = row_base + mf * 16 + 8 * h;
-                if (row < Sq && (lane & 3) == 0) { M_out[bh * Sq + row] = m[mf][h]; L_out[bh * Sq + row] = l[mf][h]; }
+                if (row < ROW_END && (lane & 3) == 0) { M_out[bh * Sq + row] = m[mf][h]; L_out[bh * Sq + row] = l[mf][h]; }
             }
         }
-        float* Pb = P_out + bh * Sq * Sk;
+        float* Pb = P_out + debug_off;
         for (int j = 0; j < n_iter; ++j) {
             FOR_MF {
-                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, Sq, Sk, NEG_INF);
+                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, w, NEG_INF);
 #pragma unroll
                 for (int nt = 0; nt < N_FRAG; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e)
                         s[nt][e] = fast_exp2(fmaf(s[nt][e], LOG2E, -ms[mf][e >> 1])) * inv[mf][e >> 1];
-                store_s_frag(Pb, s, j * BLOCK_N, row_base + mf * 16, lane, Sq, Sk);
+                store_s_frag(Pb, s, j * BLOCK_N, row_base + mf * 16, lane, w);
             }
         }
         return;
@@ -564,8 +617,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         alpha[mf][0] = alpha[mf][1] = 1.f;
     }
     u32 qf[M_FRAGS][K_STEPS][4];
-    const TileCtx ctx{lane, q0, row_base, kv_limit, Sq, Sk, scale, scale * LOG2E,
-                      S_out ? S_out + bh * Sq * Sk : nullptr, P_in ? P_in + bh * Sq * Sk : nullptr};
+    const TileCtx ctx{lane, q0, row_base, kv_limit, Sq, Sk, scale, scale * LOG2E, w,
+                      S_out ? S_out + debug_off : nullptr, P_in ? P_in + debug_off : nullptr};
 
 #if KV_STAGES == 2
     // ---- two K and two V buffers: tile t lives in buffer t % 2; the loads of tile j+2 are
@@ -632,7 +685,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if USES_PV
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), optional LSE = scale*m + log(l)
     // (m is the max of the raw scores)
+#ifdef BUG_BATCH_OFFSET
+    out_t* Ob = O + (size_t)blockIdx.y * Sq * HEAD_DIM;   // the bug: batch offset dropped
+#else
     out_t* Ob = O + bh * Sq * HEAD_DIM;
+#endif
+#ifdef BUG_Q_TAIL_SWAP
+    const bool tail_tile = q0 + BLOCK_M > Sq;
+#endif
     FOR_MF {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -642,14 +702,16 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             l[mf][h] = quad_sum(l[mf][h]);
             const float inv = 1.f / l[mf][h];
             const int row = row_base + mf * 16 + 8 * h;
-            if (LSE != nullptr && row < Sq && (lane & 3) == 0) LSE[bh * Sq + row] = m[mf][h] * scale + logf(l[mf][h]);
+            if (LSE != nullptr && row < ROW_END && (lane & 3) == 0) LSE[bh * Sq + row] = m[mf][h] * scale + logf(l[mf][h]);
 #endif
 #ifdef BUG_FRAG_SWAP
             const int row_w = row_base + mf * 16 + 8 * (1 - h);
+#elif defined(BUG_Q_TAIL_SWAP)
+            const int row_w = row_base + mf * 16 + 8 * (tail_tile ? 1 - h : h);
 #else
             const int row_w = row_base + mf * 16 + 8 * h;
 #endif
-            if (row_w < Sq) {
+            if (row_w < ROW_END) {
 #pragma unroll
                 for (int i = 0; i < D_FRAG; ++i)
                     store_out2(Ob + (size_t)row_w * HEAD_DIM + i * 8 + (lane & 3) * 2,

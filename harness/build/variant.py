@@ -95,8 +95,14 @@ class Variant:
         d += [f"BUG_{b}" for b in sorted(self.bugs)]
         return d
 
-    def grid(self, shape) -> tuple:
-        return ((shape.Sq + self.block_m - 1) // self.block_m, shape.H, shape.B)
+    def grid(self, shape, n_rows: int | None = None) -> tuple:
+        """(query tiles of the window, H, B); the window defaults to every row."""
+        rows = shape.Sq if n_rows is None else n_rows
+        return ((rows + self.block_m - 1) // self.block_m, shape.H, shape.B)
+
+    def padded_keys(self, Sk: int) -> int:
+        """Skp: the key width of the debug matrices, every column of every key tile."""
+        return -(-Sk // self.block_n) * self.block_n
 
     @property
     def label(self) -> str:

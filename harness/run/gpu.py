@@ -33,18 +33,23 @@ class KernelFault(FlashCoreError):
     exit_code = 1
 
 
-def kernel_args(shape: Shape, bufs: dict, scale: float) -> tuple:
-    """flashcore_fwd's argument tuple; buffers absent from bufs are null pointers."""
+def kernel_args(shape: Shape, bufs: dict, scale: float, window: tuple | None = None) -> tuple:
+    """flashcore_fwd's argument tuple (the kernel contract); buffers absent from bufs are null
+    pointers; window = (row0, n_rows), the query rows computed (default: all)."""
+    row0, n_rows = window or (0, shape.Sq)
     return tuple(bufs[p] if p in bufs else np.uint64(0) for p in KERNEL_PARAMS) + (
-        np.int32(shape.H), np.int32(shape.Sq), np.int32(shape.Sk), np.float32(scale))
+        np.int32(shape.H), np.int32(shape.Sq), np.int32(shape.Sk), np.float32(scale),
+        np.int32(row0), np.int32(n_rows))
 
 
-def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool = True):
+def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool = True, window: tuple | None = None):
     """Launch flashcore_fwd; checks the launch and (with sync) the synchronisation."""
     cp = _cupy()
     fn = get_kernel(variant)
+    n_rows = (window or (0, shape.Sq))[1]
     try:
-        fn(variant.grid(shape), (variant.threads,), kernel_args(shape, bufs, scale), shared_mem=variant.smem_bytes)
+        fn(variant.grid(shape, n_rows), (variant.threads,), kernel_args(shape, bufs, scale, window),
+           shared_mem=variant.smem_bytes)
         if sync:
             cp.cuda.runtime.deviceSynchronize()
     except (cp.cuda.runtime.CUDARuntimeError, cp.cuda.driver.CUDADriverError) as e:
@@ -83,9 +88,10 @@ class RunResult:
         return self.status == "ok" and all(m.passed for m in self.metrics)
 
 
-def check_debug_size(mode: str, shape: Shape):
+def check_debug_size(mode: str, shape: Shape, rows: int, sk_pad: int):
     m = get_mode(mode)
-    nbytes = max((int(np.prod(b.shape_for(shape))) * b.np_dtype.itemsize for b in m.reads + m.writes), default=0)
+    nbytes = max((int(np.prod(b.shape_for(shape, rows, sk_pad))) * b.np_dtype.itemsize for b in m.reads + m.writes),
+                 default=0)
     if nbytes > MAX_DEBUG_MATRIX_BYTES:
         raise UsageError(f"{mode} on {shape.label} needs a {nbytes / 2**30:.1f} GiB buffer; the limit is "
                          f"{MAX_DEBUG_MATRIX_BYTES / 2**30:.0f} GiB (use a shorter sequence)")
@@ -101,6 +107,11 @@ class Prepared:
     host: dict        # host inputs by kernel parameter (Q, K, V, S_in, P_in)
     bufs: dict        # device inputs by parameter
     outs: dict        # device outputs by parameter (poisoned)
+    window: tuple = None   # (row0, n_rows): the query rows the launch computes
+
+    @property
+    def sk_pad(self) -> int:
+        return self.variant.padded_keys(self.shape.Sk)
 
     def repoison(self):
         for p, a in self.outs.items():
@@ -108,14 +119,15 @@ class Prepared:
 
     def launch(self):
         self.repoison()
-        launch(self.variant, self.shape, {**self.bufs, **self.outs}, self.scale)
+        launch(self.variant, self.shape, {**self.bufs, **self.outs}, self.scale, window=self.window)
 
     def timed_launcher(self):
         """A zero-overhead launch for timing: kernel and arguments resolved once, no checks
         (the caller checks the stream afterwards)."""
         fn = get_kernel(self.variant)
-        args = kernel_args(self.shape, {**self.bufs, **self.outs}, self.scale)
-        grid, block, smem = self.variant.grid(self.shape), (self.variant.threads,), self.variant.smem_bytes
+        args = kernel_args(self.shape, {**self.bufs, **self.outs}, self.scale, self.window)
+        n_rows = (self.window or (0, self.shape.Sq))[1]
+        grid, block, smem = self.variant.grid(self.shape, n_rows), (self.variant.threads,), self.variant.smem_bytes
         return lambda: fn(grid, block, args, shared_mem=smem)
 
 
@@ -123,15 +135,17 @@ def prepare(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn"
             bugs=(), scale: float | None = None, **variant_kw) -> Prepared:
     cp = _cupy()
     variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles_for(shape), **variant_kw})
-    check_debug_size(mode, shape)
+    sk_pad = variant.padded_keys(shape.Sk)
+    window = (0, shape.Sq)
+    check_debug_size(mode, shape, window[1], sk_pad)
     seed = fresh_seed() if seed is None else int(seed)
     scale = default_scale(shape.D, scale)
     q, k, v = make_inputs(shape, inputs, seed)
-    host = {"Q": q, "K": k, "V": v, **stages.injected_inputs(mode, q, k, v, causal, scale)}
+    host = {"Q": q, "K": k, "V": v, **stages.injected_inputs(mode, q, k, v, causal, scale, sk_pad)}
     m = get_mode(mode)
     bufs = {b.param: cp.asarray(host[b.param]) for b in m.reads}
-    outs = {b.param: poisoned(b.shape_for(shape), b.np_dtype) for b in m.writes}
-    return Prepared(variant, shape, scale, seed, host, bufs, outs)
+    outs = {b.param: poisoned(b.shape_for(shape, window[1], sk_pad), b.np_dtype) for b in m.writes}
+    return Prepared(variant, shape, scale, seed, host, bufs, outs, window)
 
 
 def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
@@ -160,7 +174,7 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
     q, k, v = pre.host["Q"], pre.host["K"], pre.host["V"]
     injected = {p: pre.host[p] for p in ("S_in", "P_in") if p in pre.host}
     outs = pre.outs
-    refs = stages.stage_references(mode, q, k, v, causal, scale, variant.block_n, injected)
+    refs = stages.stage_references(mode, q, k, v, causal, scale, variant.block_n, injected, pre.sk_pad)
     for b in m.writes:
         got = cp.asnumpy(outs[b.param])
         exact, kp = refs[b.output]
