@@ -37,8 +37,10 @@ def forward(q, k, v, causal: bool = False, scale: float | None = None, lse: bool
     if lse:
         bufs["LSE"] = cp.empty((B, H, Sq), cp.float32)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    # The kernel contract's arguments: pointers, then H, Sq, Sk, scale and the window of
+    # query rows (row0, n_rows): forward computes every row.
     args = tuple(bufs[p] if p in bufs else np.uint64(0) for p in KERNEL_PARAMS) + (
-        np.int32(H), np.int32(Sq), np.int32(shape.Sk), np.float32(scale))
+        np.int32(H), np.int32(Sq), np.int32(shape.Sk), np.float32(scale), np.int32(0), np.int32(Sq))
     get_kernel(variant)(variant.grid(shape), (variant.threads,), args, shared_mem=variant.smem_bytes)
     outs = (o, bufs["LSE"]) if lse else (o,)
     if not is_cupy:
