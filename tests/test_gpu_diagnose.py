@@ -73,3 +73,33 @@ def test_racecheck_reports_missing_barrier():
     res = sanitize("racecheck", "full", bugs=("NO_BARRIER",))
     assert not res.clean
     assert any("flashcore_fused.cu" in k for k in res.hazards), dict(res.hazards)
+
+
+def _feature_shapes():
+    """A small shape with each shape feature, lengths from the kernel registry's small tiles."""
+    from kernels.registry import DEFAULT
+    t = DEFAULT.small_tiles[64]
+    bm, bn = 16 * t["m_frags"] * t["nwarps"], t["block_n"]
+    return {
+        "sk_tail": Shape(2, 2, 2 * bm, 2 * bn - 27, 64),      # Sk not a multiple of the key tile
+        "sk_short": Shape(1, 2, bm, bn - 24, 64),             # all keys in one partial tile
+        "sq_lt_sk": Shape(1, 2, bm, 4 * bn + 11, 64),         # more key tiles than query rows span
+        "b_gt_1": Shape(2, 2, 2 * bm, 2 * bn, 64),
+        "d128": Shape(1, 2, 2 * bm, 2 * bn, 128),
+        "sq_tail": Shape(1, 2, 2 * bm - 27, 2 * bn, 64),      # a partial last query tile
+    }
+
+
+SHAPE_BUGS = sorted(b for b in BUGS if BUGS[b].shows_when)
+
+
+@pytest.mark.parametrize("bug", SHAPE_BUGS)
+def test_shape_dependent_bug_placed_where_its_feature_is(bug):
+    """docs/DESIGN.md "Stage boundaries": the tail-masking bugs are QK's (the QK check sees the
+    padded columns), not the glue's; each shape bug is placed in its stage at a shape with its
+    feature, and the clean kernel passes that shape."""
+    b = BUGS[bug]
+    shape = _feature_shapes()[b.shows_when]
+    d = diagnose(shape, seed=fresh_seed(), bugs=(bug,), record=False, isolate=False, show=False)
+    assert not d.clean and d.stage in b.stages, f"BUG_{bug} at {shape.label}: {d.stage}, expected {b.stages}"
+    assert diagnose(shape, seed=fresh_seed(), record=False, isolate=False, show=False).clean
