@@ -1,17 +1,22 @@
-"""The coverage set, on CPU: it covers every pair of shape features that can occur
-together, and its lengths come from the kernel's tile table."""
+"""The coverage set and the coverage sweep, on CPU: the set covers every pair of shape
+features that can occur together, its lengths come from the kernel's tile table, and the
+verdict (stage, attribution, shrinking, the repro command) is right on synthetic outcomes
+from fake runners. The GPU side is tests/test_gpu_coverage.py."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
+from cli import cli
 from debug_modes import BUGS
 from harness.check import coverage as cov
 from harness.check.coverage import FEATURES, Case
 from harness.check.shapes import NAMED, Shape
-from harness.errors import UsageError
+from harness.errors import FlashCoreError, UsageError
+from harness.run import coverage as rc
 from kernels import registry
 
 
@@ -168,3 +173,298 @@ def test_features_use_the_tiles_picked_for_that_shape():
     assert "sq_tail" in cov.features_of(case(2, 3, 64, 64), switching)
     assert cov.tile_choices(switching, 64) == {(64, 64, 2), (128, 64, 2)}
     assert 128 + 33 in cov.candidate_lengths(switching, 64)
+
+
+# ------------------------------------------------------------------ attribution
+def outcomes_where(fails, cases=None, stage="qk", mode="qk_only"):
+    cases = cov.coverage_set() if cases is None else cases
+    out = []
+    for c in cases:
+        f = fails(c)
+        out.append(rc.Outcome(c, cov.features_of(c), f, stage if f else None, mode if f else None))
+    return out
+
+
+def test_attribution_exact_single_feature():
+    outs = outcomes_where(lambda c: c.shape.B > 1)
+    a = rc.attribute(outs)
+    n_with = sum(c.shape.B > 1 for c in cov.coverage_set())
+    assert a.exact and a.literals == (("b_gt_1", True),) and a.features == ("b_gt_1",)
+    assert a.text() == f"fails at every shape with B > 1 ({n_with}/{n_with}) and at none without (0/{len(outs) - n_with})"
+
+
+def test_attribution_absent_feature():
+    a = rc.attribute(outcomes_where(lambda c: not c.causal))
+    assert a.exact and a.literals == (("causal", False),) and a.features == ()
+    assert "non-causal" in a.text()
+
+
+def test_attribution_two_features_together():
+    cases = [case(1, 1, 64, 64), case(2, 1, 64, 64), case(1, 1, 97, 97), case(2, 1, 97, 97),
+             case(1, 1, 97, 97, 128), case(2, 1, 64, 64, 128), case(1, 3, 97, 97), case(2, 3, 97, 97)]
+    outs = outcomes_where(lambda c: c.shape.B > 1 and c.shape.Sq % 64 != 0, cases)
+    a = rc.attribute(outs)
+    assert a.exact and set(a.literals) == {("b_gt_1", True), ("sq_tail", True)}
+    assert "B > 1 and Sq not a multiple of the BLOCK_M-row query tile" in a.text()
+    assert "(2/2)" in a.text(64, 64) and "the 64-row query tile" in a.text(64, 64)
+
+
+def test_attribution_closest_names_exceptions():
+    flaky = case(1, 1, 1, 1)
+    outs = outcomes_where(lambda c: c.shape.D == 128 or c == flaky)
+    a = rc.attribute(outs)
+    assert not a.exact and a.literals == (("d128", True),)
+    assert a.fail_without == 1 and a.exceptions == ["1,1,1,64 fails"]
+    assert a.text().startswith("no feature separates exactly; closest:")
+
+
+def test_attribution_none_or_every_shape():
+    assert rc.attribute(outcomes_where(lambda c: False)) is None
+    a = rc.attribute(outcomes_where(lambda c: True))
+    assert a.literals == () and a.exact and "no shape feature separates" in a.text()
+
+
+def test_attribution_skips_features_that_do_not_vary():
+    cases = [case(1, 1, 64, 64), case(2, 1, 64, 64)]
+    preds = rc.predicates(outcomes_where(lambda c: True, cases))
+    assert {p[0][0] for p in preds} == {"b_gt_1"}
+
+
+def test_attribution_reports_ties():
+    cases = [case(1, 1, 64, 64), case(2, 3, 64, 64)]          # B and H always together: aliased
+    a = rc.attribute(outcomes_where(lambda c: c.shape.B > 1, cases))
+    assert a.literals == (("b_gt_1", True),) and (("h_gt_1", True),) in a.also
+    assert "equally: H > 1" in a.text()
+
+
+def test_main_stage_most_common_then_earliest():
+    outs = outcomes_where(lambda c: c.shape.B > 1, stage="pv", mode="pv_only")
+    outs[0] = rc.Outcome(outs[0].case, outs[0].features, True, "qk", "qk_only")
+    assert rc.main_stage(outs) == ("pv", "pv_only")
+    tie = [rc.Outcome(case(1, 1, 64, 64), frozenset(), True, "glue", "full"),
+           rc.Outcome(case(1, 1, 97, 97), frozenset(), True, "softmax", "softmax_only")]
+    assert rc.main_stage(tie) == ("softmax", "softmax_only")
+    assert rc.main_stage(outcomes_where(lambda c: False)) == (None, None)
+
+
+# ------------------------------------------------------------------ shrinking
+class CountingRunner:
+    def __init__(self, fails):
+        self.fails, self.calls = fails, []
+
+    def __call__(self, c):
+        self.calls.append(c)
+        return self.fails(c)
+
+
+def test_shrink_to_the_smallest_case_keeping_the_feature():
+    run = CountingRunner(lambda c: c.shape.B > 1)
+    s = rc.shrink(case(2, 3, 225, 192, 64, True), (("b_gt_1", True),), run)
+    assert s.case == case(2, 1, 1, 1, 64, False)
+    assert len(run.calls) == s.runs == len(set(run.calls))      # no case runs twice
+    assert not s.out_of_budget
+
+
+def test_shrink_two_features_and_d128():
+    fails = lambda c: c.shape.D == 128 and c.shape.Sk % 64 != 0
+    s = rc.shrink(case(2, 3, 161, 161, 128, True), (("d128", True), ("sk_tail", True)), CountingRunner(fails))
+    assert s.case.shape.D == 128 and s.case.shape.Sk % 64 != 0 and fails(s.case)
+    assert (s.case.shape.B, s.case.shape.H, s.case.causal) == (1, 1, False)
+    assert s.case.shape.Sk == 1 and s.case.shape.Sq == 1
+
+
+def test_shrink_respects_the_budget():
+    run = CountingRunner(lambda c: True)
+    s = rc.shrink(case(2, 3, 225, 192, 128, True), (), run, budget=3)
+    assert len(run.calls) == 3 and s.out_of_budget
+
+
+def test_shrink_stops_where_nothing_smaller_fails():
+    start = case(2, 3, 97, 97)
+    run = CountingRunner(lambda c: c == start)
+    s = rc.shrink(start, (), run)
+    assert s.case == start and s.runs == len(rc.reductions(start)) > 0
+
+
+@pytest.mark.parametrize("c", cov.coverage_set(), ids=lambda c: c.label)
+def test_reductions_are_smaller_valid_and_keep_the_predicate(c):
+    feats = cov.features_of(c)
+    for name in sorted(feats)[:3]:
+        keep = ((name, True),)
+        for r in rc.reductions(c, keep):
+            assert r.cost < c.cost or (r.causal is False and c.causal)
+            assert cov.valid(r) and name in cov.features_of(r)
+
+
+def test_repro_command_parses_and_names_everything():
+    cmd = rc.repro_command("diagnose", case(1, 1, 1, 97, 128, True), ("TAIL_UNMASKED",), "large", 7)
+    assert cmd == "flashcore diagnose --shape 1,1,1,128 --sk 97 --causal --bug TAIL_UNMASKED --inputs large --seed 7"
+    args = cmd.split()[2:]
+    ctx = cli.commands["diagnose"].make_context("diagnose", args)
+    assert ctx.params["shape"] == "1,1,1,128" and ctx.params["sk"] == 97 and ctx.params["causal"]
+    run_cmd = rc.repro_command("run", case(2, 1, 64, 64), (), "randn", 3, mode="pv_only")
+    assert run_cmd == "flashcore run --debug pv_only --shape 2,1,64,64 --sk 64 --seed 3"
+    cli.commands["run"].make_context("run", run_cmd.split()[2:])
+
+
+# ------------------------------------------------------------------ the seeded bugs, as a model
+# Where each shape-dependent seeded bug shows, read from kernels/flashcore_fused.cu (a model of
+# the kernel, checked for real by tests/test_gpu_coverage.py): the default sweep's verdict on
+# these outcomes must name the bug's stage and its shows_when feature.
+def _tiles(f, n):
+    return -(-n // f)
+
+
+VISIBLE = {
+    # padded keys score 0 instead of -inf; top-left causal masking hides them unless a query
+    # row reaches past Sk (Sq > Sk)
+    "TAIL_UNMASKED": lambda f: f.Sk % f.block_n != 0 and (not f.causal or f.Sq > f.Sk),
+    "SHORT_UNMASKED": lambda f: f.Sk < f.block_n,
+    # qk_only sweeps every key tile, so the columns past Sq's tiles stay unwritten
+    "KV_LOOP_SQ": lambda f: _tiles(f.block_n, f.Sq) < _tiles(f.block_n, f.Sk),
+    "BATCH_OFFSET": lambda f: f.B > 1,
+    "D128_COLS": lambda f: f.D == 128,
+    "Q_TAIL_SWAP": lambda f: f.Sq % f.block_m != 0,
+}
+MODE_OF_STAGE = {"qk": "qk_only", "softmax": "softmax_only", "pv": "pv_only", "glue": "full"}
+
+
+def test_model_covers_every_shape_dependent_bug():
+    assert set(VISIBLE) == {b for b, bug in BUGS.items() if bug.shows_when}
+
+
+@pytest.mark.parametrize("bug", sorted(VISIBLE))
+def test_modelled_bug_is_named_by_the_default_sweep(bug):
+    b = BUGS[bug]
+    vis = lambda c: VISIBLE[bug](cov.facts(c))
+    outs = outcomes_where(vis, stage=b.stage, mode=MODE_OF_STAGE[b.stage])
+    assert not vis(case(*NAMED["mission"][:3], NAMED["mission"][2], NAMED["mission"][3])), "shows at the mission shape"
+    assert any(o.failed for o in outs) and not all(o.failed for o in outs)
+    rep = rc.conclude("diagnose", outs, lambda c, m: vis(c), (bug,), "randn", 5)
+    assert rep.stage == b.stage
+    assert b.shows_when in rep.attribution.features, rep.attribution.text()
+    assert b.shows_when in cov.features_of(rep.shrunk.case) and vis(rep.shrunk.case)
+    assert f"--bug {bug}" in rep.repro and "--seed 5" in rep.repro
+    if bug != "TAIL_UNMASKED":          # the causal mask hides the tail at causal Sq <= Sk
+        assert rep.attribution.exact and rep.attribution.literals == ((b.shows_when, True),)
+
+
+# ------------------------------------------------------------------ the sweep with fake GPU parts
+def fake_metric(failed):
+    return SimpleNamespace(output="O", err_over_floor=900.0 if failed else 1.0, n_unwritten=12 if failed else 0,
+                           n_nonfinite=0, extra={}, passed=not failed)
+
+
+def fake_result(mode, failed, status="ok", message=""):
+    return SimpleNamespace(variant=SimpleNamespace(mode=mode), passed=not failed and status == "ok", status=status,
+                           message=message, metrics=[fake_metric(failed)])
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """diagnose / run_modes / run_case replaced by a model: BATCH_OFFSET fails pv_only at B > 1;
+    one case faults. Records what ran."""
+    import harness.build.device as device
+    import harness.run.diagnose as diag
+    import harness.run.runs as runs
+    import harness.run.session as session
+    log = SimpleNamespace(diagnosed=[], single=[], bugs=set())
+    fault = case(1, 1, 1, 1)
+
+    def fails(c, bugs):
+        return "BATCH_OFFSET" in bugs and c.shape.B > 1
+
+    def fake_diagnose(shape, causal=False, inputs="randn", seed=None, bugs=(), record=True, isolate=True, show=True, png=None):
+        c = Case(shape, causal)
+        log.diagnosed.append((c, isolate, record))
+        log.bugs.update(bugs)
+        if c == fault and "BATCH_OFFSET" in bugs:
+            r = fake_result("qk_only", True, "fault", "kernel fault: illegal address")
+            return SimpleNamespace(clean=False, stage="qk", failing=r, folds=[], results=[r])
+        if fails(c, bugs):
+            r = fake_result("pv_only", True)
+            return SimpleNamespace(clean=False, stage="pv", failing=r,
+                                   folds=[SimpleNamespace(hints=["batch 1 only"])], results=[r])
+        return SimpleNamespace(clean=True, stage=None, failing=None, folds=[], results=[])
+
+    def fake_run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(), record=True,
+                       isolate=None, show=True, title=None, keep_outputs=False):
+        return [fake_result(m, m == "full" and fails(Case(shape, causal), bugs)) for m in modes]
+
+    def fake_run_case(c, isolate=True):
+        s = c["shape"]
+        log.single.append((c["mode"], isolate))
+        return fake_result(c["mode"], fails(Case(Shape(**s), c["causal"]), c["bugs"]))
+
+    monkeypatch.setattr(device, "require_gpu", lambda: dict(device="FakeGPU", driver="0", cupy="0", arch="sm_90"))
+    monkeypatch.setattr(diag, "diagnose", fake_diagnose)
+    monkeypatch.setattr(session, "run_modes", fake_run_modes)
+    monkeypatch.setattr(runs, "run_case", fake_run_case)
+    log.fault = fault
+    return log
+
+
+def test_diagnose_coverage_end_to_end_on_fakes(fake_gpu):
+    rep = rc.diagnose_coverage(bugs=("BATCH_OFFSET",), seed=11, record=False, show=False)
+    cases = cov.coverage_set()
+    assert [c for c, _, _ in fake_gpu.diagnosed] == cases
+    assert all(iso for _, iso, _ in fake_gpu.diagnosed)                 # every case isolated by default
+    assert all(iso for _, iso in fake_gpu.single)
+    fault = next(o for o in rep.outcomes if o.case == fake_gpu.fault)
+    assert fault.failed and fault.stage == "qk" and fault.detail.startswith("fault: kernel fault")
+    assert rep.stage == "pv" and rep.mode == "pv_only"
+    assert "b_gt_1" in rep.attribution.features
+    assert rep.shrunk.case.shape.B == 2 and rep.shrunk.case.shape.H == 1
+    assert {m for m, _ in fake_gpu.single} == {"pv_only"}               # shrinking runs the failing stage only
+    assert rep.repro.startswith("flashcore diagnose --shape 2,1,") and "--bug BATCH_OFFSET --seed 11" in rep.repro
+    assert rep.start.hints == ["batch 1 only"]
+
+
+def test_diagnose_coverage_clean_runs_no_shrinking(fake_gpu):
+    rep = rc.diagnose_coverage(seed=1, record=False, show=False, isolate=False)
+    assert rep.clean and rep.shrunk is None and rep.repro is None and not fake_gpu.single
+    assert not any(iso for _, iso, _ in fake_gpu.diagnosed)
+
+
+def test_run_coverage_end_to_end_on_fakes(fake_gpu):
+    rep = rc.run_coverage(["full", "qk_only"], bugs=("BATCH_OFFSET",), seed=2, record=False, show=False)
+    assert rep.mode == "full" and rep.attribution.literals == (("b_gt_1", True),)
+    assert rep.repro.startswith("flashcore run --debug full --shape 2,1,")
+
+
+def test_run_coverage_uniform_p_alone_runs_non_causal_cases():
+    assert {c.causal for c in rc.cases_for(modes=["uniform_p"])} == {False}
+    assert {c.causal for c in rc.cases_for(modes=["uniform_p", "full"])} == {False, True}
+
+
+def test_sweep_goes_on_after_a_harness_error():
+    def per_case(c):
+        if c.shape.B > 1:
+            raise FlashCoreError("buffer too large")
+        return rc.Outcome(c, cov.features_of(c), False)
+    outs = rc.run_sweep(cov.coverage_set(), per_case)
+    assert len(outs) == len(cov.coverage_set())
+    bad = [o for o in outs if o.failed]
+    assert bad and all(o.stage == "error" and "buffer too large" in o.detail for o in bad)
+
+    def no_runs(c, m):
+        raise AssertionError("nothing to rerun for a harness error")
+    rep = rc.conclude("diagnose", outs, no_runs)
+    assert rep.stage == "error" and rep.mode is None and rep.shrunk.runs == 0
+    assert rep.repro.startswith("flashcore diagnose --shape 2,")
+
+
+def test_report_prints_table_and_verdict(fake_gpu):
+    with rc.console.capture() as cap:
+        rc.diagnose_coverage(bugs=("BATCH_OFFSET",), seed=11, record=False, show=True)
+    text = cap.get()
+    for needle in ("coverage set", "first failing stage: PV", "separating feature:", "B > 1",
+                   "smallest failing shape:", "reproduce: flashcore diagnose --shape 2,1,", "FAIL", "PASS"):
+        assert needle in text, needle
+    with rc.console.capture() as cap:
+        rc.diagnose_coverage(seed=1, record=False, show=True)
+    assert f"no stage fails at any of the {len(cov.coverage_set())} coverage shapes" in cap.get()
+    with rc.console.capture() as cap:
+        rc.run_coverage(["full"], bugs=("BATCH_OFFSET",), seed=4, record=False, show=True)
+    text = cap.get()
+    assert "first failing mode: full" in text and "reproduce: flashcore run --debug full --shape 2,1," in text
