@@ -9,6 +9,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 
 from cli import cli
 from debug_modes import BUGS
@@ -18,6 +19,7 @@ from harness.check.shapes import NAMED, Shape
 from harness.errors import FlashCoreError, UsageError
 from harness.run import coverage as rc
 from kernels import registry
+from tests.conftest import gpu_missing_reason
 
 
 def case(B, H, Sq, Sk, D=64, causal=False):
@@ -468,3 +470,64 @@ def test_report_prints_table_and_verdict(fake_gpu):
         rc.run_coverage(["full"], bugs=("BATCH_OFFSET",), seed=4, record=False, show=True)
     text = cap.get()
     assert "first failing mode: full" in text and "reproduce: flashcore run --debug full --shape 2,1," in text
+
+
+# ------------------------------------------------------------------ the command line
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["diagnose", "--sk", "640"], "--sk needs --shape"),
+    (["run", "--sk", "640"], "--sk needs --shape"),
+    (["diagnose", "--head-dim", "96"], "unsupported head dim 96"),
+    (["diagnose", "--bug", "NOPE"], "valid bugs"),
+    (["diagnose", "--inputs", "zeros"], "unknown input set"),
+])
+def test_sweep_usage_errors_one_line_exit_2(args, needle):
+    r = invoke(*args)
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.output
+
+
+@pytest.mark.skipif(gpu_missing_reason() is None, reason="a GPU is present")
+@pytest.mark.parametrize("cmd", [["diagnose"], ["run"], ["run", "--debug", "all"]])
+def test_sweep_without_gpu_is_one_line_exit_2(cmd):
+    r = invoke(*cmd)
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0], r.output
+
+
+@pytest.fixture
+def fake_sweeps(monkeypatch):
+    calls = []
+
+    def fake(kind, clean):
+        def f(*args, **kw):
+            calls.append((kind, args, kw))
+            return SimpleNamespace(clean=clean)
+        return f
+    monkeypatch.setattr(rc, "diagnose_coverage", fake("diagnose", False))
+    monkeypatch.setattr(rc, "run_coverage", fake("run", True))
+    return calls
+
+
+def test_cli_without_shape_sweeps_the_coverage_set(fake_sweeps):
+    r = invoke("diagnose", "--bug", "batch_offset", "--head-dim", "128", "--seed", "3", "--no-record")
+    assert r.exit_code == 1, r.output                                       # a failing sweep exits 1
+    kind, args, kw = fake_sweeps[-1]
+    assert kind == "diagnose" and kw["bugs"] == ("BATCH_OFFSET",) and kw["seed"] == 3 and kw["record"] is False
+    assert args[0] and {c.shape.D for c in args[0]} == {128}
+    r = invoke("run", "--debug", "all", "--causal")
+    assert r.exit_code == 0, r.output
+    kind, args, kw = fake_sweeps[-1]
+    assert kind == "run" and args[0] == ["qk_only", "softmax_only", "pv_only", "uniform_p", "full", "fp32_p"]
+    assert {c.causal for c in args[1]} == {True} and kw["isolate"] is True
+
+
+def test_cli_with_shape_runs_one_shape(fake_sweeps, monkeypatch):
+    import harness.run.diagnose as diag
+    seen = []
+    monkeypatch.setattr(diag, "diagnose", lambda shape, **kw: seen.append(shape) or SimpleNamespace(clean=True))
+    r = invoke("diagnose", "--shape", "mission")
+    assert r.exit_code == 0 and seen == [Shape(1, 8, 512, 512, 64)] and not fake_sweeps
