@@ -439,6 +439,12 @@ def test_run_coverage_uniform_p_alone_runs_non_causal_cases():
     assert {c.causal for c in rc.cases_for(modes=["uniform_p", "full"])} == {False, True}
 
 
+def test_false_alarm_sweep_has_at_least_100_cases():
+    from tests import test_gpu_coverage as g
+    assert g.N_CASES * len(g.FALSE_ALARM_INPUTS) * g.FALSE_ALARM_SEEDS >= 100
+    assert set(g.FALSE_ALARM_INPUTS) == {"randn", "large", "uniform"}
+
+
 def test_sweep_goes_on_after_a_harness_error():
     def per_case(c):
         if c.shape.B > 1:
