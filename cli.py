@@ -69,11 +69,15 @@ def _shape_arg(shape: str, sk, head_dim):
     return parse_shape(shape, sk, head_dim)
 
 
+# run and diagnose: without --shape they sweep the coverage set (harness/check/coverage.py),
+# where --head-dim and --causal pick the coverage shapes with that head dim / with causal masking.
 shape_options = [
-    click.option("--shape", default="mission", show_default=True, help="mission | short | long | B,H,S,D"),
-    click.option("--sk", type=int, default=None, help="key/value length when it differs from Sq"),
-    click.option("--head-dim", type=int, default=None, help="override D of the shape (64 or 128)"),
-    click.option("--causal", is_flag=True, help="causal (top-left) masking"),
+    click.option("--shape", default=None,
+                 help="mission | short | long | B,H,S,D (default: the coverage set, every pair of shape features)"),
+    click.option("--sk", type=int, default=None, help="key/value length when it differs from Sq (needs --shape)"),
+    click.option("--head-dim", type=int, default=None,
+                 help="override D of the shape (64 or 128); without --shape: the coverage shapes with this D"),
+    click.option("--causal", is_flag=True, help="causal (top-left) masking; without --shape: the causal coverage shapes"),
 ]
 
 
@@ -81,6 +85,14 @@ def with_shape_options(f):
     for opt in reversed(shape_options):
         f = opt(f)
     return f
+
+
+def _coverage_cases(sk, head_dim, causal, modes):
+    """The coverage cases for run/diagnose without --shape (validated before any GPU work)."""
+    from harness.run.coverage import cases_for
+    if sk is not None:
+        raise UsageError("--sk needs --shape: without it the coverage set chooses its own key lengths")
+    return cases_for(head_dim, causal, modes)
 
 
 # ------------------------------------------------------------------ modes
@@ -149,18 +161,28 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
 @click.option("--scale", type=float, default=None, help="softmax scale (default 1/sqrt(D))")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug (must-fail check)")
 @click.option("--record/--no-record", default=True, show_default=True, help="append run records to results/")
-@click.option("--isolate/--no-isolate", default=None, help="one process per mode (default: on for several modes)")
+@click.option("--isolate/--no-isolate", default=None,
+              help="one process per mode (default: on for several modes, and always on in the coverage sweep)")
 def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate):
     """Run debug mode(s) on a GPU against the float64 references; print the stage-isolated
-    error table. Exit 0 when every check passes, 1 when one fails, 2 without a GPU."""
+    error table. Without --shape: every shape of the coverage set, one row per shape, the
+    shape features that separate failing from passing shapes and the smallest failing shape.
+    Exit 0 when every check passes, 1 when one fails, 2 without a GPU."""
     from harness.run import session
     from harness.check.inputs import INPUT_SETS
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
-    shp = _shape_arg(shape, sk, head_dim)
     modes_ = _modes_arg(debug)
+    bugs_ = _bugs_arg(bugs)
+    if shape is None:
+        from harness.run.coverage import run_coverage
+        cases = _coverage_cases(sk, head_dim, causal, modes_)
+        rep = run_coverage(modes_, cases, inputs=inputs, seed=seed, scale=scale, bugs=bugs_, record=record,
+                           isolate=True if isolate is None else isolate)
+        return EXIT_OK if rep.clean else EXIT_CHECK_FAILED
+    shp = _shape_arg(shape, sk, head_dim)
     results = session.run_modes(modes_, shp, causal=causal, inputs=inputs, seed=seed, scale=scale,
-                                bugs=_bugs_arg(bugs), record=record, isolate=isolate)
+                                bugs=bugs_, record=record, isolate=isolate)
     return EXIT_OK if all(r.passed for r in results) else EXIT_CHECK_FAILED
 
 
@@ -170,18 +192,28 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
 @click.option("--inputs", default="randn", show_default=True, help="input set")
 @click.option("--seed", type=int, default=None, help="input seed (default: fresh)")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
-@click.option("--png", type=click.Path(dir_okay=False), default=None, help="also write the heat maps as PNG")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="also write the heat maps as PNG (coverage sweep: those of the shape shrinking starts from)")
 @click.option("--record/--no-record", default=True, show_default=True)
 def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
     """Stage bisection: run every isolated mode in data-flow order, name the first failing
-    stage (or the glue), and fold its error onto tiles, warps and fragments. Exit 0 when no
-    stage fails, 1 otherwise."""
+    stage (or the glue), and fold its error onto tiles, warps and fragments. Without --shape:
+    at every shape of the coverage set, one row per shape, then the stage, the shape features
+    that separate failing from passing shapes, the smallest failing shape and the command that
+    reproduces it. Exit 0 when no stage fails, 1 otherwise."""
     from harness.run.diagnose import diagnose as run_diagnose
     from harness.check.inputs import INPUT_SETS
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
+    bugs_ = _bugs_arg(bugs)
+    if shape is None:
+        from harness.run.coverage import diagnose_coverage
+        from harness.run.diagnose import BISECT_MODES
+        cases = _coverage_cases(sk, head_dim, causal, BISECT_MODES)
+        rep = diagnose_coverage(cases, inputs=inputs, seed=seed, bugs=bugs_, record=record, png=png)
+        return EXIT_OK if rep.clean else EXIT_CHECK_FAILED
     d = run_diagnose(_shape_arg(shape, sk, head_dim), causal=causal, inputs=inputs, seed=seed,
-                     bugs=_bugs_arg(bugs), record=record, png=png)
+                     bugs=bugs_, record=record, png=png)
     return EXIT_OK if d.clean else EXIT_CHECK_FAILED
 
 

@@ -42,7 +42,7 @@ def test_compile_lists_bugs():
     (["run", "--head-dim", "96"], "unsupported head dim 96"),
     (["run", "--shape", "0,8,512,64"], "B must be a positive integer"),
     (["run", "--shape", "1,8,-5,64"], "Sq must be a positive integer"),
-    (["run", "--sk", "0"], "Sk must be a positive integer"),
+    (["run", "--shape", "mission", "--sk", "0"], "Sk must be a positive integer"),
     (["run", "--shape", "1,8,x,64"], "must be integers"),
     (["run", "--inputs", "zeros"], "unknown input set"),
     (["run", "--bug", "NOPE"], "valid bugs"),
