@@ -113,7 +113,7 @@ sys.addaudithook(_audit)   # audit hooks cannot be removed: this one only record
 
 
 @contextlib.contextmanager
-def guard(monkeypatch, kind):
+def guard(monkeypatch):
     """Records every file opened or listed, every hash computed, every stat and every device
     query while on; yields the list of what was seen."""
     global _WATCH
@@ -139,12 +139,12 @@ def guard(monkeypatch, kind):
 
 
 def test_per_call_path_reads_no_file_hashes_nothing_queries_no_device(fake, monkeypatch):
-    with guard(monkeypatch, fake) as first:
+    with guard(monkeypatch) as first:
         api.forward(*qkv())
     # The guard sees the set-up: the first call reads and hashes the kernel (else this test
     # could not fail).
     assert any(e.startswith("open") for e in first) and "hashlib.sha256" in first and "device_facts" in first
-    with guard(monkeypatch, fake) as later:
+    with guard(monkeypatch) as later:
         for _ in range(3):
             api.forward(*qkv())
             api.forward(*qkv(), lse=True, scale=0.1)
