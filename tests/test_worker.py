@@ -1,0 +1,116 @@
+"""The harness's worker process on CPU: one worker serves many cases; a case that faults,
+crashes the worker, hangs past its timeout or raises is reported for that case (status fault)
+and the next case still runs, in a fresh worker; results of any size come back intact; a
+changed environment gets a fresh worker; the one-shot entry point still works; without a GPU
+the worker's device error is the parent's one-line error. The failures are the worker's
+test hooks (harness/run/worker.py), which never touch the GPU."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harness.errors import NoGPUError
+from harness.run import pool, runs
+from tests.conftest import gpu_missing_reason
+
+SHAPE = dict(B=1, H=2, Sq=16, Sk=16, D=64)
+HANG_TIMEOUT_S = 3
+
+
+def case(hook, **kw):
+    return dict(mode="full", shape=SHAPE, test_hook=hook, **kw)
+
+
+def pid_of(r) -> int:
+    assert r.message.startswith("pid "), r.message
+    return int(r.message.split()[1])
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker():
+    pool.retire(graceful=False)
+    yield
+    pool.retire(graceful=False)
+
+
+def test_one_worker_serves_many_cases():
+    rs = [runs.run_case(case("ok")) for _ in range(4)]
+    assert [r.status for r in rs] == ["ok"] * 4
+    assert len({pid_of(r) for r in rs}) == 1
+
+
+@pytest.mark.parametrize("hook,needle", [
+    ("crash", "worker killed by SIGSEGV"),
+    ("raise", "RuntimeError: raised by test hook"),
+    ("fault", "pid "),
+])
+def test_a_failed_case_is_reported_and_the_next_runs_in_a_fresh_worker(hook, needle):
+    first = runs.run_case(case("ok"))
+    bad = runs.run_case(case(hook))
+    after = runs.run_case(case("ok"))
+    assert bad.status == "fault" and needle in bad.message and "\n" not in bad.message
+    assert after.status == "ok" and pid_of(after) != pid_of(first)
+
+
+def test_a_hang_is_reported_after_its_timeout_and_the_sweep_goes_on():
+    first = runs.run_case(case("ok"))
+    hung = runs.run_case(case("hang"), timeout=HANG_TIMEOUT_S)
+    assert hung.status == "fault" and f"timed out after {HANG_TIMEOUT_S} s (hang?)" in hung.message
+    assert runs.run_case(case("ok")).status == "ok"
+    assert pid_of(runs.run_case(case("ok"))) != pid_of(first)
+
+
+def test_a_sweep_with_failures_reports_each_case():
+    sweep = ["ok", "crash", "ok", "hang", "fault", "raise", "ok"]
+    got = [runs.run_case(case(h), timeout=HANG_TIMEOUT_S).status for h in sweep]
+    assert got == ["ok", "fault", "ok", "fault", "fault", "fault", "ok"]
+
+
+def test_a_large_result_comes_back_intact():
+    nbytes = 48 << 20
+    r = runs.run_case(case("big", nbytes=nbytes))
+    assert r.status == "ok" and r.errors["O"].nbytes == nbytes
+    assert np.array_equal(r.errors["O"][-3:], np.arange(nbytes // 4 - 3, nbytes // 4, dtype=np.float32))
+
+
+def test_a_changed_environment_gets_a_fresh_worker(monkeypatch):
+    monkeypatch.setenv("FLASHCORE_TEST_VAR", "one")
+    assert runs.run_case(case("env", var="FLASHCORE_TEST_VAR")).message == "one"
+    monkeypatch.setenv("FLASHCORE_TEST_VAR", "two")
+    assert runs.run_case(case("env", var="FLASHCORE_TEST_VAR")).message == "two"
+
+
+def test_worker_runs_this_checkout():
+    """The worker imports the harness the parent runs (PYTHONPATH), wherever the parent's
+    working directory is."""
+    r = runs.run_case(case("env", var="PYTHONPATH"))
+    assert r.message.split(":")[0] == pool.ROOT
+
+
+def test_one_shot_entry_point(tmp_path):
+    out = tmp_path / "r.pkl"
+    p = subprocess.run([sys.executable, "-m", "harness.run.worker", json.dumps(case("ok")), str(out)],
+                       cwd=pool.ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with open(out, "rb") as f:
+        assert pickle.load(f).status == "ok"
+
+
+@pytest.mark.skipif(gpu_missing_reason() is None, reason="a GPU is present")
+def test_device_facts_without_gpu_is_the_workers_one_line_error():
+    with pytest.raises(NoGPUError) as e:
+        pool.device_facts()
+    assert "no" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(gpu_missing_reason() is None, reason="a GPU is present")
+def test_run_all_without_gpu_is_one_line_exit_2():
+    from click.testing import CliRunner
+    from cli import cli
+    r = CliRunner().invoke(cli, ["run", "--debug", "all", "--no-record"])
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("flashcore: error: no"), r.output
