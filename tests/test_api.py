@@ -326,3 +326,42 @@ def test_torch_tracer_goes_through_forward_into_the_custom_op():
     assert "torch.ops.flashcore.attention(" in code and "torch.ops.flashcore.attention_lse(" in code
     o, lse = gm(q, k, k)
     assert tuple(o.shape) == (1, 8, 256, 64) and tuple(lse.shape) == (1, 8, 256)
+
+
+# ------------------------------------------------------------------ bench's wall-per-call columns
+def test_wall_per_call_is_one_sync_per_loop():
+    from harness.run import bench
+    calls, syncs = [], []
+    us = bench.wall_per_call(lambda: calls.append(1), lambda: syncs.append(len(calls)), n=50, reps=3, warmup=7)
+    assert len(calls) == 7 + 3 * 50 and syncs == [7, 57, 107, 157] and us > 0
+
+
+def test_wall_calls_bounded_by_the_budget():
+    from harness.run import bench
+    assert bench.wall_calls(1.0) == bench.WALL_CALLS
+    long_us = bench.WALL_BUDGET_S * 1e6 / 50
+    assert bench.wall_calls(long_us) == 50 and bench.wall_calls(1e9) == 20
+
+
+def _row(wall):
+    from harness.run import bench
+    t = bench.Timing(100.0, 90.0, 110.0, 10)
+    return bench.BenchRow("mission", Shape(1, 8, 512, 512, 64), False, "full", t, 1e9,
+                          sdpa={"sdpa_flash": bench.Timing(120.0, 110.0, 130.0, 10)}, wall=wall)
+
+
+def test_wall_columns_in_table_and_markdown():
+    from harness.run import bench
+    rows = [_row({"inputs": "torch", "forward": 104.0, "sdpa": 130.0}), _row({}), _row({"inputs": "cupy", "forward": 103.0})]
+    md = bench.markdown(rows, {"device": "NVIDIA H200"}, "2026-01-01", "flashcore bench")
+    table = [l for l in md.splitlines() if l.startswith("|")]
+    assert table[0] == "| " + " | ".join(bench.HEADERS) + " |"
+    cells = [l.strip("|").split(" | ") for l in table[2:]]
+    assert all(len(c) == len(bench.HEADERS) for c in cells)
+    col = {h: i for i, h in enumerate(bench.HEADERS)}
+    fw, ex, sd, ratio = (col[h] for h in ("forward() wall us/call", "wall - kernel us", "SDPA wall us/call", "SDPA/forward wall"))
+    assert [cells[0][i].strip() for i in (fw, ex, sd, ratio)] == ["104.0", "+4.0", "130.0", "1.25x"]
+    assert [cells[1][i].strip() for i in (fw, ex, sd, ratio)] == ["-"] * 4
+    assert cells[2][fw].strip() == "103.0 (CuPy)" and cells[2][sd].strip() == "-"
+    assert rows[0].to_dict()["wall"]["forward"] == 104.0
+    assert len(bench.rich_table(rows, {"device": "NVIDIA H200"}).columns) == len(bench.HEADERS)

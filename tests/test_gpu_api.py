@@ -196,3 +196,13 @@ def test_second_device_when_present():
     o0 = api.forward(q, k, v)
     o1 = api.forward(*(x.to("cuda:1") for x in (q, k, v)))
     assert o1.device.index == 1 and torch.equal(o1.cpu(), o0.cpu())
+
+
+def test_bench_reports_wall_per_call_of_forward_and_sdpa():
+    """The bench's wall columns come from real loops on torch tensors, into the table."""
+    _torch()
+    from harness.run import bench
+    row = bench.bench_one("mission", MISSION, forward=api.forward)
+    assert row.wall["inputs"] == "torch" and row.wall["forward"] > 0 and row.wall["sdpa"] > 0
+    md = bench.markdown([row], {"device": "gpu"}, "today", "flashcore bench")
+    assert f"{row.wall['forward']:.1f}" in md
