@@ -114,3 +114,31 @@ def test_run_all_without_gpu_is_one_line_exit_2():
     r = CliRunner().invoke(cli, ["run", "--debug", "all", "--no-record"])
     lines = [l for l in r.output.splitlines() if l.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("flashcore: error: no"), r.output
+
+
+# ------------------------------------------------------------------ scripts/time_harness.py
+def _time_harness():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("time_harness", f"{pool.ROOT}/scripts/time_harness.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod   # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_time_harness_commands_and_shapes_as_data():
+    th = _time_harness()
+    assert th.argv_for("run-all", "mission", False, ["fc"]) == ["fc", "run", "--debug", "all", "--shape", "mission", "--no-record"]
+    assert th.argv_for("diagnose", "1,8,512,128", True, ["fc"]) == ["fc", "diagnose", "--shape", "1,8,512,128"]
+    assert th.expand_shapes(["mission", "1,8,{S},128"], [256, 1024]) == ["mission", "1,8,256,128", "1,8,1024,128"]
+
+
+def test_time_harness_times_a_command_and_writes_markdown(tmp_path, capsys):
+    th = _time_harness()
+    md = tmp_path / "t.md"
+    assert th.main(["--command", "startup", "--warm", "2", "--markdown", str(md)]) == 0
+    lines = [l for l in md.read_text().splitlines() if l.startswith("|")]
+    assert lines[0] == "| " + " | ".join(th.HEADERS) + " |" and len(lines) == 3
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[0] == "startup" and cells[-1] == "0" and float(cells[2]) > 0 and float(cells[3]) > 0
+    assert "startup" in capsys.readouterr().out
