@@ -9,6 +9,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,11 +85,15 @@ def test_a_changed_environment_gets_a_fresh_worker(monkeypatch):
     assert runs.run_case(case("env", var="FLASHCORE_TEST_VAR")).message == "two"
 
 
-def test_worker_runs_this_checkout():
-    """The worker imports the harness the parent runs (PYTHONPATH), wherever the parent's
-    working directory is."""
-    r = runs.run_case(case("env", var="PYTHONPATH"))
-    assert r.message.split(":")[0] == pool.ROOT
+def test_worker_runs_this_checkout(tmp_path, monkeypatch):
+    """The worker imports the harness the parent runs, even from a directory that holds
+    another `harness` package."""
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "__init__.py").write_text("raise ImportError('the decoy harness')\n")
+    monkeypatch.chdir(tmp_path)
+    r = runs.run_case(case("where"))
+    assert r.status == "ok", r.message
+    assert r.message == str(Path(pool.ROOT) / "harness" / "__init__.py")
 
 
 def test_one_shot_entry_point(tmp_path):

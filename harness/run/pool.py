@@ -88,15 +88,17 @@ def _env_key() -> tuple:
 
 
 class Worker:
-    """`python -m harness.run.worker --serve`: boots, says ("ready", facts, error), then answers
+    """worker.serve() in a child process: boots, says ("ready", facts, error), then answers
     each ("case", case) with ("result", RunResult) or ("error", message)."""
 
     def __init__(self):
         self.key = _env_key()
         self.stderr = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.run.worker", "--serve"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        # ROOT first on sys.path: the worker runs the parent's harness even where the working
+        # directory holds another checkout (-m would put the working directory first).
+        boot = f"import sys; sys.path.insert(0, {ROOT!r}); from harness.run.worker import serve; serve()"
+        self.proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr)
         self.booted = False
         self.facts: dict | None = None
         self.error: Exception | None = None
@@ -111,7 +113,7 @@ class Worker:
     def ready(self, timeout: float = BOOT_TIMEOUT_S):
         """Wait for the boot message (device facts, or the error the worker met getting them)."""
         if not self.booted:
-            _, self.facts, self.error = self._recv(timeout, "to start")
+            _, self.facts, self.error = self._recv(timeout, "while starting")
             self.booted = True
 
     def run(self, case: dict, timeout: float):

@@ -39,6 +39,7 @@ TEST_HOOKS = {
     "hang": lambda case: time.sleep(1e9),
     "raise": _raise,
     "env": lambda case: _failed(case, "ok", os.environ.get(case["var"], "")),
+    "where": lambda case: _failed(case, "ok", sys.modules["harness"].__file__),
 }
 
 
