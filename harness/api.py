@@ -137,10 +137,11 @@ def _function(kind, device: int, D: int, causal: bool, tiles: dict):
 
 @functools.lru_cache(maxsize=4096)
 def _plan(kind, qm, km, vm, causal: bool) -> Plan:
+    """The launch of valid inputs with this metadata (kind.meta()); cached, so that a repeated
+    call neither validates nor looks a variant up again (a bad input raises every time)."""
     device, B, H, Sq, Sk, D = check_inputs(kind, qm, km, vm)
-    tiles = tiles_for(Shape(B, H, Sq, Sk, D))
-    variant, fn = _function(kind, device, D, causal, tiles)
     shape = Shape(B, H, Sq, Sk, D)
+    variant, fn = _function(kind, device, D, causal, tiles_for(shape))
     return Plan(variant, fn, device, variant.grid(shape), (variant.threads,), variant.smem_bytes,
                 H, Sq, Sk, (B, H, Sq, D), (B, H, Sq), 1.0 / math.sqrt(D))
 
@@ -162,13 +163,15 @@ class _CudaKind:
 
     dtypes: dict = {}
 
+    @functools.cached_property
+    def cp(self):
+        return _device.cupy()
+
     def on_device(self, device: int):
-        import cupy as cp
-        return cp.cuda.Device(device)
+        return self.cp.cuda.Device(device)
 
     def current_device(self) -> int:
-        import cupy as cp
-        return cp.cuda.runtime.getDevice()
+        return self.cp.cuda.runtime.getDevice()
 
     def traced(self, q) -> bool:
         """True where the inputs are being traced (torch.compile): no eager launch then."""
@@ -177,8 +180,6 @@ class _CudaKind:
 
 class _CuPy(_CudaKind):
     def __init__(self):
-        import cupy as cp
-        self.cp = cp
         self.dtypes = {"float16": np.float16, "float32": np.float32}
 
     def meta(self, x):
@@ -261,11 +262,10 @@ class _Torch(_CudaKind):
         ptr = self.raw_stream(device) if self.raw_stream else self.torch.cuda.current_stream(device).cuda_stream
         s = self.streams.get((ptr, device))
         if s is None:
-            import cupy as cp
             if len(self.streams) > 1024:   # streams come and go; the handles are cheap
                 self.streams.clear()
-            from_external = getattr(cp.cuda.Stream, "from_external", None)
-            s = from_external(_RawStream(ptr)) if from_external else cp.cuda.ExternalStream(ptr, device)
+            from_external = getattr(self.cp.cuda.Stream, "from_external", None)   # CuPy 14: ExternalStream is deprecated
+            s = from_external(_RawStream(ptr)) if from_external else self.cp.cuda.ExternalStream(ptr, device)
             self.streams[(ptr, device)] = s
         return s
 
