@@ -96,7 +96,7 @@ class Worker:
         self.stderr = tempfile.TemporaryFile()
         # ROOT first on sys.path: the worker runs the parent's harness even where the working
         # directory holds another checkout (-m would put the working directory first).
-        boot = f"import sys; sys.path.insert(0, {ROOT!r}); from harness.run.worker import serve; serve()"
+        boot = f"import sys; sys.path.insert(0, {ROOT!r}); from harness.run.worker import serve; serve({os.getpid()})"
         self.proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr)
         self.booted = False

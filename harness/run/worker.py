@@ -74,7 +74,22 @@ def _free_device_memory():
             pass
 
 
-def serve():
+def _die_with_parent(parent: int):
+    """Linux: the kernel kills this process when the parent dies, so that a case that hangs
+    on the GPU cannot outlive a parent that was killed. (The parent's spawning thread is
+    meant: the harness spawns from its main thread.)"""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except Exception:   # not Linux: the worker still exits at end of input
+        return
+    if os.getppid() != parent:   # the parent died before the call
+        os._exit(1)
+
+
+def serve(parent: int | None = None):
+    if parent is not None:
+        _die_with_parent(parent)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)   # a stray print must not land between two replies
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle: it kills us
