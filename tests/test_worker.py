@@ -147,3 +147,17 @@ def test_time_harness_times_a_command_and_writes_markdown(tmp_path, capsys):
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[0] == "startup" and cells[-1] == "0" and float(cells[2]) > 0 and float(cells[3]) > 0
     assert "startup" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_a_real_kernel_fault_is_reported_and_the_next_mode_runs():
+    """On the GPU: real modes around a real kernel fault (a store through a null pointer, which
+    poisons the CUDA context): the fault is that case's result, the modes after it pass in a
+    fresh worker."""
+    real = dict(shape=dict(B=1, H=8, Sq=512, Sk=512, D=64), inputs="randn", seed=1)
+    before = runs.run_case(dict(real, mode="qk_only"))
+    fault = runs.run_case(case("gpu_fault"))
+    after = [runs.run_case(dict(real, mode=m)) for m in ("pv_only", "full")]
+    assert before.passed, before.message
+    assert fault.status == "fault" and ("illegal" in fault.message.lower() or "error" in fault.message.lower()), fault.message
+    assert all(r.passed for r in after), [r.message for r in after]

@@ -31,6 +31,20 @@ def _raise(case):
     raise RuntimeError("raised by test hook")
 
 
+def _gpu_fault(case):
+    """A real kernel fault (a store through a null pointer): the CUDA context is poisoned, as
+    after a faulting variant."""
+    from harness.build.device import cupy
+    cp = cupy()
+    k = cp.RawKernel('extern "C" __global__ void store_null(int* p) { *p = 1; }', "store_null")
+    try:
+        k((1,), (1,), (0,))
+        cp.cuda.runtime.deviceSynchronize()
+    except (cp.cuda.runtime.CUDARuntimeError, cp.cuda.driver.CUDADriverError) as e:
+        return _failed(case, "fault", f"pid {os.getpid()}: {e}")
+    return _hook_result(case)
+
+
 TEST_HOOKS = {
     "ok": _hook_result,
     "fault": lambda case: _hook_result(case, "fault"),
@@ -38,6 +52,7 @@ TEST_HOOKS = {
     "crash": lambda case: os.kill(os.getpid(), signal.SIGSEGV),
     "hang": lambda case: time.sleep(1e9),
     "raise": _raise,
+    "gpu_fault": _gpu_fault,
     "env": lambda case: _failed(case, "ok", os.environ.get(case["var"], "")),
     "where": lambda case: _failed(case, "ok", sys.modules["harness"].__file__),
 }
