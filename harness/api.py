@@ -323,7 +323,10 @@ _BY_MODULE: dict = {}  # "torch" | "cupy" -> kind
 
 def _kind_for_module(module: str):
     if module not in _BY_MODULE:
-        _BY_MODULE[module] = _Torch() if module == "torch" else _CuPy()
+        kind = _BY_MODULE[module] = _Torch() if module == "torch" else _CuPy()
+        # The exact type now, so that a torch.compile trace of forward() finds its kind by a
+        # lookup and mutates nothing.
+        _KINDS[kind.Tensor if module == "torch" else kind.cp.ndarray] = kind
     return _BY_MODULE[module]
 
 
