@@ -9,6 +9,7 @@ Usage:
   python scripts/time_harness.py                                   # run-all and diagnose, mission
   python scripts/time_harness.py --command run-all --shape 1,8,{S},128 --seq 512 --seq 2048
   python scripts/time_harness.py --warm 5 --markdown timings.md --record
+  python scripts/time_harness.py --command run-all --command run-all-1job    # modes at once vs one worker
 Runs pass --no-record (results/ stays clean) unless --record.
 """
 
@@ -26,17 +27,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# name -> the flashcore arguments; {shape} is filled per shape. Add commands here.
+# name -> the flashcore arguments ({shape} is filled per shape) and extra environment.
+# Add commands here.
 COMMANDS = {
-    "run-all": ["run", "--debug", "all", "--shape", "{shape}"],
-    "diagnose": ["diagnose", "--shape", "{shape}"],
-    "startup": ["modes"],              # the CLI's own start-up: the floor under every command
+    "run-all": (["run", "--debug", "all", "--shape", "{shape}"], {}),
+    "diagnose": (["diagnose", "--shape", "{shape}"], {}),
+    # the same with one worker: what running the modes at once buys
+    "run-all-1job": (["run", "--debug", "all", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
+    "diagnose-1job": (["diagnose", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
+    "startup": (["modes"], {}),        # the CLI's own start-up: the floor under every command
 }
 DEFAULT_COMMANDS = ["run-all", "diagnose"]
 DEFAULT_SHAPES = ["mission"]
-RECORDING = {"run-all", "diagnose"}    # commands that take --record/--no-record
+RECORDING = ("run", "diagnose")        # subcommands that take --record/--no-record
 # The issue's warm targets at the mission shape (seconds).
-TARGETS = {("run-all", "mission"): 3.0, ("diagnose", "mission"): 5.0}
+TARGETS = {("run-all", "mission"): 3.0, ("diagnose", "mission"): 5.0,
+           ("run-all-1job", "mission"): 3.0, ("diagnose-1job", "mission"): 5.0}
 
 
 @dataclass
@@ -64,8 +70,8 @@ class Timing:
 
 
 def argv_for(command: str, shape: str, record: bool, flashcore: list) -> list:
-    args = [a.replace("{shape}", shape) for a in COMMANDS[command]]
-    if command in RECORDING and not record:
+    args = [a.replace("{shape}", shape) for a in COMMANDS[command][0]]
+    if args[0] in RECORDING and not record:
         args.append("--no-record")
     return flashcore + args
 
@@ -89,7 +95,7 @@ def time_once(argv: list, env: dict, timeout: float) -> tuple:
 def time_command(command: str, shape: str, warm: int, record: bool, flashcore: list, timeout: float) -> Timing:
     argv = argv_for(command, shape, record, flashcore)
     with tempfile.TemporaryDirectory(prefix="flashcore-cupy-cache-") as cache:
-        env = dict(os.environ, CUPY_CACHE_DIR=cache)
+        env = dict(os.environ, CUPY_CACHE_DIR=cache, **COMMANDS[command][1])
         cold, code, err = time_once(argv, env, timeout)
         t = Timing(command, shape, argv, cold, codes=[code], last_error=err)
         for _ in range(warm):
@@ -158,7 +164,7 @@ def main(argv=None) -> int:
     flashcore = a.flashcore.split() if a.flashcore else [sys.executable, str(REPO / "cli.py")]
     timings = []
     for command in a.command or DEFAULT_COMMANDS:
-        for shape in (shapes if "{shape}" in " ".join(COMMANDS[command]) else ["-"]):
+        for shape in (shapes if "{shape}" in " ".join(COMMANDS[command][0]) else ["-"]):
             timings.append(time_command(command, shape, a.warm, a.record, flashcore, a.timeout))
     print_table(timings)
     if a.markdown:

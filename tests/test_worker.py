@@ -6,7 +6,9 @@ the worker's device error is the parent's one-line error. The failures are the w
 test hooks (harness/run/worker.py), which never touch the GPU."""
 
 import json
+import os
 import pickle
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.errors import NoGPUError
+from harness.errors import FlashCoreError, NoGPUError
 from harness.run import pool, runs
 from tests.conftest import gpu_missing_reason
 
@@ -69,6 +71,49 @@ def test_a_sweep_with_failures_reports_each_case():
     sweep = ["ok", "crash", "ok", "hang", "fault", "raise", "ok"]
     got = [runs.run_case(case(h), timeout=HANG_TIMEOUT_S).status for h in sweep]
     assert got == ["ok", "fault", "ok", "fault", "fault", "fault", "ok"]
+
+
+def test_cases_run_at_once_in_several_workers():
+    seconds, jobs = 2.0, 3
+    pool.prestart(jobs)
+    for w in pool._WORKERS[:jobs]:   # booted: the time below is the cases'
+        w.ready()
+    t0 = time.monotonic()
+    rs = runs.run_cases([case("sleep", seconds=seconds)] * jobs, jobs=jobs)
+    elapsed = time.monotonic() - t0
+    assert [r.status for r in rs] == ["ok"] * jobs
+    assert len({pid_of(r) for r in rs}) == jobs
+    assert elapsed < 2 * seconds, elapsed      # one after the other would take jobs * seconds
+
+
+def test_a_parallel_sweep_reports_each_case_in_order():
+    sweep = ["ok", "hang", "crash", "ok", "fault", "raise", "ok", "ok"]
+    rs = runs.run_cases([case(h) for h in sweep], timeout=HANG_TIMEOUT_S, jobs=3)
+    assert [r.status for r in rs] == ["ok", "fault", "fault", "ok", "fault", "fault", "ok", "ok"]
+    assert "timed out" in rs[1].message and "SIGSEGV" in rs[2].message and "raised by test hook" in rs[5].message
+    assert all(r.variant.mode == "full" for r in rs)
+
+
+def test_workers_share_the_cpus_for_blas(monkeypatch):
+    for var in pool.BLAS_THREADS:
+        monkeypatch.delenv(var, raising=False)
+    rs = runs.run_cases([case("env", var="OMP_NUM_THREADS")] * 2, jobs=2)
+    assert {r.message for r in rs} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")   # the user's choice stands
+    assert {r.message for r in runs.run_cases([case("env", var="OMP_NUM_THREADS")] * 2, jobs=2)} == {"3"}
+
+
+def test_default_jobs(monkeypatch):
+    monkeypatch.delenv("FLASHCORE_JOBS", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert 1 <= pool.default_jobs(6) <= min(6, pool.MAX_JOBS) and pool.default_jobs(1) == 1
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
+    assert pool.default_jobs(6) == 1
+    monkeypatch.setenv("FLASHCORE_JOBS", "4")
+    assert pool.default_jobs(6) == 4
+    monkeypatch.setenv("FLASHCORE_JOBS", "many")
+    with pytest.raises(FlashCoreError, match="FLASHCORE_JOBS"):
+        pool.default_jobs(6)
 
 
 def test_a_large_result_comes_back_intact():
@@ -135,6 +180,8 @@ def test_time_harness_commands_and_shapes_as_data():
     th = _time_harness()
     assert th.argv_for("run-all", "mission", False, ["fc"]) == ["fc", "run", "--debug", "all", "--shape", "mission", "--no-record"]
     assert th.argv_for("diagnose", "1,8,512,128", True, ["fc"]) == ["fc", "diagnose", "--shape", "1,8,512,128"]
+    assert th.argv_for("run-all-1job", "mission", False, ["fc"])[-1] == "--no-record"
+    assert th.COMMANDS["run-all-1job"][1] == {"FLASHCORE_JOBS": "1"}
     assert th.expand_shapes(["mission", "1,8,{S},128"], [256, 1024]) == ["mission", "1,8,256,128", "1,8,1024,128"]
 
 
@@ -161,3 +208,20 @@ def test_a_real_kernel_fault_is_reported_and_the_next_mode_runs():
     assert before.passed, before.message
     assert fault.status == "fault" and ("illegal" in fault.message.lower() or "error" in fault.message.lower()), fault.message
     assert all(r.passed for r in after), [r.message for r in after]
+
+
+@pytest.mark.skipif(gpu_missing_reason() is None, reason="a GPU is present")
+def test_session_sweep_goes_on_and_records_every_mode(monkeypatch, results_tmp):
+    """run_modes through the workers on a machine without a GPU: told device facts, every
+    mode's case fails in its worker (NoGPUError there), each is reported and recorded, in
+    data-flow order."""
+    from debug_modes.registry import DATAFLOW_ORDER
+    from harness import records
+    from harness.check.shapes import Shape
+    from harness.run import session
+    monkeypatch.setattr(pool, "device_facts", lambda: {"device": "fake GPU", "driver": 0, "cupy": "0"})
+    rs = session.run_modes(list(reversed(DATAFLOW_ORDER)), Shape(1, 2, 64, 64, 64), seed=1, show=False)
+    assert [r.variant.mode for r in rs] == list(DATAFLOW_ORDER)
+    assert all(r.status == "fault" and "NoGPUError" in r.message for r in rs), [r.message for r in rs]
+    recs = records.read().records
+    assert [r.get("mode") for r in recs] == list(DATAFLOW_ORDER) and all(r.get("status") == "fault" for r in recs)

@@ -23,10 +23,18 @@ def run_case(case: dict, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S
     case's result with status fault, and the next case gets a fresh worker."""
     if not isolate:
         return run_mode(shape=Shape(**case["shape"]), **{k: v for k, v in case.items() if k != "shape"})
-    try:
-        return pool.run(case, timeout)
-    except pool.WorkerLost as e:
-        return _failed(case, "fault", str(e))
+    return run_cases([case], isolate=True, timeout=timeout, jobs=1)[0]
+
+
+def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S, jobs: int | None = None) -> list:
+    """run_case for several cases, results in their order. Isolated, up to jobs of them run at
+    once, each in its own worker (default: pool.default_jobs); a case that fails its worker
+    is reported and the others go on."""
+    if not isolate:
+        return [run_case(c, isolate=False) for c in cases]
+    jobs = pool.default_jobs(len(cases)) if jobs is None else jobs
+    return [_failed(c, "fault", str(r)) if isinstance(r, pool.WorkerLost) else r
+            for c, r in zip(cases, pool.run_many(cases, timeout, jobs))]
 
 
 def _failed(case, status, message) -> RunResult:

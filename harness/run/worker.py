@@ -51,6 +51,7 @@ TEST_HOOKS = {
     "big": lambda case: _hook_result(case, nbytes=case.get("nbytes", 64 << 20)),
     "crash": lambda case: os.kill(os.getpid(), signal.SIGSEGV),
     "hang": lambda case: time.sleep(1e9),
+    "sleep": lambda case: time.sleep(case["seconds"]) or _hook_result(case),
     "raise": _raise,
     "gpu_fault": _gpu_fault,
     "env": lambda case: _failed(case, "ok", os.environ.get(case["var"], "")),
