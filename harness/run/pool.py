@@ -221,17 +221,19 @@ def _live(n: int) -> list:
     for w in list(_WORKERS):
         if not w.alive() or w.key != key:
             _WORKERS.remove(w)
-            w.close()
+            w.kill()
     threads = max(1, (os.cpu_count() or 1) // n) if n > 1 else None
     while len(_WORKERS) < n:
         _WORKERS.append(Worker(threads))
     return _WORKERS[:n]
 
 
-def _replace(w: Worker, now_dead: bool = False) -> Worker:
-    """A successor for a worker that failed, started at once (it boots while the sweep goes on)."""
+def _replace(w: Worker) -> Worker:
+    """A successor for a worker that failed, started at once (it boots while the sweep goes on).
+    The old one is killed, not asked: it has nothing to finish, and a context torn down after
+    a fault may take its time."""
     i = _WORKERS.index(w)
-    w.kill() if now_dead else w.close()
+    w.kill()
     _WORKERS[i] = Worker(w.blas_threads)
     return _WORKERS[i]
 
@@ -248,7 +250,7 @@ def device_facts() -> dict:
     try:
         w.ready()
     except WorkerLost as e:
-        _replace(w, now_dead=True)
+        _replace(w)
         raise FlashCoreError(f"the harness worker did not start: {e}") from None
     if w.error is not None:
         raise w.error
@@ -290,7 +292,7 @@ def _dispatch(w: Worker, cases: list, i: int, timeout: float, busy: dict, out: l
         w.start(cases[i])
     except WorkerLost as e:   # it died before or while taking the case
         out[i] = e
-        return _replace(w, now_dead=True)
+        return _replace(w)
     busy[w] = (i, time.monotonic() + timeout)
     return w
 
@@ -312,7 +314,7 @@ def _collect(workers: list, busy: dict, out: list, timeout: float):
             out[i] = w.finish(max(0.0, deadline - now))
         except WorkerLost as e:
             out[i] = e
-            workers[workers.index(w)] = _replace(w, now_dead=True)
+            workers[workers.index(w)] = _replace(w)
             continue
         if getattr(out[i], "status", "ok") == "fault":   # the CUDA context is poisoned
             workers[workers.index(w)] = _replace(w)
