@@ -50,7 +50,17 @@ def require_gpu() -> dict:
     return dict(_facts(cp.cuda.Device().id))
 
 
+def device_facts(device_id: int) -> dict:
+    """The facts of one device, queried once per process (the product path asks per device, not
+    per call: getDeviceProperties costs about a millisecond)."""
+    return dict(_facts(device_id))
+
+
+def arch_for(arch: str) -> str:
+    """The arch a device's variants are built for: its own where we build for it, else sm_80."""
+    return arch if arch in RUNTIME_ARCHS else "sm_80"
+
+
 def runtime_arch() -> str:
     """The arch the current device's variants are built for."""
-    arch = require_gpu()["arch"]
-    return arch if arch in RUNTIME_ARCHS else "sm_80"
+    return arch_for(require_gpu()["arch"])

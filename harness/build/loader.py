@@ -1,8 +1,19 @@
 """A variant compiled for the current device: cupy.RawModule over the kernel source with the
-variant's -D flags (compiled once per process, cached on disk by CuPy under compiler.cache_key,
-which hashes the source and its includes)."""
+variant's -D flags, cached on disk by CuPy under compiler.cache_key (which hashes the source
+and its includes).
+
+Two ways in:
+* get_kernel(variant): the harness path. The kernel file as it is now: every call hashes the
+  source (so an edit between two runs is never missed) and compiles once per cache key.
+* KernelSource + compile_function(variant, source): the product path. The source read and
+  hashed once (a snapshot); forward() caches the compiled function per variant itself, so
+  nothing on its per-call path reads a file or hashes.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 from harness.build import compiler
 from harness.build.device import cupy, runtime_arch
@@ -12,22 +23,57 @@ DEFAULT_SMEM = 48 * 1024
 _MODULES: dict = {}
 
 
+def _compile(variant: Variant, src: str, options: tuple, path: Path | None = None):
+    """The kernel function of one variant, loaded into the current device's context."""
+    cp = cupy()
+    try:
+        mod = cp.RawModule(code=src, options=options, backend="nvrtc")
+        fn = mod.get_function(compiler.KERNEL_NAME)
+    except cp.cuda.compiler.CompileException as e:
+        log = compiler.format_compile_log(str(e), compiler.kernel_sources(path))
+        raise compiler.CompileError(f"{variant.label}: compilation failed\n{log}") from None
+    if variant.smem_bytes > DEFAULT_SMEM:
+        fn.max_dynamic_shared_size_bytes = variant.smem_bytes
+    return fn
+
+
 def get_kernel(variant: Variant):
     """The compiled flashcore_fwd for a variant, compiled from the kernel file as it is now."""
     key = compiler.cache_key(variant)
     if key not in _MODULES:
-        cp = cupy()
-        src = compiler.kernel_file().read_text()
-        try:
-            mod = cp.RawModule(code=src, options=compiler.runtime_options(variant), backend="nvrtc")
-            fn = mod.get_function(compiler.KERNEL_NAME)
-        except cp.cuda.compiler.CompileException as e:
-            log = compiler.format_compile_log(str(e), compiler.kernel_sources())
-            raise compiler.CompileError(f"{variant.label}: compilation failed\n{log}") from None
-        if variant.smem_bytes > DEFAULT_SMEM:
-            fn.max_dynamic_shared_size_bytes = variant.smem_bytes
-        _MODULES[key] = fn
+        _MODULES[key] = _compile(variant, compiler.kernel_file().read_text(), compiler.runtime_options(variant))
     return _MODULES[key]
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """The kernel as read once: its text and the compile options up to the variant's -D flags
+    (those carry the hash of the source and its includes: CuPy's own cache key ignores includes)."""
+    path: Path
+    text: str
+    base_options: tuple
+
+    def options(self, variant: Variant) -> tuple:
+        return self.base_options + tuple(f"-D{d}" for d in variant.defines)
+
+    @classmethod
+    def read(cls, path: Path | None = None) -> "KernelSource":
+        """Read and hash the kernel now (path, else $FLASHCORE_KERNEL, else the registry's file)."""
+        path = compiler.kernel_file(path)
+        # runtime_options() is the one definition of the options: the source hash and include
+        # paths, then one -D per define of the variant. Cut the defines of a probe variant off
+        # its end so that every variant shares one read and one hash.
+        probe = Variant()
+        opts, tail = compiler.runtime_options(probe, path), tuple(f"-D{d}" for d in probe.defines)
+        if opts[len(opts) - len(tail):] != tail:
+            raise RuntimeError("compiler.runtime_options no longer ends with the variant's -D flags")
+        return cls(Path(path), Path(path).read_text(), opts[:len(opts) - len(tail)])
+
+
+def compile_function(variant: Variant, source: KernelSource):
+    """The compiled flashcore_fwd for a variant from a source snapshot, for the current device
+    (uncached here: the caller keeps it)."""
+    return _compile(variant, source.text, source.options(variant), source.path)
 
 
 def kernel_resources(variant: Variant) -> dict:

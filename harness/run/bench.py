@@ -4,11 +4,17 @@ Method (triton.testing.do_bench's): warm up, then time each launch with its own 
 events over many back-to-back launches; report the median and p10-p90. Where the working
 set fits in L2, L2 is flushed (a 256 MiB memset) before every timed launch so that the
 numbers are not cache numbers. FLOPs: 4*B*H*Sq*Sk*D, half of it for causal.
+
+Wall per call (the product's latency as a user's loop sees it, launch overhead included):
+forward() and SDPA's default backend each called N times from a Python loop, one
+synchronisation at the end, wall time / N (median of a few loops). forward() is handed in
+by the caller: the harness path does not import the product path.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -89,6 +95,7 @@ class BenchRow:
     resources: dict = field(default_factory=dict)
     nwarps: int = 4
     tiles: dict = field(default_factory=dict)
+    wall: dict = field(default_factory=dict)    # "forward" | "sdpa" -> us per call; "inputs": torch | cupy
 
     @property
     def tflops(self) -> float:
@@ -102,9 +109,60 @@ class BenchRow:
     def to_dict(self) -> dict:
         d = {"label": self.label, "shape": asdict(self.shape), "causal": self.causal, "mode": self.mode,
              "nwarps": self.nwarps, "tiles": self.tiles, "flops": self.flops, "kernel": asdict(self.kernel),
-             "tflops": self.tflops, "resources": self.resources,
+             "tflops": self.tflops, "resources": self.resources, "wall": self.wall,
              "sdpa": {k: asdict(v) | {"tflops": v.tflops(self.flops)} for k, v in self.sdpa.items()}}
         return d
+
+
+# ------------------------------------------------------------------ wall per call
+WALL_CALLS = 300          # the issue's loop: 300 calls, one synchronisation
+WALL_BUDGET_S = 0.25      # fewer calls where the kernel is long (one loop at most about this)
+WALL_REPS = 3
+
+
+def wall_per_call(fn, sync, n: int = WALL_CALLS, reps: int = WALL_REPS, warmup: int = 10) -> float:
+    """Microseconds per call of fn from a Python loop: n calls, one sync() at the end, wall
+    time / n; the median of reps loops."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    per_call = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        per_call.append((time.perf_counter() - t0) / n)
+    return float(np.median(per_call)) * 1e6
+
+
+def wall_calls(kernel_us: float) -> int:
+    return int(min(WALL_CALLS, max(20, WALL_BUDGET_S * 1e6 / max(kernel_us, 1e-3))))
+
+
+def _torch_cuda():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def wall_times(forward, causal: bool, q, k, v, n: int, with_sdpa: bool = True) -> dict:
+    """forward() on torch tensors (CuPy arrays where there is no torch with CUDA), and SDPA's
+    default backend on the same tensors, as wall time per call."""
+    torch = _torch_cuda()
+    if torch is None:
+        import cupy as cp
+        return {"inputs": "cupy",
+                "forward": wall_per_call(lambda: forward(q, k, v, causal=causal), cp.cuda.Device().synchronize, n)}
+    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+    out = {"inputs": "torch",
+           "forward": wall_per_call(lambda: forward(tq, tk, tv, causal=causal), torch.cuda.synchronize, n)}
+    if with_sdpa:
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        out["sdpa"] = wall_per_call(lambda: sdpa(tq, tk, tv, is_causal=causal), torch.cuda.synchronize, n)
+    return out
 
 
 def _sdpa_timings(shape: Shape, causal: bool, q, k, v) -> dict:
@@ -135,7 +193,9 @@ def _fits_l2(shape: Shape, l2_bytes: int = 60 << 20) -> bool:
 
 
 def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full", with_sdpa: bool = True,
-              nwarps: int | None = None, seed: int = 0, **tiles) -> BenchRow:
+              nwarps: int | None = None, seed: int = 0, forward=None, **tiles) -> BenchRow:
+    """One row: CUDA-event times of the kernel (and SDPA's flash and cuDNN); with forward (the
+    product's forward(), for mode full) also the wall time per call of it and of SDPA."""
     from harness.build.loader import kernel_resources
     from harness.run.gpu import prepare
     import cupy as cp
@@ -150,11 +210,27 @@ def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full"
     row.tiles = {"nwarps": pre.variant.nwarps, "m_frags": pre.variant.m_frags, "block_n": pre.variant.block_n}
     if with_sdpa and mode == "full":
         row.sdpa = _sdpa_timings(shape, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"])
+    if forward is not None and mode == "full":
+        row.wall = wall_times(forward, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"],
+                              wall_calls(t.median_us), with_sdpa)
     return row
 
 
 def pct(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.0f}%"
+
+
+def _us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _wall_cols(r: BenchRow) -> list:
+    """forward() wall per call, its excess over the kernel's event time, SDPA's wall per call,
+    and the ratio SDPA/forward (throughput, like the other ratios: > 1 = forward faster)."""
+    fw, sd = r.wall.get("forward"), r.wall.get("sdpa")
+    on = " (CuPy)" if r.wall.get("inputs") == "cupy" else ""
+    return [_us(fw) + (on if fw is not None else ""), f"{fw - r.kernel.median_us:+.1f}" if fw is not None else "-", _us(sd),
+            f"{sd / fw:.2f}x" if fw and sd else "-"]
 
 
 def _cols(r: BenchRow, peak: float | None) -> list:
@@ -164,18 +240,23 @@ def _cols(r: BenchRow, peak: float | None) -> list:
             f"{r.tflops:.1f}", pct(100 * r.tflops / peak if peak else None),
             f"{fl.median_us:.1f}" if fl else "-", f"{fl.tflops(r.flops):.1f}" if fl else "-",
             f"{r.ratio('sdpa_flash'):.2f}x" if fl else "-",
-            f"{cu.median_us:.1f}" if cu else "-", f"{r.ratio('sdpa_cudnn'):.2f}x" if cu else "-"]
+            f"{cu.median_us:.1f}" if cu else "-", f"{r.ratio('sdpa_cudnn'):.2f}x" if cu else "-"] + _wall_cols(r)
 
 
 HEADERS = ["case", "B,H,S,D", "causal", "kernel us median (p10-p90)", "TFLOP/s", "% fp16 peak",
-           "SDPA flash us", "flash TFLOP/s", "kernel/flash", "SDPA cuDNN us", "kernel/cuDNN"]
+           "SDPA flash us", "flash TFLOP/s", "kernel/flash", "SDPA cuDNN us", "kernel/cuDNN",
+           "forward() wall us/call", "wall - kernel us", "SDPA wall us/call", "SDPA/forward wall"]
+
+
+WALL_NOTE = (f"wall: forward() and SDPA (default backend) called up to {WALL_CALLS} times from a Python loop, "
+             f"one synchronize, wall time per call (median of {WALL_REPS} loops)")
 
 
 def rich_table(rows, device: dict):
     from rich.table import Table
     peak = fp16_peak(device.get("device", ""))
     t = Table(title=f"flashcore bench on {device.get('device')} (driver {device.get('driver')}); "
-                    f"ratios are throughput, > 1 = kernel faster", title_justify="left")
+                    f"ratios are throughput, > 1 = kernel faster; {WALL_NOTE}", title_justify="left")
     for h in HEADERS:
         t.add_column(h, justify="left" if h in ("case", "B,H,S,D", "causal") else "right")
     for r in rows:
@@ -188,6 +269,7 @@ def markdown(rows, device: dict, date: str, command: str) -> str:
     lines = [f"GPU: {device.get('device')}, driver {device.get('driver')}, CUDA runtime {device.get('runtime')}, "
              f"CuPy {device.get('cupy')}; {date}.", "",
              f"Reproduce: `{command}`", "",
+             f"Kernel and SDPA flash/cuDNN columns: CUDA events per launch. {WALL_NOTE[0].upper() + WALL_NOTE[1:]}.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(_cols(r, peak)) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -1,43 +1,40 @@
-"""Sweeps of (mode, shape) cases: each case optionally in its own process, so that a kernel
-fault (which poisons the CUDA context) in one variant does not take down the others; and
-the run record of DESIGN.md for each result."""
+"""Sweeps of (mode, shape) cases: each case optionally isolated in the harness's worker process
+(pool.py), so that a kernel fault (which poisons the CUDA context) in one variant does not take
+down the others; and the run record of DESIGN.md for each result."""
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
-import subprocess
-import sys
-import tempfile
 from dataclasses import asdict
 
 from harness.build import compiler
 
 from harness import records
+from harness.run import pool
 from harness.run.gpu import RunResult, run_mode
 from harness.check.shapes import Shape
 from harness.build.variant import Variant
 
-WORKER_TIMEOUT_S = 300
+WORKER_TIMEOUT_S = pool.CASE_TIMEOUT_S
 
 
-def run_case(case: dict, isolate: bool = True) -> RunResult:
-    """case: keyword arguments of gpu.run_mode with shape as a dict."""
+def run_case(case: dict, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S) -> RunResult:
+    """case: keyword arguments of gpu.run_mode with shape as a dict. Isolated, it runs in the
+    worker process; a fault, crash, exception or hang there (past timeout seconds) is this
+    case's result with status fault, and the next case gets a fresh worker."""
     if not isolate:
         return run_mode(shape=Shape(**case["shape"]), **{k: v for k, v in case.items() if k != "shape"})
-    with tempfile.TemporaryDirectory(prefix="flashcore-") as tmp:
-        out = os.path.join(tmp, "result.pkl")
-        try:
-            proc = subprocess.run([sys.executable, "-m", "harness.run.worker", json.dumps(case), out],
-                                  capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return _failed(case, "fault", f"timed out after {WORKER_TIMEOUT_S} s (hang?)")
-        if proc.returncode == 0 and os.path.exists(out):
-            with open(out, "rb") as f:
-                return pickle.load(f)
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return _failed(case, "fault", f"worker exited {proc.returncode}: {tail}")
+    return run_cases([case], isolate=True, timeout=timeout, jobs=1)[0]
+
+
+def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S, jobs: int | None = None) -> list:
+    """run_case for several cases, results in their order. Isolated, up to jobs of them run at
+    once, each in its own worker (default: pool.default_jobs); a case that fails its worker
+    is reported and the others go on."""
+    if not isolate:
+        return [run_case(c, isolate=False) for c in cases]
+    jobs = pool.default_jobs(len(cases)) if jobs is None else jobs
+    return [_failed(c, "fault", str(r)) if isinstance(r, pool.WorkerLost) else r
+            for c, r in zip(cases, pool.run_many(cases, timeout, jobs))]
 
 
 def _failed(case, status, message) -> RunResult:

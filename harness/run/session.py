@@ -1,11 +1,11 @@
-"""What `flashcore run` does, as an API: validate, run each mode (isolated or not), print
-the error table, record every result."""
+"""What `flashcore run` does, as an API: validate, run each mode (isolated in the worker
+process, or here), print the error table, record every result."""
 
 from __future__ import annotations
 
 from debug_modes.registry import DATAFLOW_ORDER
 from harness import records
-from harness.run import runs
+from harness.run import pool, runs
 from harness.build.device import require_gpu
 from harness.show.report import console, error_table
 from harness.build.variant import Variant
@@ -18,19 +18,21 @@ def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None,
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
     # uniform_p has no causal form: in a sweep it runs non-causal, asked for alone it is an error.
     causal_of = {m: causal and (m != "uniform_p" or len(modes) == 1) for m in modes}
+    isolate = len(modes) > 1 if isolate is None else isolate
+    jobs = pool.default_jobs(len(modes))
+    if isolate:
+        pool.prestart(jobs)   # the workers boot (CuPy, the CUDA context) while we validate
     for m in modes:   # validate every variant before touching the GPU
         Variant(m, shape.D, causal_of[m], tuple(bugs))
-    device = require_gpu()
+    # Isolated, a worker tells the device facts: this process never initialises CUDA.
+    device = pool.device_facts() if isolate else require_gpu()
     seed = fresh_seed() if seed is None else seed
-    isolate = len(modes) > 1 if isolate is None else isolate
-    results = []
-    for m in modes:
-        case = dict(mode=m, shape=dict(B=shape.B, H=shape.H, Sq=shape.Sq, Sk=shape.Sk, D=shape.D),
-                    causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs),
-                    keep_outputs=keep_outputs)
-        r = runs.run_case(case, isolate=isolate)
-        results.append(r)
-        if record:
+    cases = [dict(mode=m, shape=dict(B=shape.B, H=shape.H, Sq=shape.Sq, Sk=shape.Sk, D=shape.D),
+                  causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs),
+                  keep_outputs=keep_outputs) for m in modes]
+    results = runs.run_cases(cases, isolate=isolate, jobs=jobs)
+    if record:
+        for r in results:
             records.append(runs.run_record(r, device))
     if show:
         t = title or (f"{shape.label}{' causal' if causal else ''}  inputs={inputs} seed={seed}  "

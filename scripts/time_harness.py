@@ -1,0 +1,177 @@
+"""Time whole flashcore commands as a user runs them: subprocess wall clock, one cold run
+then N warm runs (median, min-max), per command and shape; a table, optionally Markdown.
+
+Cold: CuPy's kernel cache is a fresh empty directory, so every variant compiles. Warm: the
+same directory afterwards. Each run is a new process (Python, CuPy, the CUDA context and the
+harness's worker start every time), as when a user types the command.
+
+Usage:
+  python scripts/time_harness.py                                   # run-all and diagnose, mission
+  python scripts/time_harness.py --command run-all --shape 1,8,{S},128 --seq 512 --seq 2048
+  python scripts/time_harness.py --warm 5 --markdown timings.md --record
+  python scripts/time_harness.py --command run-all --command run-all-1job    # modes at once vs one worker
+Runs pass --no-record (results/ stays clean) unless --record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# name -> the flashcore arguments ({shape} is filled per shape) and extra environment.
+# Add commands here.
+COMMANDS = {
+    "run-all": (["run", "--debug", "all", "--shape", "{shape}"], {}),
+    "diagnose": (["diagnose", "--shape", "{shape}"], {}),
+    # the same with one worker: what running the modes at once buys
+    "run-all-1job": (["run", "--debug", "all", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
+    "diagnose-1job": (["diagnose", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
+    "startup": (["modes"], {}),        # the CLI's own start-up: the floor under every command
+}
+DEFAULT_COMMANDS = ["run-all", "diagnose"]
+DEFAULT_SHAPES = ["mission"]
+RECORDING = ("run", "diagnose")        # subcommands that take --record/--no-record
+# The issue's warm targets at the mission shape (seconds).
+TARGETS = {("run-all", "mission"): 3.0, ("diagnose", "mission"): 5.0,
+           ("run-all-1job", "mission"): 3.0, ("diagnose-1job", "mission"): 5.0}
+
+
+@dataclass
+class Timing:
+    command: str
+    shape: str
+    argv: list
+    cold_s: float
+    warm_s: list = field(default_factory=list)
+    codes: list = field(default_factory=list)
+    last_error: str = ""
+
+    @property
+    def warm_median(self) -> float | None:
+        return statistics.median(self.warm_s) if self.warm_s else None
+
+    @property
+    def target(self) -> float | None:
+        return TARGETS.get((self.command, self.shape))
+
+    @property
+    def failed(self) -> bool:
+        """A run that errored (exit 2 and up): its time says nothing (1 is a check that failed)."""
+        return any(c not in (0, 1) for c in self.codes)
+
+
+def argv_for(command: str, shape: str, record: bool, flashcore: list) -> list:
+    args = [a.replace("{shape}", shape) for a in COMMANDS[command][0]]
+    if args[0] in RECORDING and not record:
+        args.append("--no-record")
+    return flashcore + args
+
+
+def expand_shapes(shapes: list, seqs: list) -> list:
+    """'1,8,{S},128' once per --seq value; other shapes as given."""
+    out = []
+    for s in shapes:
+        out += [s.replace("{S}", str(n)) for n in seqs] if "{S}" in s else [s]
+    return out
+
+
+def time_once(argv: list, env: dict, timeout: float) -> tuple:
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    elapsed = time.perf_counter() - t0
+    err = (p.stderr.strip().splitlines() or [""])[-1] if p.returncode not in (0, 1) else ""
+    return elapsed, p.returncode, err
+
+
+def time_command(command: str, shape: str, warm: int, record: bool, flashcore: list, timeout: float) -> Timing:
+    argv = argv_for(command, shape, record, flashcore)
+    with tempfile.TemporaryDirectory(prefix="flashcore-cupy-cache-") as cache:
+        env = dict(os.environ, CUPY_CACHE_DIR=cache, **COMMANDS[command][1])
+        cold, code, err = time_once(argv, env, timeout)
+        t = Timing(command, shape, argv, cold, codes=[code], last_error=err)
+        for _ in range(warm):
+            s, code, err = time_once(argv, env, timeout)
+            t.warm_s.append(s)
+            t.codes.append(code)
+            t.last_error = err or t.last_error
+    return t
+
+
+HEADERS = ["command", "shape", "cold s", "warm s (median)", "warm min-max", "target", "exit codes"]
+
+
+def row(t: Timing) -> list:
+    med = t.warm_median
+    if t.target is None:
+        target = "-"
+    elif t.failed:
+        target = f"<= {t.target:g} s: runs failed"
+    else:
+        target = f"<= {t.target:g} s " + ("met" if med is not None and med <= t.target else "MISSED")
+    return [t.command, t.shape, f"{t.cold_s:.2f}", "-" if med is None else f"{med:.2f}",
+            f"{min(t.warm_s):.2f}-{max(t.warm_s):.2f}" if t.warm_s else "-", target,
+            ",".join(map(str, sorted(set(t.codes))))]
+
+
+def markdown(timings: list, warm: int) -> str:
+    lines = [f"Wall clock of whole commands (`scripts/time_harness.py`): one cold run (empty CuPy kernel "
+             f"cache), then {warm} warm runs; each run a new process.", "",
+             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row(t)) + " |" for t in timings]
+    errors = [f"- `{' '.join(t.argv[2:])}`: {t.last_error}" for t in timings if t.last_error]
+    return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
+
+
+def print_table(timings: list):
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="flashcore commands, wall clock (cold: empty CuPy kernel cache)", title_justify="left")
+    for h in HEADERS:
+        table.add_column(h, justify="left" if h in ("command", "shape", "target") else "right")
+    for t in timings:
+        table.add_row(*row(t))
+    console = Console(width=max(140, Console().width))   # one line per row, also in a log
+    console.print(table)
+    for t in timings:
+        if t.last_error:
+            console.print(f"{t.command} {t.shape}: {t.last_error}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--command", action="append", choices=sorted(COMMANDS), help="default: " + ", ".join(DEFAULT_COMMANDS))
+    ap.add_argument("--shape", action="append", help="mission | short | long | B,H,S,D, '{S}' for each --seq (default mission)")
+    ap.add_argument("--seq", action="append", type=int, default=[], help="sequence lengths for shapes with {S}")
+    ap.add_argument("--warm", type=int, default=3, help="warm runs after the cold one")
+    ap.add_argument("--record", action="store_true", help="let the commands append to results/ (default: --no-record)")
+    ap.add_argument("--markdown", help="also write the table as Markdown to this file")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    ap.add_argument("--flashcore", default=None,
+                    help="how to invoke flashcore (default: this Python on the checkout's cli.py)")
+    a = ap.parse_args(argv)
+    if any("{S}" in s for s in a.shape or ()) and not a.seq:
+        ap.error("a shape with {S} needs --seq")
+    shapes = expand_shapes(a.shape or DEFAULT_SHAPES, a.seq)
+    flashcore = a.flashcore.split() if a.flashcore else [sys.executable, str(REPO / "cli.py")]
+    timings = []
+    for command in a.command or DEFAULT_COMMANDS:
+        for shape in (shapes if "{shape}" in " ".join(COMMANDS[command][0]) else ["-"]):
+            timings.append(time_command(command, shape, a.warm, a.record, flashcore, a.timeout))
+    print_table(timings)
+    if a.markdown:
+        Path(a.markdown).write_text(markdown(timings, a.warm))
+        print(f"written {a.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The product path on CPU: forward()'s per-call path reads no file, hashes nothing and queries
+no device (a fake array kind stands in for torch/CuPy and a stub for the compiled kernel, so
+everything between the call and the launch is the real code); set-up is cached per variant and
+undone by reload(); the kernel's argument tuple; every bad input is a one-line UsageError.
+Where torch is installed: CPU tensors are refused in one line, and torch's tracer goes through
+forward() into the custom op (no GPU needed: fake CUDA tensors)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from debug_modes.registry import KERNEL_PARAMS
+from harness import api
+from harness.build import compiler, loader
+from harness.build import device as _device
+from harness.build.variant import Variant, tiles_for
+from harness.check.shapes import SUPPORTED_HEAD_DIMS, Shape
+from harness.errors import UsageError
+
+
+# ------------------------------------------------------------------ a fake array kind
+class FakeArray:
+    def __init__(self, shape, dtype="float16", device=0):
+        self.shape, self.dtype, self.device = tuple(shape), dtype, device
+
+
+class FakeKind(api._CudaKind):
+    """Metadata like torch's, a recorded launch instead of a kernel, no CUDA calls."""
+
+    def __init__(self):
+        self.launches = []
+
+    def meta(self, x):
+        return (x.shape, x.dtype, x.device)
+
+    def dtype_name(self, dtype):
+        return dtype
+
+    def device_index(self, dev):
+        return None if dev == "cpu" else dev
+
+    def device_label(self, dev):
+        return "cpu" if dev == "cpu" else f"cuda:{dev}"
+
+    def on_device(self, device):
+        return contextlib.nullcontext()
+
+    def current_device(self):
+        return 0
+
+    def contiguous(self, x):
+        return x
+
+    def empty(self, like, shape, dtype):
+        return FakeArray(shape, dtype, like.device)
+
+    def ptr(self, x):
+        return id(x)
+
+    def launch(self, plan, args):
+        self.launches.append((plan, args))
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """forward() on FakeArrays: the kernel source is really read and hashed on a miss, the
+    compile step and the device query are stubs that count their calls."""
+    kind = FakeKind()
+    kind.compiled = []
+    kind.facts = []
+    monkeypatch.setitem(api._KINDS, FakeArray, kind)
+
+    def compile_function(variant, source):
+        kind.compiled.append((variant, source.options(variant)))
+        return f"fn:{variant.label}"
+
+    def device_facts(device_id):
+        kind.facts.append(device_id)
+        return {"arch": "sm_90"}
+
+    monkeypatch.setattr(loader, "compile_function", compile_function)
+    monkeypatch.setattr(_device, "device_facts", device_facts)
+    api.reload()
+    yield kind
+    api.reload()
+
+
+def qkv(B=1, H=8, Sq=512, Sk=None, D=64, dtype="float16", device=0):
+    Sk = Sq if Sk is None else Sk
+    return (FakeArray((B, H, Sq, D), dtype, device), FakeArray((B, H, Sk, D), dtype, device),
+            FakeArray((B, H, Sk, D), dtype, device))
+
+
+# ------------------------------------------------------------------ the per-call path
+_WATCH: list | None = None   # events seen while a guard is on; None: no guard
+_AUDITED = ("open", "os.listdir", "os.scandir", "glob.glob", "subprocess.Popen", "os.system")
+
+
+def _audit(event, args):
+    if _WATCH is not None and event in _AUDITED:
+        _WATCH.append(f"{event} {args[0] if args else ''}")
+
+
+sys.addaudithook(_audit)   # audit hooks cannot be removed: this one only records while a guard is on
+
+
+@contextlib.contextmanager
+def guard(monkeypatch):
+    """Records every file opened or listed, every hash computed, every stat and every device
+    query while on; yields the list of what was seen."""
+    global _WATCH
+    seen: list = []
+
+    def spy(name, fn):
+        def wrapped(*a, **kw):
+            seen.append(name)
+            return fn(*a, **kw)
+        return wrapped
+
+    with monkeypatch.context() as m:
+        for name in ("sha256", "sha1", "md5", "blake2b", "new"):
+            m.setattr(hashlib, name, spy(f"hashlib.{name}", getattr(hashlib, name)))
+        m.setattr(os, "stat", spy("os.stat", os.stat))
+        m.setattr(_device, "require_gpu", spy("require_gpu", _device.require_gpu))
+        m.setattr(_device, "device_facts", spy("device_facts", _device.device_facts))
+        _WATCH = seen
+        try:
+            yield seen
+        finally:
+            _WATCH = None
+
+
+def test_per_call_path_reads_no_file_hashes_nothing_queries_no_device(fake, monkeypatch):
+    with guard(monkeypatch) as first:
+        api.forward(*qkv())
+    # The guard sees the set-up: the first call reads and hashes the kernel (else this test
+    # could not fail).
+    assert any(e.startswith("open") for e in first) and "hashlib.sha256" in first and "device_facts" in first
+    with guard(monkeypatch) as later:
+        for _ in range(3):
+            api.forward(*qkv())
+            api.forward(*qkv(), lse=True, scale=0.1)
+        # a new shape with the same variant: a new launch plan, the same compiled function
+        api.forward(*qkv(Sq=300, Sk=700))
+    assert later == [], later
+    assert len(fake.compiled) == 1 and len(fake.launches) == 8
+
+
+def test_setup_is_cached_per_device_head_dim_causal_and_tiles(fake):
+    cases = [qkv(D=64), qkv(D=128), qkv(D=64, device=1), qkv(B=64, H=16, Sq=2048)]
+    for c in cases:
+        api.forward(*c)
+        api.forward(*c, causal=True)
+        api.forward(*c)
+    keys = {(v.head_dim, v.causal, v.m_frags, v.nwarps, v.block_n, v.kv_stages) for v, _ in fake.compiled}
+    assert len(fake.compiled) == len(keys) + 2   # device 1 compiles D=64 again (both causal forms)
+    assert len(fake.compiled) == 2 * len(cases)
+    assert sorted(set(fake.facts)) == [0, 1] and len(fake.facts) == len(fake.compiled)
+
+
+def test_one_source_read_serves_every_variant(fake, monkeypatch):
+    reads = []
+    real = loader.KernelSource.read
+    monkeypatch.setattr(loader.KernelSource, "read", classmethod(lambda cls, *a: reads.append(1) or real(*a)))
+    for D in SUPPORTED_HEAD_DIMS:
+        for causal in (False, True):
+            api.forward(*qkv(D=D), causal=causal)
+    assert len(reads) == 1 and len(fake.compiled) == 2 * len(SUPPORTED_HEAD_DIMS)
+    # every variant's options are exactly the harness path's (one hash, one definition)
+    for variant, options in fake.compiled:
+        assert options == compiler.runtime_options(variant)
+
+
+def test_launch_geometry_and_arguments(fake):
+    q, k, v = qkv(B=2, H=3, Sq=300, Sk=700, D=128)
+    o, lse = api.forward(q, k, v, causal=True, lse=True)
+    plan, args = fake.launches[-1]
+    shape = Shape(2, 3, 300, 700, 128)
+    variant = Variant("full", 128, True, arch="sm_90", **tiles_for(shape))
+    assert plan.variant == variant
+    assert plan.grid == (math.ceil(300 / variant.block_m), 3, 2) and plan.block == (variant.threads,)
+    assert plan.smem == variant.smem_bytes
+    assert o.shape == (2, 3, 300, 128) and o.dtype == "float16"
+    assert lse.shape == (2, 3, 300) and lse.dtype == "float32"
+    assert args[:5] == (id(q), id(k), id(v), id(o), id(lse))
+    assert args[-6:] == (3, 300, 700, np.float32(1 / math.sqrt(128)), 0, 300)
+
+
+def test_kernel_args_layout():
+    args = api.kernel_args(11, 12, 13, 14, 0, H=4, Sq=77, Sk=131, scale=0.25)
+    n_ptr = len(KERNEL_PARAMS)
+    assert len(args) == n_ptr + 6
+    assert args[:n_ptr] == (11, 12, 13, 14, 0) + (0,) * (n_ptr - 5)
+    tail = args[n_ptr:]
+    assert [type(x) for x in tail] == [np.int32, np.int32, np.int32, np.float32, np.int32, np.int32]
+    assert tail == (4, 77, 131, np.float32(0.25), 0, 77)   # row0 = 0, n_rows = Sq: every query row
+
+
+def test_reload_picks_up_an_edited_kernel(fake, tmp_path, monkeypatch):
+    src = tmp_path / "k"
+    shutil.copytree(compiler.kernel_file().parent, src, ignore=shutil.ignore_patterns("__pycache__"))
+    path = src / compiler.kernel_file().name
+    monkeypatch.setenv("FLASHCORE_KERNEL", str(path))
+    api.forward(*qkv())
+    path.write_text(path.read_text() + "\n// edited\n")
+    api.forward(*qkv(), causal=True)     # a new variant, still from the snapshot of the first call
+    api.reload()
+    api.forward(*qkv())
+    hashes = [next(o for o in opts if o.startswith("-DFLASHCORE_SRC_HASH=")) for _, opts in fake.compiled]
+    assert len(hashes) == 3 and hashes[0] == hashes[1] != hashes[2]
+    assert hashes[2] == f"-DFLASHCORE_SRC_HASH={compiler.source_hash(path)[:16]}"
+
+
+# ------------------------------------------------------------------ bad inputs: one line each
+BAD = [
+    ("cpu", lambda: qkv(device="cpu"), "q: a tensor on cpu; forward() needs CUDA tensors"),
+    ("devices", lambda: (qkv()[0], *qkv(device=1)[1:]), "q, k, v are on different devices: q cuda:0, k cuda:1"),
+    ("float32", lambda: qkv(dtype="float32"), "q: dtype float32; forward() takes float16"),
+    ("bfloat16 k", lambda: (qkv()[0], FakeArray((1, 8, 512, 64), "bfloat16"), qkv()[2]), "k: dtype bfloat16"),
+    ("3-D", lambda: (FakeArray((8, 512, 64)),) + qkv()[1:], "q: shape (8, 512, 64) is not 4-D"),
+    ("zero B", lambda: qkv(B=0), "q: shape (0, 8, 512, 64) has a zero-size dimension"),
+    ("zero Sk", lambda: qkv(Sk=0), "k: shape (1, 8, 0, 64) has a zero-size dimension"),
+    ("head dim", lambda: qkv(D=96), "unsupported head dim 96"),
+    ("k != v", lambda: (*qkv()[:2], FakeArray((1, 8, 511, 64))), "shapes do not match"),
+    ("H", lambda: (qkv()[0], *qkv(H=4)[1:]), "shapes do not match"),
+    ("D", lambda: (qkv(D=128)[0], *qkv(D=64)[1:]), "shapes do not match"),
+    ("grid", lambda: qkv(B=70000, Sq=16), "must be at most 65535"),
+]
+
+
+@pytest.mark.parametrize("label,make,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_usage_error(fake, label, make, needle):
+    with pytest.raises(UsageError) as e:
+        api.forward(*make())
+    assert "\n" not in str(e.value) and needle in str(e.value)
+    assert fake.launches == [] and fake.compiled == []
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf")])
+def test_bad_scale(fake, scale):
+    with pytest.raises(UsageError, match="scale must be a finite number"):
+        api.forward(*qkv(), scale=scale)
+
+
+@pytest.mark.parametrize("q,needle", [
+    (np.zeros((1, 8, 512, 64), np.float16), "q: a NumPy (host) array"),
+    ([[1.0]], "q: a builtins.list"),
+])
+def test_not_an_array_kind(q, needle):
+    with pytest.raises(UsageError) as e:
+        api.forward(q, q, q)
+    assert "\n" not in str(e.value) and needle in str(e.value)
+
+
+class OtherArray(FakeArray):
+    pass
+
+
+def test_mixed_kinds(fake, monkeypatch):
+    monkeypatch.setitem(api._KINDS, OtherArray, FakeKind())
+    q, k, v = qkv()
+    with pytest.raises(UsageError) as e:
+        api.forward(q, OtherArray(k.shape), v)
+    assert str(e.value) == "q, k, v are of different kinds (FakeArray, OtherArray, FakeArray); pass one kind"
+
+
+# ------------------------------------------------------------------ torch, where installed (no GPU needed)
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def test_torch_cpu_tensors_are_one_line_usage_errors():
+    torch = _torch()
+    q = torch.zeros(1, 8, 128, 64, dtype=torch.float16)
+    with pytest.raises(UsageError) as e:
+        api.forward(q, q, q)
+    assert str(e.value) == "q: a tensor on cpu; forward() needs CUDA tensors (e.g. .cuda())"
+
+
+def _fake_cuda(torch, *shapes, dtype=None):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        return [torch.empty(*s, dtype=dtype or torch.float16, device="cuda") for s in shapes]
+
+
+def test_torch_ops_are_registered_with_fake_implementations():
+    torch = _torch()
+    ops = api.register_torch_ops()
+    q, k = _fake_cuda(torch, (2, 3, 77, 128), (2, 3, 131, 128))
+    o = ops.attention(q, k, k, True, None)
+    o2, lse = ops.attention_lse(q, k, k, False, 0.5)
+    assert tuple(o.shape) == tuple(o2.shape) == (2, 3, 77, 128) and o.dtype == torch.float16
+    assert tuple(lse.shape) == (2, 3, 77) and lse.dtype == torch.float32
+    assert str(o.device).startswith("cuda") and o.is_contiguous()
+
+
+def test_fake_implementation_checks_inputs_in_one_line():
+    torch = _torch()
+    q, k = _fake_cuda(torch, (1, 8, 128, 64), (1, 8, 128, 96))
+    with pytest.raises(UsageError) as e:
+        api.register_torch_ops().attention(q, k, k, False, None)
+    assert "shapes do not match" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_torch_tracer_goes_through_forward_into_the_custom_op():
+    """What torch.compile(fullgraph=True) needs: dynamo traces forward() with no graph break
+    and the graph holds flashcore::attention (fake CUDA tensors: no GPU needed)."""
+    torch = _torch()
+    import torch._dynamo
+
+    class M(torch.nn.Module):
+        def forward(self, q, k, v):
+            return api.forward(q, k, v, causal=True) * 2, api.forward(q, k, v, lse=True)[1]
+
+    q, k = _fake_cuda(torch, (1, 8, 256, 64), (1, 8, 320, 64))
+    gm, _ = torch._dynamo.export(M(), aten_graph=False)(q, k, k)   # raises on a graph break
+    code = gm.code
+    assert "torch.ops.flashcore.attention(" in code and "torch.ops.flashcore.attention_lse(" in code
+    o, lse = gm(q, k, k)
+    assert tuple(o.shape) == (1, 8, 256, 64) and tuple(lse.shape) == (1, 8, 256)
+
+
+# ------------------------------------------------------------------ bench's wall-per-call columns
+def test_wall_per_call_is_one_sync_per_loop():
+    from harness.run import bench
+    calls, syncs = [], []
+    us = bench.wall_per_call(lambda: calls.append(1), lambda: syncs.append(len(calls)), n=50, reps=3, warmup=7)
+    assert len(calls) == 7 + 3 * 50 and syncs == [7, 57, 107, 157] and us > 0
+
+
+def test_wall_calls_bounded_by_the_budget():
+    from harness.run import bench
+    assert bench.wall_calls(1.0) == bench.WALL_CALLS
+    long_us = bench.WALL_BUDGET_S * 1e6 / 50
+    assert bench.wall_calls(long_us) == 50 and bench.wall_calls(1e9) == 20
+
+
+def _row(wall):
+    from harness.run import bench
+    t = bench.Timing(100.0, 90.0, 110.0, 10)
+    return bench.BenchRow("mission", Shape(1, 8, 512, 512, 64), False, "full", t, 1e9,
+                          sdpa={"sdpa_flash": bench.Timing(120.0, 110.0, 130.0, 10)}, wall=wall)
+
+
+def test_wall_columns_in_table_and_markdown():
+    from harness.run import bench
+    rows = [_row({"inputs": "torch", "forward": 104.0, "sdpa": 130.0}), _row({}), _row({"inputs": "cupy", "forward": 103.0})]
+    md = bench.markdown(rows, {"device": "NVIDIA H200"}, "2026-01-01", "flashcore bench")
+    table = [l for l in md.splitlines() if l.startswith("|")]
+    assert table[0] == "| " + " | ".join(bench.HEADERS) + " |"
+    cells = [l.strip("|").split(" | ") for l in table[2:]]
+    assert all(len(c) == len(bench.HEADERS) for c in cells)
+    col = {h: i for i, h in enumerate(bench.HEADERS)}
+    fw, ex, sd, ratio = (col[h] for h in ("forward() wall us/call", "wall - kernel us", "SDPA wall us/call", "SDPA/forward wall"))
+    assert [cells[0][i].strip() for i in (fw, ex, sd, ratio)] == ["104.0", "+4.0", "130.0", "1.25x"]
+    assert [cells[1][i].strip() for i in (fw, ex, sd, ratio)] == ["-"] * 4
+    assert cells[2][fw].strip() == "103.0 (CuPy)" and cells[2][sd].strip() == "-"
+    assert rows[0].to_dict()["wall"]["forward"] == 104.0
+    assert len(bench.rich_table(rows, {"device": "NVIDIA H200"}).columns) == len(bench.HEADERS)

@@ -1,0 +1,208 @@
+"""GPU tests of the product path, one per claim of README's "Python API": forward() agrees with
+SDPA and between torch and CuPy; its per-call path touches no file, hash or device query on real
+tensors; it runs on the caller's current stream; it can be captured in a CUDA graph; torch.compile
+(fullgraph, and with CUDA graphs) traces through the custom op; opcheck passes; reload() recompiles;
+bad CUDA inputs are one-line UsageErrors."""
+
+import math
+
+import numpy as np
+import pytest
+
+from harness import api
+from harness.check.inputs import fresh_seed, make_inputs
+from harness.check.shapes import Shape
+from harness.errors import UsageError
+from tests.test_api import guard
+
+pytestmark = pytest.mark.gpu
+
+MISSION = Shape(1, 8, 512, 512, 64)
+ODD = Shape(2, 3, 77, 131, 128)
+
+
+def _torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    return torch
+
+
+def _inputs(torch, shape, seed=None):
+    q, k, v = make_inputs(shape, "randn", fresh_seed() if seed is None else seed)
+    return tuple(torch.from_numpy(x).cuda() for x in (q, k, v))
+
+
+def _sdpa(torch, q, k, v, causal=False, scale=None):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+def _close_to_sdpa(torch, o, q, k, v, causal=False, scale=None):
+    """Same tolerance rule as the suite's SDPA check, against float64 attention."""
+    from harness.check import metrics as met
+    from harness.check import stages
+    qn, kn, vn = (x.cpu().numpy() for x in (q, k, v))
+    s = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    exact, _ = stages.stage_references("full", qn, kn, vn, causal, s, 64, {})["O"]
+    err_k = met.abs_error(o.cpu().numpy(), exact).max()
+    err_s = met.abs_error(_sdpa(torch, q, k, v, causal, scale).cpu().numpy(), exact).max()
+    return err_k <= 2 * err_s + met.ATOL_REL * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("shape,causal", [(MISSION, False), (MISSION, True), (ODD, False), (ODD, True)])
+def test_torch_and_cupy_agree_with_sdpa_and_each_other(shape, causal):
+    torch = _torch()
+    import cupy as cp
+    q, k, v = _inputs(torch, shape)
+    o, lse = api.forward(q, k, v, causal=causal, lse=True)
+    assert isinstance(o, torch.Tensor) and o.dtype == torch.float16 and o.shape == q.shape
+    assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
+    assert _close_to_sdpa(torch, o, q, k, v, causal)
+    s = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(shape.D)
+    if causal:
+        s = s.masked_fill(torch.ones(shape.Sq, shape.Sk, device=s.device, dtype=torch.bool).triu(1), float("-inf"))
+    assert torch.allclose(lse, torch.logsumexp(s, -1), rtol=1e-4, atol=1e-4)
+    oc = api.forward(*(cp.asarray(x) for x in (q, k, v)), causal=causal)
+    assert isinstance(oc, cp.ndarray)
+    assert torch.equal(torch.from_dlpack(oc), o)        # one kernel, bitwise the same
+
+
+def test_scale_and_non_contiguous_inputs():
+    torch = _torch()
+    q, k, v = _inputs(torch, MISSION)
+    o = api.forward(q, k, v, scale=0.3)
+    assert _close_to_sdpa(torch, o, q, k, v, scale=0.3)
+    # [B,S,H,D] storage seen as [B,H,S,D]: forward() copies it contiguous
+    qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not qt.is_contiguous()
+    assert torch.equal(api.forward(qt, kt, vt, scale=0.3), o)
+
+
+@pytest.mark.parametrize("kind", ["torch", "cupy"])
+def test_per_call_path_touches_no_file_hash_or_device_query(kind, monkeypatch):
+    torch = _torch()
+    import cupy as cp
+    q, k, v = _inputs(torch, MISSION)
+    if kind == "cupy":
+        q, k, v = (cp.asarray(x) for x in (q, k, v))
+    calls = [dict(), dict(causal=True), dict(lse=True), dict(causal=True, lse=True, scale=0.2)]
+    for kw in calls:                            # set-up: the two variants compile here
+        api.forward(q, k, v, **kw)
+    with guard(monkeypatch) as seen:
+        for _ in range(20):
+            for kw in calls:
+                api.forward(q, k, v, **kw)
+    assert seen == [], seen
+
+
+def test_runs_on_the_callers_current_stream():
+    """The inputs are written on a side stream behind a long sleep; forward() on that stream
+    must see them (on any other stream it would read the zeros it started with)."""
+    torch = _torch()
+    q, k, v = _inputs(torch, MISSION)
+    expected = api.forward(q, k, v)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    qz, kz, vz = (torch.zeros_like(x) for x in (q, k, v))
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)          # ~0.1 s of GPU cycles
+        for dst, src in ((qz, q), (kz, k), (vz, v)):
+            dst.copy_(src)
+        o = api.forward(qz, kz, vz)
+    torch.cuda.synchronize()
+    assert torch.equal(o, expected)
+
+
+def test_cuda_graph_capture_and_replay():
+    torch = _torch()
+    q, k, v = _inputs(torch, MISSION)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):               # warm-up (compiles) outside the capture, as torch asks
+        api.forward(q, k, v, causal=True)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        o_graph = api.forward(q, k, v, causal=True)
+    q2, k2, v2 = _inputs(torch, MISSION)
+    for dst, src in ((q, q2), (k, k2), (v, v2)):
+        dst.copy_(src)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o_graph, api.forward(q2, k2, v2, causal=True))
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_torch_compile_fullgraph(mode):
+    """torch.compile traces forward() into flashcore::attention with no graph break (fullgraph);
+    reduce-overhead also captures it in inductor's CUDA graphs."""
+    torch = _torch()
+    q, k, v = _inputs(torch, ODD)
+
+    def f(q, k, v):
+        o, lse = api.forward(q, k, v, causal=True, lse=True)
+        return o * 2, lse + 1
+
+    compiled = torch.compile(f, fullgraph=True, mode=mode)
+    for _ in range(3):                           # reduce-overhead records on a later call
+        o, lse = compiled(q, k, v)
+    eo, else_ = f(q, k, v)
+    torch.cuda.synchronize()
+    assert torch.equal(o, eo) and torch.equal(lse, else_)
+
+
+def test_opcheck():
+    torch = _torch()
+    ops = api.register_torch_ops()
+    q, k, v = _inputs(torch, ODD)
+    torch.library.opcheck(ops.attention.default, (q, k, v, True, None))
+    torch.library.opcheck(ops.attention_lse.default, (q, k, v, False, 0.2))
+
+
+def test_reload_recompiles_and_agrees():
+    torch = _torch()
+    q, k, v = _inputs(torch, MISSION)
+    o = api.forward(q, k, v)
+    api.reload()
+    assert api._FUNCTIONS == {} and api._SOURCE is None
+    assert torch.equal(api.forward(q, k, v), o)
+    assert len(api._FUNCTIONS) == 1 and api._SOURCE is not None
+
+
+def test_bad_cuda_inputs_are_one_line_usage_errors():
+    torch = _torch()
+    import cupy as cp
+    q, k, v = _inputs(torch, MISSION)
+    bad = [((q.float(), k, v), "q: dtype float32"),
+           ((q, k.bfloat16(), v), "k: dtype bfloat16"),
+           ((q, k[:, :, :, :32].contiguous(), v), "shapes do not match"),
+           ((q[:, :, :0], k, v), "zero-size"),
+           ((q, k.cpu(), v), "k: a tensor on cpu"),
+           ((cp.asarray(q).astype(cp.float32), cp.asarray(k), cp.asarray(v)), "q: dtype float32"),
+           ((q, cp.asarray(k), v), "different kinds")]
+    if torch.cuda.device_count() > 1:
+        bad.append(((q, k.to("cuda:1"), v), "different devices"))
+    for args, needle in bad:
+        with pytest.raises(UsageError) as e:
+            api.forward(*args)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_second_device_when_present():
+    torch = _torch()
+    if torch.cuda.device_count() < 2:
+        pytest.skip("one GPU")
+    q, k, v = _inputs(torch, MISSION)
+    o0 = api.forward(q, k, v)
+    o1 = api.forward(*(x.to("cuda:1") for x in (q, k, v)))
+    assert o1.device.index == 1 and torch.equal(o1.cpu(), o0.cpu())
+
+
+def test_bench_reports_wall_per_call_of_forward_and_sdpa():
+    """The bench's wall columns come from real loops on torch tensors, into the table."""
+    _torch()
+    from harness.run import bench
+    row = bench.bench_one("mission", MISSION, forward=api.forward)
+    assert row.wall["inputs"] == "torch" and row.wall["forward"] > 0 and row.wall["sdpa"] > 0
+    md = bench.markdown([row], {"device": "gpu"}, "today", "flashcore bench")
+    assert f"{row.wall['forward']:.1f}" in md
