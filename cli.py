@@ -6,6 +6,7 @@ one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -83,6 +84,33 @@ def with_shape_options(f):
     return f
 
 
+check_options = [
+    click.option("--reference-device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+                 help="where the float64 references and the metrics run (cpu: the NumPy host path)"),
+    click.option("--rows", default=None,
+                 help="query rows the [rows, keys] modes check: all, or query-tile indices such as 0,5,-1 "
+                      "(default: every row when the matrices are small, else the first, a middle and the last tile)"),
+]
+
+
+def with_check_options(f):
+    """--reference-device and --rows, checked before the GPU is touched and handed to every
+    mode of the command (and its worker processes) as run_mode's defaults, so the command's
+    body does not carry them (docs/DESIGN.md §7)."""
+    @functools.wraps(f)
+    def wrapper(*args, reference_device, rows, **kw):
+        from harness.run import gpu
+        from debug_modes.registry import ISOLATED
+        if rows:
+            modes_ = _modes_arg(kw["debug"]) if "debug" in kw else ISOLATED
+            gpu.validate_rows(modes_, _shape_arg(kw["shape"], kw.get("sk"), kw.get("head_dim")), rows)
+        with gpu.check_settings(reference_device, rows):
+            return f(*args, **kw)
+    for opt in reversed(check_options):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
 # ------------------------------------------------------------------ modes
 @cli.command()
 def modes():
@@ -144,6 +172,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
 @cli.command()
 @click.option("--debug", "debug", default="full", show_default=True, help="mode, comma list, or all (data-flow order)")
 @with_shape_options
+@with_check_options
 @click.option("--inputs", default="randn", show_default=True, help="randn | large | uniform | identical_rows | onehot_keys")
 @click.option("--seed", type=int, default=None, help="input seed (default: fresh, printed and recorded)")
 @click.option("--scale", type=float, default=None, help="softmax scale (default 1/sqrt(D))")
@@ -167,6 +196,7 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
 # ------------------------------------------------------------------ diagnose, smoking gun, sanitize
 @cli.command()
 @with_shape_options
+@with_check_options
 @click.option("--inputs", default="randn", show_default=True, help="input set")
 @click.option("--seed", type=int, default=None, help="input seed (default: fresh)")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
