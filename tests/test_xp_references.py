@@ -347,6 +347,18 @@ def test_run_result_carries_no_big_arrays():
     assert "one head only: h=3" in " ".join(result.folds[0].hints)
 
 
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_judge_every_mode_keeps_a_corner_of_each_output(mode):
+    shape = Shape(1, 2, 200, 300, 64)
+    rows = [(0, 128)] if MODES[mode].windowed else None
+    result, _ = _judged(shape, mode, lambda got: None, rows)
+    assert result.passed and not result.folds
+    for b in MODES[mode].writes:
+        out, exp = result.outputs[b.output], result.expected[b.output]
+        assert out.shape == exp.shape and out.shape[:3] == (1, 1, gpu.SAMPLE_ROWS)
+        assert isinstance(out, np.ndarray) and out.ndim == (3 if b.dims == "BHSq" else 4)
+
+
 def test_judge_counts_writes_outside_the_window_and_races():
     shape = Shape(1, 2, 256, 256, 64)
     rows = [(0, 128)]

@@ -306,6 +306,11 @@ def launch_windows(variant: Variant, shape: Shape, scale: float, seed: int, host
     return Launched(got, moved, outside)
 
 
+def _corner(a):
+    """The [1, 1, SAMPLE_ROWS(, SAMPLE_COLS)] corner of (b=0, h=0), on the host."""
+    return to_host(a[:1, :1, :SAMPLE_ROWS] if a.ndim == 3 else a[:1, :1, :SAMPLE_ROWS, :SAMPLE_COLS])
+
+
 def judge(result: RunResult, launched: Launched, refs: dict, row_index=None, folds: bool = False,
           keep_outputs: bool = False) -> RunResult:
     """Metrics of every output over the checked rows (and folds of the failing ones), computed
@@ -333,8 +338,7 @@ def judge(result: RunResult, launched: Launched, refs: dict, row_index=None, fol
                                               v.warp_rows, n_keys=shape.Sk, row_ranges=result.rows_checked,
                                               n_rows=shape.Sq))
         if keep_outputs:
-            result.outputs[b.output] = to_host(got[:1, :1, :SAMPLE_ROWS, :SAMPLE_COLS])
-            result.expected[b.output] = to_host(exact[:1, :1, :SAMPLE_ROWS, :SAMPLE_COLS])
+            result.outputs[b.output], result.expected[b.output] = _corner(got), _corner(exact)
         del err
     return result
 
