@@ -104,14 +104,20 @@ def save_png(folds: list, path: str, title: str = ""):
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--png needs matplotlib: pip install 'flashcore[plot]'") from None
-    panels = [(title, a) for f in folds for title, a, _, _ in _panels(f)]
+    from matplotlib.ticker import MaxNLocator
+    panels = [(name, a) for f in folds for name, a, _, _ in _panels(f)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (name, a) in zip(axes[0], panels):
+        # NaN (rows not checked) stays NaN through log10 and is drawn blank
         im = ax.imshow(np.log10(np.maximum(np.atleast_2d(a), 1e-3)), cmap="magma", vmin=-3, vmax=4,
                        aspect="auto", interpolation="nearest")
         ax.set_title(name, fontsize=9)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
         if np.atleast_2d(a).shape[0] == 1:
             ax.set_yticks([])
+    if any(np.isnan(f.tiles).any() for f in folds):
+        title += "  (blank: query rows not checked)"
     fig.colorbar(im, ax=axes[0].tolist(), label="log10(error / tol)")
     fig.suptitle(title)
     hints = "; ".join(h for f in folds for h in f.hints)
