@@ -77,20 +77,26 @@ def valid_mask(rows, Sk: int, causal: bool, xp=np):
     return xp.arange(Sk)[None, :] <= xp.asarray(rows)[:, None]
 
 
+def _rows_on(xp, rows):
+    """Row indices as an array of xp (a host-to-device copy only when they are on the host)."""
+    return rows if array_module(rows) is xp else xp.asarray(np.asarray(rows))
+
+
 def _mask(s, rows, Sk: int, causal: bool, col0: int = 0):
     """s with -inf where key col0 + j is invisible to query rows[i] (causal only: the tail
-    is masked by the callers that pad)."""
+    is masked by the callers that pad). rows may already be on s's device (kp_attention
+    copies them once per row chunk, not once per key tile: each copy waits for the device)."""
     if not causal:
         return s
     xp = array_module(s)
-    invisible = xp.arange(col0, col0 + Sk)[None, :] > xp.asarray(np.asarray(rows))[:, None]
+    invisible = xp.arange(col0, col0 + Sk)[None, :] > _rows_on(xp, rows)[:, None]
     return xp.where(invisible, s.dtype.type(-np.inf), s)
 
 
 def exact_scores(q, k, scale: float, causal: bool, rows=None):
     """float64 S = scale * q k^T (q [..., Sq, D], k [..., Sk, D]), masked entries = -inf."""
     rows = all_rows(q.shape[-2]) if rows is None else rows
-    s = (take_rows(q, rows).astype(F64) @ _swap(k.astype(F64))) * scale
+    s = (take_rows(q, rows).astype(F64) @ _swap(k.astype(F64, copy=False))) * scale
     return _mask(s, rows, k.shape[-2], causal)
 
 
@@ -111,9 +117,9 @@ def exact_attention(q, k, v, scale: float, causal: bool, rows=None):
     lead = q.shape[:-2]
     o = xp.empty(lead + (len(rows), v.shape[-1]), dtype=F64)
     lse = xp.empty(lead + (len(rows),), dtype=F64)
-    v64 = v.astype(F64)
+    k64, v64 = k.astype(F64), v.astype(F64)     # once, not per row chunk
     for i0, chunk in row_chunks(rows, k.shape[-2], _lead(q), xp):
-        m, l, p = exact_softmax(exact_scores(q, k, scale, causal, chunk))
+        m, l, p = exact_softmax(exact_scores(q, k64, scale, causal, chunk))
         o[..., i0:i0 + len(chunk), :] = p @ v64
         lse[..., i0:i0 + len(chunk)] = m + xp.log(l)
     return o, lse
@@ -185,7 +191,7 @@ def _pv_accumulate(o32, p32, v, fp32_p: bool):
 def kp_scores(q, k, scale: float, causal: bool, rows=None):
     """fp32 S = fp32(q k^T) * fp32(scale), masked = -inf (tensor-core products are exact)."""
     rows = all_rows(q.shape[-2]) if rows is None else rows
-    s = (take_rows(q, rows).astype(F32) @ _swap(k.astype(F32))) * F32(scale)
+    s = (take_rows(q, rows).astype(F32) @ _swap(k.astype(F32, copy=False))) * F32(scale)
     return _mask(s, rows, k.shape[-2], causal).astype(F32)
 
 
@@ -208,14 +214,14 @@ def kp_attention(q, k, v, scale: float, causal: bool, block_n: int, fp32_p: bool
     lse = xp.empty(lead + (len(rows),), dtype=F32)
     k32 = k.astype(F32)
     for i0, chunk in row_chunks(rows, _kp_width(xp, Sk, block_n, D), _lead(q), xp):
-        q32 = take_rows(q, chunk).astype(F32)
+        q32, chunk_rows = take_rows(q, chunk).astype(F32), _rows_on(xp, chunk)
         m = xp.full(lead + (len(chunk),), -np.inf, dtype=F32)
         l = xp.zeros(lead + (len(chunk),), dtype=F32)
         o = xp.zeros(lead + (len(chunk), D), dtype=F32)
         for t0 in range(0, Sk, block_n):
             t1 = min(Sk, t0 + block_n)
             s = (q32 @ _swap(k32[..., t0:t1, :])) * F32(1.0)        # raw scores: the scale is in sl2
-            s = _mask(s, chunk, t1 - t0, causal, t0)
+            s = _mask(s, chunk_rows, t1 - t0, causal, t0)
             p, alpha, m, l = _online_softmax_step(s, m, l, sl2)
             o = _pv_accumulate((o * alpha[..., None]).astype(F32), p, v[..., t0:t1, :], fp32_p)
         inv = (F32(1) / l).astype(F32)
