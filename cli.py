@@ -6,6 +6,7 @@ one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -95,6 +96,35 @@ def _coverage_cases(sk, head_dim, causal, modes):
     return cases_for(head_dim, causal, modes)
 
 
+check_options = [
+    click.option("--reference-device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+                 help="where the float64 references and the metrics run (cpu: the NumPy host path)"),
+    click.option("--rows", default=None,
+                 help="query rows the [rows, keys] modes check: all, or query-tile indices such as 0,5,-1 "
+                      "(default: every row when the matrices are small, else the first, a middle and the last tile)"),
+]
+
+
+def with_check_options(f):
+    """--reference-device and --rows, checked before the GPU is touched and handed to every
+    mode of the command (and its worker processes) as run_mode's defaults, so the command's
+    body does not carry them (docs/DESIGN.md §7)."""
+    @functools.wraps(f)
+    def wrapper(*args, reference_device, rows, **kw):
+        from harness.run import gpu
+        from debug_modes.registry import ISOLATED
+        if rows and kw.get("shape") is None:
+            raise UsageError("--rows needs --shape: the coverage shapes are small and checked whole")
+        if rows:
+            modes_ = _modes_arg(kw["debug"]) if "debug" in kw else ISOLATED
+            gpu.validate_rows(modes_, _shape_arg(kw["shape"], kw.get("sk"), kw.get("head_dim")), rows)
+        with gpu.check_settings(reference_device, rows):
+            return f(*args, **kw)
+    for opt in reversed(check_options):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
 # ------------------------------------------------------------------ modes
 @cli.command()
 def modes():
@@ -156,13 +186,14 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
 @cli.command()
 @click.option("--debug", "debug", default="full", show_default=True, help="mode, comma list, or all (data-flow order)")
 @with_shape_options
+@with_check_options
 @click.option("--inputs", default="randn", show_default=True, help="randn | large | uniform | identical_rows | onehot_keys")
 @click.option("--seed", type=int, default=None, help="input seed (default: fresh, printed and recorded)")
 @click.option("--scale", type=float, default=None, help="softmax scale (default 1/sqrt(D))")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug (must-fail check)")
 @click.option("--record/--no-record", default=True, show_default=True, help="append run records to results/")
 @click.option("--isolate/--no-isolate", default=None,
-              help="one process per mode (default: on for several modes, and always on in the coverage sweep)")
+              help="run in harness worker processes, replaced after a fault (default: on for several modes, and always on in the coverage sweep)")
 def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate):
     """Run debug mode(s) on a GPU against the float64 references; print the stage-isolated
     error table. Without --shape: every shape of the coverage set, one row per shape, the
@@ -189,6 +220,7 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
 # ------------------------------------------------------------------ diagnose, smoking gun, sanitize
 @cli.command()
 @with_shape_options
+@with_check_options
 @click.option("--inputs", default="randn", show_default=True, help="input set")
 @click.option("--seed", type=int, default=None, help="input seed (default: fresh)")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")

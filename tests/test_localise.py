@@ -34,7 +34,7 @@ def test_one_tile():
 def test_tail_tile():
     e = noise((1, 1, 100, 100))                      # Sq = Sk = 100: the last tiles are partial
     e[0, 0, :, 99] = 5                               # last key column wrong (tail mask)
-    assert "last (tail) tile only" in hints_of(e, "S")
+    assert "the last (tail) key tile only" in hints_of(e, "S")
 
 
 def test_one_warp():

@@ -119,8 +119,8 @@ def test_default_jobs(monkeypatch):
 def test_a_large_result_comes_back_intact():
     nbytes = 48 << 20
     r = runs.run_case(case("big", nbytes=nbytes))
-    assert r.status == "ok" and r.errors["O"].nbytes == nbytes
-    assert np.array_equal(r.errors["O"][-3:], np.arange(nbytes // 4 - 3, nbytes // 4, dtype=np.float32))
+    assert r.status == "ok" and r.outputs["O"].nbytes == nbytes
+    assert np.array_equal(r.outputs["O"][-3:], np.arange(nbytes // 4 - 3, nbytes // 4, dtype=np.float32))
 
 
 def test_a_changed_environment_gets_a_fresh_worker(monkeypatch):

@@ -1,92 +1,129 @@
 """Per-mode reference builders: inputs a debug mode injects, and (exact, kernel-precision)
-pairs for every buffer the mode writes. Works head by head (see reference.py on memory)."""
+pairs for every buffer the mode writes, on the host or the device (the array module of q).
+
+`rows` (a host array of absolute query-row indices, None = every row) restricts the [rows,
+keys] matrices and the per-row outputs to the rows a window checks (docs/DESIGN.md §7): the
+windowed modes' outputs exist only there. Work is done in blocks of heads and rows so that
+no float64 block exceeds the array module's budget (reference.chunk_elems).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from harness.check import reference as ref
+from harness.check.xp import array_module
 
 F32, F64 = np.float32, np.float64
-
-
-def _heads(q):
-    B, H = q.shape[:2]
-    for b in range(B):
-        for h in range(H):
-            yield b, h
 
 
 def s_width(injected: dict) -> int:
     return injected["S_in"].shape[-1]
 
 
-def _alloc(shape, kp_dtype):
-    return np.empty(shape, F64), np.empty(shape, kp_dtype)
+def _rows(q, rows) -> np.ndarray:
+    return ref.all_rows(q.shape[2]) if rows is None else np.asarray(rows)
 
 
-def injected_inputs(mode: str, q, k, v, causal: bool, scale: float, sk_pad: int | None = None) -> dict:
+def _heads_view(a):
+    """[B, H, ...] -> [B*H, ...] (a view of a contiguous array: writes land in a)."""
+    return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+
+
+def head_groups(n_heads: int, xp) -> list:
+    """Host: one head at a time, the NumPy references' blocking, so that host results stay
+    bit for bit what they were (BLAS results depend on the matrix sizes); device: every head
+    at once, so that each launch has work enough."""
+    step = 1 if xp is np else n_heads
+    return [slice(h, min(n_heads, h + step)) for h in range(0, n_heads, step)]
+
+
+def blocks(n_heads: int, n_rows: int, width: int, xp):
+    """(head slice, row slice) blocks for the [rows, keys] stages: on the host one head with
+    every row (as before); on the device every head, in row chunks that keep one float64
+    [heads, rows, width] block within the budget."""
+    rows_per = n_rows if xp is np else max(1, min(n_rows, ref.chunk_elems(xp) // max(width * n_heads, 1)))
+    for hs in head_groups(n_heads, xp):
+        for r0 in range(0, n_rows, rows_per):
+            yield hs, slice(r0, min(n_rows, r0 + rows_per))
+
+
+def _alloc(xp, shape, kp_dtype):
+    return xp.empty(shape, F64), xp.empty(shape, kp_dtype)
+
+
+def injected_inputs(mode: str, q, k, v, causal: bool, scale: float, sk_pad: int | None = None,
+                    rows=None) -> dict:
     """The exact stage inputs that softmax_only (S) and pv_only (P) read instead of computing,
-    at the padded key width sk_pad (docs/DESIGN.md, "Stage boundaries"): the padded columns
-    hold what the previous stage must produce there, S = -inf and P = 0."""
+    for the query rows `rows`, at the padded key width sk_pad (docs/DESIGN.md, "Stage
+    boundaries"): the padded columns hold what the previous stage must produce there,
+    S = -inf and P = 0."""
     if mode not in ("softmax_only", "pv_only"):
         return {}
-    B, H, Sq, _ = q.shape
+    xp = array_module(q)
+    B, H = q.shape[:2]
     Sk = k.shape[2]
+    rows = _rows(q, rows)
     sk_pad = Sk if sk_pad is None else sk_pad
-    out = np.empty((B, H, Sq, sk_pad), F32)
+    out = xp.empty((B, H, len(rows), sk_pad), F32)
     out[..., Sk:] = -np.inf if mode == "softmax_only" else 0.0
-    for b, h in _heads(q):
-        s = ref.exact_scores(q[b, h], k[b, h], scale, causal)
-        out[b, h, :, :Sk] = s if mode == "softmax_only" else ref.exact_softmax(s)[2]
+    qh, kh, oh = _heads_view(q), _heads_view(k), _heads_view(out)
+    for hs, rs in blocks(B * H, len(rows), Sk, xp):
+        s = ref.exact_scores(qh[hs], kh[hs], scale, causal, rows[rs])
+        oh[hs, rs, :Sk] = (s if mode == "softmax_only" else ref.exact_softmax(s)[2]).astype(F32)
     return {"S_in" if mode == "softmax_only" else "P_in": out}
 
 
 def stage_references(mode: str, q, k, v, causal: bool, scale: float, block_n: int, injected: dict,
-                     sk_pad: int | None = None) -> dict:
-    """{output name: (exact float64 array, kernel-precision array)} for the mode's outputs.
-    [rows, keys] outputs are at the padded key width sk_pad: S = -inf and P = 0 there."""
-    B, H, Sq, D = q.shape
+                     sk_pad: int | None = None, rows=None) -> dict:
+    """{output name: (exact float64 array, kernel-precision array)} for the mode's outputs,
+    over the query rows `rows` (the injected inputs hold exactly those rows). [rows, keys]
+    outputs are at the padded key width sk_pad: S = -inf and P = 0 there."""
+    xp = array_module(q)
+    B, H, _, D = q.shape
     Sk = k.shape[2]
+    rows = _rows(q, rows)
+    R = len(rows)
     sk_pad = Sk if sk_pad is None else sk_pad
+    qh, kh, vh = _heads_view(q), _heads_view(k), _heads_view(v)
     res = {}
     if mode in ("full", "fp32_p"):
         fp32_p = mode == "fp32_p"
-        res["O"] = _alloc((B, H, Sq, D), F32 if fp32_p else np.float16)
-        res["LSE"] = _alloc((B, H, Sq), F32)
-        for b, h in _heads(q):
-            o, lse = ref.exact_attention(q[b, h], k[b, h], v[b, h], scale, causal)
-            res["O"][0][b, h], res["LSE"][0][b, h] = o, lse
-            o, lse = ref.kp_attention(q[b, h], k[b, h], v[b, h], scale, causal, block_n, fp32_p)
-            res["O"][1][b, h], res["LSE"][1][b, h] = o, lse
+        res["O"] = _alloc(xp, (B, H, R, D), F32 if fp32_p else np.float16)
+        res["LSE"] = _alloc(xp, (B, H, R), F32)
+        (o, o_kp), (lse, lse_kp) = ((_heads_view(a) for a in res[n]) for n in ("O", "LSE"))
+        for hs in head_groups(B * H, xp):      # each chunks its rows by its own width
+            o[hs], lse[hs] = ref.exact_attention(qh[hs], kh[hs], vh[hs], scale, causal, rows)
+            o_kp[hs], lse_kp[hs] = ref.kp_attention(qh[hs], kh[hs], vh[hs], scale, causal, block_n, fp32_p, rows)
     elif mode == "qk_only":
-        res["S"] = _alloc((B, H, Sq, sk_pad), F32)
-        for a in res["S"]:
+        res["S"] = _alloc(xp, (B, H, R, sk_pad), F32)
+        exact, kp = (_heads_view(a) for a in res["S"])
+        for a in (exact, kp):
             a[..., Sk:] = -np.inf              # the padded keys of the tail tile: masked
-        for b, h in _heads(q):
-            res["S"][0][b, h, :, :Sk] = ref.exact_scores(q[b, h], k[b, h], scale, causal)
-            res["S"][1][b, h, :, :Sk] = ref.kp_scores(q[b, h], k[b, h], scale, causal)
+        for hs, rs in blocks(B * H, R, Sk, xp):
+            exact[hs, rs, :Sk] = ref.exact_scores(qh[hs], kh[hs], scale, causal, rows[rs])
+            kp[hs, rs, :Sk] = ref.kp_scores(qh[hs], kh[hs], scale, causal, rows[rs])
     elif mode == "softmax_only":
         # S_in carries -inf in its padded columns, so P = 0 there in both references.
-        for name, shape in (("m", (B, H, Sq)), ("l", (B, H, Sq)), ("P", (B, H, Sq, s_width(injected)))):
-            res[name] = _alloc(shape, F32)
-        s_in = injected["S_in"]
-        for b, h in _heads(q):
-            exact = ref.exact_softmax(s_in[b, h])
-            kp = ref.kp_softmax(s_in[b, h], block_n)
+        for name, shape in (("m", (B, H, R)), ("l", (B, H, R)), ("P", (B, H, R, s_width(injected)))):
+            res[name] = _alloc(xp, shape, F32)
+        s_in = _heads_view(injected["S_in"])
+        views = {name: tuple(_heads_view(a) for a in res[name]) for name in res}
+        for hs, rs in blocks(B * H, R, s_in.shape[-1], xp):
+            exact = ref.exact_softmax(s_in[hs, rs])
+            kp = ref.kp_softmax(s_in[hs, rs], block_n)
             for name, e, p in zip(("m", "l", "P"), exact, kp):
-                res[name][0][b, h], res[name][1][b, h] = e, p
+                views[name][0][hs, rs], views[name][1][hs, rs] = e, p
     elif mode == "pv_only":
-        res["O"] = _alloc((B, H, Sq, D), np.float16)
-        p_in = injected["P_in"][..., :Sk]      # the padded columns are 0: no contribution
-        for b, h in _heads(q):
-            res["O"][0][b, h] = p_in[b, h].astype(F64) @ v[b, h].astype(F64)
-            res["O"][1][b, h] = ref.kp_pv(p_in[b, h], v[b, h])
+        res["O"] = _alloc(xp, (B, H, R, D), np.float16)
+        exact, kp = (_heads_view(a) for a in res["O"])
+        p_in = _heads_view(injected["P_in"])[..., :Sk]      # the padded columns are 0: no contribution
+        v64 = vh.astype(F64)
+        for hs, rs in blocks(B * H, R, Sk, xp):
+            exact[hs, rs] = p_in[hs, rs].astype(F64) @ v64[hs]
+            kp[hs, rs] = ref.kp_pv(p_in[hs, rs], vh[hs])
     elif mode == "uniform_p":
-        res["O"] = _alloc((B, H, Sq, D), np.float16)
-        for b, h in _heads(q):
-            res["O"][0][b, h] = ref.uniform_p_output(v[b, h], Sq)
-            res["O"][1][b, h] = ref.kp_uniform(v[b, h], Sq)
+        res["O"] = (ref.uniform_p_output(v, R), ref.kp_uniform(v, R))
     else:
         raise KeyError(mode)
     return res

@@ -14,8 +14,6 @@ from rich.table import Table
 
 from harness.show import heatmap
 
-from harness.check import localise
-
 from harness.run import session
 from harness.show.report import console, fmt, verdict
 
@@ -55,14 +53,9 @@ def bisect_stages(results) -> tuple:
 
 
 def localise_result(r) -> list:
-    """Folds of every failing output of a result."""
-    out = []
-    for m in r.metrics:
-        if not m.passed and m.output in r.errors:
-            out.append(localise.fold(r.errors[m.output], m.tol, f"{r.variant.mode}/{m.output}",
-                                     r.variant.block_m, r.variant.block_n,
-                                     r.outputs.get(m.output), r.expected.get(m.output), r.variant.warp_rows))
-    return out
+    """Folds of every failing output of a result: run_mode computed them where the error
+    arrays were (keep_outputs=True), so that no full-size array crosses the process boundary."""
+    return list(r.folds)
 
 
 def diagnose(shape, causal=False, inputs="randn", seed=None, bugs=(), record=True, isolate=True,
@@ -91,12 +84,27 @@ def print_diagnosis(d: Diagnosis):
     console.print(f"[bold red]first failing stage: {STAGE_TEXT[d.stage]}[/]  (mode {mode})")
     if d.failing.status != "ok":
         console.print(f"  {d.failing.status}: {d.failing.message}")
+    elif d.failing.rows_checked is not None:
+        console.print(f"  rows checked: {rows_checked_text(d.failing)}")
     moved = {m.output: m.extra.get("nondeterministic", 0) for m in d.failing.metrics}
     if any(moved.values()):
         console.print(f"[bold red]  the output moved between two launches on the same inputs ({moved}): a race. "
                       f"Next: flashcore sanitize --tool racecheck --debug {mode}[/]")
     for f in d.folds:
         console.print(heatmap.render_folds(f))
+
+
+def rows_checked_text(r) -> str:
+    """Which query rows a windowed mode checked, in words (docs/DESIGN.md §7)."""
+    Sq, bm = r.shape.Sq, r.variant.block_m
+    if r.rows_checked is None or r.rows_text == "all":
+        return f"all {Sq} query rows, every key"
+    tiles = [t for a, b in r.rows_checked for t in range(a // bm, -(-b // bm))]
+    per_row = ", ".join(m.output for m in r.metrics if "written_outside" in m.extra)
+    return (f"query rows {r.rows_text} of {Sq} (query tiles {', '.join(map(str, tiles))} of {-(-Sq // bm)}, "
+            f"{bm} rows each), every key tile"
+            + (f"; {per_row} checked on these rows only (its input exists only there)" if per_row else "")
+            + "; --rows asks for more")
 
 
 # ------------------------------------------------------------------ the smoking gun

@@ -27,23 +27,34 @@ def verdict(ok: bool, text_ok="PASS", text_bad="FAIL") -> str:
 
 
 def error_table(results, title: str) -> Table:
-    """One row per output buffer of every result: the stage-isolated error table."""
+    """One row per output buffer of every result: the stage-isolated error table. `rows` is
+    the query rows checked (docs/DESIGN.md §7): all, or the windows of a long problem."""
     t = Table(title=title, title_justify="left")
-    for col in ("mode", "stage", "out", "max abs", "mean abs", "rel L2", "floor", "err/floor",
+    for col in ("mode", "stage", "out", "rows", "max abs", "mean abs", "rel L2", "floor", "err/floor",
                 "NaN", "unwritten", "worst (b,h,i,j)", "verdict"):
-        t.add_column(col, justify="right" if col not in ("mode", "stage", "out", "verdict") else "left")
+        t.add_column(col, justify="right" if col not in ("mode", "stage", "out", "rows", "verdict") else "left")
     for r in results:
         if r.status != "ok":
-            t.add_row(r.variant.mode, "-", "-", *["-"] * 8, f"[bold red]{r.status.upper()}[/] {r.message[:60]}")
+            t.add_row(r.variant.mode, "-", "-", "-", *["-"] * 8, f"[bold red]{r.status.upper()}[/] {r.message[:60]}")
             continue
+        rows = getattr(r, "rows_text", "all")
         for m in r.metrics:
-            extra = f" spread {fmt(m.extra['row_spread'])}" if "row_spread" in m.extra else ""
-            if m.extra.get("nondeterministic"):
-                extra += f" [red]RACE: {m.extra['nondeterministic']} elements differ between two launches[/]"
-            t.add_row(m.mode, m.stage, m.output, fmt(m.max_abs), fmt(m.mean_abs), fmt(m.rel_l2), fmt(m.floor),
+            t.add_row(m.mode, m.stage, m.output, rows, fmt(m.max_abs), fmt(m.mean_abs), fmt(m.rel_l2), fmt(m.floor),
                       fmt(m.err_over_floor, ".2f"), str(m.n_nonfinite), str(m.n_unwritten),
-                      ",".join(map(str, m.worst_index)), verdict(m.passed) + extra)
+                      ",".join(map(str, m.worst_index)), verdict(m.passed) + _extra(m))
+    if any(getattr(r, "reference_device", "gpu") == "cpu" for r in results):
+        t.caption = "references and metrics computed on the host (NumPy: --reference-device cpu)"
     return t
+
+
+def _extra(m) -> str:
+    """What the verdict column adds beyond the error: spread, race, writes outside the window."""
+    extra = f" spread {fmt(m.extra['row_spread'])}" if "row_spread" in m.extra else ""
+    if m.extra.get("nondeterministic"):
+        extra += f" [red]RACE: {m.extra['nondeterministic']} elements differ between two launches[/]"
+    if m.extra.get("written_outside"):
+        extra += f" [red]{m.extra['written_outside']} elements written outside the window[/]"
+    return extra
 
 
 def sass_table(rows, title="SASS (nvcc + nvdisasm): tensor cores in use, nothing in local memory") -> Table:
