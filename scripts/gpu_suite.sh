@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|demo|bench|profile|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|bench|profile|all]
+# (each part fits one 10-minute device call; `all` runs them in sequence)
 # (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
 set -uo pipefail
 # Everything is written under $OUT/run and packed into $OUT/gpu_suite_out.tgz at the end (the
@@ -13,16 +14,31 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 rc=0
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 600 tests 2>&1 | tee "$OUT/gpu_tests.log"
+  # the GPU suite (marker gpu), then the torch-dependent tests that are not GPU-marked
+  timeout ${SUITE_TIMEOUT:-540} python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 600 tests 2>&1 | tee "$OUT/gpu_tests.log"
   rc=${PIPESTATUS[0]}
+  python3 -m pytest -q -m "not gpu" -p no:cacheprovider tests/test_api.py tests/test_worker.py 2>&1 | tail -5 | tee -a "$OUT/gpu_tests.log"
+  [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
   flashcore run --debug all --shape mission 2>&1 | tee "$OUT/run_all.log"
 fi
+if [[ $what == timing || $what == all ]]; then
+  # the harness's own cost: mission shape and coverage set (cold + warm), then the long table (warm)
+  python3 scripts/time_harness.py --command run-all --command diagnose --command diagnose-coverage \
+      --command run-all-1job --warm 3 --markdown "$OUT/timing_mission.md" 2>&1 | tee "$OUT/timing.log"
+  python3 scripts/time_harness.py --no-cold --warm 1 --kernel-time --command run-full --command diagnose \
+      --command run-all --shape '1,8,{S},128' --seq 512 --seq 2048 --seq 4096 --seq 8192 --seq 16384 \
+      ${LONG_SEQS:-} --markdown "$OUT/timing_long.md" 2>&1 | tee -a "$OUT/timing.log"
+fi
 if [[ $what == demo || $what == all ]]; then
-  { flashcore diagnose --bug FRAG_SWAP --seed 1 --png "$OUT/frag_swap.png"
-    flashcore diagnose --bug NO_RESCALE --seed 1
+  { flashcore diagnose --shape mission --bug FRAG_SWAP --seed 1 --png "$OUT/frag_swap.png"
+    flashcore diagnose --shape mission --bug NO_RESCALE --seed 1
     flashcore smoking-gun --seed 1
     flashcore smoking-gun --seed 1 --bug PV_FIRST_TILE
     flashcore sanitize --tool racecheck --bug NO_BARRIER
+    flashcore diagnose --shape mission --bug BATCH_OFFSET --seed 1
+    flashcore diagnose --bug BATCH_OFFSET --seed 1
+    flashcore diagnose --bug TAIL_UNMASKED --seed 1
+    flashcore diagnose --seed 1
   } 2>&1 | tee "$OUT/walkthrough.log"
 fi
 if [[ $what == bench || $what == all ]]; then

@@ -36,13 +36,21 @@ COMMANDS = {
     "run-all-1job": (["run", "--debug", "all", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
     "diagnose-1job": (["diagnose", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
     "startup": (["modes"], {}),        # the CLI's own start-up: the floor under every command
+    "run-full": (["run", "--debug", "full", "--shape", "{shape}"], {}),
+    # Without --shape: the whole coverage set (issue "Coverage by default").
+    "diagnose-coverage": (["diagnose"], {}),
+    "run-all-coverage": (["run", "--debug", "all"], {}),
 }
 DEFAULT_COMMANDS = ["run-all", "diagnose"]
 DEFAULT_SHAPES = ["mission"]
 RECORDING = ("run", "diagnose")        # subcommands that take --record/--no-record
 # The issue's warm targets at the mission shape (seconds).
 TARGETS = {("run-all", "mission"): 3.0, ("diagnose", "mission"): 5.0,
-           ("run-all-1job", "mission"): 3.0, ("diagnose-1job", "mission"): 5.0}
+           ("run-all-1job", "mission"): 3.0, ("diagnose-1job", "mission"): 5.0,
+           ("diagnose-coverage", "-"): 10.0,
+           # issue "The harness at long sequences", at --shape 1,8,S,128
+           ("run-full", "1,8,4096,128"): 2.0, ("diagnose", "1,8,4096,128"): 5.0,
+           ("diagnose", "1,8,16384,128"): 15.0}
 
 
 @dataclass
@@ -54,6 +62,7 @@ class Timing:
     warm_s: list = field(default_factory=list)
     codes: list = field(default_factory=list)
     last_error: str = ""
+    kernel_ms: float | None = None      # the kernel's own time at this shape (full mode, CUDA events)
 
     @property
     def warm_median(self) -> float | None:
@@ -92,12 +101,18 @@ def time_once(argv: list, env: dict, timeout: float) -> tuple:
     return elapsed, p.returncode, err
 
 
-def time_command(command: str, shape: str, warm: int, record: bool, flashcore: list, timeout: float) -> Timing:
+def time_command(command: str, shape: str, warm: int, record: bool, flashcore: list, timeout: float,
+                 cold_run: bool = True) -> Timing:
+    """cold_run=False: no run with an empty kernel cache (the user's cache, already warm)."""
     argv = argv_for(command, shape, record, flashcore)
     with tempfile.TemporaryDirectory(prefix="flashcore-cupy-cache-") as cache:
-        env = dict(os.environ, CUPY_CACHE_DIR=cache, **COMMANDS[command][1])
-        cold, code, err = time_once(argv, env, timeout)
-        t = Timing(command, shape, argv, cold, codes=[code], last_error=err)
+        env = dict(os.environ, **COMMANDS[command][1])
+        if cold_run:
+            env["CUPY_CACHE_DIR"] = cache
+            cold, code, err = time_once(argv, env, timeout)
+        else:
+            cold, code, err = float("nan"), None, ""
+        t = Timing(command, shape, argv, cold, codes=[] if code is None else [code], last_error=err)
         for _ in range(warm):
             s, code, err = time_once(argv, env, timeout)
             t.warm_s.append(s)
@@ -106,7 +121,18 @@ def time_command(command: str, shape: str, warm: int, record: bool, flashcore: l
     return t
 
 
-HEADERS = ["command", "shape", "cold s", "warm s (median)", "warm min-max", "target", "exit codes"]
+HEADERS = ["command", "shape", "cold s", "warm s (median)", "warm min-max", "kernel ms", "target", "exit codes"]
+
+
+def kernel_ms(shape: str) -> float | None:
+    """The kernel's own time (full mode, CUDA events, harness/run/bench.do_bench) at a shape, in
+    this process: what the harness's cost is compared with."""
+    if shape == "-":
+        return None
+    sys.path.insert(0, str(REPO))
+    from harness.check.shapes import parse_shape
+    from harness.run.bench import bench_one
+    return bench_one(shape, parse_shape(shape), with_sdpa=False).kernel.median_us / 1e3
 
 
 def row(t: Timing) -> list:
@@ -117,8 +143,9 @@ def row(t: Timing) -> list:
         target = f"<= {t.target:g} s: runs failed"
     else:
         target = f"<= {t.target:g} s " + ("met" if med is not None and med <= t.target else "MISSED")
-    return [t.command, t.shape, f"{t.cold_s:.2f}", "-" if med is None else f"{med:.2f}",
-            f"{min(t.warm_s):.2f}-{max(t.warm_s):.2f}" if t.warm_s else "-", target,
+    return [t.command, t.shape, "-" if t.cold_s != t.cold_s else f"{t.cold_s:.2f}", "-" if med is None else f"{med:.2f}",
+            f"{min(t.warm_s):.2f}-{max(t.warm_s):.2f}" if t.warm_s else "-",
+            "-" if t.kernel_ms is None else f"{t.kernel_ms:.3f}", target,
             ",".join(map(str, sorted(set(t.codes))))]
 
 
@@ -155,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="let the commands append to results/ (default: --no-record)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    ap.add_argument("--no-cold", action="store_true", help="skip the run with an empty kernel cache")
+    ap.add_argument("--kernel-time", action="store_true", help="also time the kernel (full mode) at each shape")
     ap.add_argument("--flashcore", default=None,
                     help="how to invoke flashcore (default: this Python on the checkout's cli.py)")
     a = ap.parse_args(argv)
@@ -165,7 +194,12 @@ def main(argv=None) -> int:
     timings = []
     for command in a.command or DEFAULT_COMMANDS:
         for shape in (shapes if "{shape}" in " ".join(COMMANDS[command][0]) else ["-"]):
-            timings.append(time_command(command, shape, a.warm, a.record, flashcore, a.timeout))
+            timings.append(time_command(command, shape, a.warm, a.record, flashcore, a.timeout, not a.no_cold))
+            print(" ".join(row(timings[-1])), flush=True)    # progress, in case a later run is cut off
+    if a.kernel_time:
+        ms = {s: kernel_ms(s) for s in dict.fromkeys(t.shape for t in timings)}
+        for t in timings:
+            t.kernel_ms = ms[t.shape]
     print_table(timings)
     if a.markdown:
         Path(a.markdown).write_text(markdown(timings, a.warm))
