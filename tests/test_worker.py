@@ -106,9 +106,7 @@ def test_workers_share_the_cpus_for_blas(monkeypatch):
 def test_default_jobs(monkeypatch):
     monkeypatch.delenv("FLASHCORE_JOBS", raising=False)
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    assert 1 <= pool.default_jobs(6) <= min(6, pool.MAX_JOBS) and pool.default_jobs(1) == 1
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
-    assert pool.default_jobs(6) == 1
+    assert pool.default_jobs(6) == 1 and pool.default_jobs(1) == 1   # one worker unless asked
     monkeypatch.setenv("FLASHCORE_JOBS", "4")
     assert pool.default_jobs(6) == 4
     monkeypatch.setenv("FLASHCORE_JOBS", "many")

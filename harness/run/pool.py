@@ -14,8 +14,8 @@ that matters:
 Workers of different processes share the GPU by time slicing (no MPS): a kernel runs alone,
 as it did when each mode had its own process.
 
-How many at once: $FLASHCORE_JOBS, else 1 under pytest-xdist (the suite is parallel already),
-else min(cases, CPUs / 2, MAX_JOBS); each worker's BLAS threads get an equal share of the CPUs.
+How many at once: $FLASHCORE_JOBS (at most MAX_JOBS are useful), else one (measured faster on
+an H200: default_jobs); several workers' BLAS threads get an equal share of the CPUs.
 
 Protocol: length-prefixed pickles, requests on a worker's stdin, replies on a private copy of
 its stdout (the worker points fd 1 at stderr, so a stray print cannot corrupt a reply). Its
@@ -209,9 +209,11 @@ def default_jobs(n_cases: int) -> int:
             return max(1, int(env))
         except ValueError:
             raise FlashCoreError(f"FLASHCORE_JOBS={env!r}: expected a whole number") from None
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        return 1
-    return max(1, min(n_cases, (os.cpu_count() or 2) // 2, MAX_JOBS))
+    # One worker by default: measured on an H200 (scripts/time_harness.py, results/logs/
+    # timing-*), `run --debug all --shape mission` took 2.44 s warm with one worker and 3.09 s
+    # with six booting at once (each worker pays its own CuPy import and CUDA context, and
+    # the references run on the GPU, so several workers mostly queue on it).
+    return 1
 
 
 def _live(n: int) -> list:
