@@ -128,3 +128,42 @@ def test_fragment_row_swap_is_named_from_outputs():
     assert "holds row i^8" in f.hints[0] and "c0,c1 <-> c2,c3" in f.hints[0]
     f = localise.fold(np.abs(got[..., idx ^ 3] - exact), 1e-3, "O", BM, BN, got[..., idx ^ 3], exact)
     assert not any("holds row" in h for h in f.hints)  # a different mess: no false claim
+
+
+# ---- hints that must not hold vacuously, and the masking hint (docs/DESIGN.md "Stage boundaries")
+def _qk_unmasked(Sq, Sk, Skp):
+    """An S where the padded keys of the tail tile were left unmasked (score 0, not -inf)."""
+    rng = np.random.default_rng(0)
+    exact = np.full((1, 1, Sq, Skp), -np.inf)
+    exact[..., :Sk] = rng.standard_normal((Sq, Sk))
+    got = exact.astype(np.float32)
+    got[..., Sk:] = 0.0
+    return got, exact
+
+
+def test_masking_hint_names_scores_left_visible_and_no_vacuous_hints():
+    from harness.check import localise, metrics as met
+    got, exact = _qk_unmasked(1, 1, 64)
+    m, err = met.compare("qk_only", "S", "QK", got, exact, exact)
+    f = localise.fold(err, m.tol, "qk_only/S", 64, 64, got, exact, n_keys=1)
+    assert f.hints[0].startswith("masking: 63 score(s) left visible") and "key 1)" in f.hints[0]
+    # one row, one query tile, one key tile: no fragment permutation, no "tail tile only", no NaN row
+    assert not any(h.startswith(("fragment mapping", "the last (tail)", "NaN/Inf")) for h in f.hints), f.hints
+
+
+def test_tail_key_tile_hint_with_several_key_tiles():
+    from harness.check import localise, metrics as met
+    got, exact = _qk_unmasked(64, 161, 192)
+    m, err = met.compare("qk_only", "S", "QK", got, exact, exact)
+    f = localise.fold(err, m.tol, "qk_only/S", 64, 64, got, exact, n_keys=161)
+    assert any(h.startswith("the last (tail) key tile only (keys 128-160 valid, 161-191 padding)") for h in f.hints), f.hints
+    assert f.hints[0].startswith("masking:") and not any(h.startswith("fragment mapping") for h in f.hints)
+
+
+def test_masking_hint_names_over_masking():
+    from harness.check import localise
+    exact = np.zeros((1, 1, 32, 64))
+    got = exact.astype(np.float32)
+    got[0, 0, 5, 7] = -np.inf
+    assert localise.masking_hint(got, exact, np.arange(32)).startswith("masking: 1 score(s) masked that must not be")
+    assert localise.masking_hint(exact.astype(np.float32), exact, np.arange(32)) is None

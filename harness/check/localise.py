@@ -134,6 +134,10 @@ def fold(err, tol: float, output: str, block_m: int, block_n: int, got=None, exa
               [(int(b), int(h), int(abs_rows[i])) for b, h, i in bad_rows], bh=bh,
               n_keys=(X if n_keys is None else n_keys) if per_key else None, row_ranges=row_ranges, n_rows=Sq)
     f.hints = hints(f, _stats(e, xp), block_m, warp_rows)
+    if got is not None and exact is not None and per_key and f.hints != ["no element over tolerance"]:
+        m = masking_hint(got, exact, abs_rows)
+        if m:   # the non-finite errors are masking, not a NaN computed in a row
+            f.hints = [m] + [h for h in f.hints if not h.startswith("NaN/Inf from a row")]
     if got is not None and exact is not None and f.hints != ["no element over tolerance"]:
         p = permutation_hint(got, exact, tol)
         if p:   # a named mapping explains the spread: drop the generic "widespread" line
@@ -158,16 +162,34 @@ def permutation_hint(got, exact, tol: float) -> str | None:
     g = got.astype(np.float64)
     for axis, name in ((2, "row"), (3, "col")):
         n = g.shape[axis]
+        if n < 16:      # no whole fragment along this axis: a permutation rule would hold vacuously
+            continue
         idx = np.arange(n)
         for k in range(1, 16):
             perm = idx ^ k
-            ok = perm < n
+            ok = perm < n   # only the last, partial fragment loses rows (perm past the end)
             a = xp.take(g, xp.asarray(idx[ok]), axis=axis)
             b = xp.take(exact, xp.asarray(perm[ok]), axis=axis)
             with np.errstate(invalid="ignore"):
                 if bool(xp.all(xp.abs(a - b) <= tol)):
                     return (f"fragment mapping: {name} i of every 16-{name} fragment holds {name} i^{k} of the "
                             f"reference (values right, places wrong" + (": c0,c1 <-> c2,c3" if k == 8 and axis == 2 else "") + ")")
+    return None
+
+
+def masking_hint(got, exact, abs_rows) -> str | None:
+    """Scores where kernel and reference disagree on being masked (-inf): a key left visible
+    (finite where the reference says -inf: tail or causal masking too weak) or one masked that
+    must not be. Names the first such element and how many there are."""
+    xp = array_module(got, exact)
+    for what, where in (("left visible: the reference masks (-inf) scores the kernel left finite "
+                         "(tail padding or causal masking too weak)", xp.isneginf(exact) & xp.isfinite(got)),
+                        ("masked that must not be: the kernel wrote -inf where the reference has a score",
+                         xp.isfinite(exact) & xp.isneginf(got))):
+        n = int(xp.count_nonzero(where))
+        if n:
+            b, h, i, j = (int(x) for x in to_host(xp.argwhere(where)[0]))
+            return f"masking: {n} score(s) {what}; first at (b={b}, h={h}, row {int(abs_rows[i])}, key {j})"
     return None
 
 
@@ -188,10 +210,10 @@ def hints(f: Folds, s: _Stats, block_m: int, warp_rows: int = 16) -> list:
     bad_c_tiles = np.flatnonzero(tiles.max(axis=0) > 1)
     last_q, last_c = tiles.shape[0] - 1, tiles.shape[1] - 1
     tail = []
-    if f.n_rows % block_m and list(bad_q_tiles) == [last_q]:
+    if f.n_rows % block_m and list(bad_q_tiles) == [last_q] and last_q > 0:   # "only" needs another tile
         tail.append(f"the last (tail) query tile only (rows {last_q * block_m}-{f.n_rows - 1}): "
                     f"look at the bounds of the partial query tile")
-    if f.key_tail and list(bad_c_tiles) == [last_c]:
+    if f.key_tail and list(bad_c_tiles) == [last_c] and last_c > 0:
         tail.append(f"the last (tail) key tile only (keys {last_c * f.col_tile}-{f.n_keys - 1} valid, "
                     f"{f.n_keys}-{(last_c + 1) * f.col_tile - 1} padding): look at the tail masking")
     if tail:

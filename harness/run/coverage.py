@@ -459,6 +459,12 @@ def print_report(rep: Report, bugs=(), inputs="randn", device=None, modes=None):
     start = rep.start
     if start is not None and start.hints:
         console.print(f"hints at {start.case.label}: " + "; ".join(start.hints[:3]))
+    # The smallest shape has the fewest tiles, so tile-pattern hints ("the last key tile only")
+    # can only show at a larger one: print the largest failing shape's hints too.
+    richest = max((o for o in rep.failing if o.stage == rep.stage and o.hints),
+                  key=lambda o: (o.case.cost, o.case.label), default=None)
+    if richest is not None and richest is not start:
+        console.print(f"hints at {richest.case.label} (the largest failing shape): " + "; ".join(richest.hints[:3]))
     s = rep.shrunk
     if s is not None:
         if s.runs == 0:
