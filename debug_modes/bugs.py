@@ -1,5 +1,5 @@
 """Seeded bugs: -DBUG_<NAME> switches in the kernel source, each re-creating one real bug
-class in one stage. The harness is tested with them as must-fail cases (DESIGN.md)."""
+class in one stage. The harness is tested with them as must-fail cases (docs/DESIGN.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """One entry per debug mode: its -D flag, the buffers the kernel reads and writes, the
-stage it isolates and what it is judged by. DESIGN.md's table, as data.
+stage it isolates and what it is judged by. docs/DESIGN.md's table, as data.
 
 Buffer shapes are symbolic over B, H, Sq, Sk, D and resolved by Buffer.shape_for().
 The [rows, keys] debug matrices ("BHWSkp") hold a window of query rows (W of them) at the
@@ -110,7 +110,7 @@ MODES = {
     )
 }
 
-# DESIGN.md: the isolated stages in data-flow order, then the whole pipeline.
+# docs/DESIGN.md: the isolated stages in data-flow order, then the whole pipeline.
 DATAFLOW_ORDER = ("qk_only", "softmax_only", "pv_only", "uniform_p", "full", "fp32_p")
 ISOLATED = ("qk_only", "softmax_only", "pv_only", "uniform_p")
 

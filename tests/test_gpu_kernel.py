@@ -1,4 +1,4 @@
-"""GPU suite for the kernel: every mode x shape x input set passes the rule of DESIGN.md;
+"""GPU suite for the kernel: every mode x shape x input set passes the rule of docs/DESIGN.md;
 every element written; uniform_p rows identical; full agrees with PyTorch SDPA (flash-attn's
 rule with SDPA as the low-precision reference); repeated launches are bitwise identical."""
 

@@ -1,4 +1,4 @@
-"""Input sets of DESIGN.md, drawn from a recorded seed, rounded to fp16 on the host.
+"""Input sets of docs/DESIGN.md, drawn from a recorded seed, rounded to fp16 on the host.
 
 Every check draws fresh inputs; the seed goes into the run record so a failure replays.
 """

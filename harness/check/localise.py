@@ -1,6 +1,6 @@
 """Localisation: fold |error| onto the kernel's structure and name the pattern.
 
-Folds (DESIGN.md §4), each the max |error| / tol over the elements that land in a cell:
+Folds (docs/DESIGN.md §4), each the max |error| / tol over the elements that land in a cell:
   tiles     query-row tile (BLOCK_M rows) x key tile (BLOCK_N) for [rows, keys] outputs, or
             x head-dim tile (16 columns) for O; tiles of rows that were not checked are NaN
   warps     row within the block // rows per warp: the rows each warp owns

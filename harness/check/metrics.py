@@ -1,4 +1,4 @@
-"""Stage metrics and the pass rule of DESIGN.md.
+"""Stage metrics and the pass rule of docs/DESIGN.md.
 
 pass  iff  max|kernel - exact| <= 2 * floor + atol,  no NaN/Inf,  no unwritten element,
 where floor = max|kernel-precision - exact| and atol = ATOL_REL * max|exact| (fp32

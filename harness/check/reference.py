@@ -1,7 +1,7 @@
 """References for every stage, on the fp16-rounded inputs: NumPy code that runs on the host
 (NumPy) or on the GPU (CuPy), the array module taken from the inputs (harness/check/xp.py).
 
-Two references per stage (DESIGN.md):
+Two references per stage (docs/DESIGN.md):
   exact            float64 throughout;
   kernel-precision the kernel's rounding points emulated: fp32 S, the exp argument formed
                    by one fused multiply-add in fp32, P rounded to fp16 before P.V (or kept

@@ -1,4 +1,4 @@
-"""Problem shapes as data: the named shapes of DESIGN.md and a parser for B,H,S,D."""
+"""Problem shapes as data: the named shapes of docs/DESIGN.md and a parser for B,H,S,D."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Sweeps of (mode, shape) cases: each case optionally isolated in the harness's worker process
 (pool.py), so that a kernel fault (which poisons the CUDA context) in one variant does not take
-down the others; and the run record of DESIGN.md for each result."""
+down the others; and the run record of docs/DESIGN.md for each result."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _failed(case, status, message) -> RunResult:
 
 
 def run_record(r: RunResult, device: dict, latency: dict | None = None) -> dict:
-    """The record of DESIGN.md for one (variant, shape, inputs)."""
+    """The record of docs/DESIGN.md for one (variant, shape, inputs)."""
     return records.new_record(
         "run",
         mode=r.variant.mode, shape=asdict(r.shape), shape_label=r.shape.label, causal=r.variant.causal,
