@@ -204,7 +204,8 @@ def hints(f: Folds, s: _Stats, block_m: int, warp_rows: int = 16) -> list:
         return ["no element over tolerance"]
     if f.nonfinite_rows:
         b, h, i = f.nonfinite_rows[0]
-        out.append(f"NaN/Inf from a row: first at (b={b}, h={h}, row {i}); {len(f.nonfinite_rows)} row(s) listed")
+        out.append(f"NaN/Inf from a row (a computed NaN, or an element never written: see the unwritten "
+                   f"count): first at (b={b}, h={h}, row {i}); {len(f.nonfinite_rows)} row(s) listed")
     tiles = np.nan_to_num(f.tiles, nan=0.0)      # rows not checked: nothing seen there
     bad_q_tiles = np.flatnonzero(tiles.max(axis=1) > 1)
     bad_c_tiles = np.flatnonzero(tiles.max(axis=0) > 1)
