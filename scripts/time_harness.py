@@ -149,9 +149,10 @@ def row(t: Timing) -> list:
             ",".join(map(str, sorted(set(t.codes))))]
 
 
-def markdown(timings: list, warm: int) -> str:
-    lines = [f"Wall clock of whole commands (`scripts/time_harness.py`): one cold run (empty CuPy kernel "
-             f"cache), then {warm} warm runs; each run a new process.", "",
+def markdown(timings: list, warm: int, cold: bool = True) -> str:
+    first = ("one cold run (empty CuPy kernel cache), then " if cold else "no cold run (the kernel cache warm), ")
+    lines = [f"Wall clock of whole commands (`scripts/time_harness.py`): {first}{warm} warm runs; each run a "
+             f"new process.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row(t)) + " |" for t in timings]
     errors = [f"- `{' '.join(t.argv[2:])}`: {t.last_error}" for t in timings if t.last_error]
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
             t.kernel_ms = ms[t.shape]
     print_table(timings)
     if a.markdown:
-        Path(a.markdown).write_text(markdown(timings, a.warm))
+        Path(a.markdown).write_text(markdown(timings, a.warm, not a.no_cold))
         print(f"written {a.markdown}")
     return 0
 

@@ -148,7 +148,8 @@ def test_masking_hint_names_scores_left_visible_and_no_vacuous_hints():
     f = localise.fold(err, m.tol, "qk_only/S", 64, 64, got, exact, n_keys=1)
     assert f.hints[0].startswith("masking: 63 score(s) left visible") and "key 1)" in f.hints[0]
     # one row, one query tile, one key tile: no fragment permutation, no "tail tile only", no NaN row
-    assert not any(h.startswith(("fragment mapping", "the last (tail)", "NaN/Inf")) for h in f.hints), f.hints
+    assert not any(h.startswith(("fragment mapping", "the last (tail)", "NaN/Inf", "one warp", "fragment-periodic"))
+                   for h in f.hints), f.hints
 
 
 def test_tail_key_tile_hint_with_several_key_tiles():

@@ -223,7 +223,7 @@ def hints(f: Folds, s: _Stats, block_m: int, warp_rows: int = 16) -> list:
         out.append(f"one tile only: query tile {bad_q_tiles[0]} x column tile {bad_c_tiles[0]}")
     out += _bh_hints(f.bh)
     bad_warps = np.flatnonzero(f.warps > 1)
-    if _one_of(bad_warps, len(f.warps)):
+    if _one_of(bad_warps, len(f.warps)) and f.n_rows > warp_rows:   # rows of another warp exist
         w = bad_warps[0]
         out.append(f"one warp: only rows owned by warp {w} (rows {warp_rows * w}-{warp_rows * w + warp_rows - 1} of each block)")
     if f.key_tiles is not None and len(f.key_tiles) > 1:
@@ -233,7 +233,7 @@ def hints(f: Folds, s: _Stats, block_m: int, warp_rows: int = 16) -> list:
             out.append("first key tile only")
     frag_bad = f.fragment > 1
     n_tiles_bad = int((tiles > 1).sum())
-    if frag_bad.size == 256 and 0 < frag_bad.sum() <= 192 and n_tiles_bad >= 2:
+    if frag_bad.size == 256 and 0 < frag_bad.sum() <= 192 and n_tiles_bad >= 2 and f.n_rows >= 16:
         rows_bad = np.flatnonzero(frag_bad.any(axis=1))
         cols_bad = np.flatnonzero(frag_bad.any(axis=0))
         out.append(f"fragment-periodic: the same {int(frag_bad.sum())} of 256 positions in every 16x16 fragment "
