@@ -352,7 +352,8 @@ def _row(wall):
 
 def test_wall_columns_in_table_and_markdown():
     from harness.run import bench
-    rows = [_row({"inputs": "torch", "forward": 104.0, "sdpa": 130.0}), _row({}), _row({"inputs": "cupy", "forward": 103.0})]
+    rows = [_row({"inputs": "torch", "forward": 104.0, "sdpa": 130.0, "raw": 101.5}), _row({}),
+            _row({"inputs": "cupy", "forward": 103.0})]
     md = bench.markdown(rows, {"device": "NVIDIA H200"}, "2026-01-01", "flashcore bench")
     table = [l for l in md.splitlines() if l.startswith("|")]
     assert table[0] == "| " + " | ".join(bench.HEADERS) + " |"
@@ -363,5 +364,7 @@ def test_wall_columns_in_table_and_markdown():
     assert [cells[0][i].strip() for i in (fw, ex, sd, ratio)] == ["104.0", "+4.0", "130.0", "1.25x"]
     assert [cells[1][i].strip() for i in (fw, ex, sd, ratio)] == ["-"] * 4
     assert cells[2][fw].strip() == "103.0 (CuPy)" and cells[2][sd].strip() == "-"
+    own = col["wall - raw launch us"]     # forward()'s own cost over the bare launch in the same loop
+    assert [cells[i][own].strip() for i in range(3)] == ["+2.5", "-", "-"]
     assert rows[0].to_dict()["wall"]["forward"] == 104.0
     assert len(bench.rich_table(rows, {"device": "NVIDIA H200"}).columns) == len(bench.HEADERS)

@@ -203,6 +203,6 @@ def test_bench_reports_wall_per_call_of_forward_and_sdpa():
     _torch()
     from harness.run import bench
     row = bench.bench_one("mission", MISSION, forward=api.forward)
-    assert row.wall["inputs"] == "torch" and row.wall["forward"] > 0 and row.wall["sdpa"] > 0
+    assert row.wall["inputs"] == "torch" and row.wall["forward"] > 0 and row.wall["sdpa"] > 0 and row.wall["raw"] > 0
     md = bench.markdown([row], {"device": "gpu"}, "today", "flashcore bench")
     assert f"{row.wall['forward']:.1f}" in md

@@ -148,16 +148,20 @@ def _torch_cuda():
     return torch if torch.cuda.is_available() else None
 
 
-def wall_times(forward, causal: bool, q, k, v, n: int, with_sdpa: bool = True) -> dict:
+def wall_times(forward, causal: bool, q, k, v, n: int, with_sdpa: bool = True, raw=None) -> dict:
     """forward() on torch tensors (CuPy arrays where there is no torch with CUDA), and SDPA's
-    default backend on the same tensors, as wall time per call."""
+    default backend on the same tensors, as wall time per call; with raw (the kernel launched
+    with its arguments resolved once: Prepared.timed_launcher) also that, in the same kind of
+    loop, so that forward()'s own cost is wall(forward) - wall(raw): the kernel's event time
+    is taken launch by launch, while these loops run the kernel back to back."""
+    import cupy as cp
     torch = _torch_cuda()
+    base = {"raw": wall_per_call(raw, cp.cuda.Device().synchronize, n)} if raw is not None else {}
     if torch is None:
-        import cupy as cp
-        return {"inputs": "cupy",
+        return {"inputs": "cupy", **base,
                 "forward": wall_per_call(lambda: forward(q, k, v, causal=causal), cp.cuda.Device().synchronize, n)}
     tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
-    out = {"inputs": "torch",
+    out = {"inputs": "torch", **base,
            "forward": wall_per_call(lambda: forward(tq, tk, tv, causal=causal), torch.cuda.synchronize, n)}
     if with_sdpa:
         sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -212,7 +216,7 @@ def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full"
         row.sdpa = _sdpa_timings(shape, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"])
     if forward is not None and mode == "full":
         row.wall = wall_times(forward, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"],
-                              wall_calls(t.median_us), with_sdpa)
+                              wall_calls(t.median_us), with_sdpa, raw=pre.timed_launcher())
     return row
 
 
@@ -227,9 +231,10 @@ def _us(x: float | None) -> str:
 def _wall_cols(r: BenchRow) -> list:
     """forward() wall per call, its excess over the kernel's event time, SDPA's wall per call,
     and the ratio SDPA/forward (throughput, like the other ratios: > 1 = forward faster)."""
-    fw, sd = r.wall.get("forward"), r.wall.get("sdpa")
+    fw, sd, raw = r.wall.get("forward"), r.wall.get("sdpa"), r.wall.get("raw")
     on = " (CuPy)" if r.wall.get("inputs") == "cupy" else ""
-    return [_us(fw) + (on if fw is not None else ""), f"{fw - r.kernel.median_us:+.1f}" if fw is not None else "-", _us(sd),
+    return [_us(fw) + (on if fw is not None else ""), f"{fw - r.kernel.median_us:+.1f}" if fw is not None else "-",
+            f"{fw - raw:+.1f}" if fw is not None and raw is not None else "-", _us(sd),
             f"{sd / fw:.2f}x" if fw and sd else "-"]
 
 
@@ -245,11 +250,13 @@ def _cols(r: BenchRow, peak: float | None) -> list:
 
 HEADERS = ["case", "B,H,S,D", "causal", "kernel us median (p10-p90)", "TFLOP/s", "% fp16 peak",
            "SDPA flash us", "flash TFLOP/s", "kernel/flash", "SDPA cuDNN us", "kernel/cuDNN",
-           "forward() wall us/call", "wall - kernel us", "SDPA wall us/call", "SDPA/forward wall"]
+           "forward() wall us/call", "wall - kernel us", "wall - raw launch us", "SDPA wall us/call",
+           "SDPA/forward wall"]
 
 
 WALL_NOTE = (f"wall: forward() and SDPA (default backend) called up to {WALL_CALLS} times from a Python loop, "
-             f"one synchronize, wall time per call (median of {WALL_REPS} loops)")
+             f"one synchronize, wall time per call (median of {WALL_REPS} loops); raw launch: the kernel with "
+             f"its arguments resolved once, in the same loop (forward()'s own cost = wall - raw launch)")
 
 
 def rich_table(rows, device: dict):
