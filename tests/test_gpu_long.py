@@ -39,13 +39,16 @@ def _cp():
 
 
 def _kp_close(kp_dev, kp_host, exact_host):
-    """The device's kernel-precision reference is the host's up to a part of the floor: its
-    fp32 sums (S, l) run in cuBLAS's order, which can flip an fp16 rounding of P."""
+    """The device's kernel-precision reference is the host's within the pass rule's 2 x floor:
+    its fp32 sums (S, l) run in cuBLAS's order, which can flip an fp16 rounding of P or of O,
+    and one flipped fp16 rounding at O's largest element is one ulp there, about twice the
+    floor (half an ulp). Seen once in ~100 runs on an H200 under pytest-xdist, where cuBLAS
+    may pick another algorithm; 1 x floor was too tight."""
     floor = float(met.abs_error(kp_host, exact_host).max())
     finite = np.isfinite(exact_host)
     scale = float(np.abs(exact_host[finite]).max()) if finite.any() else 0.0
     diff = float(met.abs_error(to_host(kp_dev), kp_host.astype(np.float64)).max())
-    assert diff <= floor + 2.0**-20 * scale, (diff, floor)
+    assert diff <= 2.0 * floor + 2.0**-20 * scale, (diff, floor)
 
 
 # ------------------------------------------------------------------ host and device agree
