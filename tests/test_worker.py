@@ -106,12 +106,12 @@ def test_workers_share_the_cpus_for_blas(monkeypatch):
 def test_default_jobs(monkeypatch):
     monkeypatch.delenv("FLASHCORE_JOBS", raising=False)
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    assert pool.default_jobs(6) == 1 and pool.default_jobs(1) == 1   # one worker unless asked
+    assert pool.default_jobs() == 1   # one worker unless asked
     monkeypatch.setenv("FLASHCORE_JOBS", "4")
-    assert pool.default_jobs(6) == 4
+    assert pool.default_jobs() == 4
     monkeypatch.setenv("FLASHCORE_JOBS", "many")
     with pytest.raises(FlashCoreError, match="FLASHCORE_JOBS"):
-        pool.default_jobs(6)
+        pool.default_jobs()
 
 
 def test_a_large_result_comes_back_intact():

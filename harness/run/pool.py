@@ -14,8 +14,8 @@ that matters:
 Workers of different processes share the GPU by time slicing (no MPS): a kernel runs alone,
 as it did when each mode had its own process.
 
-How many at once: $FLASHCORE_JOBS (at most MAX_JOBS are useful), else one (measured faster on
-an H200: default_jobs); several workers' BLAS threads get an equal share of the CPUs.
+How many at once: $FLASHCORE_JOBS, else one (measured faster on an H200: default_jobs);
+several workers' BLAS threads get an equal share of the CPUs.
 
 Protocol: length-prefixed pickles, requests on a worker's stdin, replies on a private copy of
 its stdout (the worker points fd 1 at stderr, so a stray print cannot corrupt a reply). Its
@@ -41,7 +41,6 @@ from harness.errors import FlashCoreError
 BOOT_TIMEOUT_S = 120      # Python, CuPy and a CUDA context: seconds, unless something is wrong
 CASE_TIMEOUT_S = 300      # one (mode, shape): a hang if longer
 EXIT_WAIT_S = 5
-MAX_JOBS = 8
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 ROOT = str(Path(__file__).resolve().parents[2])   # the checkout whose harness the worker must run
 _HEADER = struct.Struct("<Q")
@@ -202,7 +201,7 @@ class Worker:
 _WORKERS: list = []
 
 
-def default_jobs(n_cases: int) -> int:
+def default_jobs() -> int:
     env = os.environ.get("FLASHCORE_JOBS")
     if env:
         try:

@@ -32,7 +32,7 @@ def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT
     is reported and the others go on."""
     if not isolate:
         return [run_case(c, isolate=False) for c in cases]
-    jobs = pool.default_jobs(len(cases)) if jobs is None else jobs
+    jobs = pool.default_jobs() if jobs is None else jobs
     return [_failed(c, "fault", str(r)) if isinstance(r, pool.WorkerLost) else r
             for c, r in zip(cases, pool.run_many(cases, timeout, jobs))]
 

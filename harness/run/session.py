@@ -19,7 +19,7 @@ def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None,
     # uniform_p has no causal form: in a sweep it runs non-causal, asked for alone it is an error.
     causal_of = {m: causal and (m != "uniform_p" or len(modes) == 1) for m in modes}
     isolate = len(modes) > 1 if isolate is None else isolate
-    jobs = pool.default_jobs(len(modes))
+    jobs = pool.default_jobs()
     if isolate:
         pool.prestart(jobs)   # the workers boot (CuPy, the CUDA context) while we validate
     for m in modes:   # validate every variant before touching the GPU
