@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from debug_modes.registry import KERNEL_PARAMS, get_mode
+from debug_modes.registry import KERNEL_PARAMS, get_mode, kernel_scalars
 from harness.build import compiler
 from harness.check import localise
 from harness.check import metrics as met
@@ -55,19 +55,24 @@ def kernel_args(shape: Shape, bufs: dict, scale: float, window: tuple | None = N
     """flashcore_fwd's argument tuple (the kernel contract); buffers absent from bufs are null
     pointers; window = (row0, n_rows), the query rows computed (default: all)."""
     row0, n_rows = window or (0, shape.Sq)
-    return tuple(bufs[p] if p in bufs else np.uint64(0) for p in KERNEL_PARAMS) + (
-        np.int32(shape.H), np.int32(shape.Sq), np.int32(shape.Sk), np.float32(scale),
-        np.int32(row0), np.int32(n_rows))
+    return tuple(bufs[p] if p in bufs else np.uint64(0) for p in KERNEL_PARAMS) + kernel_scalars(
+        shape.H, shape.Sq, shape.Sk, scale, row0, n_rows)
+
+
+def _launch_spec(variant: Variant, shape: Shape, bufs: dict, scale: float, window: tuple | None) -> tuple:
+    """(function, grid, block, arguments, shared memory) of one launch of the window (default:
+    every row)."""
+    n_rows = (window or (0, shape.Sq))[1]
+    return (get_kernel(variant), variant.grid(shape, n_rows), (variant.threads,),
+            kernel_args(shape, bufs, scale, window), variant.smem_bytes)
 
 
 def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool = True, window: tuple | None = None):
     """Launch flashcore_fwd; checks the launch and (with sync) the synchronisation."""
     cp = _cupy()
-    fn = get_kernel(variant)
-    n_rows = (window or (0, shape.Sq))[1]
+    fn, grid, block, args, smem = _launch_spec(variant, shape, bufs, scale, window)
     try:
-        fn(variant.grid(shape, n_rows), (variant.threads,), kernel_args(shape, bufs, scale, window),
-           shared_mem=variant.smem_bytes)
+        fn(grid, block, args, shared_mem=smem)
         if sync:
             cp.cuda.runtime.deviceSynchronize()
     except (cp.cuda.runtime.CUDARuntimeError, cp.cuda.driver.CUDADriverError) as e:
@@ -214,10 +219,8 @@ class Prepared:
     def timed_launcher(self):
         """A zero-overhead launch for timing: kernel and arguments resolved once, no checks
         (the caller checks the stream afterwards)."""
-        fn = get_kernel(self.variant)
-        args = kernel_args(self.shape, {**self.bufs, **self.outs}, self.scale, self.window)
-        n_rows = (self.window or (0, self.shape.Sq))[1]
-        grid, block, smem = self.variant.grid(self.shape, n_rows), (self.variant.threads,), self.variant.smem_bytes
+        fn, grid, block, args, smem = _launch_spec(self.variant, self.shape, {**self.bufs, **self.outs},
+                                                   self.scale, self.window)
         return lambda: fn(grid, block, args, shared_mem=smem)
 
 
