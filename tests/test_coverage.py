@@ -398,7 +398,9 @@ def fake_gpu(monkeypatch):
         log.single.append((c["mode"], isolate))
         return fake_result(c["mode"], fails(Case(Shape(**s), c["causal"]), c["bugs"]))
 
-    monkeypatch.setattr(device, "require_gpu", lambda: dict(device="FakeGPU", driver="0", cupy="0", arch="sm_90"))
+    facts = dict(device="FakeGPU", driver="0", cupy="0", arch="sm_90")
+    monkeypatch.setattr(device, "require_gpu", lambda: facts)
+    monkeypatch.setattr(session, "device_facts", lambda isolate: facts)   # isolated: a worker would tell them
     monkeypatch.setattr(diag, "diagnose", fake_diagnose)
     monkeypatch.setattr(session, "run_modes", fake_run_modes)
     monkeypatch.setattr(runs, "run_case", fake_run_case)

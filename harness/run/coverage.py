@@ -315,17 +315,13 @@ def run_sweep(cases, per_case: Callable[[Case], Outcome], show: bool = False, wh
 
 
 # ------------------------------------------------------------------ on the GPU
-def _causal_for(mode: str, causal: bool, n_modes: int) -> bool:
-    # session.run_modes' rule: a mode without a causal form runs non-causal in a sweep.
-    return causal and (get_mode(mode).allows_causal or n_modes == 1)
-
-
 def _validate(cases, modes, bugs):
     """Every variant of the sweep, before the GPU is touched (usage errors first, exit 2)."""
     from harness.build.variant import Variant
+    from harness.run.session import causal_for
     for c in cases:
         for m in modes:
-            Variant(m, c.shape.D, _causal_for(m, c.causal, len(modes)), tuple(bugs))
+            Variant(m, c.shape.D, causal_for(m, c.causal, len(modes)), tuple(bugs))
 
 
 def _single_mode_runner(inputs, seed, bugs, scale, record, isolate, device):
@@ -334,10 +330,8 @@ def _single_mode_runner(inputs, seed, bugs, scale, record, isolate, device):
     from harness.run import runs
 
     def still_fails(case: Case, mode: str) -> bool:
-        s = case.shape
-        r = runs.run_case(dict(mode=mode, shape=dict(B=s.B, H=s.H, Sq=s.Sq, Sk=s.Sk, D=s.D),
-                               causal=case.causal and get_mode(mode).allows_causal,
-                               inputs=inputs, seed=seed, scale=scale, bugs=list(bugs), keep_outputs=False),
+        r = runs.run_case(runs.make_case(mode, case.shape, causal=case.causal and get_mode(mode).allows_causal,
+                                         inputs=inputs, seed=seed, scale=scale, bugs=list(bugs), keep_outputs=False),
                           isolate=isolate)
         if record:
             records.append(runs.run_record(r, device))
@@ -357,12 +351,12 @@ def cases_for(head_dim=None, causal_only=False, modes=None, spec=None) -> list:
 def diagnose_coverage(cases=None, inputs="randn", seed=None, bugs=(), record=True, isolate=True, show=True,
                       png=None, shrink_budget: int = SHRINK_BUDGET) -> Report:
     """`flashcore diagnose` without --shape: stage bisection at every coverage case."""
-    from harness.build.device import require_gpu
     from harness.check.inputs import fresh_seed
     from harness.run.diagnose import BISECT_MODES, diagnose
+    from harness.run.session import device_facts
     cases = cases_for() if cases is None else list(cases)
     _validate(cases, BISECT_MODES, bugs)
-    device = require_gpu()
+    device = device_facts(isolate)
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:
@@ -388,13 +382,12 @@ def diagnose_coverage(cases=None, inputs="randn", seed=None, bugs=(), record=Tru
 def run_coverage(modes, cases=None, inputs="randn", seed=None, scale=None, bugs=(), record=True, isolate=True,
                  show=True, shrink_budget: int = SHRINK_BUDGET) -> Report:
     """`flashcore run` without --shape: the modes at every coverage case."""
-    from harness.build.device import require_gpu
     from harness.check.inputs import fresh_seed
     from harness.run import session
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
     cases = cases_for(modes=modes) if cases is None else list(cases)
     _validate(cases, modes, bugs)
-    device = require_gpu()
+    device = session.device_facts(isolate)
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:

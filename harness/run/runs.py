@@ -17,6 +17,12 @@ from harness.build.variant import Variant
 WORKER_TIMEOUT_S = pool.CASE_TIMEOUT_S
 
 
+def make_case(mode: str, shape: Shape, **fields) -> dict:
+    """A case for run_case: run_mode's keyword arguments, with the shape as a dict (it crosses
+    to the worker process)."""
+    return dict(mode=mode, shape=asdict(shape), **fields)
+
+
 def run_case(case: dict, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S) -> RunResult:
     """case: keyword arguments of gpu.run_mode with shape as a dict. Isolated, it runs in the
     worker process; a fault, crash, exception or hang there (past timeout seconds) is this

@@ -3,7 +3,7 @@ process, or here), print the error table, record every result."""
 
 from __future__ import annotations
 
-from debug_modes.registry import DATAFLOW_ORDER
+from debug_modes.registry import DATAFLOW_ORDER, get_mode
 from harness import records
 from harness.run import pool, runs
 from harness.build.device import require_gpu
@@ -11,25 +11,34 @@ from harness.show.report import console, error_table
 from harness.build.variant import Variant
 
 
+def causal_for(mode: str, causal: bool, n_modes: int) -> bool:
+    """A mode without a causal form (uniform_p) runs non-causal in a sweep of several modes;
+    asked for alone, its Variant refuses causal (a usage error)."""
+    return causal and (get_mode(mode).allows_causal or n_modes == 1)
+
+
+def device_facts(isolate: bool) -> dict:
+    """The device facts for the records. Isolated, a worker tells them: this process never
+    initialises CUDA."""
+    return pool.device_facts() if isolate else require_gpu()
+
+
 def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(),
               record=True, isolate=None, show=True, title=None, keep_outputs=False):
     """Run the modes in data-flow order on one shape; returns the RunResults."""
     from harness.check.inputs import fresh_seed
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
-    # uniform_p has no causal form: in a sweep it runs non-causal, asked for alone it is an error.
-    causal_of = {m: causal and (m != "uniform_p" or len(modes) == 1) for m in modes}
+    causal_of = {m: causal_for(m, causal, len(modes)) for m in modes}
     isolate = len(modes) > 1 if isolate is None else isolate
     jobs = pool.default_jobs()
     if isolate:
         pool.prestart(jobs)   # the workers boot (CuPy, the CUDA context) while we validate
     for m in modes:   # validate every variant before touching the GPU
         Variant(m, shape.D, causal_of[m], tuple(bugs))
-    # Isolated, a worker tells the device facts: this process never initialises CUDA.
-    device = pool.device_facts() if isolate else require_gpu()
+    device = device_facts(isolate)
     seed = fresh_seed() if seed is None else seed
-    cases = [dict(mode=m, shape=dict(B=shape.B, H=shape.H, Sq=shape.Sq, Sk=shape.Sk, D=shape.D),
-                  causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs),
-                  keep_outputs=keep_outputs) for m in modes]
+    cases = [runs.make_case(m, shape, causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs),
+                            keep_outputs=keep_outputs) for m in modes]
     results = runs.run_cases(cases, isolate=isolate, jobs=jobs)
     if record:
         for r in results:
