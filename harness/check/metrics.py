@@ -23,10 +23,11 @@ POISON_BITS = {np.dtype(np.float16): np.uint16(0x7E5A), np.dtype(np.float32): np
 UINT_OF = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32}
 
 
-def poison(shape, dtype) -> np.ndarray:
-    """A host array filled with the poison NaN (the GPU path fills device arrays the same way)."""
+def poison(shape, dtype, xp=np):
+    """An array filled with the poison NaN: on the host, or with xp = cupy on the device (what
+    the GPU path launches into)."""
     dtype = np.dtype(dtype)
-    return np.full(shape, POISON_BITS[dtype], dtype=UINT_OF[dtype]).view(dtype)
+    return xp.full(shape, POISON_BITS[dtype], dtype=UINT_OF[dtype]).view(dtype)
 
 
 def unwritten_mask(out):

@@ -28,8 +28,3 @@ def on_device(a) -> bool:
 def to_host(a) -> np.ndarray:
     """A NumPy copy of a device array; host arrays pass through."""
     return a.get() if on_device(a) else np.asarray(a)
-
-
-def device_name(xp) -> str:
-    """'gpu' for CuPy, 'cpu' for NumPy: how the run record names where the check ran."""
-    return "cpu" if xp is np else "gpu"

@@ -81,9 +81,7 @@ def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool 
 
 def poisoned(shape_tuple, dtype):
     """A device array filled with the poison NaN of metrics.POISON_BITS."""
-    cp = _cupy()
-    dtype = np.dtype(dtype)
-    return cp.full(shape_tuple, met.POISON_BITS[dtype], dtype=met.UINT_OF[dtype]).view(dtype)
+    return met.poison(shape_tuple, dtype, _cupy())
 
 
 def default_scale(D: int, scale):
