@@ -7,8 +7,9 @@ Set-up is paid once per process, never per call:
 * each variant is compiled once per (device, D, causal, tiles) (_FUNCTIONS);
 * each problem's validated launch (variant, grid, block, shared memory) is cached per input
   metadata: shapes, dtypes, devices and causal (_plan).
-The per-call path is a cache hit, the output allocation and the launch: it reads no file,
-hashes nothing and queries no device property. reload() forgets all three, so that a kernel
+The per-call path is a cache hit, the output allocation and the launch (cuLaunchKernel over the
+plan's argument block, packed once: build/launcher.py): it reads no file, hashes nothing and
+queries no device property. reload() forgets all three, so that a kernel
 file edited after the first call is picked up (as it is by a new process). The harness path
 (run, diagnose, bisect) keeps compiling from the file as it is, through loader.get_kernel.
 
@@ -31,6 +32,7 @@ import numpy as np
 from debug_modes.registry import KERNEL_PARAMS, kernel_scalars
 from harness.build import device as _device
 from harness.build import loader
+from harness.build.launcher import Launcher
 from harness.build.variant import Variant, tiles_for
 from harness.check.shapes import SUPPORTED_HEAD_DIMS, Shape
 from harness.errors import UsageError
@@ -42,6 +44,8 @@ MAX_GRID_YZ = 65535   # H and B are gridDim.y and gridDim.z
 if KERNEL_PARAMS[:5] != ("Q", "K", "V", "O", "LSE"):
     raise ImportError(f"harness.api.kernel_args assumes Q, K, V, O, LSE first; KERNEL_PARAMS is {KERNEL_PARAMS}")
 _NULLS = (0,) * (len(KERNEL_PARAMS) - 5)
+N_PTRS = 5                                # the pointers a call writes
+SCALE_SLOT = len(KERNEL_PARAMS) + 3       # kernel_scalars: H, Sq, Sk, scale, row0, n_rows
 
 
 def kernel_args(q: int, k: int, v: int, o: int, lse: int, H: int, Sq: int, Sk: int, scale: float) -> tuple:
@@ -53,13 +57,7 @@ def kernel_args(q: int, k: int, v: int, o: int, lse: int, H: int, Sq: int, Sk: i
     forward() computes every row, row0 = 0, n_rows = Sq. A kernel built before the window
     existed ignores the two trailing values: the driver reads as many parameters as the
     kernel declares."""
-    return (q, k, v, o, lse) + _NULLS + _scalar_args(H, Sq, Sk, scale)
-
-
-@functools.lru_cache(maxsize=1024)
-def _scalar_args(H: int, Sq: int, Sk: int, scale: float) -> tuple:
-    # Cached: six NumPy scalars cost about 2 us a call, a third of forward()'s own overhead.
-    return kernel_scalars(H, Sq, Sk, scale, 0, Sq)
+    return (q, k, v, o, lse) + _NULLS + kernel_scalars(H, Sq, Sk, scale, 0, Sq)
 
 
 # ------------------------------------------------------------------ validation (one line each)
@@ -102,9 +100,11 @@ def _scale(scale) -> float:
 # ------------------------------------------------------------------ set-up, cached
 @dataclass(frozen=True)
 class Plan:
-    """One validated problem, ready to launch: its compiled variant and launch geometry."""
+    """One validated problem, ready to launch: its compiled variant, launch geometry and the
+    launcher that holds its argument block."""
     variant: Variant
     fn: object
+    launcher: Launcher
     device: int
     grid: tuple
     block: tuple
@@ -142,8 +142,11 @@ def _plan(kind, qm, km, vm, causal: bool) -> Plan:
     device, B, H, Sq, Sk, D = check_inputs(kind, qm, km, vm)
     shape = Shape(B, H, Sq, Sk, D)
     variant, fn = _function(kind, device, D, causal, tiles_for(shape))
-    return Plan(variant, fn, device, variant.grid(shape), (variant.threads,), variant.smem_bytes,
-                H, Sq, Sk, (B, H, Sq, D), (B, H, Sq), 1.0 / math.sqrt(D))
+    grid, block, scale = variant.grid(shape), (variant.threads,), 1.0 / math.sqrt(D)
+    launcher = Launcher(fn, grid, block, variant.smem_bytes, kernel_args(0, 0, 0, 0, 0, H, Sq, Sk, scale),
+                        N_PTRS, SCALE_SLOT)
+    return Plan(variant, fn, launcher, device, grid, block, variant.smem_bytes,
+                H, Sq, Sk, (B, H, Sq, D), (B, H, Sq), scale)
 
 
 def reload():
@@ -177,6 +180,10 @@ class _CudaKind:
         """True where the inputs are being traced (torch.compile): no eager launch then."""
         return False
 
+    def launch(self, plan: Plan, ptrs: tuple, scale: float):
+        """Launch the plan with the five pointers (Q, K, V, O, LSE) on the current stream."""
+        plan.launcher(ptrs, scale, self.stream_ptr(plan.device))
+
 
 class _CuPy(_CudaKind):
     def __init__(self):
@@ -203,18 +210,8 @@ class _CuPy(_CudaKind):
     def ptr(self, x) -> int:
         return x.data.ptr
 
-    def launch(self, plan: Plan, args: tuple):
-        plan.fn(plan.grid, plan.block, args, shared_mem=plan.smem)   # CuPy's current stream
-
-
-class _RawStream:
-    """A torch stream pointer in the CUDA stream protocol (for cupy.cuda.Stream.from_external)."""
-
-    def __init__(self, ptr: int):
-        self.ptr = ptr
-
-    def __cuda_stream__(self):
-        return (0, self.ptr)
+    def stream_ptr(self, device: int) -> int:
+        return self.cp.cuda.get_current_stream().ptr   # CuPy's current stream (of the current device)
 
 
 class _Torch(_CudaKind):
@@ -229,7 +226,6 @@ class _Torch(_CudaKind):
         self.raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
         compiler = getattr(torch, "compiler", None)
         self.is_compiling = getattr(compiler, "is_compiling", None) or torch._dynamo.is_compiling
-        self.streams: dict = {}
         self.ops = _register_torch_ops(torch, self)
 
     def traced(self, q) -> bool:
@@ -257,20 +253,9 @@ class _Torch(_CudaKind):
     def ptr(self, x) -> int:
         return x.data_ptr()
 
-    def stream(self, device: int):
-        """CuPy's handle on torch's current stream of a device, one per stream pointer."""
-        ptr = self.raw_stream(device) if self.raw_stream else self.torch.cuda.current_stream(device).cuda_stream
-        s = self.streams.get((ptr, device))
-        if s is None:
-            if len(self.streams) > 1024:   # streams come and go; the handles are cheap
-                self.streams.clear()
-            from_external = getattr(self.cp.cuda.Stream, "from_external", None)   # CuPy 14: ExternalStream is deprecated
-            s = from_external(_RawStream(ptr)) if from_external else self.cp.cuda.ExternalStream(ptr, device)
-            self.streams[(ptr, device)] = s
-        return s
-
-    def launch(self, plan: Plan, args: tuple):
-        plan.fn(plan.grid, plan.block, args, shared_mem=plan.smem, stream=self.stream(plan.device))
+    def stream_ptr(self, device: int) -> int:
+        """torch's current stream of the device, as a raw CUDA stream pointer."""
+        return self.raw_stream(device) if self.raw_stream else self.torch.cuda.current_stream(device).cuda_stream
 
     def traced_forward(self, q, k, v, causal: bool, scale, lse: bool):
         if lse:
@@ -369,8 +354,7 @@ def _launch(kind, plan: Plan, q, k, v, scale: float, lse: bool):
     q, k, v = kind.contiguous(q), kind.contiguous(k), kind.contiguous(v)
     o = kind.empty(q, plan.o_shape, "float16")
     l = kind.empty(q, plan.lse_shape, "float32") if lse else None
-    kind.launch(plan, kernel_args(kind.ptr(q), kind.ptr(k), kind.ptr(v), kind.ptr(o), 0 if l is None else kind.ptr(l),
-                                  plan.H, plan.Sq, plan.Sk, scale))
+    kind.launch(plan, (kind.ptr(q), kind.ptr(k), kind.ptr(v), kind.ptr(o), 0 if l is None else kind.ptr(l)), scale)
     return (o, l) if lse else o
 
 

@@ -21,6 +21,7 @@ from debug_modes.registry import KERNEL_PARAMS
 from harness import api
 from harness.build import compiler, loader
 from harness.build import device as _device
+from harness.build.launcher import Launcher
 from harness.build.variant import Variant, tiles_for
 from harness.check.shapes import SUPPORTED_HEAD_DIMS, Shape
 from harness.errors import UsageError
@@ -65,8 +66,9 @@ class FakeKind(api._CudaKind):
     def ptr(self, x):
         return id(x)
 
-    def launch(self, plan, args):
-        self.launches.append((plan, args))
+    def launch(self, plan, ptrs, scale):
+        # what the real launcher's argument block holds for this call, read back as the driver reads it
+        self.launches.append((plan, plan.launcher.values(ptrs, scale)))
 
 
 @pytest.fixture
@@ -192,6 +194,28 @@ def test_launch_geometry_and_arguments(fake):
     assert lse.shape == (2, 3, 300) and lse.dtype == "float32"
     assert args[:5] == (id(q), id(k), id(v), id(o), id(lse))
     assert args[-6:] == (3, 300, 700, np.float32(1 / math.sqrt(128)), 0, 300)
+
+
+def test_launch_block_is_kernel_args_call_after_call(fake):
+    """The launcher's packed block (what cuLaunchKernel reads) equals kernel_args() of each call,
+    in value and C type, as the pointers and the scale change from call to call."""
+    q, k, v = qkv(B=2, H=3, Sq=300, Sk=700, D=64)
+    calls = [dict(), dict(scale=0.1), dict(scale=0.1, lse=True), dict(), dict(scale=2.5)]
+    for kw in calls:
+        out = api.forward(q, k, v, **kw)
+        o, l = out if kw.get("lse") else (out, None)
+        plan, packed = fake.launches[-1]
+        want = api.kernel_args(id(q), id(k), id(v), id(o), 0 if l is None else id(l), 3, 300, 700,
+                               kw.get("scale", 1 / math.sqrt(64)))
+        assert packed == want
+        assert [np.asarray(x).dtype for x in packed[-6:]] == [np.asarray(x).dtype for x in want[-6:]]
+    assert len({id(p) for p, _ in fake.launches}) == 1    # one plan, its block rewritten per call
+
+
+def test_launcher_refuses_a_float_slot_that_is_not_float32():
+    args = api.kernel_args(0, 0, 0, 0, 0, 1, 2, 3, 0.5)
+    with pytest.raises(TypeError, match="not the float32"):
+        Launcher("fn", (1,), (128,), 0, args, api.N_PTRS, api.SCALE_SLOT - 1)
 
 
 def test_kernel_args_layout():
@@ -329,18 +353,44 @@ def test_torch_tracer_goes_through_forward_into_the_custom_op():
 
 
 # ------------------------------------------------------------------ bench's wall-per-call columns
-def test_wall_per_call_is_one_sync_per_loop():
-    from harness.run import bench
-    calls, syncs = [], []
-    us = bench.wall_per_call(lambda: calls.append(1), lambda: syncs.append(len(calls)), n=50, reps=3, warmup=7)
-    assert len(calls) == 7 + 3 * 50 and syncs == [7, 57, 107, 157] and us > 0
+def test_wall_loop_is_one_sync_and_rounds_pair_each_wall_loop_with_a_kernel_loop():
+    from harness.run import wall
+    calls, syncs, kernel_loops = [], [], []
+
+    def kernel_us(fn, n):      # stands in for the queued event loop: its "clock" drifts per round
+        kernel_loops.append(len(calls))
+        for _ in range(n):
+            fn()
+        return 100.0 + 10 * len(kernel_loops)
+
+    m = wall.measure(lambda: calls.append(1), lambda: syncs.append(len(calls)), n=50, rounds=3,
+                     kernel_us=kernel_us, warmup=7)
+    assert len(calls) == 7 + 3 * 2 * 50
+    # one sync after the warm-up and one per wall loop; the order alternates (wall first in round 0)
+    assert syncs == [7, 57, 207, 257] and kernel_loops == [57, 107, 257]
+    assert m["kernel"] == 120.0 and m["n"] == 50 and m["rounds"] == 3
+    assert m["host"] <= m["wall"] and m["excess"] < 0     # the fake wall loops take microseconds
+
+
+def test_wall_excess_is_taken_round_by_round():
+    from harness.run import wall
+    walls = iter([(110.0, 5.0), (125.0, 5.0), (140.0, 5.0)])
+    kernels = iter([100.0, 120.0, 130.0])
+    real = wall.loop_times
+    try:
+        wall.loop_times = lambda fn, sync, n: next(walls)
+        m = wall.measure(lambda: None, lambda: None, n=3, rounds=3, kernel_us=lambda fn, n: next(kernels))
+    finally:
+        wall.loop_times = real
+    # per round 10, 5, 10: the median is 10, not median(wall) - median(kernel) = 5
+    assert m["excess"] == 10.0 and m["wall"] == 125.0 and m["kernel"] == 120.0
 
 
 def test_wall_calls_bounded_by_the_budget():
-    from harness.run import bench
-    assert bench.wall_calls(1.0) == bench.WALL_CALLS
-    long_us = bench.WALL_BUDGET_S * 1e6 / 50
-    assert bench.wall_calls(long_us) == 50 and bench.wall_calls(1e9) == 20
+    from harness.run import wall
+    assert wall.wall_calls(1.0) == wall.WALL_CALLS
+    long_us = wall.WALL_BUDGET_S * 1e6 / 50
+    assert wall.wall_calls(long_us) == 50 and wall.wall_calls(1e9) == 20
 
 
 def _row(wall):
@@ -350,21 +400,25 @@ def _row(wall):
                           sdpa={"sdpa_flash": bench.Timing(120.0, 110.0, 130.0, 10)}, wall=wall)
 
 
+def _m(w, h, k):
+    return {"wall": w, "host": h, "kernel": k, "excess": w - k, "n": 10, "rounds": 5}
+
+
 def test_wall_columns_in_table_and_markdown():
     from harness.run import bench
-    rows = [_row({"inputs": "torch", "forward": 104.0, "sdpa": 130.0, "raw": 101.5}), _row({}),
-            _row({"inputs": "cupy", "forward": 103.0})]
+    rows = [_row({"inputs": "torch", "forward": _m(104.0, 20.5, 101.5), "sdpa": _m(130.0, 18.0, 131.0)}), _row({}),
+            _row({"inputs": "cupy", "forward": _m(103.0, 19.0, 100.0)})]
     md = bench.markdown(rows, {"device": "NVIDIA H200"}, "2026-01-01", "flashcore bench")
     table = [l for l in md.splitlines() if l.startswith("|")]
     assert table[0] == "| " + " | ".join(bench.HEADERS) + " |"
     cells = [l.strip("|").split(" | ") for l in table[2:]]
     assert all(len(c) == len(bench.HEADERS) for c in cells)
     col = {h: i for i, h in enumerate(bench.HEADERS)}
-    fw, ex, sd, ratio = (col[h] for h in ("forward() wall us/call", "wall - kernel us", "SDPA wall us/call", "SDPA/forward wall"))
-    assert [cells[0][i].strip() for i in (fw, ex, sd, ratio)] == ["104.0", "+4.0", "130.0", "1.25x"]
-    assert [cells[1][i].strip() for i in (fw, ex, sd, ratio)] == ["-"] * 4
-    assert cells[2][fw].strip() == "103.0 (CuPy)" and cells[2][sd].strip() == "-"
-    own = col["wall - raw launch us"]     # forward()'s own cost over the bare launch in the same loop
-    assert [cells[i][own].strip() for i in range(3)] == ["+2.5", "-", "-"]
-    assert rows[0].to_dict()["wall"]["forward"] == 104.0
+    names = ("forward() wall us/call", "forward() wall - kernel us", "forward() host us/call", "SDPA wall us/call",
+             "SDPA wall - kernel us", "SDPA/forward wall")
+    idx = [col[h] for h in names]
+    assert [cells[0][i].strip() for i in idx] == ["104.0", "+2.5", "20.5", "130.0", "-1.0", "1.25x"]
+    assert [cells[1][i].strip() for i in idx] == ["-"] * 6
+    assert [cells[2][i].strip() for i in idx] == ["103.0 (CuPy)", "+3.0", "19.0", "-", "-", "-"]
+    assert rows[0].to_dict()["wall"]["forward"]["wall"] == 104.0
     assert len(bench.rich_table(rows, {"device": "NVIDIA H200"}).columns) == len(bench.HEADERS)

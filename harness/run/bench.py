@@ -6,20 +6,19 @@ set fits in L2, L2 is flushed (a 256 MiB memset) before every timed launch so th
 numbers are not cache numbers. FLOPs: 4*B*H*Sq*Sk*D, half of it for causal.
 
 Wall per call (the product's latency as a user's loop sees it, launch overhead included):
-forward() and SDPA's default backend each called N times from a Python loop, one
-synchronisation at the end, wall time / N (median of a few loops). forward() is handed in
-by the caller: the harness path does not import the product path.
+harness/run/wall.py, for forward() and SDPA's default backend; forward() is handed in by the
+caller: the harness path does not import the product path.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from harness.check.shapes import Shape
+from harness.run.wall import WALL_CALLS, WALL_ROUNDS, wall_calls, wall_times
 
 SUITE = [  # (label, shape, causal)  -- issue: the benchmark suite, as data
     ("mission", Shape(1, 8, 512, 512, 64), False),
@@ -95,7 +94,7 @@ class BenchRow:
     resources: dict = field(default_factory=dict)
     nwarps: int = 4
     tiles: dict = field(default_factory=dict)
-    wall: dict = field(default_factory=dict)    # "forward" | "sdpa" -> us per call; "inputs": torch | cupy
+    wall: dict = field(default_factory=dict)    # "forward" | "sdpa" -> wall.measure(); "inputs": torch | cupy
 
     @property
     def tflops(self) -> float:
@@ -112,61 +111,6 @@ class BenchRow:
              "tflops": self.tflops, "resources": self.resources, "wall": self.wall,
              "sdpa": {k: asdict(v) | {"tflops": v.tflops(self.flops)} for k, v in self.sdpa.items()}}
         return d
-
-
-# ------------------------------------------------------------------ wall per call
-WALL_CALLS = 300          # the issue's loop: 300 calls, one synchronisation
-WALL_BUDGET_S = 0.25      # fewer calls where the kernel is long (one loop at most about this)
-WALL_REPS = 3
-
-
-def wall_per_call(fn, sync, n: int = WALL_CALLS, reps: int = WALL_REPS, warmup: int = 10) -> float:
-    """Microseconds per call of fn from a Python loop: n calls, one sync() at the end, wall
-    time / n; the median of reps loops."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    per_call = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        per_call.append((time.perf_counter() - t0) / n)
-    return float(np.median(per_call)) * 1e6
-
-
-def wall_calls(kernel_us: float) -> int:
-    return int(min(WALL_CALLS, max(20, WALL_BUDGET_S * 1e6 / max(kernel_us, 1e-3))))
-
-
-def _torch_cuda():
-    try:
-        import torch
-    except Exception:
-        return None
-    return torch if torch.cuda.is_available() else None
-
-
-def wall_times(forward, causal: bool, q, k, v, n: int, with_sdpa: bool = True, raw=None) -> dict:
-    """forward() on torch tensors (CuPy arrays where there is no torch with CUDA), and SDPA's
-    default backend on the same tensors, as wall time per call; with raw (the kernel launched
-    with its arguments resolved once: Prepared.timed_launcher) also that, in the same kind of
-    loop, so that forward()'s own cost is wall(forward) - wall(raw): the kernel's event time
-    is taken launch by launch, while these loops run the kernel back to back."""
-    import cupy as cp
-    torch = _torch_cuda()
-    base = {"raw": wall_per_call(raw, cp.cuda.Device().synchronize, n)} if raw is not None else {}
-    if torch is None:
-        return {"inputs": "cupy", **base,
-                "forward": wall_per_call(lambda: forward(q, k, v, causal=causal), cp.cuda.Device().synchronize, n)}
-    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
-    out = {"inputs": "torch", **base,
-           "forward": wall_per_call(lambda: forward(tq, tk, tv, causal=causal), torch.cuda.synchronize, n)}
-    if with_sdpa:
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-        out["sdpa"] = wall_per_call(lambda: sdpa(tq, tk, tv, is_causal=causal), torch.cuda.synchronize, n)
-    return out
 
 
 def _sdpa_timings(shape: Shape, causal: bool, q, k, v) -> dict:
@@ -216,7 +160,7 @@ def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full"
         row.sdpa = _sdpa_timings(shape, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"])
     if forward is not None and mode == "full":
         row.wall = wall_times(forward, causal, pre.bufs["Q"], pre.bufs["K"], pre.bufs["V"],
-                              wall_calls(t.median_us), with_sdpa, raw=pre.timed_launcher())
+                              wall_calls(t.median_us), with_sdpa)
     return row
 
 
@@ -228,14 +172,18 @@ def _us(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1f}"
+
+
 def _wall_cols(r: BenchRow) -> list:
-    """forward() wall per call, its excess over the kernel's event time, SDPA's wall per call,
-    and the ratio SDPA/forward (throughput, like the other ratios: > 1 = forward faster)."""
-    fw, sd, raw = r.wall.get("forward"), r.wall.get("sdpa"), r.wall.get("raw")
-    on = " (CuPy)" if r.wall.get("inputs") == "cupy" else ""
-    return [_us(fw) + (on if fw is not None else ""), f"{fw - r.kernel.median_us:+.1f}" if fw is not None else "-",
-            f"{fw - raw:+.1f}" if fw is not None and raw is not None else "-", _us(sd),
-            f"{sd / fw:.2f}x" if fw and sd else "-"]
+    """forward()'s wall, wall - kernel and host time per call; SDPA's wall and wall - kernel;
+    the ratio of the walls SDPA/forward (throughput, like the other ratios: > 1 = forward faster)."""
+    fw, sd = r.wall.get("forward") or {}, r.wall.get("sdpa") or {}
+    on = " (CuPy)" if fw and r.wall.get("inputs") == "cupy" else ""
+    return [_us(fw.get("wall")) + on, _signed(fw.get("excess")), _us(fw.get("host")),
+            _us(sd.get("wall")), _signed(sd.get("excess")),
+            f"{sd['wall'] / fw['wall']:.2f}x" if fw and sd else "-"]
 
 
 def _cols(r: BenchRow, peak: float | None) -> list:
@@ -250,13 +198,14 @@ def _cols(r: BenchRow, peak: float | None) -> list:
 
 HEADERS = ["case", "B,H,S,D", "causal", "kernel us median (p10-p90)", "TFLOP/s", "% fp16 peak",
            "SDPA flash us", "flash TFLOP/s", "kernel/flash", "SDPA cuDNN us", "kernel/cuDNN",
-           "forward() wall us/call", "wall - kernel us", "wall - raw launch us", "SDPA wall us/call",
-           "SDPA/forward wall"]
+           "forward() wall us/call", "forward() wall - kernel us", "forward() host us/call",
+           "SDPA wall us/call", "SDPA wall - kernel us", "SDPA/forward wall"]
 
 
 WALL_NOTE = (f"wall: forward() and SDPA (default backend) called up to {WALL_CALLS} times from a Python loop, "
-             f"one synchronize, wall time per call (median of {WALL_REPS} loops); raw launch: the kernel with "
-             f"its arguments resolved once, in the same loop (forward()'s own cost = wall - raw launch)")
+             f"one synchronize, wall time per call; host: the time to enqueue those calls, per call; "
+             f"wall - kernel: less the kernel's CUDA-event time taken in a loop beside it (same clocks); "
+             f"medians of {WALL_ROUNDS} rounds")
 
 
 def rich_table(rows, device: dict):
