@@ -94,7 +94,7 @@ def rounds_at(shape: str, rounds: int):
     sdpa = torch.nn.functional.scaled_dot_product_attention
     fns = {"forward": lambda: api.forward(q, k, v), "sdpa": lambda: sdpa(q, k, v)}
     fns["forward"]()
-    cold = wall.queued_kernel_us(fns["forward"], 20)
+    cold = wall.queued_kernel_us(fns["forward"], 20, 0.01)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < 2.0:
         fns["forward"]()

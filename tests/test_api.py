@@ -357,29 +357,33 @@ def test_wall_loop_is_one_sync_and_rounds_pair_each_wall_loop_with_a_kernel_loop
     from harness.run import wall
     calls, syncs, kernel_loops = [], [], []
 
-    def kernel_us(fn, n):      # stands in for the queued event loop: its "clock" drifts per round
-        kernel_loops.append(len(calls))
+    def kernel_us(fn, n, rest):   # stands in for the queued event loop: its "clock" drifts per round
+        kernel_loops.append((len(calls), rest))
         for _ in range(n):
             fn()
         return 100.0 + 10 * len(kernel_loops)
 
     m = wall.measure(lambda: calls.append(1), lambda: syncs.append(len(calls)), n=50, rounds=3,
                      kernel_us=kernel_us, warmup=7)
-    assert len(calls) == 7 + 3 * 2 * 50
-    # one sync after the warm-up and one per wall loop; the order alternates (wall first in round 0)
-    assert syncs == [7, 57, 207, 257] and kernel_loops == [57, 107, 257]
+    assert len(calls) == 7 + 20 + 3 * 2 * 50
+    # the sizing loop (20 calls), then each wall loop: a sync before it (the rest starts) and
+    # one after; the order alternates (wall first in round 0)
+    assert syncs == [7, 27, 27, 77, 177, 227, 227, 277]
+    assert [c for c, _ in kernel_loops] == [77, 127, 277]
+    rest = kernel_loops[0][1]
+    assert all(r == rest for _, r in kernel_loops) and 100e-6 < rest < 1e-3
     assert m["kernel"] == 120.0 and m["n"] == 50 and m["rounds"] == 3
     assert m["host"] <= m["wall"] and m["excess"] < 0     # the fake wall loops take microseconds
 
 
 def test_wall_excess_is_taken_round_by_round():
     from harness.run import wall
-    walls = iter([(110.0, 5.0), (125.0, 5.0), (140.0, 5.0)])
+    walls = iter([(1.0, 1.0), (110.0, 5.0), (125.0, 5.0), (140.0, 5.0)])
     kernels = iter([100.0, 120.0, 130.0])
     real = wall.loop_times
     try:
-        wall.loop_times = lambda fn, sync, n: next(walls)
-        m = wall.measure(lambda: None, lambda: None, n=3, rounds=3, kernel_us=lambda fn, n: next(kernels))
+        wall.loop_times = lambda fn, sync, n, rest=0.0: next(walls)
+        m = wall.measure(lambda: None, lambda: None, n=3, rounds=3, kernel_us=lambda fn, n, rest: next(kernels))
     finally:
         wall.loop_times = real
     # per round 10, 5, 10: the median is 10, not median(wall) - median(kernel) = 5

@@ -10,11 +10,13 @@ Per function, `rounds` rounds of two loops of n calls each, in alternating order
 Reported: the medians over rounds of wall, host and kernel time, and of (wall - kernel) taken
 round by round: the time per call the caller pays beyond the kernel.
 
-Why rounds and not bench's kernel column: a long kernel run back to back lowers the GPU's
-clocks (H200, 2x16x8192 d128: 3095 us per launch at first, 3260-3320 us after two seconds,
-scripts/profile_forward.py). The kernel column is taken early, at the higher clocks; a wall
-loop after it runs at lower ones, so wall minus that column measures the clocks, not the
-caller's cost. Pairing each wall loop with a kernel loop next to it compares at one clock.
+Why rounds and not bench's kernel column: the GPU's clocks follow its recent load. On the
+H200 at 2x16x8192 d128 one launch takes 3104 us after a rest, 3255 us in a loop that follows a
+30 ms rest, and 3290-3330 us in a loop that follows no rest (scripts/profile_forward.py). The
+kernel column is taken early, at the higher clocks, so wall minus that column measures the
+clocks, not the caller's cost. So each wall loop is paired with a kernel loop beside it, and
+both start after the same short rest of the GPU: the spin's length, sized to cover the
+enqueueing of the kernel loop (the wall loop sleeps as long before it starts).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ WALL_CALLS = 300          # the issue's loop: 300 calls, one synchronisation
 WALL_BUDGET_S = 0.25      # fewer calls where the kernel is long (one loop at most about this)
 WALL_ROUNDS = 5
 QUEUED_MAX = 200          # launches queued behind the spin: well inside the driver's queue
-SPIN_CYCLES = 40_000_000  # 20-40 ms at 1-2 GHz: longer than enqueueing QUEUED_MAX calls
+EVENTS_HOST_US = 5.0      # the host cost of the two event records around a queued call
+SPIN_MARGIN = 1.5
 
+# Waits on the global nanosecond timer, not the SM clock (which is what varies).
 _SPIN_SRC = r"""
-extern "C" __global__ void flashcore_spin(long long cycles) {
-    long long t0 = clock64();
-    while (clock64() - t0 < cycles) { }
+extern "C" __global__ void flashcore_spin(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
 }
 """
 
@@ -41,8 +46,17 @@ def wall_calls(kernel_us: float) -> int:
     return int(min(WALL_CALLS, max(20, WALL_BUDGET_S * 1e6 / max(kernel_us, 1e-3))))
 
 
-def loop_times(fn, sync, n: int) -> tuple[float, float]:
-    """(wall, host) microseconds per call of n calls of fn from a Python loop, one sync()."""
+def rest_s(n: int, host_us: float) -> float:
+    """The GPU's rest before each loop: long enough to enqueue the kernel loop behind the spin."""
+    return (min(n, QUEUED_MAX) * (host_us + EVENTS_HOST_US) * SPIN_MARGIN + 100.0) * 1e-6
+
+
+def loop_times(fn, sync, n: int, rest: float = 0.0) -> tuple[float, float]:
+    """(wall, host) microseconds per call of n calls of fn from a Python loop, one sync();
+    the GPU idle for `rest` seconds before the loop starts."""
+    sync()
+    if rest:
+        time.sleep(rest)
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
@@ -58,14 +72,15 @@ def _spin_kernel():
     return cp.RawKernel(_SPIN_SRC, "flashcore_spin")
 
 
-def queued_kernel_us(fn, n: int) -> float:
-    """Median CUDA-event time (us) of n calls of fn queued behind a spin kernel on CuPy's
-    current stream (the caller's functions must launch on that stream: bench checks it)."""
+def queued_kernel_us(fn, n: int, rest: float) -> float:
+    """Median CUDA-event time (us) of n calls of fn queued behind a spin kernel of `rest`
+    seconds on CuPy's current stream (the caller's functions must launch on that stream:
+    wall_times checks it)."""
     import cupy as cp
     import numpy as np
     n = min(n, QUEUED_MAX)
     evs = [(cp.cuda.Event(), cp.cuda.Event()) for _ in range(n)]
-    _spin_kernel()((1,), (1,), (np.int64(SPIN_CYCLES),))
+    _spin_kernel()((1,), (1,), (np.uint64(int(rest * 1e9)),))
     for s, e in evs:
         s.record()
         fn()
@@ -76,18 +91,20 @@ def queued_kernel_us(fn, n: int) -> float:
 
 def measure(fn, sync, n: int, rounds: int = WALL_ROUNDS, kernel_us=queued_kernel_us, warmup: int = 10) -> dict:
     """{wall, host, kernel, excess} in microseconds per call (medians over rounds; excess is
-    the median of wall - kernel taken round by round)."""
+    the median of wall - kernel taken round by round). A short loop first sizes the rest; the
+    order of the two loops alternates from round to round."""
     for _ in range(warmup):
         fn()
-    sync()
+    _, host = loop_times(fn, sync, min(n, 20))
+    rest = rest_s(n, host)       # one rest for every loop, so that each starts alike
     walls, hosts, kernels, excess = [], [], [], []
     for r in range(rounds):
         if r % 2:
-            k = kernel_us(fn, n)
-            w, h = loop_times(fn, sync, n)
+            k = kernel_us(fn, n, rest)
+            w, h = loop_times(fn, sync, n, rest)
         else:
-            w, h = loop_times(fn, sync, n)
-            k = kernel_us(fn, n)
+            w, h = loop_times(fn, sync, n, rest)
+            k = kernel_us(fn, n, rest)
         walls.append(w), hosts.append(h), kernels.append(k), excess.append(w - k)
     med = statistics.median
     return {"wall": med(walls), "host": med(hosts), "kernel": med(kernels), "excess": med(excess), "n": n,
