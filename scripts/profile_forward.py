@@ -85,7 +85,7 @@ def main(shape, calls, rounds, sustained):
 
 def rounds_at(shape: str, rounds: int):
     """forward() and SDPA through wall.measure, every round printed; the kernel's event time
-    first taken cold (before two seconds of back-to-back launches), to show the clock drop."""
+    first taken after a rest (before two seconds of back-to-back launches): the clocks drop."""
     import torch
     from harness import api
     from harness.run import wall
@@ -94,7 +94,7 @@ def rounds_at(shape: str, rounds: int):
     sdpa = torch.nn.functional.scaled_dot_product_attention
     fns = {"forward": lambda: api.forward(q, k, v), "sdpa": lambda: sdpa(q, k, v)}
     fns["forward"]()
-    cold = wall.queued_kernel_us(fns["forward"], 20, 0.01)
+    cold = statistics.median(wall.event_loop(fns["forward"], torch.cuda.synchronize, 20, 0.01, True)[1])
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < 2.0:
         fns["forward"]()
@@ -102,12 +102,11 @@ def rounds_at(shape: str, rounds: int):
     n = wall.wall_calls(cold)
     print(f"{shape}: forward()'s kernel before the warm-up {cold:.1f} us; {n} calls a loop")
     for name, fn in fns.items():
-        per = []
-        for _ in range(rounds):
-            per.append(wall.measure(fn, torch.cuda.synchronize, n, rounds=1))
-        cells = " ".join(f"{m['wall']:.1f}/{m['kernel']:.1f}/{m['host']:.1f}" for m in per)
-        ex = sorted(m["excess"] for m in per)
-        print(f"  {name:8s} wall/kernel/host by round: {cells}; wall - kernel by round {' '.join(f'{x:+.1f}' for x in ex)}")
+        m = wall.measure(fn, torch.cuda.synchronize, n, rounds=rounds)
+        print(f"  {name}: wall {m['wall']:.1f}, host {m['host']:.1f}, kernel {m['kernel']:.1f} us; "
+              f"excess {m['excess']:+.1f} ({m['method']})")
+        for key in ("wall", "kernel", "host", "excess_paired", "excess_in_loop"):
+            print(f"    {key:15s} by round: " + " ".join(f"{r[key]:8.1f}" for r in m["per_round"]))
 
 
 if __name__ == "__main__":

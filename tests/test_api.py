@@ -353,41 +353,68 @@ def test_torch_tracer_goes_through_forward_into_the_custom_op():
 
 
 # ------------------------------------------------------------------ bench's wall-per-call columns
-def test_wall_loop_is_one_sync_and_rounds_pair_each_wall_loop_with_a_kernel_loop():
-    from harness.run import wall
-    calls, syncs, kernel_loops = [], [], []
+class FakeEvents:
+    """Stands in for wall.event_loop: calls fn n times; spans of `kernel` us, one loop wall of
+    `loop_wall` us per call; records the order of the loops."""
 
-    def kernel_us(fn, n, rest):   # stands in for the queued event loop: its "clock" drifts per round
-        kernel_loops.append((len(calls), rest))
+    def __init__(self, calls, kernel=100.0, loop_wall=None):
+        self.calls, self.kernel, self.loop_wall, self.seen = calls, kernel, loop_wall, []
+
+    def __call__(self, fn, sync, n, rest, queued):
+        self.seen.append(("queued" if queued else "in_loop", len(self.calls), rest))
         for _ in range(n):
             fn()
-        return 100.0 + 10 * len(kernel_loops)
-
-    m = wall.measure(lambda: calls.append(1), lambda: syncs.append(len(calls)), n=50, rounds=3,
-                     kernel_us=kernel_us, warmup=7)
-    assert len(calls) == 7 + 20 + 3 * 2 * 50
-    # the sizing loop (20 calls), then each wall loop: a sync before it (the rest starts) and
-    # one after; the order alternates (wall first in round 0)
-    assert syncs == [7, 27, 27, 77, 177, 227, 227, 277]
-    assert [c for c, _ in kernel_loops] == [77, 127, 277]
-    rest = kernel_loops[0][1]
-    assert all(r == rest for _, r in kernel_loops) and 100e-6 < rest < 1e-3
-    assert m["kernel"] == 120.0 and m["n"] == 50 and m["rounds"] == 3
-    assert m["host"] <= m["wall"] and m["excess"] < 0     # the fake wall loops take microseconds
+        k = self.kernel(queued) if callable(self.kernel) else self.kernel
+        return (self.loop_wall if self.loop_wall is not None else k + 1.0), [k - 1.0, k, k + 1.0]
 
 
-def test_wall_excess_is_taken_round_by_round():
+def test_wall_rounds_alternate_three_loops_after_one_rest():
+    from harness.run import wall
+    calls, syncs = [], []
+    ev = FakeEvents(calls)
+    m = wall.measure(lambda: calls.append(1), lambda: syncs.append(len(calls)), n=50, rounds=2, events=ev, warmup=7)
+    # warm-up 7, sizing loop 20, then round 0: plain, queued, in-loop; round 1: in-loop, queued, plain
+    assert len(calls) == 7 + 20 + 2 * 3 * 50
+    assert syncs == [7, 27, 27, 77, 277, 327]       # before and after each plain loop
+    assert [(k, c) for k, c, _ in ev.seen] == [("queued", 77), ("in_loop", 127), ("in_loop", 177), ("queued", 227)]
+    rest = ev.seen[0][2]
+    assert all(r == rest for _, _, r in ev.seen) and 100e-6 < rest < 1e-3
+    assert m["kernel"] == 100.0 and m["n"] == 50 and m["rounds"] == 2 and len(m["per_round"]) == 2
+    assert m["host"] <= m["wall"]
+    # the fake host loop takes about a microsecond a call against a 100 us kernel: GPU-bound,
+    # so the excess is read inside one loop: its wall (101) minus its mean span (100)
+    assert m["method"] == "in-loop" and m["excess"] == m["excess_in_loop"] == 1.0
+
+
+def test_wall_excess_paired_is_taken_round_by_round():
     from harness.run import wall
     walls = iter([(1.0, 1.0), (110.0, 5.0), (125.0, 5.0), (140.0, 5.0)])
     kernels = iter([100.0, 120.0, 130.0])
+    ev = FakeEvents([], kernel=lambda queued: next(kernels) if queued else 5.0, loop_wall=50.0)
     real = wall.loop_times
     try:
         wall.loop_times = lambda fn, sync, n, rest=0.0: next(walls)
-        m = wall.measure(lambda: None, lambda: None, n=3, rounds=3, kernel_us=lambda fn, n, rest: next(kernels))
+        m = wall.measure(lambda: None, lambda: None, n=3, rounds=3, events=ev)
     finally:
         wall.loop_times = real
-    # per round 10, 5, 10: the median is 10, not median(wall) - median(kernel) = 5
-    assert m["excess"] == 10.0 and m["wall"] == 125.0 and m["kernel"] == 120.0
+    # round by round: wall 110, 125, 140 against kernel 100, 120, 130: 10, 5, 10; the median is
+    # 10, not median(wall) - median(kernel) = 5. The in-loop reading is its loop's wall (50)
+    # minus its mean span (5); both readings are kept whichever is reported.
+    assert m["excess_paired"] == 10.0 and m["wall"] == 125.0 and m["kernel"] == 120.0
+    assert m["excess_in_loop"] == 50.0 - 5.0
+
+
+def test_wall_method_follows_the_bottleneck():
+    from harness.run import wall
+    for kernel, method in ((9.0, "paired"), (500.0, "in-loop")):
+        real = wall.loop_times
+        try:
+            wall.loop_times = lambda fn, sync, n, rest=0.0: (20.0, 12.0)   # host 12 us a call
+            m = wall.measure(lambda: None, lambda: None, n=3, rounds=3, events=FakeEvents([], kernel=kernel))
+        finally:
+            wall.loop_times = real
+        assert m["method"] == method
+        assert m["excess"] == (m["excess_paired"] if method == "paired" else m["excess_in_loop"])
 
 
 def test_wall_calls_bounded_by_the_budget():

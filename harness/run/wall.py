@@ -1,22 +1,26 @@
 """What a Python caller pays per call of forward() or SDPA (issue "Product latency").
 
-Per function, `rounds` rounds of two loops of n calls each, in alternating order:
-* wall loop: n calls from a Python loop, one synchronisation at the end. Wall time / n is what
-  the caller waits per call; the time to *enqueue* the n calls (the loop before its
+Per function, `rounds` rounds of three loops of n calls each (measure() says which):
+* plain: n calls from a Python loop, one synchronisation at the end. Wall time / n is what the
+  caller waits per call; the time to *enqueue* the n calls (the loop before its
   synchronisation) / n is the host time per call, the Python and driver cost alone.
-* kernel loop: the same n calls queued behind a spin kernel, a CUDA-event pair around each,
-  so that the GPU runs them back to back whatever the host's pace: the median is the kernel's
-  own time (all of the function's kernels) at the clocks of that moment.
-Reported: the medians over rounds of wall, host and kernel time, and of (wall - kernel) taken
-round by round: the time per call the caller pays beyond the kernel.
+* queued: the same calls behind a spin kernel, a CUDA-event pair around each, so that the GPU
+  runs them back to back whatever the host's pace: the median span is the kernel's own time
+  (all of the function's kernels).
+* in-loop: the calls bracketed by events as the host issues them.
+Reported: medians over rounds of wall, host and kernel time, and wall - kernel: the time per
+call the caller pays beyond the kernel.
 
 Why rounds and not bench's kernel column: the GPU's clocks follow its recent load. On the
 H200 at 2x16x8192 d128 one launch takes 3104 us after a rest, 3255 us in a loop that follows a
 30 ms rest, and 3290-3330 us in a loop that follows no rest (scripts/profile_forward.py). The
 kernel column is taken early, at the higher clocks, so wall minus that column measures the
-clocks, not the caller's cost. So each wall loop is paired with a kernel loop beside it, and
-both start after the same short rest of the GPU: the spin's length, sized to cover the
-enqueueing of the kernel loop (the wall loop sleeps as long before it starts).
+clocks, not the caller's cost. Even two loops side by side differ: at that shape one 264 ms loop's wall minus
+the next loop's kernel time scatters by +-90 us from round to round. So where the kernel
+outlasts the host's call, wall - kernel is read inside one loop (in-loop); where the host is
+the bottleneck and clocks matter little, from two loops side by side (paired). Every loop starts
+after the same short rest of the GPU: the spin's length, sized to cover the enqueueing of the
+queued loop (the others sleep as long before they start).
 """
 
 from __future__ import annotations
@@ -72,43 +76,68 @@ def _spin_kernel():
     return cp.RawKernel(_SPIN_SRC, "flashcore_spin")
 
 
-def queued_kernel_us(fn, n: int, rest: float) -> float:
-    """Median CUDA-event time (us) of n calls of fn queued behind a spin kernel of `rest`
-    seconds on CuPy's current stream (the caller's functions must launch on that stream:
-    wall_times checks it)."""
+def event_loop(fn, sync, n: int, rest: float, queued: bool) -> tuple[float, list]:
+    """n calls of fn, a CUDA-event pair around each on CuPy's current stream (the caller's
+    functions must launch on it: wall_times checks). Returns (wall us per call, spans in us).
+    queued: the calls wait behind a spin kernel of `rest` seconds, so the GPU runs them back to
+    back whatever the host's pace (n at most QUEUED_MAX); else the GPU rests `rest` seconds and
+    the calls run as the host issues them."""
     import cupy as cp
     import numpy as np
-    n = min(n, QUEUED_MAX)
+    if queued:
+        n = min(n, QUEUED_MAX)
     evs = [(cp.cuda.Event(), cp.cuda.Event()) for _ in range(n)]
-    _spin_kernel()((1,), (1,), (np.uint64(int(rest * 1e9)),))
+    if queued:
+        _spin_kernel()((1,), (1,), (np.uint64(int(rest * 1e9)),))
+    else:
+        sync()
+        time.sleep(rest)
+    t0 = time.perf_counter()
     for s, e in evs:
         s.record()
         fn()
         e.record()
     evs[-1][1].synchronize()
-    return statistics.median(cp.cuda.get_elapsed_time(s, e) for s, e in evs) * 1e3
+    wall = (time.perf_counter() - t0) / n * 1e6
+    return wall, [cp.cuda.get_elapsed_time(s, e) * 1e3 for s, e in evs]
 
 
-def measure(fn, sync, n: int, rounds: int = WALL_ROUNDS, kernel_us=queued_kernel_us, warmup: int = 10) -> dict:
-    """{wall, host, kernel, excess} in microseconds per call (medians over rounds; excess is
-    the median of wall - kernel taken round by round). A short loop first sizes the rest; the
-    order of the two loops alternates from round to round."""
+def measure(fn, sync, n: int, rounds: int = WALL_ROUNDS, events=event_loop, warmup: int = 10) -> dict:
+    """Per round three loops of n calls, in an order that alternates from round to round:
+    * plain: wall and host time per call (loop_times), what the caller pays;
+    * queued: the kernel's own time, the median event span behind a spin;
+    * in-loop: calls bracketed by events as the host issues them.
+    Returned (us per call, medians over rounds): wall, host, kernel, and excess = wall - kernel
+    by one of two methods, named in "method":
+    * "in-loop" where the GPU outpaces nothing (host + events < kernel / 2): the GPU runs the
+      kernels back to back, each span is one kernel, and the loop's wall minus its mean span is
+      the caller's cost beyond the kernel at exactly that loop's clocks;
+    * "paired" otherwise (the host is the bottleneck, so the spans would hold its waits): the
+      plain loop's wall minus the queued kernel time of the same round.
+    Both are kept ("excess_in_loop", "excess_paired")."""
     for _ in range(warmup):
         fn()
     _, host = loop_times(fn, sync, min(n, 20))
-    rest = rest_s(n, host)       # one rest for every loop, so that each starts alike
-    walls, hosts, kernels, excess = [], [], [], []
+    rest = rest_s(n, host)       # one rest before every loop, so that each starts alike
+    rows = []
     for r in range(rounds):
-        if r % 2:
-            k = kernel_us(fn, n, rest)
-            w, h = loop_times(fn, sync, n, rest)
-        else:
-            w, h = loop_times(fn, sync, n, rest)
-            k = kernel_us(fn, n, rest)
-        walls.append(w), hosts.append(h), kernels.append(k), excess.append(w - k)
-    med = statistics.median
-    return {"wall": med(walls), "host": med(hosts), "kernel": med(kernels), "excess": med(excess), "n": n,
-            "rounds": rounds}
+        out = {}
+        steps = ["plain", "queued", "in_loop"]
+        for step in (steps if r % 2 == 0 else steps[::-1]):
+            if step == "plain":
+                out["wall"], out["host"] = loop_times(fn, sync, n, rest)
+            elif step == "queued":
+                out["kernel"] = statistics.median(events(fn, sync, n, rest, True)[1])
+            else:
+                w, spans = events(fn, sync, n, rest, False)
+                out["excess_in_loop"] = w - statistics.fmean(spans)
+        out["excess_paired"] = out["wall"] - out["kernel"]
+        rows.append(out)
+    m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    gpu_bound = m["host"] + EVENTS_HOST_US < m["kernel"] / 2
+    m["method"] = "in-loop" if gpu_bound else "paired"
+    m["excess"] = m["excess_in_loop"] if gpu_bound else m["excess_paired"]
+    return m | {"n": n, "rounds": rounds, "per_round": rows}
 
 
 def _torch_cuda():
