@@ -431,13 +431,13 @@ def _row(wall):
                           sdpa={"sdpa_flash": bench.Timing(120.0, 110.0, 130.0, 10)}, wall=wall)
 
 
-def _m(w, h, k):
-    return {"wall": w, "host": h, "kernel": k, "excess": w - k, "n": 10, "rounds": 5}
+def _m(w, h, k, method="in-loop"):
+    return {"wall": w, "host": h, "kernel": k, "excess": w - k, "method": method, "n": 10, "rounds": 5}
 
 
 def test_wall_columns_in_table_and_markdown():
     from harness.run import bench
-    rows = [_row({"inputs": "torch", "forward": _m(104.0, 20.5, 101.5), "sdpa": _m(130.0, 18.0, 131.0)}), _row({}),
+    rows = [_row({"inputs": "torch", "forward": _m(104.0, 20.5, 101.5), "sdpa": _m(130.0, 18.0, 131.0, "paired")}), _row({}),
             _row({"inputs": "cupy", "forward": _m(103.0, 19.0, 100.0)})]
     md = bench.markdown(rows, {"device": "NVIDIA H200"}, "2026-01-01", "flashcore bench")
     table = [l for l in md.splitlines() if l.startswith("|")]
@@ -448,8 +448,8 @@ def test_wall_columns_in_table_and_markdown():
     names = ("forward() wall us/call", "forward() wall - kernel us", "forward() host us/call", "SDPA wall us/call",
              "SDPA wall - kernel us", "SDPA/forward wall")
     idx = [col[h] for h in names]
-    assert [cells[0][i].strip() for i in idx] == ["104.0", "+2.5", "20.5", "130.0", "-1.0", "1.25x"]
+    assert [cells[0][i].strip() for i in idx] == ["104.0", "+2.5 (in-loop)", "20.5", "130.0", "-1.0 (paired)", "1.25x"]
     assert [cells[1][i].strip() for i in idx] == ["-"] * 6
-    assert [cells[2][i].strip() for i in idx] == ["103.0 (CuPy)", "+3.0", "19.0", "-", "-", "-"]
+    assert [cells[2][i].strip() for i in idx] == ["103.0 (CuPy)", "+3.0 (in-loop)", "19.0", "-", "-", "-"]
     assert rows[0].to_dict()["wall"]["forward"]["wall"] == 104.0
     assert len(bench.rich_table(rows, {"device": "NVIDIA H200"}).columns) == len(bench.HEADERS)

@@ -142,6 +142,24 @@ def test_threads_each_get_their_own_inputs_and_outputs():
     assert bad == []
 
 
+def test_cupy_arrays_run_on_cupys_current_stream():
+    """As above for CuPy: the inputs are written on a non-blocking stream behind a 0.1 s spin;
+    forward() under that stream must see them (on the null stream it would read zeros)."""
+    import cupy as cp
+    from harness.run.wall import _spin_kernel
+    q, k, v = (cp.asarray(x) for x in make_inputs(MISSION, "randn", fresh_seed()))
+    expected = api.forward(q, k, v)
+    cp.cuda.Device().synchronize()
+    zeros = [cp.zeros_like(x) for x in (q, k, v)]
+    with cp.cuda.Stream(non_blocking=True):
+        _spin_kernel()((1,), (1,), (np.uint64(100_000_000),))     # 0.1 s
+        for dst, src in zip(zeros, (q, k, v)):
+            dst[...] = src
+        o = api.forward(*zeros)
+    cp.cuda.Device().synchronize()
+    assert cp.array_equal(o, expected)
+
+
 def test_cuda_graph_capture_and_replay():
     torch = _torch()
     q, k, v = _inputs(torch, MISSION)

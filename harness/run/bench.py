@@ -176,13 +176,17 @@ def _signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.1f}"
 
 
+def _excess(m: dict) -> str:
+    """wall - kernel with how it was read (wall.measure: in-loop or paired)."""
+    return "-" if not m else f"{_signed(m.get('excess'))} ({m['method']})" if m.get("method") else _signed(m.get("excess"))
+
+
 def _wall_cols(r: BenchRow) -> list:
     """forward()'s wall, wall - kernel and host time per call; SDPA's wall and wall - kernel;
     the ratio of the walls SDPA/forward (throughput, like the other ratios: > 1 = forward faster)."""
     fw, sd = r.wall.get("forward") or {}, r.wall.get("sdpa") or {}
     on = " (CuPy)" if fw and r.wall.get("inputs") == "cupy" else ""
-    return [_us(fw.get("wall")) + on, _signed(fw.get("excess")), _us(fw.get("host")),
-            _us(sd.get("wall")), _signed(sd.get("excess")),
+    return [_us(fw.get("wall")) + on, _excess(fw), _us(fw.get("host")), _us(sd.get("wall")), _excess(sd),
             f"{sd['wall'] / fw['wall']:.2f}x" if fw and sd else "-"]
 
 
@@ -204,7 +208,8 @@ HEADERS = ["case", "B,H,S,D", "causal", "kernel us median (p10-p90)", "TFLOP/s",
 
 WALL_NOTE = (f"wall: forward() and SDPA (default backend) called up to {WALL_CALLS} times from a Python loop, "
              f"one synchronize, wall time per call; host: the time to enqueue those calls, per call; "
-             f"wall - kernel: less the kernel's CUDA-event time taken in a loop beside it (same clocks); "
+             f"wall - kernel: beyond the kernel's CUDA-event time, read inside one loop where the kernel "
+             f"outlasts the host's call, else against a queued loop beside it (harness/run/wall.py); "
              f"medians of {WALL_ROUNDS} rounds")
 
 
