@@ -149,8 +149,8 @@ def test_cupy_arrays_run_on_cupys_current_stream():
     from harness.run.wall import _spin_kernel
     q, k, v = (cp.asarray(x) for x in make_inputs(MISSION, "randn", fresh_seed()))
     expected = api.forward(q, k, v)
-    cp.cuda.Device().synchronize()
     zeros = [cp.zeros_like(x) for x in (q, k, v)]
+    cp.cuda.Device().synchronize()
     with cp.cuda.Stream(non_blocking=True):
         _spin_kernel()((1,), (1,), (np.uint64(100_000_000),))     # 0.1 s
         for dst, src in zip(zeros, (q, k, v)):
