@@ -101,8 +101,7 @@ def rounds_at(shape: str, rounds: int):
         torch.cuda.synchronize()
     n = wall.wall_calls(cold)
     print(f"{shape}: forward()'s kernel before the warm-up {cold:.1f} us; {n} calls a loop")
-    for name, fn in fns.items():
-        m = wall.measure(fn, torch.cuda.synchronize, n, rounds=rounds)
+    for name, m in wall.measure_all(fns, torch.cuda.synchronize, n, rounds=rounds).items():
         print(f"  {name}: wall {m['wall']:.1f}, host {m['host']:.1f}, kernel {m['kernel']:.1f} us; "
               f"excess {m['excess']:+.1f} ({m['method']})")
         for key in ("wall", "kernel", "host", "excess_paired", "excess_in_loop"):

@@ -453,3 +453,27 @@ def test_wall_columns_in_table_and_markdown():
     assert [cells[2][i].strip() for i in idx] == ["103.0 (CuPy)", "+3.0 (in-loop)", "19.0", "-", "-", "-"]
     assert rows[0].to_dict()["wall"]["forward"]["wall"] == 104.0
     assert len(bench.rich_table(rows, {"device": "NVIDIA H200"}).columns) == len(bench.HEADERS)
+
+
+def test_wall_rounds_of_several_functions_interleave():
+    """forward() and SDPA are compared round by round in one stretch of time, the order of the
+    two alternating; each keeps its own rounds."""
+    from harness.run import wall
+    order = []
+
+    def fn(name):
+        return lambda: order.append(name)
+
+    ev = FakeEvents(order)
+    m = wall.measure_all({"a": fn("a"), "b": fn("b")}, lambda: None, n=4, rounds=3, events=ev, warmup=1)
+    runs = [order[i] for i in range(len(order)) if i == 0 or order[i] != order[i - 1]]
+    # set-up (warm-up and sizing loop) of a then b; then rounds a b | b a | a b, three loops each
+    assert runs == ["a", "b", "a", "b", "a", "b"]
+    assert len(order) == 2 * (1 + 4) + 3 * 2 * 3 * 4
+    assert m["a"]["rounds"] == m["b"]["rounds"] == 3
+
+
+def test_wall_rounds_more_where_cheap():
+    from harness.run import wall
+    assert wall.wall_rounds(300, 12.0) == wall.MAX_ROUNDS
+    assert wall.wall_rounds(76, 3300.0) == wall.WALL_ROUNDS

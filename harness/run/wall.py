@@ -31,7 +31,9 @@ import time
 
 WALL_CALLS = 300          # the issue's loop: 300 calls, one synchronisation
 WALL_BUDGET_S = 0.25      # fewer calls where the kernel is long (one loop at most about this)
-WALL_ROUNDS = 5
+WALL_ROUNDS = 5           # at least; up to MAX_ROUNDS while they fit ROUNDS_BUDGET_S
+MAX_ROUNDS = 15
+ROUNDS_BUDGET_S = 1.0
 QUEUED_MAX = 200          # launches queued behind the spin: well inside the driver's queue
 EVENTS_HOST_US = 5.0      # the host cost of the two event records around a queued call
 SPIN_MARGIN = 1.5
@@ -102,6 +104,54 @@ def event_loop(fn, sync, n: int, rest: float, queued: bool) -> tuple[float, list
     return wall, [cp.cuda.get_elapsed_time(s, e) * 1e3 for s, e in evs]
 
 
+def _round(fn, sync, n: int, rest: float, r: int, events) -> dict:
+    """One round's three loops, in an order that alternates with r."""
+    out = {}
+    steps = ["plain", "queued", "in_loop"]
+    for step in (steps if r % 2 == 0 else steps[::-1]):
+        if step == "plain":
+            out["wall"], out["host"] = loop_times(fn, sync, n, rest)
+        elif step == "queued":
+            out["kernel"] = statistics.median(events(fn, sync, n, rest, True)[1])
+        else:
+            w, spans = events(fn, sync, n, rest, False)
+            out["excess_in_loop"] = w - statistics.fmean(spans)
+    out["excess_paired"] = out["wall"] - out["kernel"]
+    return out
+
+
+def _summary(rows: list, n: int) -> dict:
+    m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    gpu_bound = m["host"] + EVENTS_HOST_US < m["kernel"] / 2
+    m["method"] = "in-loop" if gpu_bound else "paired"
+    m["excess"] = m["excess_in_loop"] if gpu_bound else m["excess_paired"]
+    return m | {"n": n, "rounds": len(rows), "per_round": rows}
+
+
+def wall_rounds(n: int, kernel_us: float) -> int:
+    """More rounds where they are cheap (short kernels, where the host's pace varies most)."""
+    return int(min(MAX_ROUNDS, max(WALL_ROUNDS, ROUNDS_BUDGET_S * 1e6 / (3 * n * max(kernel_us, 1e-3)))))
+
+
+def measure_all(fns: dict, sync, n: int, rounds: int = WALL_ROUNDS, events=event_loop, warmup: int = 10) -> dict:
+    """measure() of several functions whose rounds interleave (round r of each, in an order
+    that alternates with r), so that their comparison sees one state of the host and the GPU:
+    the host's pace drifts by a third between stretches of tens of milliseconds on a lent
+    machine, which two measure() calls one after the other would read as a difference."""
+    rests = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        _, host = loop_times(fn, sync, min(n, 20))
+        rests[name] = rest_s(n, host)     # one rest before every loop of fn, so that each starts alike
+    rows = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            rows[name].append(_round(fns[name], sync, n, rests[name], r, events))
+    return {name: _summary(rows[name], n) for name in fns}
+
+
 def measure(fn, sync, n: int, rounds: int = WALL_ROUNDS, events=event_loop, warmup: int = 10) -> dict:
     """Per round three loops of n calls, in an order that alternates from round to round:
     * plain: wall and host time per call (loop_times), what the caller pays;
@@ -115,29 +165,7 @@ def measure(fn, sync, n: int, rounds: int = WALL_ROUNDS, events=event_loop, warm
     * "paired" otherwise (the host is the bottleneck, so the spans would hold its waits): the
       plain loop's wall minus the queued kernel time of the same round.
     Both are kept ("excess_in_loop", "excess_paired")."""
-    for _ in range(warmup):
-        fn()
-    _, host = loop_times(fn, sync, min(n, 20))
-    rest = rest_s(n, host)       # one rest before every loop, so that each starts alike
-    rows = []
-    for r in range(rounds):
-        out = {}
-        steps = ["plain", "queued", "in_loop"]
-        for step in (steps if r % 2 == 0 else steps[::-1]):
-            if step == "plain":
-                out["wall"], out["host"] = loop_times(fn, sync, n, rest)
-            elif step == "queued":
-                out["kernel"] = statistics.median(events(fn, sync, n, rest, True)[1])
-            else:
-                w, spans = events(fn, sync, n, rest, False)
-                out["excess_in_loop"] = w - statistics.fmean(spans)
-        out["excess_paired"] = out["wall"] - out["kernel"]
-        rows.append(out)
-    m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    gpu_bound = m["host"] + EVENTS_HOST_US < m["kernel"] / 2
-    m["method"] = "in-loop" if gpu_bound else "paired"
-    m["excess"] = m["excess_in_loop"] if gpu_bound else m["excess_paired"]
-    return m | {"n": n, "rounds": rounds, "per_round": rows}
+    return measure_all({"fn": fn}, sync, n, rounds, events, warmup)["fn"]
 
 
 def _torch_cuda():
@@ -148,19 +176,21 @@ def _torch_cuda():
     return torch if torch.cuda.is_available() else None
 
 
-def wall_times(forward, causal: bool, q, k, v, n: int, with_sdpa: bool = True) -> dict:
+def wall_times(forward, causal: bool, q, k, v, n: int, with_sdpa: bool = True, kernel_us: float | None = None) -> dict:
     """measure() of forward() on torch tensors (CuPy arrays where there is no torch with CUDA)
-    and of SDPA's default backend on the same tensors: {"inputs", "forward", "sdpa"}."""
+    and of SDPA's default backend on the same tensors, their rounds interleaved (measure_all):
+    {"inputs", "forward", "sdpa"}. kernel_us (the kernel's time, if known) sets the rounds."""
     import cupy as cp
+    rounds = wall_rounds(n, kernel_us) if kernel_us else WALL_ROUNDS
     torch = _torch_cuda()
     if torch is None:
         return {"inputs": "cupy",
-                "forward": measure(lambda: forward(q, k, v, causal=causal), cp.cuda.Device().synchronize, n)}
+                "forward": measure(lambda: forward(q, k, v, causal=causal), cp.cuda.Device().synchronize, n, rounds)}
     if torch.cuda.current_stream().cuda_stream != cp.cuda.get_current_stream().ptr:
         raise RuntimeError("wall_times: torch's and CuPy's current streams differ; the kernel loop would time the wrong stream")
     tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
-    out = {"inputs": "torch", "forward": measure(lambda: forward(tq, tk, tv, causal=causal), torch.cuda.synchronize, n)}
+    fns = {"forward": lambda: forward(tq, tk, tv, causal=causal)}
     if with_sdpa:
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        out["sdpa"] = measure(lambda: sdpa(tq, tk, tv, is_causal=causal), torch.cuda.synchronize, n)
-    return out
+        fns["sdpa"] = lambda: sdpa(tq, tk, tv, is_causal=causal)
+    return {"inputs": "torch", **measure_all(fns, torch.cuda.synchronize, n, rounds)}
