@@ -2,8 +2,8 @@
 
 Why not CuPy's call: RawKernel(grid, block, args) converts every argument to a C value on every
 launch (17 of them here) and looks the device's function up again. Measured on the H200 by
-scripts/profile_forward.py, host time per call: CuPy's call 10.7 us, cuLaunchKernel over a
-block packed once 6.4 us (docs/DESIGN.md, "The product path").
+scripts/profile_forward.py, host time per call: CuPy's call 9-15 us, cuLaunchKernel over a
+block packed once 4.6-6.5 us (docs/DESIGN.md §9, "The product path").
 
 The block is cuLaunchKernel's kernelParams: an array of addresses, one per parameter, each
 pointing at an 8-byte slot that holds the value (a pointer, or an int32/float32 in the slot's
