@@ -2,6 +2,7 @@
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
 # Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|bench|profile|all]
+# (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence)
 # (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
 set -uo pipefail
@@ -43,6 +44,8 @@ if [[ $what == demo || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   flashcore bench --suite --markdown "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/bench.log"
+  # where forward()'s host time goes, and wall.measure's rounds one by one
+  python3 scripts/profile_forward.py 2>&1 | tee "$OUT/profile_forward.log"
 fi
 if [[ $what == profile ]]; then
   for shape in 4,16,2048,64 4,16,2048,128; do
