@@ -43,8 +43,8 @@ MAX_GRID_YZ = 65535   # H and B are gridDim.y and gridDim.z
 # forward() fills the first five pointer parameters; the debug modes' buffers stay null.
 if KERNEL_PARAMS[:5] != ("Q", "K", "V", "O", "LSE"):
     raise ImportError(f"harness.api.kernel_args assumes Q, K, V, O, LSE first; KERNEL_PARAMS is {KERNEL_PARAMS}")
-_NULLS = (0,) * (len(KERNEL_PARAMS) - 5)
 N_PTRS = 5                                # the pointers a call writes
+_NULLS = (0,) * (len(KERNEL_PARAMS) - N_PTRS)
 SCALE_SLOT = len(KERNEL_PARAMS) + 3       # kernel_scalars: H, Sq, Sk, scale, row0, n_rows
 
 

@@ -52,7 +52,8 @@ class Launcher:
         self._slots = (ctypes.c_uint64 * n)()
         base = ctypes.addressof(self._slots)
         for i, a in enumerate(args):
-            ctypes.memmove(base + SLOT * i, _encode(a), len(_encode(a)))
+            raw = _encode(a)
+            ctypes.memmove(base + SLOT * i, raw, len(raw))
         self._params = (ctypes.c_void_p * n)(*(base + SLOT * i for i in range(n)))
         self._params_ptr = ctypes.addressof(self._params)
         self._ptr_fmt = f"<{n_ptrs}Q"

@@ -178,7 +178,7 @@ def _signed(x: float | None) -> str:
 
 def _excess(m: dict) -> str:
     """wall - kernel with how it was read (wall.measure: in-loop or paired)."""
-    return "-" if not m else f"{_signed(m.get('excess'))} ({m['method']})" if m.get("method") else _signed(m.get("excess"))
+    return f"{_signed(m['excess'])} ({m['method']})" if m else "-"
 
 
 def _wall_cols(r: BenchRow) -> list:

@@ -57,12 +57,17 @@ def rest_s(n: int, host_us: float) -> float:
     return (min(n, QUEUED_MAX) * (host_us + EVENTS_HOST_US) * SPIN_MARGIN + 100.0) * 1e-6
 
 
-def loop_times(fn, sync, n: int, rest: float = 0.0) -> tuple[float, float]:
-    """(wall, host) microseconds per call of n calls of fn from a Python loop, one sync();
-    the GPU idle for `rest` seconds before the loop starts."""
+def _rest(sync, rest: float):
+    """Let the GPU finish, then stay idle for `rest` seconds."""
     sync()
     if rest:
         time.sleep(rest)
+
+
+def loop_times(fn, sync, n: int, rest: float = 0.0) -> tuple[float, float]:
+    """(wall, host) microseconds per call of n calls of fn from a Python loop, one sync();
+    the GPU idle for `rest` seconds before the loop starts."""
+    _rest(sync, rest)
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
@@ -92,8 +97,7 @@ def event_loop(fn, sync, n: int, rest: float, queued: bool) -> tuple[float, list
     if queued:
         _spin_kernel()((1,), (1,), (np.uint64(int(rest * 1e9)),))
     else:
-        sync()
-        time.sleep(rest)
+        _rest(sync, rest)
     t0 = time.perf_counter()
     for s, e in evs:
         s.record()
