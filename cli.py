@@ -158,27 +158,36 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
     HMMA or with local-memory instructions)."""
     from harness.build import compile_sweep
     from harness.show.report import console, resources_table, sass_table
+    modes_, bugs_ = _modes_arg(debug), _bugs_arg(bugs)   # validated first, also for --list-bugs
     if list_bugs:
+        if debug != "all" or arch != "all" or head_dim or causal is not None or bugs or record or sass:
+            raise UsageError("--list-bugs takes no other option: it lists the seeded bugs and compiles nothing")
         compile_sweep.print_bugs()
         return EXIT_OK
-    archs = ["sm_80", "sm_90"] if arch == "all" else [arch]
+    archs = compile_sweep.archs_arg(arch)
     head_dims = list(head_dim) or [64, 128]
     causals = [False, True] if causal is None else [causal]
-    rows, failures = compile_sweep.sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs))
+    variants = compile_sweep.variants(modes_, head_dims, causals, archs, bugs_)   # raises when none is left
+    rows, failures = compile_sweep.sweep(variants)
     console.print(resources_table(rows))
     for f in failures:
         click.echo(f, err=True)
     if record:
         compile_sweep.record(rows)
     spills = [r for r in rows if r.spill_bytes]
+    for r in spills:
+        click.echo(f"flashcore: {r.variant}: {r.spill_bytes} spill bytes (ptxas -v)", err=True)
     bad_sass = []
     if sass:
         from harness.build.sass import summarize
-        srows, sfail = compile_sweep.sweep(_modes_arg(debug), head_dims, causals, archs, _bugs_arg(bugs), check=summarize)
+        srows, sfail = compile_sweep.sweep(variants, check=summarize)
         console.print(sass_table(srows))
         for f in sfail:
             click.echo(f, err=True)
-        bad_sass = sfail + [r for r in srows if not r.ok]
+        bad = [r for r in srows if not r.ok]
+        for r in bad:
+            click.echo(f"flashcore: {r.variant}: SASS check failed: {r.verdict}", err=True)
+        bad_sass = sfail + bad
     return EXIT_CHECK_FAILED if failures or spills or bad_sass else EXIT_OK
 
 
@@ -368,13 +377,15 @@ def history(mode, shape, metric, causal, png):
     get_mode(mode)
     if metric not in h.METRICS:
         raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(h.METRICS)}")
+    if png:
+        h.check_png_path(png)     # before the work: a bad path is one line now, not a traceback after it
     label = None if shape == "any" else _shape_label(shape)
     points, damaged = h.journey(metric, mode, label, causal)
     for d in damaged:
         click.echo(f"flashcore: warning: skipped damaged record {d}", err=True)
     title = f"history: {metric} of {mode}{' causal' if causal else ''} on {label or 'any shape'} ({len(points)} commits)"
     if not points:
-        console.print(f"{title}: no records")
+        console.print(f"{title}: no records ({h.no_records_hint(metric)})")
         return EXIT_OK
     console.print(h.history_table(points, metric, title))
     if png:
@@ -390,7 +401,12 @@ def compare(a, b):
     """Two commits (hash or rev) or two run ids side by side, metric by metric, with the change."""
     from harness.track import history as h
     from harness.show.report import console
-    rows = h.compare(a, b)
+    damaged: list = []
+    try:
+        rows = h.compare(a, b, damaged=damaged)
+    finally:      # the skipped lines are named even where compare finds nothing
+        for d in damaged:
+            click.echo(f"flashcore: warning: skipped damaged record {d}", err=True)
     if not rows:
         raise UsageError(f"{a} and {b} have no case in common")
     console.print(h.compare_table(rows, a, b))
@@ -402,12 +418,13 @@ def compare(a, b):
 @click.option("--shape", default="mission", show_default=True)
 @click.option("--causal", is_flag=True)
 @click.option("--against", default=None, help="baseline: a git revision with records in results/, or a records file")
-@click.option("--max-error", type=float, default=None, help="largest max abs error allowed")
-@click.option("--max-slowdown", type=float, default=None, help="largest latency increase over the baseline, percent")
-@click.option("--max-regs", type=int, default=None, help="largest register count allowed (sm_90)")
+@click.option("--max-error", type=click.FloatRange(min=0), default=None, help="largest max abs error allowed")
+@click.option("--max-slowdown", type=click.FloatRange(min=0), default=None, help="largest latency increase over the baseline, percent")
+@click.option("--max-regs", type=click.IntRange(min=1, max=255), default=None, help="largest register count allowed (sm_90)")
 @click.option("--no-spills", is_flag=True, help="fail on any spill byte")
 def check(mode, shape, causal, against, max_error, max_slowdown, max_regs, no_spills):
-    """Regression gate: exit 0 nothing regressed, 1 something did, 2 could not decide."""
+    """Regression gate: exit 0 nothing regressed, 1 something did, 125 could not decide (no GPU
+    for a GPU metric, no baseline): `git bisect run` reads 125 as skip. 2 is bad usage."""
     from rich.table import Table
     from harness.track.gate import check as run_check
     from harness.show.report import console, verdict
@@ -434,7 +451,9 @@ def check(mode, shape, causal, against, max_error, max_slowdown, max_regs, no_sp
               help="bad when the metric exceeds it (max_err: err/floor; default: the pass rule; spills: 0)")
 def bisect_cmd(good, bad, mode, shape, causal, metric, threshold):
     """Find the first bad commit with git bisect run, in a throw-away worktree; every step
-    is recorded. Exit 0 when a first bad commit is found."""
+    is recorded. Both ends are measured first. Exit 0 when a first bad commit is found (measured
+    bad, its parent measured good), 1 when none is (BAD passes, GOOD fails, or skips leave
+    several candidates), 2 on bad usage."""
     from rich.table import Table
     from harness.track.bisect import bisect
     from harness.show.report import console
@@ -449,14 +468,15 @@ def bisect_cmd(good, bad, mode, shape, causal, metric, threshold):
         t.add_row(str(i), (s.get("git_commit") or "")[:10], (s.get("git_subject") or "")[:50],
                   "-" if v is None else f"{v:.4g}", s.get("verdict"))
     console.print(t)
-    if r.first_bad:
-        console.print(f"[bold]first bad commit: {r.first_bad[:12]} {r.subject}[/]")
+    if r.outcome == "found":
+        console.print(f"[bold]first bad commit: {r.first_bad[:12]} {r.subject}[/]  (measured bad; its parent measured good)")
         console.print(r.diffstat)
         return EXIT_OK
-    if r.candidates:
+    if r.outcome == "candidates":
         console.print("[bold yellow]skipped commits leave several candidates:[/] " + ", ".join(c[:10] for c in r.candidates))
         return EXIT_CHECK_FAILED
-    raise UsageError("git bisect did not name a first bad commit (is --good really good and --bad bad?)")
+    click.echo(f"flashcore: {r.message}", err=True)     # no_regression, good_fails, unverified: no culprit
+    return EXIT_CHECK_FAILED
 
 
 def main():

@@ -3,6 +3,7 @@
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNDECIDED = 125   # `flashcore check` could not decide: git bisect run's "skip"
 
 
 class FlashCoreError(Exception):

@@ -3,8 +3,9 @@
 * Append: one os.write() of one complete line to a file opened O_APPEND, under an
   exclusive flock, so two processes appending at once never interleave, and a process
   killed mid-write leaves at worst one damaged last line.
-* Read: a damaged line (truncated, not JSON, wrong schema) is reported and skipped; the
-  lines around it are kept. Nothing is ever rewritten.
+* Read: a damaged line (truncated, not JSON, wrong schema, a field of the wrong type) or an
+  unreadable file is reported and skipped; the lines around it are kept. Nothing is ever
+  rewritten.
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ def git_info(cwd: Path = REPO_ROOT) -> dict:
         return {"commit": commit, "subject": subject, "commit_date": date, "dirty": dirty}
     except (OSError, subprocess.SubprocessError, ValueError):
         return {"commit": None, "subject": None, "commit_date": None, "dirty": None}
+
+
+def png_path_problem(path, option: str = "--png") -> str | None:
+    """Why a plot path would make savefig fail after the work (one line), or None: a format
+    matplotlib does not write (its own list, picked by the extension as savefig does), a
+    missing or read-only directory, a directory; matplotlib missing. Here on the ground floor
+    so every layer can check its --png before its work starts; it returns the line rather
+    than raise, as records may not import harness.errors (harness.track.history.check_png_path
+    raises it as a UsageError)."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return f"{option} needs matplotlib: pip install 'flashcore[plot]'"
+    p = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = p.suffix[1:].lower()
+    if ext not in formats:
+        what = f".{ext} is not a format matplotlib writes" if ext else "no extension to name the format"
+        return f"{option} {path}: {what}; use one of .{', .'.join(sorted(formats))}"
+    if p.is_dir():
+        return f"{option} {path}: is a directory"
+    if not p.parent.is_dir():
+        return f"{option} {path}: no directory {p.parent}"
+    if not os.access(p.parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        return f"{option} {path}: not writable"
+    return None
 
 
 def new_record(kind: str, **fields) -> dict:
@@ -119,6 +146,34 @@ class ReadResult:
     damaged: list = field(default_factory=list)   # "file:line: why"
 
 
+# Types of the fields the harness reads from every record (sort, filter, group, compare): a
+# line that parses but holds another type (say "time": 5) would crash those later, so read()
+# skips it here and names the field. None means null is allowed; an absent field is fine.
+FIELD_TYPES = {
+    "time": (str,), "kind": (str,), "run_id": (str,), "bisect_id": (str,),
+    "git_commit": (str, None), "git_commit_date": (str, None), "git_subject": (str, None),
+    "git_dirty": (bool, None), "mode": (str, None), "shape_label": (str, None), "variant": (str, None),
+    "inputs": (str, None), "causal": (bool, None), "bugs": (list, None), "device": (str, None),
+}
+
+
+def validate(d) -> str | None:
+    """Why a parsed line is not a usable record (a field of the wrong type), or None."""
+    if not isinstance(d, dict):
+        return f"a JSON {type(d).__name__}, not an object"
+    for k, types in FIELD_TYPES.items():
+        if k not in d:
+            continue
+        v = d[k]
+        # bool is an int subclass and int is not str: check the exact types, not isinstance
+        if not any((v is None) if t is None else type(v) is t for t in types):
+            want = " or ".join("null" if t is None else t.__name__ for t in types)
+            return f"field {k} is {json.dumps(v)[:30]}, not {want}"
+    if any(type(b) is not str for b in d.get("bugs") or ()):
+        return "field bugs holds a non-string"
+    return None
+
+
 def read(paths=None) -> ReadResult:
     """Every record of the given files (default: all results/runs-*.jsonl), oldest first."""
     if paths is None:
@@ -127,17 +182,25 @@ def read(paths=None) -> ReadResult:
     for p in map(Path, paths):
         if not p.exists():
             continue
-        with open(p, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    d = json.loads(raw)
-                    if not isinstance(d, dict) or d.get("schema") != SCHEMA_VERSION:
-                        raise ValueError(f"schema {d.get('schema') if isinstance(d, dict) else '?'} is not {SCHEMA_VERSION}")
-                except (ValueError, UnicodeDecodeError) as e:
-                    out.damaged.append(f"{p.name}:{n}: {type(e).__name__}: {str(e)[:80]}")
-                    continue
-                out.records.append(Record(d, p.name, n))
+        try:
+            with open(p, "rb") as f:
+                for n, raw in enumerate(f, 1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        d = json.loads(raw)
+                        # type(): true == 1 and 1.0 == 1 in Python, neither is schema 1
+                        if not isinstance(d, dict) or type(d.get("schema")) is not int or d["schema"] != SCHEMA_VERSION:
+                            raise ValueError(f"schema {d.get('schema') if isinstance(d, dict) else '?'} is not {SCHEMA_VERSION}")
+                    except (ValueError, UnicodeDecodeError) as e:
+                        out.damaged.append(f"{p.name}:{n}: {type(e).__name__}: {str(e)[:80]}")
+                        continue
+                    why = validate(d)
+                    if why:
+                        out.damaged.append(f"{p.name}:{n}: {why}")
+                        continue
+                    out.records.append(Record(d, p.name, n))
+        except OSError as e:    # a directory named runs-x.jsonl, no permission, an I/O error: skip the file
+            out.damaged.append(f"{p.name}: {type(e).__name__}: {e.strerror or e}")
     out.records.sort(key=lambda r: r.get("time", ""))
     return out

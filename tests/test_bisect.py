@@ -77,3 +77,49 @@ def test_bisect_bad_inputs(repo, results_tmp, monkeypatch):
     assert res.exit_code == 2 and res.output.startswith("flashcore: error: git rev-parse")
     res = CliRunner().invoke(cli, ["bisect", "--good", shas["c0"], "--bad", shas["c5"], "--metric", "cycles"])
     assert res.exit_code == 2 and "valid: max_err, spills, regs, smem" in res.output
+
+
+def test_bisect_measures_the_bad_end_and_names_no_culprit_when_it_passes(repo, results_tmp, monkeypatch):
+    """git bisect run trusts --bad: at c2 nothing spills, so there is no regression to find."""
+    r, shas = repo
+    monkeypatch.chdir(r)
+    res = CliRunner().invoke(cli, ["bisect", "--good", shas["c0"], "--bad", shas["c2"], "--metric", "spills"])
+    assert res.exit_code == 1, res.output
+    assert "no regression: BAD passes (spills 0, threshold the pass rule)" in res.output
+    assert "first bad commit" not in res.output
+    steps = [x for x in records.read().records if x.get("kind") == "bisect_step"]
+    assert [s.git_commit for s in steps] == [shas["c0"], shas["c2"]] and {s.verdict for s in steps} == {"good"}
+
+
+def test_bisect_regs_over_a_threshold_nothing_exceeds_is_no_regression(repo, results_tmp, monkeypatch):
+    r, shas = repo
+    monkeypatch.chdir(r)
+    res = CliRunner().invoke(cli, ["bisect", "--good", shas["c0"], "--bad", shas["c5"], "--metric", "regs",
+                                   "--threshold", "1000"])
+    assert res.exit_code == 1 and "no regression: BAD passes (regs" in res.output and "first bad" not in res.output
+
+
+def test_bisect_stops_when_good_fails(repo, results_tmp, monkeypatch):
+    r, shas = repo
+    monkeypatch.chdir(r)
+    res = CliRunner().invoke(cli, ["bisect", "--good", shas["c3 spills"], "--bad", shas["c5"], "--metric", "spills"])
+    assert res.exit_code == 1 and "GOOD fails the criterion (spills" in res.output and "first bad" not in res.output
+
+
+def test_bisect_an_end_that_does_not_compile_is_an_error(repo, results_tmp, monkeypatch):
+    r, shas = repo
+    monkeypatch.chdir(r)
+    res = CliRunner().invoke(cli, ["bisect", "--good", shas["c1 broken"], "--bad", shas["c5"], "--metric", "spills"])
+    assert res.exit_code == 2 and "--good" in res.output and "cannot be measured" in res.output
+
+
+def test_a_culprit_is_reported_only_when_it_and_its_parent_were_measured(repo):
+    from harness.track.bisect import _verified
+    r, shas = repo
+    c3, c2 = shas["c3 spills"], shas["c2"]
+    step = lambda c, v: records.Record({"git_commit": c, "verdict": v})
+    assert _verified(r, c3, [step(c2, "good"), step(c3, "bad")], {}, "").outcome == "found"
+    res = _verified(r, c3, [step(c2, "good")], {}, "")
+    assert res.outcome == "unverified" and res.first_bad is None and "never measured" in res.message
+    res = _verified(r, c3, [step(c3, "bad")], {}, "")
+    assert res.outcome == "unverified" and "parent" in res.message

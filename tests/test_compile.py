@@ -105,3 +105,14 @@ def test_tiles_for_shape():
     from harness.build.variant import SMALL_TILES, TILES, tiles_for
     assert tiles_for(Shape(1, 8, 512, 512, 64)) == SMALL_TILES[64]
     assert tiles_for(Shape(4, 16, 2048, 2048, 128)) == TILES[128]
+
+
+def test_compile_options_that_select_nothing_or_are_ignored_are_errors():
+    from click.testing import CliRunner
+    from cli import cli
+    for args, says in [(["--debug", "uniform_p", "--causal"], "uniform_p has no causal form"),
+                       (["--list-bugs", "--debug", "nope"], "nope"),
+                       (["--list-bugs", "--debug", "full"], "--list-bugs takes no other option"),
+                       (["--arch", "sm_99"], "unknown arch 'sm_99'")]:
+        r = CliRunner().invoke(cli, ["compile", *args])
+        assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)

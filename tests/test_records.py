@@ -98,9 +98,12 @@ def test_check_exit_codes(results_tmp, tmp_path):
     assert r.exit_code == 1 and "REGRESSED" in r.output and "limit 10" in r.output
     if gpu_missing_reason():
         r = run("--max-error", "1e-3")
-        assert r.exit_code == 2 and "UNDECIDED" in r.output
+        assert r.exit_code == 125 and "UNDECIDED" in r.output     # git bisect run: skip
     r = run("--against", "deadbeef", "--no-spills")
-    assert r.exit_code == 2 and "no records" in r.output
+    assert r.exit_code == 125 and "no records" in r.output
+    for bad in (["--max-regs", "-5"], ["--max-regs", "0"], ["--max-error", "-1"], ["--max-slowdown", "-3"]):
+        r = run(*bad)
+        assert r.exit_code == 2 and r.output.startswith("flashcore: error:") and len(r.output.splitlines()) == 1, bad
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"schema": 1, "kind": "run", "mode": "full", "shape_label": "1,8,512,64",
                                 "resources": {"registers": 50}}))

@@ -1,13 +1,14 @@
 """The SASS of the shipped variants: tensor cores in use (HMMA), nothing in local memory, and
-the opcode counter itself checked on a known snippet. Skips where nvcc or nvdisasm is missing."""
+the opcode counter itself checked on a known snippet. The SASS is that of NVRTC's cubin, the
+code the harness runs, on every arch the kernel registry lists. Skips where nvdisasm is missing."""
 
 import pytest
 
 from harness.build import sass
-from harness.build.variant import SMALL_TILES, Variant
+from harness.build.variant import ARCHS, SMALL_TILES, Variant
 
-needs_tools = pytest.mark.skipif(not (sass.find_tool("nvcc") and (sass.find_tool("nvdisasm") or sass.find_tool("cuobjdump"))),
-                                 reason="no nvcc + nvdisasm/cuobjdump here (pip install nvidia-cuda-nvdisasm)")
+needs_tools = pytest.mark.skipif(not sass.disassembler(),
+                                 reason="no nvdisasm/cuobjdump here (pip install nvidia-cuda-nvdisasm)")
 
 SNIPPET = """
         /*0100*/                   HMMA.16816.F32 R4, R8, R12, RZ ;
@@ -36,10 +37,21 @@ CASES = [("full", 64, {}), ("full", 128, {}), ("full", 128, SMALL_TILES[128]), (
 
 
 @needs_tools
+@pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("mode,d,tiles", CASES)
-def test_shipped_variants_use_tensor_cores_and_no_local_memory(mode, d, tiles):
-    s = sass.summarize(Variant(mode, d, **tiles))
+def test_shipped_variants_use_tensor_cores_and_no_local_memory(mode, d, tiles, arch):
+    s = sass.summarize(Variant(mode, d, arch=arch, **tiles))
     assert s.ok, s
+
+
+def test_the_cubin_is_whole():
+    """CuPy's getCUBIN drops the last byte; the ELF's program headers end at the file's end."""
+    import struct
+    from harness.build import compiler
+    res, cubin = compiler.compile_cubin(Variant("full", 64, arch="sm_80"))
+    phoff, = struct.unpack_from("<Q", cubin, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", cubin, 0x36)
+    assert cubin[:4] == b"\x7fELF" and len(cubin) >= phoff + phentsize * phnum and res.cubin_bytes == len(cubin)
 
 
 @needs_tools
@@ -55,4 +67,18 @@ def test_compile_sass_command_prints_the_table_and_passes():
     from cli import cli
     r = CliRunner().invoke(cli, ["compile", "--sass", "--debug", "pv_only", "--arch", "sm_90", "--head-dim", "64"])
     assert r.exit_code == 0, r.output
-    assert "HMMA" in r.output and "pv_only D=64 sm_90" in r.output
+    assert "HMMA" in r.output and "pv_only D=64 sm_90" in r.output and "nothing in local memory" in " ".join(r.output.split())
+
+
+@needs_tools
+def test_compile_sass_names_the_failing_variant_on_stderr(monkeypatch):
+    from click.testing import CliRunner
+    from cli import cli
+    real = sass.summarize
+    monkeypatch.setattr(sass, "summarize", lambda v, path=None: sass.SassSummary(v.label, 10, 1, 1, 2, True))
+    r = CliRunner().invoke(cli, ["compile", "--sass", "--debug", "pv_only", "--arch", "sm_80", "--head-dim", "128",
+                                                 "--no-causal"])
+    assert r.exit_code == 1
+    assert "1 of 1 variants FAIL" in r.stdout and "nothing in local memory" not in r.stdout
+    assert "pv_only D=128 sm_80: SASS check failed: LOCAL MEMORY (2 LDL/STL)" in r.stderr
+    assert real is not sass.summarize

@@ -8,23 +8,41 @@ from debug_modes import BUGS
 from debug_modes.registry import get_mode
 from harness.build import compiler
 from harness import records
-from harness.errors import CompileError
+from harness.errors import CompileError, UsageError
+from kernels.registry import DEFAULT as KERNEL
 from harness.show.report import console
 from harness.build.variant import Variant
 
 
-def variants(modes, head_dims, causals, archs, bugs=()):
+def archs_arg(arch: str) -> list:
+    """--arch: one arch the kernel lists, or all of them."""
+    if arch == "all":
+        return list(KERNEL.archs)
+    if arch not in KERNEL.archs:
+        raise UsageError(f"unknown arch {arch!r}; valid: {', '.join(KERNEL.archs)}, all")
+    return [arch]
+
+
+def variants(modes, head_dims, causals, archs, bugs=()) -> list:
+    """Every valid variant of the product, validated before anything compiles. Raises when the
+    options leave none (e.g. uniform_p, which has no causal form, with --causal), so a sweep
+    never compiles nothing in silence."""
+    out, skipped = [], []
     for mode, d, c, arch in itertools.product(modes, head_dims, causals, archs):
         if c and not get_mode(mode).allows_causal:
+            skipped.append(mode)
             continue
-        yield Variant(mode=mode, head_dim=d, causal=c, bugs=tuple(bugs), arch=arch)
+        out.append(Variant(mode=mode, head_dim=d, causal=c, bugs=tuple(bugs), arch=arch))
+    if not out:
+        why = f": {', '.join(sorted(set(skipped)))} has no causal form" if skipped else ""
+        raise UsageError("these options select no variant to compile" + why)
+    return out
 
 
-def sweep(modes, head_dims, causals, archs, bugs=(), check=None):
+def sweep(vs, check=None):
     """Run check (default: compile_check, NVRTC resources; or sass.summarize) on each variant;
-    returns (rows, failure messages). Variants are all validated before the first compilation."""
+    returns (rows, failure messages)."""
     check = check or compiler.compile_check
-    vs = list(variants(modes, head_dims, causals, archs, bugs))
     rows, failures = [], []
     for v in vs:
         try:

@@ -9,6 +9,9 @@ kernel and everything it includes, and a GPU-free NVRTC path that reports resour
   the nvidia wheels) and passes it with -I.
 * cupy.cuda.compiler needs a driver; cupy.cuda.nvrtc does not, so compile_check() uses
   the latter (the same compiler the run time uses) and reads ptxas' -v report.
+* cupy.cuda.nvrtc.getCUBIN() returns the cubin one byte short (it treats the size as a
+  string's, terminator included: seen with CuPy 13/14 and NVRTC 13.0, 77279 of 77280 bytes),
+  which nvdisasm rejects as an invalid ELF. cubin() asks libnvrtc itself for the size.
 """
 
 from __future__ import annotations
@@ -173,8 +176,9 @@ def _nvrtc():
         raise UsageError(f"NVRTC is not available ({type(e).__name__}: {e}); install flashcore[cuda13] or [cuda12]") from None
 
 
-def compile_check(variant: Variant, path: Path | None = None) -> Resources:
-    """Compile one variant for variant.arch with NVRTC (no GPU needed) and read the resources."""
+def compile_cubin(variant: Variant, path: Path | None = None) -> tuple:
+    """(Resources, cubin bytes) of one variant compiled for variant.arch with NVRTC, with the
+    run time's options (no GPU needed): the cubin is the code the harness runs."""
     nvrtc = _nvrtc()
     path = kernel_file(path)
     sources = kernel_sources(path)
@@ -189,8 +193,31 @@ def compile_check(variant: Variant, path: Path | None = None) -> Resources:
             log = nvrtc.getProgramLog(prog)
             raise CompileError(f"{variant.label}: compilation failed\n{format_compile_log(log, sources)}") from None
         log = nvrtc.getProgramLog(prog)
-        cubin = nvrtc.getCUBIN(prog)
+        cubin = _whole_cubin(nvrtc, prog)
     finally:
         nvrtc.destroyProgram(prog)
     return Resources(variant=variant.label, arch=variant.arch, smem_dynamic=variant.smem_bytes,
-                     cubin_bytes=len(cubin), **parse_ptxas(log))
+                     cubin_bytes=len(cubin), **parse_ptxas(log)), cubin
+
+
+def compile_check(variant: Variant, path: Path | None = None) -> Resources:
+    """Compile one variant for variant.arch with NVRTC (no GPU needed) and read the resources."""
+    return compile_cubin(variant, path)[0]
+
+
+def _whole_cubin(nvrtc, prog) -> bytes:
+    """The cubin NVRTC wrote, every byte (see the module docstring: CuPy's getCUBIN drops one).
+    libnvrtc is already loaded by CuPy, so dlopen by its soname returns that same library."""
+    import ctypes
+    major = nvrtc.getVersion()[0]
+    try:
+        lib = ctypes.CDLL(f"libnvrtc.so.{major}")
+    except OSError:
+        raise UsageError(f"libnvrtc.so.{major} could not be opened to read the whole cubin") from None
+    n = ctypes.c_size_t()
+    if lib.nvrtcGetCUBINSize(ctypes.c_void_p(prog), ctypes.byref(n)) != 0:
+        raise UsageError("nvrtcGetCUBINSize failed")
+    buf = ctypes.create_string_buffer(n.value)
+    if lib.nvrtcGetCUBIN(ctypes.c_void_p(prog), buf) != 0:
+        raise UsageError("nvrtcGetCUBIN failed")
+    return buf.raw

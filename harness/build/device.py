@@ -44,10 +44,21 @@ def require_gpu() -> dict:
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as e:
+        if not _driver_present():   # the runtime says "insufficient driver" where there is none at all
+            raise NoGPUError("no CUDA GPU here: no NVIDIA driver (libcuda) on this machine") from None
         raise NoGPUError(f"no CUDA GPU available ({str(e).splitlines()[0][:120]})") from None
     if n < 1:
         raise NoGPUError("no CUDA GPU available")
     return dict(_facts(cp.cuda.Device().id))
+
+
+def _driver_present() -> bool:
+    import ctypes
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
 
 
 def device_facts(device_id: int) -> dict:

@@ -1,8 +1,11 @@
-"""The SASS of a variant: compiled with nvcc, disassembled with nvdisasm (or cuobjdump), and
-counted by opcode, so "tensor cores in use, nothing in local memory" is checked before timing.
+"""The SASS of a variant: the cubin NVRTC builds with the run time's options (the code the
+harness launches), disassembled with nvdisasm (or cuobjdump), and counted by opcode, so
+"tensor cores in use, nothing in local memory" is checked on what runs, before timing.
 
-nvcc rather than NVRTC: the nvdisasm and cuobjdump releases on PyPI do not read the cubins the
-nvidia-cuda-nvrtc 13.0 wheel writes (seen 2026-11-22), while they read nvcc's.
+Until 2026-12-01 this compiled with nvcc instead, because nvdisasm rejected NVRTC's cubins;
+the cause was CuPy's getCUBIN dropping the last byte (harness/build/compiler.py). nvcc 13.0's
+ptxas is not NVRTC 13.0's: at pv_only D=128 sm_80 it spills 4 bytes where NVRTC spills none,
+so its SASS reported local memory in a kernel that has none.
 """
 
 from __future__ import annotations
@@ -38,24 +41,23 @@ def find_tool(name: str) -> str | None:
     return None
 
 
+def disassembler() -> str | None:
+    return find_tool("nvdisasm") or find_tool("cuobjdump")
+
+
 def disassemble(variant: Variant, path: Path | None = None) -> str:
-    """SASS text of the variant's kernel (same source and -D flags as the run-time compile)."""
-    nvcc = find_tool("nvcc")
-    dis = find_tool("nvdisasm") or find_tool("cuobjdump")
-    if not nvcc or not dis:
-        raise UsageError("SASS needs nvcc and nvdisasm (pip install nvidia-cuda-nvdisasm) or cuobjdump on PATH")
-    src = compiler.kernel_file(path)
+    """SASS text of the variant's kernel: NVRTC's cubin, same source and options as the run time."""
+    dis = disassembler()
+    if not dis:
+        raise UsageError("SASS needs nvdisasm (pip install nvidia-cuda-nvdisasm) or cuobjdump on PATH")
+    _, cubin_bytes = compiler.compile_cubin(variant, path)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
-        cmd = [nvcc, "-cubin", f"-arch={variant.arch}", "-std=c++17", "-ftz=true", "-w",
-               f"-I{Path(src).resolve().parent}", *[f"-D{d}" for d in variant.defines], "-o", str(cubin), str(src)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise compiler.CompileError(f"{variant.label}: nvcc failed\n{r.stderr.strip()[-2000:]}")
+        cubin.write_bytes(cubin_bytes)
         args = [dis, "-c", str(cubin)] if Path(dis).name.startswith("nvdisasm") else [dis, "-sass", str(cubin)]
         r = subprocess.run(args, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            raise UsageError(f"{Path(dis).name} failed: {r.stderr.strip()[:300]}")
+            raise UsageError(f"{Path(dis).name} failed on {variant.label}: {r.stderr.strip()[:300]}")
         return r.stdout
 
 

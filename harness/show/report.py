@@ -57,7 +57,12 @@ def _extra(m) -> str:
     return extra
 
 
-def sass_table(rows, title="SASS (nvcc + nvdisasm): tensor cores in use, nothing in local memory") -> Table:
+def sass_table(rows, title=None) -> Table:
+    """The title states the result: what every row passed, or how many failed."""
+    bad = [r for r in rows if not r.ok]
+    title = title or ("SASS (NVRTC cubin + nvdisasm): " + (
+        f"{len(bad)} of {len(rows)} variants FAIL (local memory or tensor cores not as expected)" if bad
+        else "tensor cores in use where expected, nothing in local memory"))
     t = Table(title=title, title_justify="left")
     for col in ("variant", "instructions", "HMMA", "LDSM", "LDL+STL", "check"):
         t.add_column(col, justify="left" if col in ("variant", "check") else "right")

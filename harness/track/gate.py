@@ -1,6 +1,7 @@
 """`flashcore check`: the regression gate. Exit 0 nothing regressed, 1 something did (named,
-with by how much), 2 it could not decide (no GPU for a GPU metric, no baseline). Usable in a
-GPU CI job and under `git bisect run`."""
+with by how much), 125 it could not decide (no GPU for a GPU metric, no baseline). Usable in a
+GPU CI job and under `git bisect run`, which reads 125 as "skip this commit" (2 would read as
+bad); bad usage stays 2, the same at every commit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import records
-from harness.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, FlashCoreError
+from harness.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNDECIDED, FlashCoreError
 from harness.track.history import _resolve, matches, metric_value
 
 
@@ -29,24 +30,40 @@ class CheckResult:
         if any(f.ok is False for f in self.findings):
             return EXIT_CHECK_FAILED
         if any(f.ok is None for f in self.findings):
-            return EXIT_USAGE
+            return EXIT_UNDECIDED
         return EXIT_OK
 
 
 def load_baseline(against: str | None, mode: str, shape_label: str, causal: bool = False) -> list:
     """Records of a revision (from results/) or of a JSON / JSON Lines file, for this case."""
+    import sys
+    from harness.errors import UsageError    # imports here: only this function is changed for damaged files
     if against is None:
         return []
     p = Path(against)
+    damaged = []
     if p.is_file():
-        text = p.read_text()
         try:
-            data = json.loads(text)
-            recs = [records.Record(d) for d in (data if isinstance(data, list) else [data])]
-        except ValueError:
-            recs = records.read([p]).records
+            data = json.loads(p.read_bytes())
+            items = data if isinstance(data, list) else [data]
+            recs = []
+            for n, d in enumerate(items, 1):     # the types read() checks on a line, here per item
+                why = records.validate(d)
+                if why:
+                    damaged.append(f"{p.name}:item {n}: {why}")
+                else:
+                    recs.append(records.Record(d, p.name, n))
+        except (ValueError, UnicodeDecodeError):    # not one JSON document: JSON Lines, read() skips damaged lines
+            rr = records.read([p])
+            recs, damaged = rr.records, rr.damaged
+        except OSError as e:
+            raise UsageError(f"--against {against}: {e.strerror or e}") from None
     else:
-        recs = _resolve(against, records.read().records)
+        rr = records.read()
+        recs, damaged = _resolve(against, rr.records), rr.damaged
+    # check's findings have no place for them, and they must not pass unsaid: stderr, as history does
+    for d in damaged:
+        print(f"flashcore: warning: skipped damaged record {d}", file=sys.stderr)
     return [r for r in recs if matches(r, mode, shape_label, causal)]
 
 
