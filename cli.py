@@ -65,6 +65,13 @@ def _bugs_arg(bugs) -> tuple:
     return tuple(out)
 
 
+def _finite(v, name):
+    import math
+    if v is not None and not math.isfinite(v):
+        raise click.BadParameter(f"{name} must be a finite number, got {v}")
+    return v
+
+
 def _shape_arg(shape: str, sk, head_dim):
     from harness.check.shapes import parse_shape
     return parse_shape(shape, sk, head_dim)
@@ -198,7 +205,8 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
 @with_check_options
 @click.option("--inputs", default="randn", show_default=True, help="randn | large | uniform | identical_rows | onehot_keys")
 @click.option("--seed", type=int, default=None, help="input seed (default: fresh, printed and recorded)")
-@click.option("--scale", type=float, default=None, help="softmax scale (default 1/sqrt(D))")
+@click.option("--scale", type=float, default=None, callback=lambda c, p, v: _finite(v, "--scale"),
+              help="softmax scale (default 1/sqrt(D))")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug (must-fail check)")
 @click.option("--record/--no-record", default=True, show_default=True, help="append run records to results/")
 @click.option("--isolate/--no-isolate", default=None,
@@ -247,6 +255,9 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
     bugs_ = _bugs_arg(bugs)
+    if png:
+        from harness.track.history import check_png_path
+        check_png_path(png)       # before the GPU work, not after it
     if shape is None:
         from harness.run.coverage import diagnose_coverage
         from harness.run.diagnose import BISECT_MODES

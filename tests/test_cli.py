@@ -66,3 +66,13 @@ def test_run_without_gpu_is_one_line_exit_2():
     assert r.exit_code == 2
     lines = [l for l in r.output.splitlines() if l.strip()]
     assert len(lines) == 1 and "no CUDA GPU" in lines[0]
+
+
+def test_options_that_cannot_be_honoured_are_one_line_before_any_work():
+    from click.testing import CliRunner
+    from cli import cli
+    for args in (["diagnose", "--shape", "mission", "--png", "/nonexistent/dir/h.png"],
+                 ["diagnose", "--shape", "mission", "--png", "h.txt"],
+                 ["run", "--shape", "mission", "--scale", "nan"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and r.output.startswith("flashcore: error:") and len(r.output.strip().splitlines()) == 1, (args, r.output)
