@@ -80,7 +80,8 @@ def tile_edges(spec, B: int, H: int, Sq: int, D: int) -> tuple:
     """(block_m, block_n, kv_stages) of the tile table's choice for this shape: the tiles every
     mode of diagnose runs with (a mode that forces its own, fp32_p, is not what they describe)."""
     t = kernel_spec(spec).tiles_for(B, H, Sq, D)
-    return 16 * t["m_frags"] * t["nwarps"], t["block_n"], t.get("kv_stages", 1)
+    block_m = t.get("block_m") or 16 * t["m_frags"] * t["nwarps"]   # a spec'd kernel states it (kernels/spec.py)
+    return block_m, t["block_n"], t.get("kv_stages", 1)
 
 
 def facts(case: Case, spec=None) -> Facts:
@@ -147,6 +148,10 @@ def valid(case: Case, spec=None) -> bool:
     no trip count (it exercises a subset of what a whole-tile difference does), and a set that
     held one would say "Sq < Sk" of a shape where a loop bound taken from the wrong length
     cannot show."""
+    if case.causal and not getattr(kernel_spec(spec), "causal", True):
+        return False                  # the spec's domain has no causal masking
+    if case.shape.Sq != case.shape.Sk and getattr(kernel_spec(spec), "self_attention_only", False):
+        return False                  # the spec's domain is Sq = Sk
     fx = facts(case, spec)
     if fx.Sq == fx.Sk:
         return True

@@ -23,8 +23,9 @@ def fresh_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**31))
 
 
-def make_inputs(shape: Shape, kind: str = "randn", seed: int = 0):
-    """Return fp16 numpy arrays q [B,H,Sq,D], k, v [B,H,Sk,D]."""
+def make_inputs(shape: Shape, kind: str = "randn", seed: int = 0, dtype: str = "float16"):
+    """Return numpy arrays q [B,H,Sq,D], k, v [B,H,Sk,D] rounded to dtype (fp16 by default;
+    bfloat16 is ml_dtypes'): the values the kernel is handed."""
     if kind not in INPUT_SETS:
         raise UsageError(f"unknown input set {kind!r}; valid: {', '.join(INPUT_SETS)}")
     rng = np.random.default_rng(seed)
@@ -42,4 +43,7 @@ def make_inputs(shape: Shape, kind: str = "randn", seed: int = 0):
         k = np.zeros(ks)
         j = np.arange(shape.Sk)
         k[:, :, j, j % shape.D] = 3.0
+    if dtype != "float16":
+        from harness.check.spec_reference import np_dtype
+        return tuple(np.ascontiguousarray(a).astype(np_dtype(dtype)) for a in (q, k, v))
     return tuple(np.ascontiguousarray(a, dtype=np.float16) for a in (q, k, v))
