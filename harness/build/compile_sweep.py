@@ -32,7 +32,13 @@ def variants(modes, head_dims, causals, archs, bugs=()) -> list:
         if c and not get_mode(mode).allows_causal:
             skipped.append(mode)
             continue
-        out.append(Variant(mode=mode, head_dim=d, causal=c, bugs=tuple(bugs), arch=arch))
+        # Both tile tables: the small tiles are what the mission shape and every coverage shape run.
+        seen = set()
+        for tiles in (KERNEL.tiles[d], KERNEL.small_tiles[d]):
+            v = Variant(mode=mode, head_dim=d, causal=c, bugs=tuple(bugs), arch=arch, **tiles)
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
     if not out:
         why = f": {', '.join(sorted(set(skipped)))} has no causal form" if skipped else ""
         raise UsageError("these options select no variant to compile" + why)

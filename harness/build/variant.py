@@ -107,4 +107,8 @@ class Variant:
     @property
     def label(self) -> str:
         s = f"{self.mode} D={self.head_dim}{' causal' if self.causal else ''} {self.arch}"
+        if (self.m_frags, self.nwarps, self.block_n, self.kv_stages) != tuple(
+                {**TILES[self.head_dim], **(get_mode(self.mode).tiles or {})}.get(k) for k in
+                ("m_frags", "nwarps", "block_n", "kv_stages")):
+            s += f" [{self.block_m}x{self.block_n}x{self.kv_stages}]"   # not the large-tile table's: say which
         return s + "".join(f" +BUG_{b}" for b in sorted(self.bugs))

@@ -45,7 +45,10 @@ def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT
 
 def _failed(case, status, message) -> RunResult:
     shape = Shape(**case["shape"])
-    v = Variant(case.get("mode", "full"), shape.D, case.get("causal", False), tuple(case.get("bugs", ())))
+    from harness.build.variant import tiles_for
+    # the variant the case would have run: the tile table's choice for its shape, as run_mode makes it
+    v = Variant(case.get("mode", "full"), shape.D, case.get("causal", False), tuple(case.get("bugs", ())),
+                **tiles_for(shape))
     return RunResult(v, shape, case.get("scale") or 0.0, case.get("inputs", "randn"), case.get("seed") or 0,
                      status=status, message=message)
 
