@@ -47,6 +47,41 @@ def cli():
 
 
 # ------------------------------------------------------------------ shared option parsing
+BUILTIN_KERNEL = "flashcore_fused"
+kernel_option = click.option(
+    "--kernel", "kernel", default=None,
+    help="the kernel to check: flashcore_fused (default), a spec file (.toml, kernels/spec.py), or a .cu with its "
+         "spec beside it")
+
+
+def _user_spec(kernel):
+    """--kernel: None for the built-in kernel, else the loaded spec of a kernel checked as written.
+    A bare name that is not the built-in one is looked up as a spec file."""
+    if kernel in (None, BUILTIN_KERNEL):
+        return None
+    from harness.build.user_kernel import find_spec
+    from kernels.spec import load
+    return load(find_spec(kernel))
+
+
+def _no_builtin_options(kernel, **opts):
+    """Options that belong to flashcore_fused's own machinery, refused with a spec'd kernel."""
+    for name, value in opts.items():
+        if value:
+            raise UsageError(f"--{name.replace('_', '-')} is for flashcore_fused's debug modes; "
+                             f"{kernel} is checked as written (its spec's flags: flashcore kernel show)")
+
+
+def _spec_modes(spec, debug):
+    """--debug for a spec'd kernel: full, all (its flags then full), or its own flags by name."""
+    from harness.run.asis_sweep import stage_modes
+    if debug == "all":
+        return stage_modes(spec)
+    out = []
+    for m in debug.split(","):
+        m = m.strip()
+        out.append("full" if m == "full" else spec.flag(m).flag)
+    return out
 def _modes_arg(debug: str) -> list:
     from debug_modes.registry import DATAFLOW_ORDER, get_mode
     if debug == "all":
@@ -120,6 +155,8 @@ def with_check_options(f):
     def wrapper(*args, reference_device, rows, **kw):
         from harness.run import gpu
         from debug_modes.registry import ISOLATED
+        if rows and kw.get("kernel") not in (None, BUILTIN_KERNEL):
+            raise UsageError("--rows is for flashcore_fused's windowed debug modes; a spec'd kernel is checked whole")
         if rows and kw.get("shape") is None:
             raise UsageError("--rows needs --shape: the coverage shapes are small and checked whole")
         if rows:
@@ -158,13 +195,17 @@ def modes():
 @click.option("--bug", "bugs", multiple=True, help="compile with seeded bug(s) switched on")
 @click.option("--list-bugs", is_flag=True, help="list the seeded bugs and exit")
 @click.option("--record/--no-record", default=False, help="append the resources to results/")
-@click.option("--sass", is_flag=True, help="also disassemble (nvcc + nvdisasm): HMMA present, no local memory")
-def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
+@click.option("--sass", is_flag=True, help="also disassemble NVRTC's cubin (nvdisasm): HMMA present, no local memory")
+@kernel_option
+def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel):
     """Compile variants with NVRTC (no GPU needed) and report registers, shared memory and
     spills; exit 1 on a compile error or any spill byte (with --sass: or a variant without
     HMMA or with local-memory instructions)."""
     from harness.build import compile_sweep
     from harness.show.report import console, resources_table, sass_table
+    spec = _user_spec(kernel)
+    if spec is not None:
+        return _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, sass)
     modes_, bugs_ = _modes_arg(debug), _bugs_arg(bugs)   # validated first, also for --list-bugs
     if list_bugs:
         if debug != "all" or arch != "all" or head_dim or causal is not None or bugs or record or sass:
@@ -198,6 +239,46 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
     return EXIT_CHECK_FAILED if failures or spills or bad_sass else EXIT_OK
 
 
+def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
+    """compile --kernel SPEC: the kernel as written and each declared flag, NVRTC, no GPU."""
+    from rich.table import Table
+    from harness.build import user_kernel
+    from harness.show.report import console, resources_table
+    if list_bugs:
+        t = Table(title=f"{spec.name}: seeded bugs (-DBUG_<NAME>)", title_justify="left")
+        t.add_column("name")
+        t.add_column("what it breaks")
+        for b, what in spec.bugs.items():
+            t.add_row(b, what)
+        console.print(t)
+        return EXIT_OK
+    if sass:
+        raise UsageError("--sass with --kernel is not built yet: use flashcore compile --sass for flashcore_fused")
+    archs = ["sm_80", "sm_90"] if arch == "all" else [arch]
+    if any(not a.startswith("sm_") for a in archs):
+        raise UsageError(f"unknown arch {arch!r}")
+    variants = [user_kernel.UserVariant(spec, m, d, c, _spec_bugs(spec, bugs), a)
+                for m in _spec_modes(spec, debug) for d in (list(head_dim) or spec.head_dims)
+                for c in ([False, True] if causal is None and spec.causal else [bool(causal)]) for a in archs]
+    rows, failures = [], []
+    for v in variants:
+        try:
+            rows.append(user_kernel.compile_check(v))
+        except FlashCoreError as e:
+            failures.append(str(e))
+    if rows:
+        console.print(resources_table(rows, f"{spec.name}: resources (NVRTC, ptxas -v)"))
+    for f in failures:
+        click.echo(f, err=True)
+    if record:
+        from harness import records
+        from harness.build import compiler
+        for r in rows:
+            records.append(records.new_record("compile", kernel=spec.name, kernel_sha256=compiler.source_hash(spec.source),
+                                              device=None, **r.to_dict()))
+    return EXIT_CHECK_FAILED if failures or any(r.spill_bytes for r in rows) else EXIT_OK
+
+
 # ------------------------------------------------------------------ run
 @cli.command()
 @click.option("--debug", "debug", default="full", show_default=True, help="mode, comma list, or all (data-flow order)")
@@ -211,7 +292,8 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
 @click.option("--record/--no-record", default=True, show_default=True, help="append run records to results/")
 @click.option("--isolate/--no-isolate", default=None,
               help="run in harness worker processes, replaced after a fault (default: on for several modes, and always on in the coverage sweep)")
-def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate):
+@kernel_option
+def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate, kernel):
     """Run debug mode(s) on a GPU against the float64 references; print the stage-isolated
     error table. Without --shape: every shape of the coverage set, one row per shape, the
     shape features that separate failing from passing shapes and the smallest failing shape.
@@ -220,6 +302,10 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
     from harness.check.inputs import INPUT_SETS
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
+    spec = _user_spec(kernel)
+    if spec is not None:
+        return _check_spec("run", spec, _spec_modes(spec, debug), shape, sk, head_dim, causal, inputs, seed, scale,
+                           bugs, record, True if isolate is None else isolate)
     modes_ = _modes_arg(debug)
     bugs_ = _bugs_arg(bugs)
     if shape is None:
@@ -244,7 +330,8 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
               help="also write the heat maps as PNG (coverage sweep: those of the shape shrinking starts from)")
 @click.option("--record/--no-record", default=True, show_default=True)
-def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
+@kernel_option
+def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record, kernel):
     """Stage bisection: run every isolated mode in data-flow order, name the first failing
     stage (or the glue), and fold its error onto tiles, warps and fragments. Without --shape:
     at every shape of the coverage set, one row per shape, then the stage, the shape features
@@ -254,10 +341,15 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
     from harness.check.inputs import INPUT_SETS
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
-    bugs_ = _bugs_arg(bugs)
     if png:
         from harness.track.history import check_png_path
         check_png_path(png)       # before the GPU work, not after it
+    spec = _user_spec(kernel)
+    if spec is not None:
+        from harness.run.asis_sweep import stage_modes
+        return _check_spec("diagnose", spec, stage_modes(spec), shape, sk, head_dim, causal, inputs, seed, None,
+                           bugs, record, True, png)
+    bugs_ = _bugs_arg(bugs)
     if shape is None:
         from harness.run.coverage import diagnose_coverage
         from harness.run.diagnose import BISECT_MODES
@@ -267,6 +359,52 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record):
     d = run_diagnose(_shape_arg(shape, sk, head_dim), causal=causal, inputs=inputs, seed=seed,
                      bugs=bugs_, record=record, png=png)
     return EXIT_OK if d.clean else EXIT_CHECK_FAILED
+
+
+def _spec_bugs(spec, bugs) -> tuple:
+    out = []
+    for b in bugs:
+        name = b.upper().removeprefix("BUG_")
+        if name not in spec.bugs:
+            raise UsageError(f"{spec.name} declares no seeded bug {b!r}"
+                             + (f"; its bugs: {', '.join(spec.bugs)}" if spec.bugs else " (its spec has no [bugs])"))
+        out.append(name)
+    return tuple(out)
+
+
+def _check_spec(command, spec, modes, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate,
+                png=None):
+    """run/diagnose --kernel SPEC: one shape, or the coverage set of the spec's tiles and domain."""
+    from harness.run import asis_sweep
+    bugs_ = _spec_bugs(spec, bugs)
+    if shape is None:
+        if sk is not None:
+            raise UsageError("--sk needs --shape: without it the coverage set chooses its own key lengths")
+        cases = asis_sweep.coverage_cases(spec, head_dim, causal)
+        rep = asis_sweep.sweep(spec.spec_path, command, modes, cases, inputs=inputs, seed=seed, scale=scale,
+                               bugs=bugs_, record=record, isolate=isolate)
+        if png and rep.start is not None and rep.start.folds:
+            from harness.show import heatmap
+            heatmap.save_png(rep.start.folds, png, f"{spec.name} {rep.start.case.label}")
+        return EXIT_OK if rep.clean else EXIT_CHECK_FAILED
+    shp = _shape_arg(shape, sk, head_dim)
+    results = asis_sweep.run_modes(spec.spec_path, modes, shp, causal, inputs, seed, scale, bugs_, record, isolate,
+                                   keep_outputs=command == "diagnose")
+    if command == "diagnose":
+        from harness.run.diagnose import STAGE_TEXT
+        from harness.show import heatmap
+        from harness.show.report import console
+        bad = next((r for r in results if not r.passed), None)
+        if bad is None:
+            console.print("[bold green]no stage fails[/]")
+        else:
+            stage = asis_sweep.mode_stage(spec, bad.variant.mode)
+            console.print(f"[bold red]first failing stage: {STAGE_TEXT.get(stage, stage)}[/]  (mode {bad.variant.mode})")
+            for f in bad.folds:
+                console.print(heatmap.render_folds(f))
+            if png and bad.folds:
+                heatmap.save_png(bad.folds, png, f"{spec.name} {shp.label}: first failing stage {stage}")
+    return EXIT_OK if all(r.passed for r in results) else EXIT_CHECK_FAILED
 
 
 @cli.command("smoking-gun")
@@ -379,22 +517,28 @@ def _shape_label(shape: str | None):
 @click.option("--metric", default="max_err", show_default=True, help="max_err | err_floor | latency | tflops | vs_flash | vs_cudnn | regs | spills | smem")
 @click.option("--causal", is_flag=True, help="the causal runs (default: the non-causal ones)")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also plot the journey")
-def history(mode, shape, metric, causal, png):
+@click.option("--kernel", "kernel", default="flashcore_fused", show_default=True,
+              help="whose journey: flashcore_fused, or a spec'd kernel's name or spec file")
+def history(mode, shape, metric, causal, png, kernel):
     """The journey, oldest commit first: one row per commit (its newest record) with the
     metric and a bar, from the run records in results/."""
     from harness.track import history as h
     from harness.show.report import console
     from debug_modes.registry import get_mode
-    get_mode(mode)
+    user = _user_spec(kernel)
+    kernel_name = user.name if user else kernel
+    if not user:
+        get_mode(mode)
     if metric not in h.METRICS:
         raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(h.METRICS)}")
     if png:
         h.check_png_path(png)     # before the work: a bad path is one line now, not a traceback after it
     label = None if shape == "any" else _shape_label(shape)
-    points, damaged = h.journey(metric, mode, label, causal)
+    points, damaged = h.journey(metric, mode, label, causal, kernel=kernel_name)
     for d in damaged:
         click.echo(f"flashcore: warning: skipped damaged record {d}", err=True)
-    title = f"history: {metric} of {mode}{' causal' if causal else ''} on {label or 'any shape'} ({len(points)} commits)"
+    title = (f"history: {metric} of {kernel_name} {mode}{' causal' if causal else ''} on {label or 'any shape'} "
+             f"({len(points)} commits)")
     if not points:
         console.print(f"{title}: no records ({h.no_records_hint(metric)})")
         return EXIT_OK
@@ -488,6 +632,61 @@ def bisect_cmd(good, bad, mode, shape, causal, metric, threshold):
         return EXIT_CHECK_FAILED
     click.echo(f"flashcore: {r.message}", err=True)     # no_regression, good_fails, unverified: no culprit
     return EXIT_CHECK_FAILED
+
+
+# ------------------------------------------------------------------ kernels brought by a user
+@cli.group()
+def kernel():
+    """A kernel checked as its author wrote it: its spec (kernels/spec.py) beside its .cu."""
+
+
+@kernel.command("init")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--entry", default=None, help="the __global__ function (when the file has several)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="the spec file (default: SOURCE with .toml)")
+@click.option("--force", is_flag=True, help="overwrite an existing spec")
+def kernel_init(source, entry, output, force):
+    """Read the kernel's __global__ signature and write a proposed spec: roles guessed from the
+    names and types, every guess that could be wrong marked "OPEN QUESTION"."""
+    from pathlib import Path
+    from harness.build.signature import propose_spec
+    from harness.show.report import console
+    src = Path(source)
+    if not src.is_file():
+        raise UsageError(f"kernel source not found: {src}")
+    out = Path(output) if output else src.with_suffix(".toml")
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists: --force overwrites it")
+    text = propose_spec(src, entry)
+    out.write_text(text)
+    n_open = text.count("OPEN QUESTION")
+    console.print(f"written {out}: {n_open} open question(s) marked 'OPEN QUESTION'; then: flashcore kernel check {out}")
+    return EXIT_OK
+
+
+@kernel.command("check")
+@click.argument("spec")
+def kernel_check(spec):
+    """Compile the kernel, launch one tiny shape, and say in plain words what it did (outputs
+    written, NaN, faults, hangs, writes outside, error against the float64 reference), or what
+    in the spec is wrong. Exit 0 when every finding is fine."""
+    from harness.build.device import require_gpu
+    from harness.build.user_kernel import find_spec
+    from harness.run.kernel_check import check
+    from harness.show.report import console
+    path = find_spec(spec)
+    try:
+        require_gpu()
+        gpu = True
+    except FlashCoreError:
+        gpu = False
+    findings = check(path, gpu)
+    for ok, text in findings:
+        mark = {True: "[green]ok  [/]", False: "[bold red]FAIL[/]", None: "[yellow]--  [/]"}[ok]
+        console.print(f"{mark} {text}")
+    if any(ok is False for ok in (f[0] for f in findings)):
+        return EXIT_CHECK_FAILED
+    return EXIT_OK if gpu else EXIT_USAGE
 
 
 def main():

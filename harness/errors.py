@@ -28,3 +28,9 @@ class CompileError(FlashCoreError):
     """NVRTC rejected a variant; the message carries the log with the offending source lines."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class Hang(FlashCoreError):
+    """A launch did not finish within the harness's deadline (device.HANG_S): a verdict, like a fault."""
+
+    exit_code = EXIT_CHECK_FAILED

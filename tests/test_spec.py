@@ -41,7 +41,7 @@ def test_the_outsider_spec_loads_and_describes_its_launch():
     assert [a.role for a in s.buffers] == ["q", "k", "v", "l", "m", "o"]
     names = s.names(2, 3, 81, 81, 64, 0.125, False)
     grid, block, smem = kspec.launch_geometry(s, names)
-    assert grid == (2, 3, 1) and block == (32, 1, 1) and smem > 0
+    assert grid == (2, 3, 1) and block == (64, 1, 1) and smem > 0
     tc = next(a for a in s.args if a.name == "Tc")
     assert kspec.evaluate(tc.value, names) == math.ceil(81 / 32)
 

@@ -28,6 +28,9 @@ def variants(modes, head_dims, causals, archs, bugs=()) -> list:
     options leave none (e.g. uniform_p, which has no causal form, with --causal), so a sweep
     never compiles nothing in silence."""
     out, skipped = [], []
+    for d in head_dims:
+        if d not in KERNEL.head_dims:
+            raise UsageError(f"unsupported head dim {d}; the kernel supports {', '.join(map(str, KERNEL.head_dims))}")
     for mode, d, c, arch in itertools.product(modes, head_dims, causals, archs):
         if c and not get_mode(mode).allows_causal:
             skipped.append(mode)

@@ -7,8 +7,22 @@ so that a machine without a GPU gets one line (NoGPUError, exit 2), never a trac
 from __future__ import annotations
 
 import functools
+import os
+import time
 
-from harness.errors import NoGPUError
+from harness.errors import Hang, NoGPUError
+
+# A launch of a checked problem takes milliseconds to tens of milliseconds (1,8,65536,128 full:
+# ~40 ms on an H200): one that runs for HANG_S seconds is a hang. compute-sanitizer and other slow
+# hosts raise it through $FLASHCORE_HANG_S.
+HANG_S = 10.0
+
+
+def hang_seconds() -> float:
+    try:
+        return float(os.environ.get("FLASHCORE_HANG_S", HANG_S))
+    except ValueError:
+        return HANG_S
 
 # Archs the kernels are built for; a newer device runs the sm_80 build.
 RUNTIME_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
@@ -59,6 +73,23 @@ def _driver_present() -> bool:
         return True
     except OSError:
         return False
+
+
+def wait(label: str, hang_s: float | None = None):
+    """Wait for the work queued on the current stream, with a deadline: Hang past it (the
+    context stays busy, so the process that launched must be replaced). A fault surfaces here
+    as CuPy's CUDA error, for the caller to turn into its verdict."""
+    cp = cupy()
+    hang_s = hang_seconds() if hang_s is None else hang_s
+    ev = cp.cuda.Event()
+    ev.record()
+    t0, pause = time.monotonic(), 1e-5
+    while not ev.done:
+        if time.monotonic() - t0 > hang_s:
+            raise Hang(f"HANG: {label}: the launch did not finish within {hang_s:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 2e-3)
+    cp.cuda.runtime.deviceSynchronize()
 
 
 def device_facts(device_id: int) -> dict:

@@ -61,6 +61,10 @@ def result_detail(r) -> str:
         parts.append(f"{m.n_nonfinite} NaN/Inf")
     if m.extra.get("nondeterministic"):
         parts.append("moves between launches (race)")
+    if m.extra.get("written_outside"):
+        parts.append(f"{m.extra['written_outside']} written outside {m.output}")
+    if m.extra.get("read_outside"):
+        parts.append(f"reads past {', '.join(m.extra['read_outside'])}")
     return ", ".join(parts)
 
 
@@ -225,10 +229,11 @@ def shrink(start: Case, keep, still_fails: Callable[[Case], bool], spec=None,
             return Shrunk(start, cur, runs)
 
 
-def repro_command(command: str, case: Case, bugs=(), inputs="randn", seed=None, mode=None) -> str:
-    """The one-line command that reruns one case; `mode` for `run` (diagnose runs them all)."""
+def repro_command(command: str, case: Case, bugs=(), inputs="randn", seed=None, mode=None, kernel=None) -> str:
+    """The one-line command that reruns one case; `mode` for `run` (diagnose runs them all);
+    `kernel` the --kernel of a spec'd kernel."""
     s = case.shape
-    parts = ["flashcore", command]
+    parts = ["flashcore", command] + (["--kernel", kernel] if kernel else [])
     if mode:
         parts += ["--debug", mode]
     parts += ["--shape", f"{s.B},{s.H},{s.Sq},{s.D}", "--sk", str(s.Sk)]
@@ -278,7 +283,7 @@ def smallest_failing(outcomes, stage, keep=()) -> Outcome | None:
 
 
 def conclude(command: str, outcomes, still_fails: Callable[[Case, str], bool], bugs=(), inputs="randn",
-             seed=None, spec=None, shrink_budget: int = SHRINK_BUDGET) -> Report:
+             seed=None, spec=None, shrink_budget: int = SHRINK_BUDGET, kernel=None) -> Report:
     """The verdict over the outcomes: stage, attribution, the shrunk case and its command.
     still_fails(case, mode) runs one mode on one case and says whether it fails."""
     rep = Report(command, list(outcomes), seed)
@@ -294,11 +299,12 @@ def conclude(command: str, outcomes, still_fails: Callable[[Case, str], bool], b
         rep.shrunk = Shrunk(start.case, start.case, 0)
     else:
         rep.shrunk = shrink(start.case, keep, lambda c: still_fails(c, rep.mode), spec, shrink_budget)
-    rep.repro = repro_command(command, rep.shrunk.case, bugs, inputs, seed, rep.mode if command == "run" else None)
+    rep.repro = repro_command(command, rep.shrunk.case, bugs, inputs, seed, rep.mode if command == "run" else None,
+                              kernel)
     return rep
 
 
-def run_sweep(cases, per_case: Callable[[Case], Outcome], show: bool = False, what: str = "") -> list:
+def run_sweep(cases, per_case: Callable[[Case], Outcome], show: bool = False, what: str = "", spec=None) -> list:
     """Each case's outcome; a harness error on one case (not a kernel fault, which comes back
     as that case's result) is reported for that case and the sweep goes on."""
     out = []
@@ -310,7 +316,7 @@ def run_sweep(cases, per_case: Callable[[Case], Outcome], show: bool = False, wh
             else:
                 out.append(per_case(c))
         except FlashCoreError as e:
-            out.append(Outcome(c, cov.features_of(c), True, "error", None, f"error: {str(e).splitlines()[0][:70]}"))
+            out.append(Outcome(c, cov.features_of(c, spec), True, "error", None, f"error: {str(e).splitlines()[0][:70]}"))
     return out
 
 
@@ -428,10 +434,11 @@ def coverage_table(rep: Report, title: str) -> Table:
     return t
 
 
-def print_report(rep: Report, bugs=(), inputs="randn", device=None, modes=None):
+def print_report(rep: Report, bugs=(), inputs="randn", device=None, modes=None, spec=None):
     from harness.run.diagnose import STAGE_TEXT
     n = len(rep.outcomes)
-    what = "diagnose" if rep.command == "diagnose" else "run " + ",".join(modes or ())
+    what = ("diagnose" if rep.command == "diagnose" else "run " + ",".join(modes or ())) + \
+        (f" {spec.name}" if getattr(spec, "spec_path", None) else "")
     title = (f"{what}: coverage set, {n} shapes (every pair of {len(FEATURES)} shape features)  inputs={inputs} "
              f"seed={rep.seed}" + (f"  {device['device']}" if device else "") + "".join(f" +BUG_{b}" for b in bugs))
     console.print(coverage_table(rep, title))
@@ -439,7 +446,7 @@ def print_report(rep: Report, bugs=(), inputs="randn", device=None, modes=None):
         console.print(f"[bold green]no {'stage' if rep.command == 'diagnose' else 'check'} fails at any of the "
                       f"{n} coverage shapes[/]")
         return
-    bm, bn = tile_words(rep.outcomes)
+    bm, bn = tile_words(rep.outcomes, spec)
     if rep.command == "diagnose":
         where = f"first failing stage: {STAGE_TEXT.get(rep.stage, rep.stage)}"
     else:

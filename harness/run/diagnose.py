@@ -24,6 +24,7 @@ STAGE_TEXT = {
     "softmax": "softmax (row max, row sum, P)",
     "pv": "PV (P.V and the O store)",
     "glue": "the glue: every isolated stage passes and full fails (rescale, hand-off, synchronisation)",
+    "all": "the kernel as a whole (it declares no debug flag that isolates a stage)",
 }
 
 

@@ -29,9 +29,9 @@ from harness.check import metrics as met
 from harness.check import stages
 from harness.check import windows
 from harness.check.xp import on_device, to_host
-from harness.build.device import cupy as _cupy
+from harness.build.device import cupy as _cupy, wait
 from harness.build.loader import get_kernel, kernel_resources, runtime_variant
-from harness.errors import FlashCoreError, UsageError
+from harness.errors import FlashCoreError, Hang, UsageError
 from harness.check.inputs import fresh_seed, make_inputs
 from harness.check.shapes import Shape
 from harness.build.variant import Variant, tiles_for
@@ -74,7 +74,7 @@ def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool 
     try:
         fn(grid, block, args, shared_mem=smem)
         if sync:
-            cp.cuda.runtime.deviceSynchronize()
+            wait(f"{variant.label} on {shape.label}")
     except (cp.cuda.runtime.CUDARuntimeError, cp.cuda.driver.CUDADriverError) as e:
         raise KernelFault(f"{variant.label} on {shape.label}: kernel fault: {e}") from None
 
@@ -376,6 +376,9 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
         return result
     except KernelFault as e:
         result.status, result.message = "fault", str(e)
+        return result
+    except Hang as e:
+        result.status, result.message = "hang", str(e)
         return result
     refs = stages.stage_references(mode, ref_in["Q"], ref_in["K"], ref_in["V"], causal, scale, variant.block_n,
                                    injected, sk_pad, row_index)

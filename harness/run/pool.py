@@ -317,7 +317,7 @@ def _collect(workers: list, busy: dict, out: list, timeout: float):
             out[i] = e
             workers[workers.index(w)] = _replace(w)
             continue
-        if getattr(out[i], "status", "ok") == "fault":   # the CUDA context is poisoned
+        if getattr(out[i], "status", "ok") in ("fault", "hang"):   # the CUDA context is poisoned or busy
             workers[workers.index(w)] = _replace(w)
 
 

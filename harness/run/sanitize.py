@@ -97,7 +97,7 @@ def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, s
     if tool == "racecheck":
         cmd += ["--racecheck-report", "hazard"]
     cmd += [sys.executable, "-m", "harness.run.sanitize_target", json.dumps(case)]
-    env = dict(os.environ, FLASHCORE_NO_POOL="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, FLASHCORE_NO_POOL="1", FLASHCORE_HANG_S="600", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:

@@ -45,7 +45,24 @@ def _gpu_fault(case):
     return _hook_result(case)
 
 
+def _gpu_hang(case):
+    """A real hung launch (a kernel that spins for 30 s, bounded so that it ends even if the
+    process's teardown did not end it), waited for as every launch is (device.wait)."""
+    from harness.build.device import cupy, wait
+    from harness.errors import Hang
+    cp = cupy()
+    k = cp.RawKernel('extern "C" __global__ void spin(long long cycles) { long long t0 = clock64(); '
+                     'while (clock64() - t0 < cycles) { } }', "spin")
+    k((1,), (1,), (cp.int64(30 * 2_000_000_000),))
+    try:
+        wait("spin", case.get("hang_s", 2.0))
+    except Hang as e:
+        return _failed(case, "hang", f"pid {os.getpid()}: {e}")
+    return _hook_result(case)
+
+
 TEST_HOOKS = {
+    "gpu_hang": _gpu_hang,
     "ok": _hook_result,
     "fault": lambda case: _hook_result(case, "fault"),
     "big": lambda case: _hook_result(case, nbytes=case.get("nbytes", 64 << 20)),
@@ -63,6 +80,9 @@ def run_one(case: dict):
     hook = case.get("test_hook")
     if hook is not None:
         return TEST_HOOKS[hook](case)
+    if "spec" in case:              # a kernel checked as written (harness/run/asis.py)
+        from harness.run.asis_sweep import run_one as run_spec_case
+        return run_spec_case(case)
     return run_case(case, isolate=False)
 
 
@@ -123,6 +143,9 @@ def serve(parent: int | None = None):
         pool.send(replies, ("result", result))
         if result.status == "fault":   # the CUDA context is poisoned after a kernel fault
             return
+        if result.status == "hang":    # a kernel still runs: no clean exit (it would wait for it); the parent kills us
+            replies.flush()
+            os._exit(3)
         del result
         _free_device_memory()
 

@@ -53,7 +53,13 @@ def _extra(m) -> str:
     if m.extra.get("nondeterministic"):
         extra += f" [red]RACE: {m.extra['nondeterministic']} elements differ between two launches[/]"
     if m.extra.get("written_outside"):
-        extra += f" [red]{m.extra['written_outside']} elements written outside the window[/]"
+        where = (f" the buffer (first at element {m.extra['outside_offset']} from its start)"
+                 if "outside_offset" in m.extra else " the window")
+        extra += f" [red]{m.extra['written_outside']} elements written outside{where}[/]"
+    if m.extra.get("written_outside_other"):
+        extra += f" [red]writes outside {', '.join(m.extra['written_outside_other'])}[/]"
+    if m.extra.get("read_outside"):
+        extra += f" [red]reads past the end of {', '.join(m.extra['read_outside'])} (NaN from its guard margin)[/]"
     return extra
 
 

@@ -83,7 +83,12 @@ def no_records_hint(metric: str) -> str:
     return f"{metric} is read from {names} records"
 
 
-def matches(rec, mode=None, shape_label=None, causal=None, clean_only=True) -> bool:
+DEFAULT_KERNEL = "flashcore_fused"    # records written before records named their kernel
+
+
+def matches(rec, mode=None, shape_label=None, causal=None, clean_only=True, kernel=None) -> bool:
+    if kernel and (rec.get("kernel") or DEFAULT_KERNEL) != kernel:
+        return False
     if mode and rec.get("mode") not in (mode, None) and rec.get("kind") != "compile":
         return False
     if mode and rec.get("kind") == "compile" and not str(rec.get("variant", "")).startswith(mode + " "):
@@ -155,7 +160,7 @@ def git_commits(hashes, repo=None) -> dict:
     return {n: info[h] for n, h in full.items() if h in info}
 
 
-def journey(metric: str, mode=None, shape_label=None, causal=None, paths=None, repo=None):
+def journey(metric: str, mode=None, shape_label=None, causal=None, paths=None, repo=None, kernel=DEFAULT_KERNEL):
     """One point per commit (the newest matching record of each), oldest commit first by the
     repository's commit time (records' dates may lack the time of day); commits git does not
     know (another clone, rewritten history) follow, by their records' dates. Records whose
@@ -164,7 +169,7 @@ def journey(metric: str, mode=None, shape_label=None, causal=None, paths=None, r
     damaged = list(rr.damaged)
     picked = []
     for rec in rr.records:
-        if not matches(rec, mode, shape_label, causal):
+        if not matches(rec, mode, shape_label, causal, kernel=kernel):
             continue
         v, why = extract(rec, metric)
         if why:

@@ -1,0 +1,110 @@
+"""GPU tests of a kernel checked as written (kernels/outsider/: a flash-attention-minimal style
+fp32 kernel, BSHD, C++ template entry, torch host code in the file, its own debug flags):
+- the clean kernel passes the default diagnose (its flags and the kernel) over its coverage
+  set, over several seeds and input sets: no false alarm;
+- each seeded bug is named by the default `diagnose --kernel`: the shape-dependent one with its
+  feature, the race as a race, the out-of-bounds write with the buffer, the hang as HANG within
+  15 s, and the sweep goes on after it;
+- a declared flag judged against its own reference;
+- reads past an input's end named by the input's NaN margin."""
+
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.check.shapes import Shape
+from harness.run import asis_sweep
+from harness.run.asis import run_spec
+
+pytestmark = pytest.mark.gpu
+
+SPEC = Path(__file__).resolve().parent.parent / "kernels" / "outsider" / "attention.toml"
+
+
+def _summary(rep) -> str:
+    return "; ".join(f"{o.case.label}: {o.stage or 'pass'} {o.detail}".strip() for o in rep.outcomes)
+
+
+@pytest.mark.parametrize("inputs,seed", [("randn", 1), ("randn", 2), ("large", 3), ("uniform", 4)])
+def test_the_clean_kernel_passes_its_coverage_set(inputs, seed, results_tmp):
+    rep = asis_sweep.sweep(SPEC, "diagnose", inputs=inputs, seed=seed, record=False, show=False)
+    assert rep.clean, _summary(rep)
+
+
+def test_a_flag_is_judged_against_its_own_reference(results_tmp):
+    for flag in ("DEBUG_UNIFORM_P", "DEBUG_QK_TILE0"):
+        r = run_spec(SPEC, flag, Shape(2, 3, 49, 49, 64), seed=5)
+        assert r.status == "ok" and r.passed, (flag, r.message, [m.to_dict() for m in r.metrics])
+
+
+def test_tail_keys_bug_is_placed_at_the_key_tail(results_tmp):
+    rep = asis_sweep.sweep(SPEC, "diagnose", seed=1, bugs=("TAIL_KEYS",), record=False, show=False)
+    assert not rep.clean and rep.attribution is not None, _summary(rep)
+    assert "sk_tail" in rep.attribution.features or "sq_tail" in rep.attribution.features, rep.attribution.text()
+    assert rep.shrunk.case.shape.Sk % 32 != 0
+
+
+def test_race_bug_is_named_a_race(results_tmp):
+    rep = asis_sweep.sweep(SPEC, "diagnose", seed=1, bugs=("RACE",), record=False, show=False)
+    assert not rep.clean, _summary(rep)
+    assert any("race" in o.detail for o in rep.failing), _summary(rep)
+
+
+def test_out_of_bounds_write_names_the_buffer(results_tmp):
+    r = run_spec(SPEC, "full", Shape(2, 3, 49, 49, 64), seed=1, bugs=("OOB_WRITE",))
+    o = next(m for m in r.metrics if m.output == "O")
+    assert not r.passed and o.extra["written_outside"] > 0 and o.extra["outside_offset"] >= 2 * 3 * 49 * 64, o.to_dict()
+    rep = asis_sweep.sweep(SPEC, "diagnose", seed=1, bugs=("OOB_WRITE",), record=False, show=False)
+    assert not rep.clean and any("written outside O" in o.detail for o in rep.failing), _summary(rep)
+
+
+def test_hang_is_a_verdict_within_15_s_and_the_sweep_goes_on(results_tmp):
+    t0 = time.monotonic()
+    r = asis_sweep.run_cases([asis_sweep.make_case(SPEC, "full", Shape(1, 1, 97, 97, 64), bugs=["HANG"], seed=1)])[0]
+    took = time.monotonic() - t0
+    assert r.status == "hang" and "HANG" in r.message and took <= 15.0, (r.status, r.message, took)
+    rep = asis_sweep.sweep(SPEC, "diagnose", seed=1, bugs=("HANG",), record=False, show=False)
+    assert not rep.clean and any(o.detail.startswith("hang") for o in rep.failing), _summary(rep)
+    assert any(not o.failed for o in rep.outcomes), "the small shapes still run after a hang"
+
+
+def test_cli_diagnose_kernel_prints_the_verdict(results_tmp):
+    from cli import cli
+    r = CliRunner().invoke(cli, ["diagnose", "--kernel", str(SPEC), "--bug", "TAIL_KEYS", "--seed", "1", "--no-record"])
+    assert r.exit_code == 1, r.output
+    assert "separating feature" in r.output and "--kernel" in r.output, r.output
+    r = CliRunner().invoke(cli, ["kernel", "check", str(SPEC)])
+    assert r.exit_code == 0 and "output O" in r.output, r.output
+
+
+def test_a_hung_launch_on_the_harness_path_is_a_verdict_and_the_worker_is_replaced():
+    from harness.run import pool
+    t0 = time.monotonic()
+    r = pool.run_many([{"test_hook": "gpu_hang", "hang_s": 2.0, "shape": {"B": 1, "H": 1, "Sq": 64, "Sk": 64, "D": 64}}],
+                      timeout=60)[0]
+    assert getattr(r, "status", None) == "hang" and "HANG" in r.message and time.monotonic() - t0 <= 15.0, r
+    ok = pool.run_many([{"test_hook": "ok", "shape": {"B": 1, "H": 1, "Sq": 64, "Sk": 64, "D": 64}}], timeout=60)[0]
+    assert ok.status == "ok" and ok.message != r.message      # another worker (another pid) took the next case
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_each_io_dtype_is_checked_against_its_own_floor(tmp_path, dtype):
+    from tests import naive_spec
+    spec = naive_spec.write(tmp_path, dtype)
+    for shape in (Shape(2, 3, 97, 161, 64), Shape(1, 2, 33, 33, 128)):
+        r = run_spec(spec, "full", shape, seed=3)
+        assert r.status == "ok" and r.passed, (dtype, shape, r.message, [m.to_dict() for m in r.metrics])
+        o = next(m for m in r.metrics if m.output == "O")
+        if dtype != "float32":   # the output rounding dominates: the floor is that of the kernel's own dtype
+            assert 0 < o.err_over_floor <= 2.0, o.to_dict()
+
+
+def test_a_read_past_an_input_is_named(tmp_path):
+    from tests import naive_spec
+    spec = naive_spec.write(tmp_path, "float16")
+    r = run_spec(spec, "full", Shape(2, 2, 64, 64, 64), seed=1, bugs=("READ_PAST",))
+    assert not r.passed
+    o = next(m for m in r.metrics if m.output == "O")
+    assert set(o.extra.get("read_outside", [])) == {"k", "v"}, o.to_dict()
