@@ -330,8 +330,11 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
               help="also write the heat maps as PNG (coverage sweep: those of the shape shrinking starts from)")
 @click.option("--record/--no-record", default=True, show_default=True)
+@click.option("--probes", is_flag=True,
+              help="stage isolation from input probes with closed-form answers, no debug flag (the default for a "
+                   "spec'd kernel that declares no flag); for flashcore_fused, through kernels/flashcore_fused.toml")
 @kernel_option
-def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record, kernel):
+def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record, kernel, probes):
     """Stage bisection: run every isolated mode in data-flow order, name the first failing
     stage (or the glue), and fold its error onto tiles, warps and fragments. Without --shape:
     at every shape of the coverage set, one row per shape, then the stage, the shape features
@@ -345,6 +348,14 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record, kerne
         from harness.track.history import check_png_path
         check_png_path(png)       # before the GPU work, not after it
     spec = _user_spec(kernel)
+    if probes and spec is None:
+        from kernels.registry import KERNELS_DIR
+        from kernels.spec import load
+        spec = load(KERNELS_DIR / "flashcore_fused.toml")
+    if spec is not None and (probes or not spec.flags):
+        if inputs != "randn":
+            raise UsageError("--inputs does not apply to --probes: each probe builds its own inputs")
+        return _diagnose_probes(spec, shape, sk, head_dim, causal, seed, bugs)
     if spec is not None:
         from harness.run.asis_sweep import stage_modes
         return _check_spec("diagnose", spec, stage_modes(spec), shape, sk, head_dim, causal, inputs, seed, None,
@@ -407,15 +418,40 @@ def _check_spec(command, spec, modes, shape, sk, head_dim, causal, inputs, seed,
     return EXIT_OK if all(r.passed for r in results) else EXIT_CHECK_FAILED
 
 
+def _diagnose_probes(spec, shape, sk, head_dim, causal, seed, bugs):
+    from harness.check.inputs import fresh_seed
+    from harness.run import asis_sweep, probe_sweep
+    bugs_ = _spec_bugs(spec, bugs)
+    seed = fresh_seed() if seed is None else seed
+    if shape is None:
+        if sk is not None:
+            raise UsageError("--sk needs --shape: without it the coverage set chooses its own key lengths")
+        rep = probe_sweep.sweep(spec.spec_path, asis_sweep.coverage_cases(spec, head_dim, causal), seed, bugs_)
+        return EXIT_OK if rep.clean else EXIT_CHECK_FAILED
+    stage, _, _, _ = probe_sweep.diagnose_shape(spec.spec_path, _shape_arg(shape, sk, head_dim), causal, seed, bugs_)
+    return EXIT_OK if stage is None else EXIT_CHECK_FAILED
+
+
 @cli.command("smoking-gun")
 @click.option("--shape", default="mission", show_default=True, help="mission | short | long | B,H,S,D")
 @click.option("--sk", type=int, default=None, help="key/value length when it differs from Sq")
 @click.option("--seed", type=int, default=None, help="input seed (default: fresh)")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
 @click.option("--record/--no-record", default=True, show_default=True)
-def smoking_gun(shape, sk, seed, bugs, record):
+@kernel_option
+def smoking_gun(shape, sk, seed, bugs, record, kernel):
     """The uniform-attention test (P = 1/Sk): every output row must equal the column mean
-    of V. Prints the expected row, the first rows written, the row spread and the verdict."""
+    of V. Prints the expected row, the first rows written, the row spread and the verdict.
+    With --kernel: Q = 0 gives P = 1/Sk without a flag, and the one-hot view says which keys
+    reach O."""
+    spec = _user_spec(kernel)
+    if spec is not None:
+        from harness.check.inputs import fresh_seed
+        from harness.run.probe_sweep import smoking_gun as probe_sg
+        pc = probe_sg(spec.spec_path, _shape_arg(shape, sk, spec.head_dims[0] if shape == "mission" else None),
+                      fresh_seed() if seed is None else seed, _spec_bugs(spec, bugs))
+        ok = pc.status == "ok" and all(r.passed for r in pc.results.values())
+        return EXIT_OK if ok else EXIT_CHECK_FAILED
     from harness.run.diagnose import smoking_gun as run_sg
     sg = run_sg(_shape_arg(shape, sk, None), seed=seed, record=record, bugs=_bugs_arg(bugs))
     return EXIT_OK if sg.passed else EXIT_CHECK_FAILED

@@ -37,6 +37,7 @@ from harness.errors import UsageError
 ROLES = {                       # buffer role -> (axes, is an output)
     "q": ("q", False), "k": ("kv", False), "v": ("kv", False),
     "o": ("q", True), "lse": ("rows", True), "l": ("rows", True), "m": ("rows", True),
+    "null": (None, False),      # a pointer the kernel takes and the check passes as NULL (a debug buffer)
 }
 DTYPES = ("float16", "bfloat16", "float32")
 LAYOUTS = ("BHSD", "BSHD")
@@ -162,7 +163,8 @@ class Spec:
     # ---- what the spec declares, derived
     @property
     def buffers(self) -> list:
-        return [a for a in self.args if a.is_buffer]
+        """The pointer arguments the check allocates (null ones excluded)."""
+        return [a for a in self.args if a.is_buffer and a.role != "null"]
 
     @property
     def outputs(self) -> list:
@@ -279,7 +281,7 @@ def from_dict(data: dict, base: Path, spec_path: Path | None = None) -> Spec:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise UsageError(f"args: names used twice: {', '.join(sorted(dup))}")
-    roles = [a.role for a in args if a.role]
+    roles = [a.role for a in args if a.role and a.role != "null"]
     for r in ("q", "k", "v", "o"):
         if roles.count(r) != 1:
             raise UsageError(f"args: exactly one buffer of role {r!r} is needed, found {roles.count(r)}")

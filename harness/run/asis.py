@@ -32,7 +32,7 @@ from harness.check import spec_reference as sref
 from harness.check.inputs import fresh_seed, make_inputs
 from harness.check.shapes import Shape
 from harness.errors import CompileError, FlashCoreError, Hang, UsageError
-from harness.run.gpu import RunResult
+from harness.run.gpu import KernelFault, RunResult
 from kernels import spec as kspec
 
 GUARD = 4096           # elements of margin before and after every buffer
@@ -149,7 +149,6 @@ class Launch:
     def run(self, label: str, hang_s: float | None = None):
         """One launch, waited for with a deadline (device.wait): KernelFault or Hang as verdicts."""
         cp = _cupy()
-        from harness.run.gpu import KernelFault
         try:
             self.fn(self.grid, self.block, self.args, shared_mem=self.smem)
             wait(f"{label} (grid {self.grid}, block {self.block})", hang_s)
@@ -171,12 +170,15 @@ def build_launch(variant: UserVariant, shape: Shape, scale: float, host: dict) -
         if not a.is_buffer:
             args.append(_scalar(a, names))
             continue
+        if a.role == "null":
+            args.append(np.uint64(0))
+            continue
         dtype = spec.buffer_dtype(a)
         shp = _shape_of(a.role, shape, spec.layout)
         n = math.prod(shp)
         init = _bits(_to_layout(host[a.role], spec.layout), dtype) if a.role in ("q", "k", "v") else \
             _init_bits(a, dtype, n)
-        b = Buffer(a, dtype, shp, cp.empty(GUARD + n + GUARD, STORAGE[dtype]), init)
+        b = Buffer(a, dtype, shp, cp.empty(GUARD + n + GUARD, dtype=STORAGE[dtype]), init)
         b.reset()
         bufs[a.name] = b
         args.append(b.body)
@@ -226,6 +228,38 @@ def references(variant: UserVariant, q, k, v, scale: float) -> dict:
 
 
 # ------------------------------------------------------------------ one run
+@dataclass
+class Executed:
+    """What a launch left: outputs by role (host, [B, H, S(, D)]), writes outside each output
+    (count, first offset), elements that moved between two launches, inputs read past."""
+    got: dict
+    outside: dict
+    moved: dict
+    read_outside: list
+    resources: dict
+
+
+def execute(variant: UserVariant, shape: Shape, scale: float, host: dict, hang_s: float | None = None,
+            deterministic: bool = True) -> Executed:
+    """Launch on given inputs (host q, k, v in [B, H, S, D] and the kernel's dtype): twice when
+    deterministic (a moving output is a race), and again to name an input read past its end
+    when a computed NaN came out. CompileError, KernelFault and Hang propagate."""
+    launch = build_launch(variant, shape, scale, host)
+    resources = user_kernel.resources(variant, launch.smem)
+    launch.run(variant.label, hang_s)
+    got = _outputs(launch, variant.spec)
+    outside = {b.arg.role: b.outside() for b in launch.buffers.values() if b.is_output}
+    moved = {r: 0 for r in got}
+    if deterministic:
+        for b in launch.buffers.values():
+            b.reset()
+        launch.run(variant.label, hang_s)
+        again = _outputs(launch, variant.spec)
+        moved = {r: int(np.count_nonzero(_raw(got[r]) != _raw(again[r]))) for r in got}
+    read_outside = _inputs_read_outside(launch, variant, variant.spec, got, hang_s)
+    return Executed(got, outside, moved, read_outside, resources)
+
+
 def run_spec(spec_path, mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
              bugs=(), scale: float | None = None, keep_outputs: bool = False, folds: bool | None = None,
              hang_s: float | None = None, deterministic: bool = True) -> RunResult:
@@ -240,30 +274,18 @@ def run_spec(spec_path, mode: str, shape: Shape, causal: bool = False, inputs: s
     host = dict(zip("qkv", make_inputs(shape, inputs, seed, in_dtype)))
     result = RunResult(variant, shape, scale, inputs, seed)
     try:
-        launch = build_launch(variant, shape, scale, host)
-        result.resources = user_kernel.resources(variant, launch.smem)
-        launch.run(variant.label, hang_s)
-        got = _outputs(launch, spec)
-        outside = {b.arg.role: b.outside() for b in launch.buffers.values() if kspec.ROLES[b.arg.role][1]}
-        moved = {r: 0 for r in got}
-        if deterministic:
-            for b in launch.buffers.values():
-                b.reset()
-            launch.run(variant.label, hang_s)
-            again = _outputs(launch, spec)
-            moved = {r: int(np.count_nonzero(_raw(got[r]) != _raw(again[r]))) for r in got}
-        read_outside = _inputs_read_outside(launch, variant, spec, got, hang_s)
+        ex = execute(variant, shape, scale, host, hang_s, deterministic)
     except CompileError as e:
         result.status, result.message = "compile_error", str(e)
         return result
     except Hang as e:
         result.status, result.message = "hang", str(e)
         return result
-    except FlashCoreError as e:
-        if type(e).__name__ == "KernelFault":
-            result.status, result.message = "fault", str(e)
-            return result
-        raise
+    except KernelFault as e:
+        result.status, result.message = "fault", str(e)
+        return result
+    result.resources = ex.resources
+    got, outside, moved, read_outside = ex.got, ex.outside, ex.moved, ex.read_outside
     q64, k64, v64 = (host[x].astype(np.float32).astype(np.float64) for x in "qkv")
     refs = references(variant, q64, k64, v64, scale)
     for role, (exact, kp, stage, cols) in refs.items():

@@ -80,6 +80,9 @@ def run_one(case: dict):
     hook = case.get("test_hook")
     if hook is not None:
         return TEST_HOOKS[hook](case)
+    if case.get("probes"):          # input probes on a kernel as written (harness/run/probe_sweep.py)
+        from harness.run.probe_sweep import run_case as run_probe_case
+        return run_probe_case(case)
     if "spec" in case:              # a kernel checked as written (harness/run/asis.py)
         from harness.run.asis_sweep import run_one as run_spec_case
         return run_spec_case(case)

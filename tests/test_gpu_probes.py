@@ -1,0 +1,52 @@
+"""GPU tests of the input probes (harness/check/probes.py, harness/run/probe_sweep.py): the
+clean kernels raise no alarm over their coverage sets, and probes alone (no debug flag) place
+the seeded bugs: at least 10 of flashcore_fused's 13 in their flag-based stage, and every
+seeded bug of the outsider kernel."""
+
+from pathlib import Path
+
+import pytest
+
+from debug_modes import BUGS
+from harness.check.shapes import Shape
+from harness.run import probe_sweep
+
+pytestmark = pytest.mark.gpu
+
+ROOT = Path(__file__).resolve().parent.parent
+FUSED = ROOT / "kernels" / "flashcore_fused.toml"
+OUTSIDER = ROOT / "kernels" / "outsider" / "attention.toml"
+
+
+@pytest.mark.parametrize("spec", [FUSED, OUTSIDER], ids=["flashcore_fused", "outsider"])
+@pytest.mark.parametrize("seed", [11, 12])
+def test_clean_kernels_raise_no_probe_alarm(spec, seed):
+    rep = probe_sweep.sweep(spec, seed=seed, isolate=False, show=False)
+    assert rep.clean, "; ".join(f"{o.case.label}: {o.stage} {o.detail}" for o in rep.failing)
+
+
+def test_probes_alone_place_at_least_10_of_the_13_fused_bugs():
+    placed, misses = 0, []
+    for bug, b in BUGS.items():
+        rep = probe_sweep.sweep(FUSED, seed=1, bugs=(bug,), isolate=False, show=False, shrink_budget=4)
+        if rep.stage == b.stage:
+            placed += 1
+        else:
+            misses.append(f"{bug}: flags {b.stage}, probes {rep.stage}")
+    assert placed >= 10, misses
+
+
+@pytest.mark.parametrize("bug,stage,says", [("TAIL_KEYS", "qk", "weight"), ("RACE", "glue", "race"),
+                                            ("OOB_WRITE", "pv", "outside"), ("HANG", "all", "HANG")])
+def test_probes_place_the_outsider_bugs(bug, stage, says):
+    rep = probe_sweep.sweep(OUTSIDER, seed=1, bugs=(bug,), isolate=bug == "HANG", show=False, shrink_budget=4)
+    assert rep.stage == stage, "; ".join(f"{o.case.label}: {o.stage} {o.detail}" for o in rep.outcomes)
+    assert any(says in o.detail for o in rep.failing)
+
+
+def test_smoking_gun_without_a_flag():
+    pc = probe_sweep.smoking_gun(OUTSIDER, Shape(1, 2, 81, 81, 64), seed=3, show=False)
+    u, oh = pc.results["uniform"], pc.results["onehot"]
+    assert u.passed and oh.passed and u.spread <= u.worst.tol and abs(float(oh.key_weight.mean()) - 1) < 1e-3
+    pc = probe_sweep.smoking_gun(OUTSIDER, Shape(1, 2, 81, 81, 64), seed=3, bugs=("TAIL_KEYS",), show=False)
+    assert not pc.results["uniform"].passed and pc.results["onehot"].kind == "diluted"
