@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|bench|profile|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|kernels|bench|profile|all]
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence)
 # (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
@@ -41,6 +41,20 @@ if [[ $what == demo || $what == all ]]; then
     flashcore diagnose --bug TAIL_UNMASKED --seed 1
     flashcore diagnose --seed 1
   } 2>&1 | tee "$OUT/walkthrough.log"
+fi
+if [[ $what == kernels || $what == all ]]; then
+  # bring your own kernel: a spec proposed, checked, and the outsider kernel diagnosed (flags, then probes)
+  mkdir -p /tmp/byok && cp kernels/outsider/attention.cu /tmp/byok/
+  { flashcore kernel init /tmp/byok/attention.cu --force && cat /tmp/byok/attention.toml
+    flashcore kernel check kernels/outsider/attention.toml
+    flashcore diagnose --kernel kernels/outsider/attention.toml --seed 1
+    flashcore diagnose --kernel kernels/outsider/attention.toml --bug TAIL_KEYS --seed 1
+    flashcore diagnose --probes --kernel kernels/outsider/attention.toml --bug TAIL_KEYS --seed 1
+    flashcore diagnose --probes --kernel kernels/outsider/attention.toml --bug OOB_WRITE --seed 1
+    flashcore diagnose --probes --shape 1,2,192,64 --bug NO_RESCALE --seed 1
+    flashcore smoking-gun --kernel kernels/outsider/attention.toml --shape 1,2,81,64 --seed 3
+    flashcore smoking-gun --kernel kernels/outsider/attention.toml --shape 1,2,81,64 --seed 3 --bug TAIL_KEYS
+  } 2>&1 | tee "$OUT/kernels_walkthrough.log"
 fi
 if [[ $what == bench || $what == all ]]; then
   flashcore bench --suite --markdown "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/bench.log"

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 FUSED = ROOT / "kernels" / "flashcore_fused.toml"
 OUTSIDER = ROOT / "kernels" / "outsider" / "attention.toml"
 # The stage each outsider bug belongs to, as its author would bisect it with flags.
-OUTSIDER_STAGES = {"TAIL_KEYS": "qk", "RACE": "glue", "OOB_WRITE": "pv", "HANG": "all"}
+OUTSIDER_STAGES = {"TAIL_KEYS": "qk", "RACE": "glue", "OOB_WRITE": "pv", "HANG": "all"}   # RACE: see test_gpu_asis
 
 
 def placements(spec, expected: dict, seed: int, isolate_bugs=()):

@@ -2,7 +2,7 @@
 declare an output for, exact (float64) and at the kernel's declared precision, on the host.
 
 exact            float64 from the inputs as the kernel sees them (rounded to its input dtype).
-kernel-precision the precision model of the spec: S accumulated in fp32, the online softmax
+kernel-precision the precision model of the spec: S accumulated in fp32 term by term, the online softmax
                  over key tiles of block_n keys (running max, rescale) in fp32, P rounded to
                  the declared P dtype before P.V, P.V accumulated in fp32, O rounded to the
                  output dtype. With no model declared, P and O at the kernel's I/O dtype:
@@ -65,7 +65,7 @@ def kernel_precision(q, k, v, scale: float, causal: bool, block_n: int, p_dtype:
     module docstring); the same keys as exact(): {o, lse, m, l, s}."""
     Sq, Sk = q.shape[-2], k.shape[-2]
     q32, k32, v32 = q.astype(F32), k.astype(F32), v.astype(F32)
-    s = (q32 @ np.swapaxes(k32, -1, -2)).astype(F32) * F32(scale)
+    s = sequential_scores(q32, k32) * F32(scale)
     mask = _mask(Sq, Sk, causal)
     if mask is not None:
         s = np.where(mask, s, F32(-np.inf))
@@ -88,6 +88,18 @@ def kernel_precision(q, k, v, scale: float, causal: bool, block_n: int, p_dtype:
             m = m_new
     o = rounded(o / l[..., None], out_dtype)
     return {"o": o, "lse": (m + np.log(l)).astype(F32), "m": m, "l": l, "s": s}
+
+
+def sequential_scores(q32, k32):
+    """q.k in fp32 accumulated one term at a time, rounding after every multiply and add: the
+    error a kernel's own loop (or its tensor-core chain) makes in a score, not the smaller one
+    of a blocked BLAS. With large logits (the large probe: s ~ 50) that error, amplified by the
+    exp, is what a correct fp32 kernel shows; a floor from BLAS scores was 90x too small."""
+    s = np.zeros(q32.shape[:-1] + (k32.shape[-2],), F32)
+    kt = np.swapaxes(k32, -1, -2)
+    for x in range(q32.shape[-1]):
+        s = (s + (q32[..., x:x + 1] * kt[..., x:x + 1, :]).astype(F32)).astype(F32)
+    return s
 
 
 def in_convention(ref: dict, lse_base: str, m_form: str) -> dict:
