@@ -234,9 +234,10 @@ def verdict_of(pc: ProbeCase) -> tuple:
 
 
 def probe_table(pc: ProbeCase, title: str):
+    from rich.markup import escape
     from rich.table import Table
     from harness.show.report import fmt, verdict
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for c in ("probe", "closed form", "exercises", "O max abs", "floor", "err/floor", "verdict", "what it shows"):
         t.add_column(c)
     for name, r in pc.results.items():
@@ -245,8 +246,8 @@ def probe_table(pc: ProbeCase, title: str):
         if r.status != "ok":
             t.add_row(name, p.closed_form, p.exercises, "-", "-", "-", f"[bold red]{r.status.upper()}[/]", r.message[:60])
             continue
-        t.add_row(name, p.closed_form, p.exercises, fmt(w.max_abs) if w else "-", fmt(w.floor) if w else "-",
-                  fmt(w.err_over_floor, ".2f") if w else "-", verdict(r.passed), r.words or "-")
+        t.add_row(name, escape(p.closed_form), p.exercises, fmt(w.max_abs) if w else "-", fmt(w.floor) if w else "-",
+                  fmt(w.err_over_floor, ".2f") if w else "-", verdict(r.passed), escape(r.words or "-"))
     if pc.plain is not None:
         pm = max(pc.plain.metrics, key=lambda m: m.err_over_floor, default=None)
         t.add_row("random", "float64 attention", "everything (the glue)", fmt(pm.max_abs) if pm else "-",
