@@ -59,7 +59,7 @@ def _user_spec(kernel):
     A bare name that is not the built-in one is looked up as a spec file."""
     if kernel in (None, BUILTIN_KERNEL):
         return None
-    from harness.build.user_kernel import find_spec
+    from harness.toolchain.user_kernel import find_spec
     from kernels.spec import load
     return load(find_spec(kernel))
 
@@ -201,7 +201,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel
     """Compile variants with NVRTC (no GPU needed) and report registers, shared memory and
     spills; exit 1 on a compile error or any spill byte (with --sass: or a variant without
     HMMA or with local-memory instructions)."""
-    from harness.build import compile_sweep
+    from harness.toolchain import compile_sweep
     from harness.show.report import console, resources_table, sass_table
     spec = _user_spec(kernel)
     if spec is not None:
@@ -227,7 +227,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel
         click.echo(f"flashcore: {r.variant}: {r.spill_bytes} spill bytes (ptxas -v)", err=True)
     bad_sass = []
     if sass:
-        from harness.build.sass import summarize
+        from harness.toolchain.sass import summarize
         srows, sfail = compile_sweep.sweep(variants, check=summarize)
         console.print(sass_table(srows))
         for f in sfail:
@@ -242,7 +242,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel
 def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
     """compile --kernel SPEC: the kernel as written and each declared flag, NVRTC, no GPU."""
     from rich.table import Table
-    from harness.build import user_kernel
+    from harness.toolchain import user_kernel
     from harness.show.report import console, resources_table
     if list_bugs:
         t = Table(title=f"{spec.name}: seeded bugs (-DBUG_<NAME>)", title_justify="left")
@@ -272,7 +272,7 @@ def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, 
         click.echo(f, err=True)
     if record:
         from harness import records
-        from harness.build import compiler
+        from harness.toolchain import compiler
         for r in rows:
             records.append(records.new_record("compile", kernel=spec.name, kernel_sha256=compiler.source_hash(spec.source),
                                               device=None, **r.to_dict()))
@@ -506,7 +506,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
     import datetime
     from harness.run import bench as b
     from harness import records
-    from harness.build.device import require_gpu
+    from harness.toolchain.device import require_gpu
     from harness.show.report import console
     if suite and shape:
         raise UsageError("--suite and --shape exclude each other")
@@ -515,7 +515,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
         raise UsageError("bench times one mode at a time")
     cases = b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
     for _, shp, c in cases:   # validate before the GPU
-        from harness.build.variant import Variant
+        from harness.toolchain.variant import Variant
         Variant(modes_[0], shp.D, c, **({"nwarps": nwarps} if nwarps else {}))
     device = require_gpu()
     forward = None
@@ -526,7 +526,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
         row = b.bench_one(label, shp, c, modes_[0], with_sdpa=not no_sdpa, nwarps=nwarps, forward=forward)
         rows.append(row)
         if record:
-            from harness.build import compiler
+            from harness.toolchain import compiler
             records.append(records.new_record("bench", mode=modes_[0], shape=row.to_dict()["shape"],
                                               shape_label=shp.label, causal=c, device=device["device"],
                                               driver=device["driver"], cupy=device["cupy"],
@@ -685,7 +685,7 @@ def kernel_init(source, entry, output, force):
     """Read the kernel's __global__ signature and write a proposed spec: roles guessed from the
     names and types, every guess that could be wrong marked "OPEN QUESTION"."""
     from pathlib import Path
-    from harness.build.signature import propose_spec
+    from harness.toolchain.signature import propose_spec
     from harness.show.report import console
     src = Path(source)
     if not src.is_file():
@@ -706,8 +706,8 @@ def kernel_check(spec):
     """Compile the kernel, launch one tiny shape, and say in plain words what it did (outputs
     written, NaN, faults, hangs, writes outside, error against the float64 reference), or what
     in the spec is wrong. Exit 0 when every finding is fine."""
-    from harness.build.device import require_gpu
-    from harness.build.user_kernel import find_spec
+    from harness.toolchain.device import require_gpu
+    from harness.toolchain.user_kernel import find_spec
     from harness.run.kernel_check import check
     from harness.show.report import console
     path = find_spec(spec)

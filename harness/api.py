@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from debug_modes.registry import KERNEL_PARAMS, kernel_scalars
-from harness.build import device as _device
-from harness.build import loader
-from harness.build.launcher import Launcher
-from harness.build.variant import Variant, tiles_for
+from harness.toolchain import device as _device
+from harness.toolchain import loader
+from harness.toolchain.launcher import Launcher
+from harness.toolchain.variant import Variant, tiles_for
 from harness.check.shapes import SUPPORTED_HEAD_DIMS, Shape
 from harness.errors import UsageError
 

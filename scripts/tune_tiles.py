@@ -13,7 +13,7 @@ import sys
 from harness.run.bench import SUITE, bench_one
 from harness.run.gpu import run_mode
 from harness.check.shapes import Shape
-from harness.build.variant import SMALL_TILES, tiles_for
+from harness.toolchain.variant import SMALL_TILES, tiles_for
 
 # Candidate tiles per head dim; the tile table's choice for each shape is always timed too.
 CONFIGS = {

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 @functools.lru_cache(maxsize=1)
 def gpu_missing_reason():
     try:
-        from harness.build.device import require_gpu
+        from harness.toolchain.device import require_gpu
         require_gpu()
         return None
     except Exception as e:
@@ -44,7 +44,7 @@ def suite_recorder():
             return
         from harness import records
         from harness.run import runs
-        from harness.build.device import require_gpu
+        from harness.toolchain.device import require_gpu
         rec = runs.run_record(result, require_gpu())
         rec["source"] = "gpu-suite"
         records.append(rec)
@@ -58,9 +58,9 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     counts = {k: len(v) for k, v in (reporter.stats.items() if reporter else []) if k in ("passed", "failed", "error", "skipped")}
     try:
-        from harness.build import compiler
+        from harness.toolchain import compiler
         from harness import records
-        from harness.build.device import require_gpu
+        from harness.toolchain.device import require_gpu
         device = require_gpu()
     except Exception:
         return

@@ -19,10 +19,10 @@ import pytest
 
 from debug_modes.registry import KERNEL_PARAMS
 from harness import api
-from harness.build import compiler, loader
-from harness.build import device as _device
-from harness.build.launcher import Launcher
-from harness.build.variant import Variant, tiles_for
+from harness.toolchain import compiler, loader
+from harness.toolchain import device as _device
+from harness.toolchain.launcher import Launcher
+from harness.toolchain.variant import Variant, tiles_for
 from harness.check.shapes import SUPPORTED_HEAD_DIMS, Shape
 from harness.errors import UsageError
 

@@ -7,9 +7,9 @@ import pytest
 
 from debug_modes import BUGS
 from debug_modes.registry import DATAFLOW_ORDER, MODES
-from harness.build import compiler
+from harness.toolchain import compiler
 from harness.errors import CompileError, UsageError
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 
 VARIANTS = [
     (mode, d, causal, arch)
@@ -95,14 +95,14 @@ def test_variant_derived_values():
 
 @pytest.mark.parametrize("mode,d,causal", [(m, d, c) for m, d, c, a in VARIANTS if a == "sm_90"])
 def test_small_shape_tiles_compile_without_spills(mode, d, causal):
-    from harness.build.variant import SMALL_TILES
+    from harness.toolchain.variant import SMALL_TILES
     r = compiler.compile_check(Variant(mode, d, causal, **SMALL_TILES[d]))
     assert r.spill_bytes == 0 and r.stack_bytes == 0, r
 
 
 def test_tiles_for_shape():
     from harness.check.shapes import Shape
-    from harness.build.variant import SMALL_TILES, TILES, tiles_for
+    from harness.toolchain.variant import SMALL_TILES, TILES, tiles_for
     assert tiles_for(Shape(1, 8, 512, 512, 64)) == SMALL_TILES[64]
     assert tiles_for(Shape(4, 16, 2048, 2048, 128)) == TILES[128]
 

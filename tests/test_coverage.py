@@ -366,7 +366,7 @@ def fake_result(mode, failed, status="ok", message=""):
 def fake_gpu(monkeypatch):
     """diagnose / run_modes / run_case replaced by a model: BATCH_OFFSET fails pv_only at B > 1;
     one case faults. Records what ran."""
-    import harness.build.device as device
+    import harness.toolchain.device as device
     import harness.run.diagnose as diag
     import harness.run.runs as runs
     import harness.run.session as session

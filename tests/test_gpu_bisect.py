@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from harness.build.compiler import KERNEL_FILE
+from harness.toolchain.compiler import KERNEL_FILE
 from tests.test_bisect import git
 
 pytestmark = pytest.mark.gpu

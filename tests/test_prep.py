@@ -1,18 +1,18 @@
-"""harness/build/prep.py: a researcher's .cu (nvcc / torch extension style) made into what NVRTC
+"""harness/toolchain/prep.py: a researcher's .cu (nvcc / torch extension style) made into what NVRTC
 compiles, line numbers kept. CPU only: NVRTC compiles without a GPU (skipped without it)."""
 
 import re
 
 import pytest
 
-from harness.build import prep
+from harness.toolchain import prep
 from harness.errors import UsageError
 
 
 def _nvrtc():
     try:
         from cupy.cuda import nvrtc
-        from harness.build.compiler import find_cuda_include
+        from harness.toolchain.compiler import find_cuda_include
         nvrtc.getVersion()
         return nvrtc, find_cuda_include()
     except Exception as e:   # no CuPy, no libnvrtc, no toolkit headers

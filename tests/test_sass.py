@@ -4,8 +4,8 @@ code the harness runs, on every arch the kernel registry lists. Skips where nvdi
 
 import pytest
 
-from harness.build import sass
-from harness.build.variant import ARCHS, SMALL_TILES, Variant
+from harness.toolchain import sass
+from harness.toolchain.variant import ARCHS, SMALL_TILES, Variant
 
 needs_tools = pytest.mark.skipif(not sass.disassembler(),
                                  reason="no nvdisasm/cuobjdump here (pip install nvidia-cuda-nvdisasm)")
@@ -47,7 +47,7 @@ def test_shipped_variants_use_tensor_cores_and_no_local_memory(mode, d, tiles, a
 def test_the_cubin_is_whole():
     """CuPy's getCUBIN drops the last byte; the ELF's program headers end at the file's end."""
     import struct
-    from harness.build import compiler
+    from harness.toolchain import compiler
     res, cubin = compiler.compile_cubin(Variant("full", 64, arch="sm_80"))
     phoff, = struct.unpack_from("<Q", cubin, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", cubin, 0x36)

@@ -1,4 +1,4 @@
-"""harness/build/signature.py: __global__ signatures read from a source, and a spec proposed from
+"""harness/toolchain/signature.py: __global__ signatures read from a source, and a spec proposed from
 them that kernels.spec.load accepts as written. CPU only."""
 
 import re
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import signature as sg
+from harness.toolchain import signature as sg
 from harness.errors import UsageError
 from kernels import spec as kspec
 
@@ -41,10 +41,10 @@ __global__ void void_params(void) {}
 
 def lowered_name(text: str, entry: str) -> str:
     """The entry compiled as the run time compiles it (prep, NVRTC, a name expression)."""
-    from harness.build import prep
+    from harness.toolchain import prep
     try:
         from cupy.cuda import nvrtc
-        from harness.build.compiler import find_cuda_include
+        from harness.toolchain.compiler import find_cuda_include
         nvrtc.getVersion()
         inc = find_cuda_include()
     except Exception as e:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from debug_modes import BUGS, MODES
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 from harness.check import metrics as met
 from harness.check import stages
 from harness.check.inputs import make_inputs

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from debug_modes.registry import MODES
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 from harness.check import localise, metrics as met, reference as ref, stages, windows
 from harness.check.inputs import make_inputs
 from harness.check.shapes import Shape

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.build import user_kernel
-from harness.build.device import cupy as _cupy, runtime_arch, wait
-from harness.build.user_kernel import UserVariant
+from harness.toolchain import user_kernel
+from harness.toolchain.device import cupy as _cupy, runtime_arch, wait
+from harness.toolchain.user_kernel import UserVariant
 from harness.check import localise
 from harness.check import metrics as met
 from harness.check import spec_reference as sref

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from harness import records
-from harness.build import compiler
+from harness.toolchain import compiler
 from harness.check import coverage as cov
 from harness.check.coverage import Case
 from harness.check.inputs import fresh_seed
@@ -63,7 +63,7 @@ def run_one(case: dict):
 
 
 def _lost(case, message):
-    from harness.build.user_kernel import UserVariant
+    from harness.toolchain.user_kernel import UserVariant
     from harness.run.gpu import RunResult
     spec = kspec.load(case["spec"])
     shape = Shape(**case["shape"])
@@ -86,7 +86,7 @@ def record_of(r, spec: kspec.Spec, device: dict) -> dict:
 
 def validate(spec: kspec.Spec, modes, shapes_causal, bugs=()):
     """Usage errors before any GPU work: modes declared, shapes inside the domain, bugs known."""
-    from harness.build.user_kernel import UserVariant
+    from harness.toolchain.user_kernel import UserVariant
     for m in modes:
         for shape, causal in shapes_causal:
             spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
@@ -120,7 +120,7 @@ def run_modes(spec_path, modes, shape: Shape, causal=False, inputs="randn", seed
 
 
 def _facts():
-    from harness.build.device import require_gpu
+    from harness.toolchain.device import require_gpu
     return require_gpu()
 
 

@@ -144,7 +144,7 @@ def bench_one(label: str, shape: Shape, causal: bool = False, mode: str = "full"
               nwarps: int | None = None, seed: int = 0, forward=None, **tiles) -> BenchRow:
     """One row: CUDA-event times of the kernel (and SDPA's flash and cuDNN); with forward (the
     product's forward(), for mode full) also the wall time per call of it and of SDPA."""
-    from harness.build.loader import kernel_resources
+    from harness.toolchain.loader import kernel_resources
     from harness.run.gpu import prepare
     import cupy as cp
     if nwarps is not None:

@@ -323,7 +323,7 @@ def run_sweep(cases, per_case: Callable[[Case], Outcome], show: bool = False, wh
 # ------------------------------------------------------------------ on the GPU
 def _validate(cases, modes, bugs):
     """Every variant of the sweep, before the GPU is touched (usage errors first, exit 2)."""
-    from harness.build.variant import Variant
+    from harness.toolchain.variant import Variant
     from harness.run.session import causal_for
     for c in cases:
         for m in modes:

@@ -122,7 +122,7 @@ class SmokingGun:
 
 
 def smoking_gun(shape, seed=None, record=True, show=True, bugs=(), n_rows=4, n_cols=8) -> SmokingGun:
-    from harness.build.device import require_gpu
+    from harness.toolchain.device import require_gpu
     from harness.run.gpu import run_mode
     from harness import records
     from harness.run import runs

@@ -23,18 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from debug_modes.registry import KERNEL_PARAMS, get_mode, kernel_scalars
-from harness.build import compiler
+from harness.toolchain import compiler
 from harness.check import localise
 from harness.check import metrics as met
 from harness.check import stages
 from harness.check import windows
 from harness.check.xp import on_device, to_host
-from harness.build.device import cupy as _cupy, wait
-from harness.build.loader import get_kernel, kernel_resources, runtime_variant
+from harness.toolchain.device import cupy as _cupy, wait
+from harness.toolchain.loader import get_kernel, kernel_resources, runtime_variant
 from harness.errors import FlashCoreError, Hang, UsageError
 from harness.check.inputs import fresh_seed, make_inputs
 from harness.check.shapes import Shape
-from harness.build.variant import Variant, tiles_for
+from harness.toolchain.variant import Variant, tiles_for
 
 MAX_DEBUG_MATRIX_BYTES = 2 << 30   # prepare(): one window's [B,H,rows,Skp] fp32 buffers (bench, sanitize)
 REFERENCE_DEVICES = ("gpu", "cpu")

@@ -6,7 +6,7 @@ from the float64 reference. A finding is (ok, text): ok None means "not checked"
 
 from __future__ import annotations
 
-from harness.build import user_kernel
+from harness.toolchain import user_kernel
 from harness.check.shapes import Shape
 from harness.errors import FlashCoreError
 from kernels import spec as kspec

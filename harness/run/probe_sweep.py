@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.build.device import runtime_arch
-from harness.build.user_kernel import UserVariant
+from harness.toolchain.device import runtime_arch
+from harness.toolchain.user_kernel import UserVariant
 from harness.check import metrics as met
 from harness.check import probes as pr
 from harness.check import spec_reference as sref

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from harness.build import compiler
+from harness.toolchain import compiler
 
 from harness import records
 from harness.run import pool
 from harness.run.gpu import RunResult, run_mode
 from harness.check.shapes import Shape
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 
 WORKER_TIMEOUT_S = pool.CASE_TIMEOUT_S
 
@@ -45,7 +45,7 @@ def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT
 
 def _failed(case, status, message) -> RunResult:
     shape = Shape(**case["shape"])
-    from harness.build.variant import tiles_for
+    from harness.toolchain.variant import tiles_for
     # the variant the case would have run: the tile table's choice for its shape, as run_mode makes it
     v = Variant(case.get("mode", "full"), shape.D, case.get("causal", False), tuple(case.get("bugs", ())),
                 **tiles_for(shape))

@@ -23,7 +23,7 @@ TIMEOUT_S = 540
 
 
 def compiler_kernel_name() -> str:
-    from harness.build.compiler import kernel_file
+    from harness.toolchain.compiler import kernel_file
     return f"kernels/{kernel_file().name}"
 
 
@@ -85,7 +85,7 @@ def parse(output: str) -> tuple:
 
 def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, seed=0) -> SanitizeResult:
     from harness.check.shapes import Shape
-    from harness.build.variant import Variant
+    from harness.toolchain.variant import Variant
     if tool not in TOOLS:
         raise UsageError(f"unknown tool {tool!r}; valid: {', '.join(TOOLS)}")
     shape = shape or Shape(1, 2, 128, 256, 64)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from debug_modes.registry import DATAFLOW_ORDER, get_mode
 from harness import records
 from harness.run import pool, runs
-from harness.build.device import require_gpu
+from harness.toolchain.device import require_gpu
 from harness.show.report import console, error_table
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 
 
 def causal_for(mode: str, causal: bool, n_modes: int) -> bool:

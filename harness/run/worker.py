@@ -34,7 +34,7 @@ def _raise(case):
 def _gpu_fault(case):
     """A real kernel fault (a store through a null pointer): the CUDA context is poisoned, as
     after a faulting variant."""
-    from harness.build.device import cupy
+    from harness.toolchain.device import cupy
     cp = cupy()
     k = cp.RawKernel('extern "C" __global__ void store_null(int* p) { *p = 1; }', "store_null")
     try:
@@ -48,7 +48,7 @@ def _gpu_fault(case):
 def _gpu_hang(case):
     """A real hung launch (a kernel that spins for 30 s, bounded so that it ends even if the
     process's teardown did not end it), waited for as every launch is (device.wait)."""
-    from harness.build.device import cupy, wait
+    from harness.toolchain.device import cupy, wait
     from harness.errors import Hang
     cp = cupy()
     k = cp.RawKernel('extern "C" __global__ void spin(long long cycles) { long long t0 = clock64(); '
@@ -93,7 +93,7 @@ def boot():
     """Device facts and a CUDA context, made while the parent validates; (facts, None), or
     (None, error) where there is no GPU (the worker still serves: the parent decides)."""
     try:
-        from harness.build.device import cupy, require_gpu
+        from harness.toolchain.device import cupy, require_gpu
         facts = require_gpu()
         cupy().zeros(1)        # the CUDA context and CuPy's pool, now rather than in the first case
         import harness.run.gpu  # noqa: F401  the GPU path and the references, imported now too

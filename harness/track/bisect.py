@@ -73,7 +73,7 @@ def bisect(good: str, bad: str, mode="full", shape="mission", metric="max_err", 
     if threshold is not None and not threshold >= 0:
         raise UsageError(f"--threshold must be a number >= 0, got {threshold}")
     from harness.check.shapes import parse_shape
-    from harness.build.variant import Variant
+    from harness.toolchain.variant import Variant
     shp = parse_shape(shape)
     Variant(mode, shp.D, causal)
     repo = Path(repo or _git(Path.cwd(), "rev-parse", "--show-toplevel").stdout.strip())
@@ -84,7 +84,7 @@ def bisect(good: str, bad: str, mode="full", shape="mission", metric="max_err", 
     if _git(repo, "merge-base", "--is-ancestor", good_sha, bad_sha, check=False).returncode != 0:
         raise UsageError(f"--good {good} is not an ancestor of --bad {bad}")
     if metric == "max_err":
-        from harness.build.device import require_gpu
+        from harness.toolchain.device import require_gpu
         require_gpu()
     bisect_id = uuid.uuid4().hex[:12]
     tmp = Path(tempfile.mkdtemp(prefix="flashcore-bisect-"))

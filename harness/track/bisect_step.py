@@ -16,10 +16,10 @@ def main() -> int:
     os.environ.update(FLASHCORE_GIT_COMMIT=commit, FLASHCORE_GIT_SUBJECT=subject, FLASHCORE_GIT_DATE=date,
                       FLASHCORE_KERNEL=case["kernel"])
     from harness import records
-    from harness.build.compiler import CompileError, compile_check, source_hash
+    from harness.toolchain.compiler import CompileError, compile_check, source_hash
     from harness.errors import UsageError
     from harness.check.shapes import parse_shape
-    from harness.build.variant import Variant
+    from harness.toolchain.variant import Variant
     shape = parse_shape(case["shape"])
     metric, thr = case["metric"], case["threshold"]
     rec = dict(bisect_id=case["bisect_id"], metric=metric, mode=case["mode"], shape_label=shape.label,

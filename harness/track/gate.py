@@ -76,7 +76,7 @@ def _baseline_value(baseline, metric):
 def check(mode="full", shape=None, causal=False, against=None, max_error=None, max_slowdown=None,
           max_regs=None, no_spills=False) -> CheckResult:
     from harness.check.shapes import parse_shape
-    from harness.build.variant import Variant
+    from harness.toolchain.variant import Variant
     shape = shape or parse_shape("mission")
     Variant(mode, shape.D, causal)     # validate first
     res = CheckResult()
@@ -85,7 +85,7 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
         res.findings.append(Finding("baseline", None, f"no records for {mode} {shape.label} in {against!r}"))
     # -- resources: NVRTC, no GPU needed
     if max_regs is not None or no_spills or against is not None:
-        from harness.build.compiler import compile_check
+        from harness.toolchain.compiler import compile_check
         r = compile_check(Variant(mode, shape.D, causal, arch="sm_90"))
         if max_regs is not None:
             res.findings.append(Finding("regs", r.registers <= max_regs,
@@ -99,7 +99,7 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
     wants_gpu = max_error is not None or max_slowdown is not None or not res.findings or against is not None
     if wants_gpu:
         try:
-            from harness.build.device import require_gpu
+            from harness.toolchain.device import require_gpu
             from harness.run.gpu import run_mode
             require_gpu()
         except FlashCoreError as e:

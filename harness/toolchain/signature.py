@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.build import prep
+from harness.toolchain import prep
 from harness.errors import UsageError
 from kernels import spec as kspec
 
@@ -682,7 +682,7 @@ def _render(cu_path: Path, ctx: _Context, entry: str | None) -> str:
     values = {a["name"]: a["value"].value for a in args if "value" in a}
     self_attention = "Sk" not in values.values()
     head_dims = _head_dims(ctx)
-    out = [f"# FlashCore spec proposed for {cu_path.name} (harness/build/signature.py); the format is "
+    out = [f"# FlashCore spec proposed for {cu_path.name} (harness/toolchain/signature.py); the format is "
            f"kernels/spec.py.",
            "# Each guess that could be wrong says so on its line (the open questions): check them against the "
            "kernel first.",

@@ -6,12 +6,12 @@ import itertools
 
 from debug_modes import BUGS
 from debug_modes.registry import get_mode
-from harness.build import compiler
+from harness.toolchain import compiler
 from harness import records
 from harness.errors import CompileError, UsageError
 from kernels.registry import DEFAULT as KERNEL
 from harness.show.report import console
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 
 
 def archs_arg(arch: str) -> list:

@@ -754,7 +754,7 @@ def _c_string(s: str) -> str:
 def _options(cccl_needed: bool) -> tuple:
     """OPTIONS, and -I<include>/cccl where CUDA 13 keeps libcu++: always when it exists, since a
     local header may include <cuda/std/...> or <cooperative_groups.h> as well as the file."""
-    from harness.build.compiler import find_cuda_include
+    from harness.toolchain.compiler import find_cuda_include
     try:
         cccl = find_cuda_include() / "cccl"
     except UsageError:

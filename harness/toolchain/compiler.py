@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.errors import CompileError, UsageError
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 
 from kernels.registry import DEFAULT as KERNEL
 

@@ -1,6 +1,6 @@
 """A kernel brought with a spec (kernels/spec.py), compiled as its author wrote it.
 
-The source goes through harness/build/prep.py (host code, torch includes and the like cut, line
+The source goes through harness/toolchain/prep.py (host code, torch includes and the like cut, line
 numbers kept), then NVRTC with the spec's options, the variant's -D flags and a name
 expression for the entry, so a C++ entry (templates included) is found by its lowered name as
 well as an extern "C" one. CuPy's cache key ignores #included files, so the hash of the source
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.build import compiler
+from harness.toolchain import compiler
 from harness.errors import CompileError, UsageError
 from kernels.spec import Spec
 
@@ -77,7 +77,7 @@ class UserVariant:
 
 def prepared_source(spec: Spec):
     """The source NVRTC gets (prep.prepare: host code cut, line numbers kept)."""
-    from harness.build import prep
+    from harness.toolchain import prep
     try:
         text = spec.source.read_text()
     except FileNotFoundError:
@@ -148,7 +148,7 @@ def compile_check(variant: UserVariant) -> compiler.Resources:
 
 def get_function(variant: UserVariant):
     """The compiled entry for the current device (cupy.RawModule, cached per options)."""
-    from harness.build.device import cupy
+    from harness.toolchain.device import cupy
     cp = cupy()
     prepared = prepared_source(variant.spec)
     opts = options(variant, prepared)

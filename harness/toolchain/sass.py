@@ -3,7 +3,7 @@ harness launches), disassembled with nvdisasm (or cuobjdump), and counted by opc
 "tensor cores in use, nothing in local memory" is checked on what runs, before timing.
 
 Until 2026-12-01 this compiled with nvcc instead, because nvdisasm rejected NVRTC's cubins;
-the cause was CuPy's getCUBIN dropping the last byte (harness/build/compiler.py). nvcc 13.0's
+the cause was CuPy's getCUBIN dropping the last byte (harness/toolchain/compiler.py). nvcc 13.0's
 ptxas is not NVRTC 13.0's: at pv_only D=128 sm_80 it spills 4 bytes where NVRTC spills none,
 so its SASS reported local memory in a kernel that has none.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from debug_modes import get_mode
-from harness.build import compiler
+from harness.toolchain import compiler
 from harness.errors import UsageError
-from harness.build.variant import Variant
+from harness.toolchain.variant import Variant
 
 # Opcodes that touch thread-local memory (spills, or arrays the compiler could not keep in registers).
 LOCAL_MEMORY_OPS = ("LDL", "STL")

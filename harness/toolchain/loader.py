@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.build import compiler
-from harness.build.device import cupy, runtime_arch
-from harness.build.variant import Variant
+from harness.toolchain import compiler
+from harness.toolchain.device import cupy, runtime_arch
+from harness.toolchain.variant import Variant
 
 DEFAULT_SMEM = 48 * 1024
 _MODULES: dict = {}
