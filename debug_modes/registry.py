@@ -67,6 +67,9 @@ class Mode:
     reads: tuple              # Buffers the kernel reads
     writes: tuple             # Buffers the kernel writes (each judged against its reference)
     judged_by: str            # the reference, in words
+    reference: str = "attention"   # the reference builder (harness/check/stages.REFERENCES) its outputs are judged by
+    injects: str | None = None     # the exact stage input it reads instead of computing (S_in, P_in)
+    row_spread: bool = False       # every output row must be equal (uniform_p): the spread is judged too
     allows_causal: bool = True
     tiles: dict | None = None   # tile values the mode forces, whatever was asked (its register budget)
     tensor_cores: bool = True   # its SASS must hold HMMA (softmax_only has no matrix product)
@@ -87,22 +90,23 @@ MODES = {
         Mode("qk_only", "DEBUG_QK_ONLY", "QK",
              "S = scale*Q*K^T with tail/causal masking, fp32 at the tile-padded width (padding = -inf)",
              (Q, K), (Buffer("S_out", "BHWSkp", "float32", "S"),),
-             "float64 scale*Q*K^T, masked and padded columns = -inf"),
+             "float64 scale*Q*K^T, masked and padded columns = -inf", reference="scores"),
         Mode("softmax_only", "DEBUG_SOFTMAX_ONLY", "softmax",
              "online softmax on injected exact S: row max m, row sum l, normalised P",
              (Buffer("S_in", "BHWSkp", "float32"),),
              (Buffer("M_out", "BHSq", "float32", "m"), Buffer("L_out", "BHSq", "float32", "l"),
               Buffer("P_out", "BHWSkp", "float32", "P")),
-             "float64 softmax of the injected S; P = 0 in the padded columns", tensor_cores=False),
+             "float64 softmax of the injected S; P = 0 in the padded columns", reference="softmax_of_injected_s",
+             injects="S_in", tensor_cores=False),
         Mode("pv_only", "DEBUG_PV_ONLY", "PV",
              "O = P.V on injected exact P (fp16 on the tensor cores), alpha = 1, l = 1",
              (Buffer("P_in", "BHWSkp", "float32"), V), (Buffer("O", "BHSqD", "float16", "O"),),
-             "float64 P.V of the injected P"),
+             "float64 P.V of the injected P", reference="pv_of_injected_p", injects="P_in"),
         Mode("uniform_p", "UNIFORM_P", "PV (smoking gun)",
              "P = 1/Sk made in the kernel, no QK/softmax/rescale: every row = column mean of V",
              (V,), (Buffer("O", "BHSqD", "float16", "O"),),
-             "float64 column mean of V; row spread must be within the floor",
-             allows_causal=False),
+             "float64 column mean of V; row spread must be within the floor", reference="column_mean",
+             row_spread=True, allows_causal=False),
         Mode("full", None, "all (glue)",
              "the whole fused forward pass: O and the log-sum-exp",
              (Q, K, V), (Buffer("O", "BHSqD", "float16", "O"), Buffer("LSE", "BHSq", "float32", "LSE")),
@@ -110,7 +114,7 @@ MODES = {
         Mode("fp32_p", "FP32_P", "all, fp32 P",
              "as full with P kept at fp32 (hi+lo fp16 split) and O written as fp32",
              (Q, K, V), (Buffer("O", "BHSqD", "float32", "O"), Buffer("LSE", "BHSq", "float32", "LSE")),
-             "float64 attention (floor without fp16 P or fp16 output rounding)",
+             "float64 attention (floor without fp16 P or fp16 output rounding)", reference="attention_fp32_p",
              # the hi+lo products need the registers that 32 rows per warp or the pipelined loop use
              tiles=dict(m_frags=1, kv_stages=1)),
     )

@@ -126,3 +126,19 @@ def test_inputs_are_fresh_fp16_and_reproducible():
     assert np.abs(q.astype(np.float32)).max() > 20
     q, _, _ = make_inputs(s, "identical_rows", 1)
     assert np.ptp(q.astype(np.float32), axis=2).max() == 0
+
+
+def test_each_mode_names_its_reference_as_data_and_it_covers_what_the_mode_writes():
+    """A mode's reference is part of its data (Mode.reference, Mode.injects): the builder it
+    names exists and returns exactly the outputs the mode writes."""
+    import numpy as np
+    from debug_modes.registry import MODES
+    from harness.check import stages
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, n, 64)).astype(np.float16) for n in (33, 70, 70))
+    for m in MODES.values():
+        assert m.reference in stages.REFERENCES, m.name
+        inj = stages.injected_inputs(m.name, q, k, v, False, 0.125, 128)
+        assert set(inj) == ({m.injects} if m.injects else set()), m.name
+        refs = stages.stage_references(m.name, q, k, v, False, 0.125, 64, inj, 128)
+        assert set(refs) == {b.output for b in m.writes}, m.name

@@ -13,6 +13,7 @@ import numpy as np
 
 from harness.check import reference as ref
 from harness.check.xp import array_module
+from debug_modes.registry import get_mode
 
 F32, F64 = np.float32, np.float64
 
@@ -54,11 +55,12 @@ def _alloc(xp, shape, kp_dtype):
 
 def injected_inputs(mode: str, q, k, v, causal: bool, scale: float, sk_pad: int | None = None,
                     rows=None) -> dict:
-    """The exact stage inputs that softmax_only (S) and pv_only (P) read instead of computing,
-    for the query rows `rows`, at the padded key width sk_pad (docs/DESIGN.md, "Stage
-    boundaries"): the padded columns hold what the previous stage must produce there,
-    S = -inf and P = 0."""
-    if mode not in ("softmax_only", "pv_only"):
+    """The exact stage input a mode reads instead of computing (its Mode.injects: S for
+    softmax_only, P for pv_only), for the query rows `rows`, at the padded key width sk_pad
+    (docs/DESIGN.md, "Stage boundaries"): the padded columns hold what the previous stage must
+    produce there, S = -inf and P = 0."""
+    injects = get_mode(mode).injects
+    if injects is None:
         return {}
     xp = array_module(q)
     B, H = q.shape[:2]
@@ -66,64 +68,101 @@ def injected_inputs(mode: str, q, k, v, causal: bool, scale: float, sk_pad: int 
     rows = _rows(q, rows)
     sk_pad = Sk if sk_pad is None else sk_pad
     out = xp.empty((B, H, len(rows), sk_pad), F32)
-    out[..., Sk:] = -np.inf if mode == "softmax_only" else 0.0
+    out[..., Sk:] = -np.inf if injects == "S_in" else 0.0
     qh, kh, oh = _heads_view(q), _heads_view(k), _heads_view(out)
     for hs, rs in blocks(B * H, len(rows), Sk, xp):
         s = ref.exact_scores(qh[hs], kh[hs], scale, causal, rows[rs])
-        oh[hs, rs, :Sk] = (s if mode == "softmax_only" else ref.exact_softmax(s)[2]).astype(F32)
-    return {"S_in" if mode == "softmax_only" else "P_in": out}
+        oh[hs, rs, :Sk] = (s if injects == "S_in" else ref.exact_softmax(s)[2]).astype(F32)
+    return {injects: out}
+
+
+# ------------------------------------------------------------------ one builder per reference
+# Each takes (q, k, v, causal, scale, block_n, injected, sk_pad, rows) with rows a host array
+# and returns {output name: (exact, kernel-precision)}; a mode names its builder (Mode.reference).
+def _attention(q, k, v, causal, scale, block_n, injected, sk_pad, rows, fp32_p=False):
+    xp = array_module(q)
+    B, H, _, D = q.shape
+    R = len(rows)
+    qh, kh, vh = _heads_view(q), _heads_view(k), _heads_view(v)
+    res = {"O": _alloc(xp, (B, H, R, D), F32 if fp32_p else np.float16), "LSE": _alloc(xp, (B, H, R), F32)}
+    (o, o_kp), (lse, lse_kp) = ((_heads_view(a) for a in res[n]) for n in ("O", "LSE"))
+    for hs in head_groups(B * H, xp):      # each chunks its rows by its own width
+        o[hs], lse[hs] = ref.exact_attention(qh[hs], kh[hs], vh[hs], scale, causal, rows)
+        o_kp[hs], lse_kp[hs] = ref.kp_attention(qh[hs], kh[hs], vh[hs], scale, causal, block_n, fp32_p, rows)
+    return res
+
+
+def _attention_fp32_p(*a):
+    return _attention(*a, fp32_p=True)
+
+
+def _scores(q, k, v, causal, scale, block_n, injected, sk_pad, rows):
+    xp = array_module(q)
+    B, H = q.shape[:2]
+    Sk, R = k.shape[2], len(rows)
+    qh, kh = _heads_view(q), _heads_view(k)
+    res = {"S": _alloc(xp, (B, H, R, sk_pad), F32)}
+    exact, kp = (_heads_view(a) for a in res["S"])
+    for a in (exact, kp):
+        a[..., Sk:] = -np.inf              # the padded keys of the tail tile: masked
+    for hs, rs in blocks(B * H, R, Sk, xp):
+        exact[hs, rs, :Sk] = ref.exact_scores(qh[hs], kh[hs], scale, causal, rows[rs])
+        kp[hs, rs, :Sk] = ref.kp_scores(qh[hs], kh[hs], scale, causal, rows[rs])
+    return res
+
+
+def _softmax_of_injected_s(q, k, v, causal, scale, block_n, injected, sk_pad, rows):
+    # S_in carries -inf in its padded columns, so P = 0 there in both references.
+    xp = array_module(q)
+    B, H, R = q.shape[0], q.shape[1], len(rows)
+    res = {name: _alloc(xp, shape, F32)
+           for name, shape in (("m", (B, H, R)), ("l", (B, H, R)), ("P", (B, H, R, s_width(injected))))}
+    s_in = _heads_view(injected["S_in"])
+    views = {name: tuple(_heads_view(a) for a in res[name]) for name in res}
+    for hs, rs in blocks(B * H, R, s_in.shape[-1], xp):
+        exact = ref.exact_softmax(s_in[hs, rs])
+        kp = ref.kp_softmax(s_in[hs, rs], block_n)
+        for name, e, p in zip(("m", "l", "P"), exact, kp):
+            views[name][0][hs, rs], views[name][1][hs, rs] = e, p
+    return res
+
+
+def _pv_of_injected_p(q, k, v, causal, scale, block_n, injected, sk_pad, rows):
+    xp = array_module(q)
+    B, H, _, D = q.shape
+    Sk, R = k.shape[2], len(rows)
+    res = {"O": _alloc(xp, (B, H, R, D), np.float16)}
+    exact, kp = (_heads_view(a) for a in res["O"])
+    p_in = _heads_view(injected["P_in"])[..., :Sk]      # the padded columns are 0: no contribution
+    vh = _heads_view(v)
+    v64 = vh.astype(F64)
+    for hs, rs in blocks(B * H, R, Sk, xp):
+        exact[hs, rs] = p_in[hs, rs].astype(F64) @ v64[hs]
+        kp[hs, rs] = ref.kp_pv(p_in[hs, rs], vh[hs])
+    return res
+
+
+def _column_mean(q, k, v, causal, scale, block_n, injected, sk_pad, rows):
+    R = len(rows)
+    return {"O": (ref.uniform_p_output(v, R), ref.kp_uniform(v, R))}
+
+
+REFERENCES = {
+    "attention": _attention,
+    "attention_fp32_p": _attention_fp32_p,
+    "scores": _scores,
+    "softmax_of_injected_s": _softmax_of_injected_s,
+    "pv_of_injected_p": _pv_of_injected_p,
+    "column_mean": _column_mean,
+}
 
 
 def stage_references(mode: str, q, k, v, causal: bool, scale: float, block_n: int, injected: dict,
                      sk_pad: int | None = None, rows=None) -> dict:
     """{output name: (exact float64 array, kernel-precision array)} for the mode's outputs,
-    over the query rows `rows` (the injected inputs hold exactly those rows). [rows, keys]
-    outputs are at the padded key width sk_pad: S = -inf and P = 0 there."""
-    xp = array_module(q)
-    B, H, _, D = q.shape
+    over the query rows `rows` (the injected inputs hold exactly those rows), by the builder
+    its data names (Mode.reference). [rows, keys] outputs are at the padded key width sk_pad:
+    S = -inf and P = 0 there."""
+    build = REFERENCES[get_mode(mode).reference]
     Sk = k.shape[2]
-    rows = _rows(q, rows)
-    R = len(rows)
-    sk_pad = Sk if sk_pad is None else sk_pad
-    qh, kh, vh = _heads_view(q), _heads_view(k), _heads_view(v)
-    res = {}
-    if mode in ("full", "fp32_p"):
-        fp32_p = mode == "fp32_p"
-        res["O"] = _alloc(xp, (B, H, R, D), F32 if fp32_p else np.float16)
-        res["LSE"] = _alloc(xp, (B, H, R), F32)
-        (o, o_kp), (lse, lse_kp) = ((_heads_view(a) for a in res[n]) for n in ("O", "LSE"))
-        for hs in head_groups(B * H, xp):      # each chunks its rows by its own width
-            o[hs], lse[hs] = ref.exact_attention(qh[hs], kh[hs], vh[hs], scale, causal, rows)
-            o_kp[hs], lse_kp[hs] = ref.kp_attention(qh[hs], kh[hs], vh[hs], scale, causal, block_n, fp32_p, rows)
-    elif mode == "qk_only":
-        res["S"] = _alloc(xp, (B, H, R, sk_pad), F32)
-        exact, kp = (_heads_view(a) for a in res["S"])
-        for a in (exact, kp):
-            a[..., Sk:] = -np.inf              # the padded keys of the tail tile: masked
-        for hs, rs in blocks(B * H, R, Sk, xp):
-            exact[hs, rs, :Sk] = ref.exact_scores(qh[hs], kh[hs], scale, causal, rows[rs])
-            kp[hs, rs, :Sk] = ref.kp_scores(qh[hs], kh[hs], scale, causal, rows[rs])
-    elif mode == "softmax_only":
-        # S_in carries -inf in its padded columns, so P = 0 there in both references.
-        for name, shape in (("m", (B, H, R)), ("l", (B, H, R)), ("P", (B, H, R, s_width(injected)))):
-            res[name] = _alloc(xp, shape, F32)
-        s_in = _heads_view(injected["S_in"])
-        views = {name: tuple(_heads_view(a) for a in res[name]) for name in res}
-        for hs, rs in blocks(B * H, R, s_in.shape[-1], xp):
-            exact = ref.exact_softmax(s_in[hs, rs])
-            kp = ref.kp_softmax(s_in[hs, rs], block_n)
-            for name, e, p in zip(("m", "l", "P"), exact, kp):
-                views[name][0][hs, rs], views[name][1][hs, rs] = e, p
-    elif mode == "pv_only":
-        res["O"] = _alloc(xp, (B, H, R, D), np.float16)
-        exact, kp = (_heads_view(a) for a in res["O"])
-        p_in = _heads_view(injected["P_in"])[..., :Sk]      # the padded columns are 0: no contribution
-        v64 = vh.astype(F64)
-        for hs, rs in blocks(B * H, R, Sk, xp):
-            exact[hs, rs] = p_in[hs, rs].astype(F64) @ v64[hs]
-            kp[hs, rs] = ref.kp_pv(p_in[hs, rs], vh[hs])
-    elif mode == "uniform_p":
-        res["O"] = (ref.uniform_p_output(v, R), ref.kp_uniform(v, R))
-    else:
-        raise KeyError(mode)
-    return res
+    return build(q, k, v, causal, scale, block_n, injected, Sk if sk_pad is None else sk_pad, _rows(q, rows))

@@ -329,7 +329,7 @@ def judge(result: RunResult, launched: Launched, refs: dict, row_index=None, fol
             if not b.is_matrix:
                 sm.extra["written_outside"] = launched.outside[b.param]
                 sm.passed = sm.passed and launched.outside[b.param] == 0
-        if v.mode == "uniform_p":
+        if m.row_spread:
             spread = met.row_spread(got)
             sm.extra["row_spread"] = spread
             sm.passed = sm.passed and spread <= sm.tol
