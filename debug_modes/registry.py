@@ -16,15 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import UsageError
+from kernels.registry import DEFAULT as KERNEL
 
-# The pointer parameters of flashcore_fwd, in order (then kernel_scalars).
-KERNEL_PARAMS = ("Q", "K", "V", "O", "LSE", "S_in", "P_in", "S_out", "P_out", "M_out", "L_out")
+# The pointer parameters of flashcore_fwd, in order (then kernel_scalars): the registry's entry.
+KERNEL_PARAMS = KERNEL.pointer_params
 
 
 def kernel_scalars(H: int, Sq: int, Sk: int, scale: float, row0: int, n_rows: int) -> tuple:
-    """The arguments after the pointers, in the kernel's order and C types: the one definition
-    the harness path (run/gpu.py) and the product path (api.py) both launch with."""
-    return (np.int32(H), np.int32(Sq), np.int32(Sk), np.float32(scale), np.int32(row0), np.int32(n_rows))
+    """The arguments after the pointers, in the kernel's order and C types (the registry's
+    scalar_params): the one definition the harness path (run/gpu.py) and the product path
+    (api.py) both launch with."""
+    values = dict(H=H, Sq=Sq, Sk=Sk, scale=scale, row0=row0, n_rows=n_rows)
+    return tuple(np.dtype(t).type(values[name]) for name, t in KERNEL.scalar_params)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,12 @@ class KernelSpec:
     small_below_blocks: int       # "few": fewer than this many 128-row blocks over B*H
     smem_pad_halves: int = 8      # the kernel's SMEM_PAD
     head_dims: tuple = (64, 128)
+    # The signature, the one place it is spelled: pointer parameters in order (null where a mode
+    # does not use one), then the scalars, each with its C type. The harness path (run/gpu.py)
+    # and the product path (api.py) both build their arguments from these.
+    pointer_params: tuple = ("Q", "K", "V", "O", "LSE", "S_in", "P_in", "S_out", "P_out", "M_out", "L_out")
+    scalar_params: tuple = (("H", "int32"), ("Sq", "int32"), ("Sk", "int32"), ("scale", "float32"),
+                            ("row0", "int32"), ("n_rows", "int32"))
     notes: dict = field(default_factory=dict)
 
     @property

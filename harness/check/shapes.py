@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from harness.errors import UsageError
 
-SUPPORTED_HEAD_DIMS = (64, 128)
+from kernels.registry import DEFAULT as _KERNEL
+
+SUPPORTED_HEAD_DIMS = _KERNEL.head_dims     # the registry's entry says which head dims the kernel has
 
 
 @dataclass(frozen=True)
