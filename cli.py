@@ -54,11 +54,18 @@ kernel_option = click.option(
          "spec beside it")
 
 
-def _user_spec(kernel):
+def _user_spec(kernel, allow_callable: bool = False):
     """--kernel: None for the built-in kernel, else the loaded spec of a kernel checked as written.
-    A bare name that is not the built-in one is looked up as a spec file."""
+    A bare name that is not the built-in one is looked up as a spec file. module:function is a
+    Python callable: only run and diagnose take one (allow_callable); elsewhere one line says so."""
     if kernel in (None, BUILTIN_KERNEL):
         return None
+    from harness.run.callable_kernel import is_callable_ref
+    if is_callable_ref(kernel):
+        if not allow_callable:
+            raise UsageError(f"--kernel {kernel}: a Python callable is checked by run and diagnose only; this command "
+                             f"needs the kernel's .cu and a spec (flashcore kernel init FILE.cu)")
+        return kernel
     from harness.toolchain.user_kernel import find_spec
     from kernels.spec import load
     return load(find_spec(kernel))
@@ -302,7 +309,9 @@ def run(debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, i
     from harness.check.inputs import INPUT_SETS
     if inputs not in INPUT_SETS:
         raise UsageError(f"unknown input set {inputs!r}; valid: {', '.join(INPUT_SETS)}")
-    spec = _user_spec(kernel)
+    spec = _user_spec(kernel, allow_callable=True)
+    if isinstance(spec, str):
+        return _check_callable("run", spec, debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record)
     if spec is not None:
         return _check_spec("run", spec, _spec_modes(spec, debug), shape, sk, head_dim, causal, inputs, seed, scale,
                            bugs, record, True if isolate is None else isolate)
@@ -347,7 +356,11 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record, kerne
     if png:
         from harness.track.history import check_png_path
         check_png_path(png)       # before the GPU work, not after it
-    spec = _user_spec(kernel)
+    spec = _user_spec(kernel, allow_callable=True)
+    if isinstance(spec, str):
+        if probes:
+            raise UsageError("--probes with a Python callable is not built yet: probes launch a .cu through its spec")
+        return _check_callable("diagnose", spec, "full", shape, sk, head_dim, causal, inputs, seed, None, bugs, record)
     if probes and spec is None:
         from kernels.registry import KERNELS_DIR
         from kernels.spec import load
@@ -370,6 +383,20 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record, kerne
     d = run_diagnose(_shape_arg(shape, sk, head_dim), causal=causal, inputs=inputs, seed=seed,
                      bugs=bugs_, record=record, png=png)
     return EXIT_OK if d.clean else EXIT_CHECK_FAILED
+
+
+def _check_callable(command, ref, debug, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record):
+    """run/diagnose --kernel module:function: the full-mode check (a callable has no flags or bugs)."""
+    from harness.run import callable_kernel
+    if debug not in ("full", "all"):
+        raise UsageError(f"--debug {debug}: a Python callable has no debug flags; it is checked as a whole (full)")
+    if bugs:
+        raise UsageError("--bug: a Python callable has no seeded bugs (they are -D switches of a .cu)")
+    if shape is None and sk is not None:
+        raise UsageError("--sk needs --shape: without it the coverage set chooses its own key lengths")
+    shp = _shape_arg(shape, sk, head_dim) if shape is not None else None
+    ok = callable_kernel.check(ref, command, shp, causal, head_dim, inputs, seed, scale, record)
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
 def _spec_bugs(spec, bugs) -> tuple:
@@ -561,8 +588,8 @@ def history(mode, shape, metric, causal, png, kernel):
     from harness.track import history as h
     from harness.show.report import console
     from debug_modes.registry import get_mode
-    user = _user_spec(kernel)
-    kernel_name = user.name if user else kernel
+    user = _user_spec(kernel, allow_callable=True)
+    kernel_name = user if isinstance(user, str) else (user.name if user else kernel)
     if not user:
         get_mode(mode)
     if metric not in h.METRICS:

@@ -113,3 +113,15 @@ def test_a_read_past_an_input_is_named(tmp_path):
     assert not r.passed
     o = next(m for m in r.metrics if m.output == "O")
     assert set(o.extra.get("read_outside", [])) == {"k", "v"}, o.to_dict()
+
+
+def test_a_python_callable_is_checked_over_the_coverage_set(results_tmp):
+    """gpu-mode / KernelBench convention: attention(q, k, v, *, causal, scale) -> o. PyTorch's
+    SDPA passes its coverage set; a callable with twice the scale fails at every shape."""
+    pytest.importorskip("torch")
+    from harness.run import callable_kernel
+    assert callable_kernel.check("harness.run.callable_kernel:sdpa", "run", seed=2, record=False, show=False)
+    assert not callable_kernel.check("harness.run.callable_kernel:sdpa_wrong_scale", "run", seed=2, record=False,
+                                     show=False)
+    r = callable_kernel.run_callable("harness.run.callable_kernel:sdpa", Shape(2, 3, 97, 161, 128), causal=True, seed=1)
+    assert r.status == "ok" and r.passed, [m.to_dict() for m in r.metrics]

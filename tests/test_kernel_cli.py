@@ -87,3 +87,23 @@ def test_a_naive_kernel_of_each_dtype_compiles(tmp_path, dtype):
     r = invoke("compile", "--kernel", spec, "--arch", "sm_80", "--bug", "READ_PAST")
     assert r.exit_code == 0, r.output
     assert "D=128" in r.output
+
+
+@pytest.mark.parametrize("args,says", [
+    (["run", "--kernel", "no_such_module:attention", "--shape", "mission"], "importing no_such_module failed"),
+    (["run", "--kernel", "harness.run.callable_kernel:nothing", "--shape", "mission"], "has no callable 'nothing'"),
+    (["run", "--kernel", "missing.py:attention"], "no file missing.py"),
+    (["compile", "--kernel", "harness.run.callable_kernel:sdpa"], "needs the kernel's .cu and a spec"),
+    (["smoking-gun", "--kernel", "harness.run.callable_kernel:sdpa"], "needs the kernel's .cu and a spec"),
+    (["run", "--kernel", "harness.run.callable_kernel:sdpa", "--debug", "qk_only"], "has no debug flags"),
+    (["run", "--kernel", "harness.run.callable_kernel:sdpa", "--bug", "X"], "no seeded bugs"),
+    (["diagnose", "--kernel", "harness.run.callable_kernel:sdpa", "--probes"], "not built yet"),
+])
+def test_a_python_callable_kernel_bad_inputs_are_one_line(args, says):
+    r = invoke(*args)
+    assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_history_of_a_callable_kernel_reads_its_records(results_tmp):
+    r = invoke("history", "--kernel", "harness.run.callable_kernel:sdpa", "--shape", "any")
+    assert r.exit_code == 0 and "harness.run.callable_kernel:sdpa" in r.output and "no records" in r.output

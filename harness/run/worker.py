@@ -80,6 +80,9 @@ def run_one(case: dict):
     hook = case.get("test_hook")
     if hook is not None:
         return TEST_HOOKS[hook](case)
+    if "callable" in case:          # a kernel built another way, through a Python callable
+        from harness.run.callable_kernel import run_one as run_callable_case
+        return run_callable_case(case)
     if case.get("probes"):          # input probes on a kernel as written (harness/run/probe_sweep.py)
         from harness.run.probe_sweep import run_case as run_probe_case
         return run_probe_case(case)

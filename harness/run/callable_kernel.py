@@ -1,0 +1,264 @@
+"""A kernel built another way (Triton, a torch extension, a library call) checked through a
+Python callable, the gpu-mode / KernelBench convention:
+
+    attention(q, k, v, *, causal: bool, scale: float) -> o  or  (o, lse)
+
+with torch CUDA tensors [B, H, S, D] (CuPy arrays where torch is absent). `--kernel
+module:function` or `--kernel path/to/file.py:function` names it. It gets the full-mode check
+(O, and LSE in natural log when it returns one) over the coverage set, the folds, records and
+the worker isolation; what needs the source (flags, compile, SASS, sanitizer lines) says in one
+line that it needs a .cu and a spec.
+
+The floor is flash-attention's rule at the kernel's I/O dtype: a reference with fp32 scores, P
+rounded to the I/O dtype, fp32 accumulation and the output rounded to it (spec_reference).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.check import localise
+from harness.check import metrics as met
+from harness.check import spec_reference as sref
+from harness.check.inputs import fresh_seed, make_inputs
+from harness.check.shapes import Shape
+from harness.errors import UsageError
+from harness.run.gpu import RunResult
+
+TILE = 64      # no tiles are known: the folds and the coverage edges use 64 x 64
+
+
+def is_callable_ref(kernel: str | None) -> bool:
+    return bool(kernel) and ":" in kernel and not kernel.endswith((".toml", ".cu"))
+
+
+def load(ref: str):
+    """The callable a --kernel module:function (or file.py:function) names; one line if not."""
+    mod_name, _, fn_name = ref.rpartition(":")
+    if not mod_name or not fn_name:
+        raise UsageError(f"--kernel {ref!r}: expected module:function or path/to/file.py:function")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise UsageError(f"--kernel {ref!r}: no file {path}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(mod_name)
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"--kernel {ref!r}: importing {mod_name} failed ({type(e).__name__}: {str(e)[:120]})") from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise UsageError(f"--kernel {ref!r}: {mod_name} has no callable {fn_name!r}")
+    return fn
+
+
+@dataclass(frozen=True)
+class CallableKernel:
+    """What the coverage set and the reports read of a callable kernel (no tiles are known)."""
+    ref: str
+    head_dims: tuple = (64, 128)
+    causal: bool = True
+    self_attention_only: bool = False
+    block_m: int = TILE
+    block_n: int = TILE
+    spec_path: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.ref
+
+    def tiles_for(self, B, H, Sq, D) -> dict:
+        return dict(block_m=TILE, block_n=TILE, kv_stages=1, m_frags=TILE // 16, nwarps=1)
+
+
+@dataclass(frozen=True)
+class CallableVariant:
+    ref: str
+    mode: str = "full"
+    head_dim: int = 64
+    causal: bool = False
+    bugs: tuple = ()
+    arch: str = "-"
+    block_m: int = TILE
+    block_n: int = TILE
+    warp_rows: int = TILE
+
+    @property
+    def defines(self) -> list:
+        return []
+
+    @property
+    def label(self) -> str:
+        return f"{self.ref} D={self.head_dim}{' causal' if self.causal else ''}"
+
+
+def _to_device(a):
+    try:
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(a)).cuda()
+    except ImportError:
+        from harness.toolchain.device import cupy
+        return cupy().asarray(a)
+
+
+def _to_host(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy() if x.dtype.is_floating_point else x.cpu().numpy()
+    from harness.toolchain.device import cupy
+    return cupy().asnumpy(x).astype(np.float32)
+
+
+def run_callable(ref: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
+                 scale: float | None = None, keep_outputs: bool = False, folds: bool | None = None,
+                 dtype: str = "float16") -> RunResult:
+    """The callable on one shape against float64, twice (an output that moves is a race); an
+    exception inside it is this case's fault, with its one-line message."""
+    from harness.toolchain.device import require_gpu
+    require_gpu()
+    fn = load(ref)
+    seed = fresh_seed() if seed is None else int(seed)
+    scale = 1.0 / math.sqrt(shape.D) if scale is None else float(scale)
+    folds = keep_outputs if folds is None else folds
+    q, k, v = make_inputs(shape, inputs, seed, dtype)
+    result = RunResult(CallableVariant(ref, "full", shape.D, causal), shape, scale, inputs, seed)
+    outs = []
+    for _ in range(2):
+        try:
+            t0 = time.monotonic()
+            out = fn(_to_device(q), _to_device(k), _to_device(v), causal=causal, scale=scale)
+            o, lse = (out if isinstance(out, tuple) else (out, None))
+            outs.append((_to_host(o), None if lse is None else _to_host(lse)))
+            result.resources = {"call_s": time.monotonic() - t0}
+        except Exception as e:       # the callable's own failure (a CUDA fault inside it, a bad shape)
+            result.status, result.message = "fault", f"{ref} raised {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            return result
+    (o, lse), (o2, lse2) = outs
+    if o.shape != (shape.B, shape.H, shape.Sq, shape.D):
+        result.status, result.message = "fault", f"{ref} returned O of shape {tuple(o.shape)}, not {(shape.B, shape.H, shape.Sq, shape.D)}"
+        return result
+    q64, k64, v64 = (a.astype(np.float32).astype(np.float64) for a in (q, k, v))
+    ex = sref.exact(q64, k64, v64, scale, causal)
+    kp = sref.kernel_precision(q64, k64, v64, scale, causal, TILE, dtype, dtype)
+    judged = [("O", o, o2, ex["o"], kp["o"])] + ([("LSE", lse, lse2, ex["lse"], kp["lse"])] if lse is not None else [])
+    for name, got, again, e, p in judged:
+        got = np.ascontiguousarray(got.astype(np.float32))
+        sm, err = met.compare("full", name, "all", got, e, p)
+        moved = int(np.count_nonzero(got.view(np.uint32) != np.ascontiguousarray(again.astype(np.float32)).view(np.uint32)))
+        sm.extra.update(nondeterministic=moved, reference_device="cpu")
+        sm.passed = sm.passed and moved == 0
+        result.metrics.append(sm)
+        if folds and not sm.passed and got.ndim == 4:
+            result.folds.append(localise.fold(err, sm.tol, f"full/{name}", TILE, TILE, got, e, TILE,
+                                              n_keys=shape.Sk, n_rows=shape.Sq))
+    return result
+
+
+def sdpa(q, k, v, *, causal: bool, scale: float):
+    """PyTorch's SDPA as a callable kernel: the reference user of this path (and its test)."""
+    import torch.nn.functional as F
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+def sdpa_wrong_scale(q, k, v, *, causal: bool, scale: float):
+    """A must-fail callable: twice the scale it was asked for."""
+    import torch.nn.functional as F
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=2 * scale)
+
+
+# ------------------------------------------------------------------ in workers, over shapes
+def make_case(ref: str, shape: Shape, causal=False, **kw) -> dict:
+    from dataclasses import asdict
+    return dict(callable=ref, shape=asdict(shape), causal=causal, **kw)
+
+
+def run_one(case: dict) -> RunResult:
+    """The worker's side (harness/run/worker.py)."""
+    kw = {k: v for k, v in case.items() if k not in ("callable", "shape")}
+    return run_callable(case["callable"], Shape(**case["shape"]), **kw)
+
+
+def run_cases(cases: list, isolate: bool = True) -> list:
+    from harness.run import pool
+    if not isolate:
+        return [run_one(c) for c in cases]
+    out = []
+    for c, r in zip(cases, pool.run_many(cases, 120.0, jobs=1)):
+        if isinstance(r, pool.WorkerLost):
+            shape = Shape(**c["shape"])
+            r = RunResult(CallableVariant(c["callable"], "full", shape.D, c.get("causal", False)), shape, 0.0,
+                          c.get("inputs", "randn"), c.get("seed") or 0, status="fault", message=str(r))
+        out.append(r)
+    return out
+
+
+def record_of(r: RunResult, ref: str, device: dict) -> dict:
+    from dataclasses import asdict
+    from harness import records
+    return records.new_record(
+        "run", kernel=ref, mode="full", shape=asdict(r.shape), shape_label=r.shape.label, causal=r.variant.causal,
+        bugs=[], flags=[], device=device.get("device"), driver=device.get("driver"), seed=r.seed, inputs=r.inputs,
+        scale=r.scale, status=r.status, message=r.message, passed=r.passed, metrics=[m.to_dict() for m in r.metrics],
+        max_err=max((m.max_abs for m in r.metrics), default=None),
+        err_floor=max((m.err_over_floor for m in r.metrics), default=None), resources=r.resources)
+
+
+def check(ref: str, command: str, shape: Shape | None = None, causal=False, head_dim=None, inputs="randn", seed=None,
+          scale=None, record=True, isolate=True, show=True):
+    """run/diagnose --kernel module:function: one shape (the error table and, for diagnose, the
+    folds), or the coverage set with the separating feature and the smallest failing shape."""
+    from harness import records
+    from harness.check import coverage as cov
+    from harness.run import coverage as rc
+    from harness.run import pool
+    from harness.show.report import console, error_table
+    load(ref)                                    # one line now, before any GPU work
+    kern = CallableKernel(ref)
+    if isolate:
+        pool.prestart(1)
+    device = pool.device_facts() if isolate else {}
+    seed = fresh_seed() if seed is None else seed
+
+    def results_of(s, c, keep):
+        rs = run_cases([make_case(ref, s, c, inputs=inputs, seed=seed, scale=scale, keep_outputs=keep)], isolate)
+        if record:
+            for r in rs:
+                records.append(record_of(r, ref, device))
+        return rs[0]
+
+    if shape is not None:
+        r = results_of(shape, causal, command == "diagnose")
+        if show:
+            console.print(error_table([r], f"{ref} {shape.label}{' causal' if causal else ''} inputs={inputs} seed={seed}"))
+            if r.status != "ok":
+                console.print(f"[bold red]{r.status.upper()}[/] {r.message}")
+            if command == "diagnose":
+                from harness.show import heatmap
+                for f in r.folds:
+                    console.print(heatmap.render_folds(f))
+        return r.passed
+    cases = cov.coverage_set(kern, None if head_dim is None else (head_dim,), True if causal else None)
+
+    def per_case(c):
+        r = results_of(c.shape, c.causal, False)
+        feats = cov.features_of(c, kern)
+        return rc.Outcome(c, feats, not r.passed, "all" if not r.passed else None, "full" if not r.passed else None,
+                          rc.result_detail(r) if not r.passed else "")
+
+    outcomes = rc.run_sweep(cases, per_case, show, command, kern)
+    rep = rc.conclude("run", outcomes, lambda c, m: not results_of(c.shape, c.causal, False).passed, (), inputs, seed,
+                      kern, kernel=ref)
+    if show:
+        rc.print_report(rep, (), inputs, device, ["full"], kern)
+    return rep.clean
