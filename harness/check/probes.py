@@ -30,7 +30,6 @@ from typing import Callable
 
 import numpy as np
 
-from harness.check import spec_reference as sref
 
 F64 = np.float64
 DOMINANT_LOGIT = 40.0      # the dominant score; the others are within +-0.5 * it (unit keys, D >= 64)

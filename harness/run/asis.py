@@ -18,8 +18,7 @@ One run (run_spec) of one mode ("full", or one of the kernel's own debug flags) 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,8 +30,8 @@ from harness.check import metrics as met
 from harness.check import spec_reference as sref
 from harness.check.inputs import fresh_seed, make_inputs
 from harness.check.shapes import Shape
-from harness.errors import CompileError, FlashCoreError, Hang, UsageError
-from harness.run.gpu import KernelFault, RunResult
+from harness.errors import UsageError
+from harness.run.gpu import VERDICTS, KernelFault, RunResult, verdict_status
 from kernels import spec as kspec
 
 GUARD = 4096           # elements of margin before and after every buffer
@@ -275,14 +274,8 @@ def run_spec(spec_path, mode: str, shape: Shape, causal: bool = False, inputs: s
     result = RunResult(variant, shape, scale, inputs, seed)
     try:
         ex = execute(variant, shape, scale, host, hang_s, deterministic)
-    except CompileError as e:
-        result.status, result.message = "compile_error", str(e)
-        return result
-    except Hang as e:
-        result.status, result.message = "hang", str(e)
-        return result
-    except KernelFault as e:
-        result.status, result.message = "fault", str(e)
+    except VERDICTS as e:
+        result.status, result.message = verdict_status(e), str(e)
         return result
     result.resources = ex.resources
     got, outside, moved, read_outside = ex.got, ex.outside, ex.moved, ex.read_outside

@@ -21,7 +21,7 @@ from harness.check.inputs import fresh_seed
 from harness.check.shapes import Shape
 from harness.errors import UsageError
 from harness.run import coverage as rc
-from harness.run import pool, runs
+from harness.run import pool
 from harness.show.report import console, error_table
 from kernels import spec as kspec
 
@@ -47,7 +47,6 @@ def make_case(spec_path, mode, shape: Shape, causal=False, **kw) -> dict:
 def run_cases(cases: list, isolate: bool = True) -> list:
     """Each case's RunResult; isolated, in the harness's worker (faults and hangs reported)."""
     if not isolate:
-        from harness.run.asis import run_spec
         return [run_one(c) for c in cases]
     out = []
     for c, r in zip(cases, pool.run_many(cases, CASE_TIMEOUT_S, jobs=1)):

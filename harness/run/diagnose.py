@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from rich.table import Table
 
 from harness.show import heatmap
 
 from harness.run import session
-from harness.show.report import console, fmt, verdict
+from harness.show.report import console, smoking_gun_tables
 
 BISECT_MODES = ("qk_only", "softmax_only", "pv_only", "uniform_p", "full")
 STAGE_OF_MODE = {"qk_only": "qk", "softmax_only": "softmax", "pv_only": "pv", "uniform_p": "pv", "full": "glue"}
@@ -148,17 +147,6 @@ def print_smoking_gun(sg: SmokingGun, shape, n_cols=8):
     if r.status != "ok":
         console.print(f"[bold red]{r.status.upper()}[/]: {r.message}")
         return
-    t = Table(title=f"b=0 h=0, first {n_cols} columns", title_justify="left")
-    t.add_column("row")
-    for c in range(min(n_cols, shape.D)):
-        t.add_column(f"d{c}", justify="right")
-    t.add_row("expected (mean V)", *[f"{x:+.5f}" for x in sg.expected_row[:n_cols]])
-    for i, row in enumerate(sg.first_rows):
-        t.add_row(f"kernel row {i}", *[f"{x:+.5f}" for x in row[:n_cols]])
-    console.print(t)
-    s = Table(show_header=False)
-    s.add_row("max row spread (max over rows - min over rows)", fmt(sg.row_spread))
-    s.add_row("max |kernel - expected row|", fmt(sg.max_err))
-    s.add_row("precision floor / tolerance", f"{fmt(sg.floor)} / {fmt(sg.tol)}")
-    s.add_row("verdict", verdict(sg.passed))
-    console.print(s)
+    for table in smoking_gun_tables(sg.expected_row, sg.first_rows, n_cols, sg.row_spread, sg.max_err, sg.floor,
+                                    sg.tol, sg.passed):
+        console.print(table)

@@ -51,6 +51,14 @@ class KernelFault(FlashCoreError):
     exit_code = 1
 
 
+VERDICTS = (compiler.CompileError, KernelFault, Hang)   # a case's result, never raised past it
+
+
+def verdict_status(e: FlashCoreError) -> str:
+    """The status a RunResult carries for a verdict exception."""
+    return {compiler.CompileError: "compile_error", KernelFault: "fault", Hang: "hang"}[type(e)]
+
+
 def kernel_args(shape: Shape, bufs: dict, scale: float, window: tuple | None = None) -> tuple:
     """flashcore_fwd's argument tuple (the kernel contract); buffers absent from bufs are null
     pointers; window = (row0, n_rows), the query rows computed (default: all)."""
@@ -371,14 +379,8 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
         ref_in = host if ref_dev == "cpu" else dev
         injected = stages.injected_inputs(mode, ref_in["Q"], ref_in["K"], ref_in["V"], causal, scale, sk_pad, row_index)
         launched = launch_windows(variant, shape, scale, seed, host, dev, injected, wins, on_host=ref_dev == "cpu")
-    except compiler.CompileError as e:
-        result.status, result.message = "compile_error", str(e)
-        return result
-    except KernelFault as e:
-        result.status, result.message = "fault", str(e)
-        return result
-    except Hang as e:
-        result.status, result.message = "hang", str(e)
+    except VERDICTS as e:
+        result.status, result.message = verdict_status(e), str(e)
         return result
     refs = stages.stage_references(mode, ref_in["Q"], ref_in["K"], ref_in["V"], causal, scale, variant.block_n,
                                    injected, sk_pad, row_index)

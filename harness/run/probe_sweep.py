@@ -33,7 +33,6 @@ from harness.check import metrics as met
 from harness.check import probes as pr
 from harness.check import spec_reference as sref
 from harness.check.shapes import Shape
-from harness.errors import CompileError, Hang
 from kernels import spec as kspec
 
 PROBE_SEED_OFFSET = {name: i * 7919 for i, name in enumerate(pr.ORDER)}
@@ -71,7 +70,7 @@ def run_probe(spec, name: str, shape: Shape, causal: bool = False, seed: int = 0
               hang_s=None) -> ProbeResult:
     """One probe on one shape: every launch it needs, judged and read."""
     from harness.run.asis import execute
-    from harness.run.gpu import KernelFault
+    from harness.run.gpu import VERDICTS, verdict_status
     spec = kspec.load(spec) if not isinstance(spec, kspec.Spec) else spec
     probe = pr.PROBES[name]
     res = ProbeResult(name, shape, causal)
@@ -90,9 +89,8 @@ def run_probe(spec, name: str, shape: Shape, causal: bool = False, seed: int = 0
         host = _rounded_inputs(l, dtype)
         try:
             ex = execute(variant, shape, scale, host, hang_s, deterministic=n == 0)
-        except (CompileError, KernelFault, Hang) as e:
-            res.status = {CompileError: "compile_error", KernelFault: "fault", Hang: "hang"}[type(e)]
-            res.message, res.passed = str(e).splitlines()[0], False
+        except VERDICTS as e:
+            res.status, res.message, res.passed = verdict_status(e), str(e).splitlines()[0], False
             return res
         q64, k64, v64 = (host[x].astype(np.float32).astype(np.float64) for x in "qkv")
         exact = sref.exact(q64, k64, v64, scale, causal)
@@ -327,7 +325,7 @@ def smoking_gun(spec_path, shape: Shape, seed=0, bugs=(), isolate=True, show=Tru
     """The uniform-attention test for any kernel: Q = 0 (P = 1/Sk without a flag), the row
     spread and the error against mean V, and the one-hot view: which keys reach O, by tile."""
     from rich.table import Table
-    from harness.show.report import console, fmt, verdict
+    from harness.show.report import console, smoking_gun_tables
     spec = kspec.load(spec_path)
     spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, False)
     UserVariant(spec, "full", shape.D, False, tuple(bugs))
@@ -340,21 +338,9 @@ def smoking_gun(spec_path, shape: Shape, seed=0, bugs=(), isolate=True, show=Tru
     if u is None or u.status != "ok":
         console.print(f"[bold red]{(u.status if u else pc.status).upper()}[/]: {(u.message if u else pc.message)}")
         return pc
-    t = Table(title="b=0 h=0, first 8 columns", title_justify="left")
-    t.add_column("row")
-    for c in range(min(8, shape.D)):
-        t.add_column(f"d{c}", justify="right")
-    t.add_row("expected (mean V)", *[f"{x:+.5f}" for x in u.expected_row])
-    for i, row in enumerate(u.sample):
-        t.add_row(f"kernel row {i}", *[f"{x:+.5f}" for x in row])
-    console.print(t)
     w = u.worst
-    s = Table(show_header=False)
-    s.add_row("max row spread (max over rows - min over rows)", fmt(u.spread))
-    s.add_row("max |kernel - expected row|", fmt(w.max_abs))
-    s.add_row("precision floor / tolerance", f"{fmt(w.floor)} / {fmt(w.tol)}")
-    s.add_row("verdict", verdict(u.passed))
-    console.print(s)
+    for table in smoking_gun_tables(u.expected_row, u.sample, 8, u.spread, w.max_abs, w.floor, w.tol, u.passed):
+        console.print(table)
     if oh is not None and oh.key_weight is not None:
         kt = Table(title="one-hot keys (Q = 0, V = e_j in blocks of D keys): the weight each key reaches O with "
                          "(1 = right)", title_justify="left")

@@ -85,3 +85,21 @@ def resources_table(rows, title="Resources (NVRTC, ptxas -v)") -> Table:
         t.add_row(r.variant, r.arch, str(r.registers), str(r.smem_static), str(r.smem_dynamic), str(r.stack_bytes),
                   str(r.spill_bytes), verdict(r.spill_bytes == 0, "ok (0 spills)", "SPILLS"))
     return t
+
+
+def smoking_gun_tables(expected_row, rows, n_cols: int, spread, max_err, floor, tol, passed) -> tuple:
+    """The smoking gun's two tables: the expected row (mean V) over the first rows the kernel
+    wrote, then spread, error, floor and verdict (flag-based and Q = 0 forms alike)."""
+    t = Table(title=f"b=0 h=0, first {n_cols} columns", title_justify="left")
+    t.add_column("row")
+    for c in range(min(n_cols, len(expected_row))):
+        t.add_column(f"d{c}", justify="right")
+    t.add_row("expected (mean V)", *[f"{x:+.5f}" for x in expected_row[:n_cols]])
+    for i, row in enumerate(rows):
+        t.add_row(f"kernel row {i}", *[f"{x:+.5f}" for x in row[:n_cols]])
+    s = Table(show_header=False)
+    s.add_row("max row spread (max over rows - min over rows)", fmt(spread))
+    s.add_row("max |kernel - expected row|", fmt(max_err))
+    s.add_row("precision floor / tolerance", f"{fmt(floor)} / {fmt(tol)}")
+    s.add_row("verdict", verdict(passed))
+    return t, s

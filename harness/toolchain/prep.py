@@ -467,10 +467,11 @@ def _function_like(body: str) -> bool:
     return bool(re.fullmatch(rf"({_SPECIFIERS}\s*)*(->.*|:.*)?", tail, re.S))
 
 
-def paren_close(s: str, i: int) -> int:
-    depth = 0
+def paren_close(s: str, i: int, pair: str = "()") -> int:
+    """The index of the bracket that closes the one at s[i] (pair: "()" or "[]"), else len(s)."""
+    depth, step = 0, {pair[0]: 1, pair[1]: -1}
     for j in range(i, len(s)):
-        depth += {"(": 1, ")": -1}.get(s[j], 0)
+        depth += step.get(s[j], 0)
         if depth == 0:
             return j
     return len(s)

@@ -382,19 +382,12 @@ def _reads(ctx: _Context, name: str):
     for m in uses:
         if not body[m.end():].lstrip().startswith("["):
             return None
-        close = _bracket_end(body, body.index("[", m.end()))
+        close = prep.paren_close(body, body.index("[", m.end()), "[]")
         after = body[close + 1:].lstrip()
         reads |= not (after.startswith("=") and not after.startswith("=="))
     return reads
 
 
-def _bracket_end(s: str, i: int) -> int:
-    depth = 0
-    for j in range(i, len(s)):
-        depth += {"[": 1, "]": -1}.get(s[j], 0)
-        if depth == 0:
-            return j
-    return len(s)
 
 
 def _host_fill(ctx: _Context, p: Param):
@@ -594,7 +587,7 @@ def _launch_exprs(ctx: _Context, names: dict):
         grid = _default_grid(ctx, la)
     if block is None:
         n = next((ctx.constants[t] for t in THREAD_NAMES if t in ctx.constants), None)
-        block = _Guess([n, 1, 1], f"threads per block from the file's constant") if n else \
+        block = _Guess([n, 1, 1], "threads per block from the file's constant") if n else \
             _Guess([128, 1, 1], "threads per block?" + (f" ({where}: {la.config[1]})" if la else ""), True)
     if smem is None:
         dynamic = bool(re.search(r"\bextern\s+__shared__", ctx.src.code))
