@@ -76,3 +76,17 @@ def test_options_that_cannot_be_honoured_are_one_line_before_any_work():
                  ["run", "--shape", "mission", "--scale", "nan"]):
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 2 and r.output.startswith("flashcore: error:") and len(r.output.strip().splitlines()) == 1, (args, r.output)
+
+
+def test_no_gpu_error_names_the_missing_driver_not_an_upgrade():
+    """Where there is no NVIDIA driver at all, the runtime says "insufficient driver"; the one
+    line must not send a user without a GPU to upgrade one."""
+    import ctypes
+    from tests.conftest import gpu_missing_reason
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("a driver is here")
+    except OSError:
+        pass
+    reason = gpu_missing_reason()
+    assert reason and "no NVIDIA driver" in reason and "insufficient" not in reason, reason
