@@ -267,12 +267,8 @@ def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, 
     variants = [user_kernel.UserVariant(spec, m, d, c, _spec_bugs(spec, bugs), a)
                 for m in _spec_modes(spec, debug) for d in (list(head_dim) or spec.head_dims)
                 for c in ([False, True] if causal is None and spec.causal else [bool(causal)]) for a in archs]
-    rows, failures = [], []
-    for v in variants:
-        try:
-            rows.append(user_kernel.compile_check(v))
-        except FlashCoreError as e:
-            failures.append(str(e))
+    from harness.toolchain import compile_sweep
+    rows, failures = compile_sweep.sweep(variants, user_kernel.compile_check)
     if rows:
         console.print(resources_table(rows, f"{spec.name}: resources (NVRTC, ptxas -v)"))
     for f in failures:

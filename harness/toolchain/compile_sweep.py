@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from debug_modes import BUGS
 from debug_modes.registry import get_mode
@@ -48,17 +50,34 @@ def variants(modes, head_dims, causals, archs, bugs=()) -> list:
     return out
 
 
-def sweep(vs, check=None):
-    """Run check (default: compile_check, NVRTC resources; or sass.summarize) on each variant;
-    returns (rows, failure messages)."""
+def default_jobs() -> int:
+    """Threads for a sweep: $FLASHCORE_COMPILE_JOBS, else one per CPU. NVRTC releases the GIL
+    (measured here: 8 variants in 3.27 s one at a time, 1.63 s on two threads on 2 cores), and
+    each variant is its own NVRTC program, so they compile side by side."""
+    try:
+        return max(1, int(os.environ.get("FLASHCORE_COMPILE_JOBS", "0")) or (os.cpu_count() or 1))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
+def sweep(vs, check=None, jobs: int | None = None):
+    """Run check (default: compile_check, NVRTC resources; or sass.summarize) on each variant,
+    concurrently on `jobs` threads; returns (rows in the variants' order, failure messages)."""
     check = check or compiler.compile_check
-    rows, failures = [], []
-    for v in vs:
+
+    def one(v):
         try:
-            rows.append(check(v))
+            return check(v), None
         except CompileError as e:
-            failures.append(str(e))
-    return rows, failures
+            return None, str(e)
+
+    vs = list(vs)
+    # The first compilation runs alone: NVRTC loads libnvrtc-builtins on first use, and two
+    # threads doing that at once failed here ("failed to open libnvrtc-builtins.so.13.0").
+    done = [one(v) for v in vs[:1]]
+    with ThreadPoolExecutor(max_workers=jobs or default_jobs()) as ex:
+        done += list(ex.map(one, vs[1:]))
+    return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]
 
 
 def print_bugs():
