@@ -663,7 +663,8 @@ def check(mode, shape, causal, against, max_error, max_slowdown, max_regs, no_sp
 @click.option("--metric", default="max_err", show_default=True, help="max_err (GPU) | spills | regs | smem (no GPU)")
 @click.option("--threshold", type=float, default=None,
               help="bad when the metric exceeds it (max_err: err/floor; default: the pass rule; spills: 0)")
-def bisect_cmd(good, bad, mode, shape, causal, metric, threshold):
+@kernel_option
+def bisect_cmd(good, bad, mode, shape, causal, metric, threshold, kernel):
     """Find the first bad commit with git bisect run, in a throw-away worktree; every step
     is recorded. Both ends are measured first. Exit 0 when a first bad commit is found (measured
     bad, its parent measured good), 1 when none is (BAD passes, GOOD fails, or skips leave
@@ -672,8 +673,10 @@ def bisect_cmd(good, bad, mode, shape, causal, metric, threshold):
     from harness.track.bisect import bisect
     from harness.show.report import console
     from debug_modes.registry import get_mode
-    get_mode(mode)
-    r = bisect(good, bad, mode, shape, metric, threshold, causal)
+    spec = _user_spec(kernel)
+    if spec is None:
+        get_mode(mode)
+    r = bisect(good, bad, mode, shape, metric, threshold, causal, spec=spec.spec_path if spec else None)
     t = Table(title=f"{metric} along the bisection path", title_justify="left")
     for c in ("step", "commit", "subject", metric, "verdict"):
         t.add_column(c)

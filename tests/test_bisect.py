@@ -123,3 +123,57 @@ def test_a_culprit_is_reported_only_when_it_and_its_parent_were_measured(repo):
     assert res.outcome == "unverified" and res.first_bad is None and "never measured" in res.message
     res = _verified(r, c3, [step(c3, "bad")], {}, "")
     assert res.outcome == "unverified" and "parent" in res.message
+
+
+SPEC = """
+[kernel]
+source = "k.cu"
+entry = "flashcore_fwd"
+[launch]
+grid = [1]
+block = [32]
+[[args]]
+name = "o"
+role = "o"
+[[args]]
+name = "q"
+role = "q"
+[[args]]
+name = "k"
+role = "k"
+[[args]]
+name = "v"
+role = "v"
+"""
+
+
+def test_bisect_a_spec_d_kernel_reads_its_spec_at_every_commit(tmp_path, results_tmp, monkeypatch):
+    """--kernel SPEC: the same spec path in the worktree at each commit; the kernel starts
+    spilling at c3, and c1 has no spec (skipped, never blamed)."""
+    r = tmp_path / "userrepo"
+    (r / "kernels").mkdir(parents=True)
+    git(r, "init", "-q")
+    git(r, "config", "user.email", "t@t")
+    git(r, "config", "user.name", "t")
+    shas = {}
+    for name, src, with_spec in [("c0", OK % "1.0f", True), ("c1 no spec", OK % "2.0f", False), ("c2", OK % "3.0f", True),
+                                 ("c3 spills", SPILL, True), ("c4", SPILL.replace("+ 1.0f", "+ 2.0f"), True)]:
+        (r / "kernels" / "k.cu").write_text(src)
+        spec = r / "kernels" / "k.toml"
+        if with_spec:
+            spec.write_text(SPEC)
+        elif spec.exists():
+            spec.unlink()
+        git(r, "add", "-A")
+        git(r, "commit", "-qm", name)
+        shas[name] = git(r, "rev-parse", "HEAD")
+    monkeypatch.chdir(r)
+    res = CliRunner().invoke(cli, ["bisect", "--kernel", "kernels/k.toml", "--good", shas["c0"], "--bad", shas["c4"],
+                                   "--metric", "spills", "--shape", "1,1,64,64"])
+    assert res.exit_code == 0, res.output
+    assert f"first bad commit: {shas['c3 spills'][:12]} c3 spills" in res.output
+    steps = [x for x in records.read().records if x.get("kind") == "bisect_step"]
+    assert all(s.get("kernel") == "k" for s in steps if s.verdict != "skip")
+    res = CliRunner().invoke(cli, ["bisect", "--kernel", "kernels/k.toml", "--good", shas["c0"], "--bad", shas["c4"],
+                                   "--metric", "regs", "--threshold", "1000", "--shape", "1,1,64,64"])
+    assert res.exit_code == 1 and "no regression: BAD passes" in res.output

@@ -62,7 +62,7 @@ def _measured(step) -> str:
 
 
 def bisect(good: str, bad: str, mode="full", shape="mission", metric="max_err", threshold=None,
-           causal=False, repo: Path | None = None) -> BisectResult:
+           causal=False, repo: Path | None = None, spec: Path | None = None) -> BisectResult:
     """Measure both ends, then let git bisect search between them. A culprit is reported only
     when the steps measured it bad and each of its parents good: `git bisect run` itself
     trusts --bad unmeasured, and would name it even when it passes."""
@@ -75,8 +75,20 @@ def bisect(good: str, bad: str, mode="full", shape="mission", metric="max_err", 
     from harness.check.shapes import parse_shape
     from harness.toolchain.variant import Variant
     shp = parse_shape(shape)
-    Variant(mode, shp.D, causal)
     repo = Path(repo or _git(Path.cwd(), "rev-parse", "--show-toplevel").stdout.strip())
+    spec_rel = None
+    if spec is None:
+        Variant(mode, shp.D, causal)
+    else:   # a spec'd kernel: the same spec path, read at every commit in the worktree
+        from kernels.spec import load
+        from harness.toolchain.user_kernel import UserVariant
+        k = load(spec)
+        k.check_domain(shp.B, shp.H, shp.Sq, shp.Sk, shp.D, causal)
+        UserVariant(k, mode, shp.D, causal)
+        try:
+            spec_rel = Path(spec).resolve().relative_to(repo.resolve())
+        except ValueError:
+            raise UsageError(f"the spec {spec} is not inside the repository {repo}: bisection reads it at every commit") from None
     good_sha = _git(repo, "rev-parse", "--verify", good + "^{commit}").stdout.strip()
     bad_sha = _git(repo, "rev-parse", "--verify", bad + "^{commit}").stdout.strip()
     if good_sha == bad_sha:
@@ -90,7 +102,8 @@ def bisect(good: str, bad: str, mode="full", shape="mission", metric="max_err", 
     tmp = Path(tempfile.mkdtemp(prefix="flashcore-bisect-"))
     wt = tmp / "wt"
     case = dict(metric=metric, mode=mode, shape=shape, threshold=threshold, causal=causal,
-                bisect_id=bisect_id, kernel=str(wt / "kernels" / "flashcore_fused.cu"))
+                bisect_id=bisect_id, kernel=str(wt / "kernels" / "flashcore_fused.cu"),
+                spec=str(wt / spec_rel) if spec_rel else None)
     env = dict(os.environ, PYTHONPATH=str(HARNESS_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                FLASHCORE_RESULTS=str(records.results_dir().resolve()))
     step_cmd = [sys.executable, "-m", "harness.track.bisect_step", json.dumps(case)]
