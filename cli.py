@@ -636,15 +636,19 @@ def compare(a, b):
 @click.option("--max-slowdown", type=click.FloatRange(min=0), default=None, help="largest latency increase over the baseline, percent")
 @click.option("--max-regs", type=click.IntRange(min=1, max=255), default=None, help="largest register count allowed (sm_90)")
 @click.option("--no-spills", is_flag=True, help="fail on any spill byte")
-def check(mode, shape, causal, against, max_error, max_slowdown, max_regs, no_spills):
+@kernel_option
+def check(mode, shape, causal, against, max_error, max_slowdown, max_regs, no_spills, kernel):
     """Regression gate: exit 0 nothing regressed, 1 something did, 125 could not decide (no GPU
     for a GPU metric, no baseline): `git bisect run` reads 125 as skip. 2 is bad usage."""
     from rich.table import Table
     from harness.track.gate import check as run_check
     from harness.show.report import console, verdict
     from debug_modes.registry import get_mode
-    get_mode(mode)
-    res = run_check(mode, _shape_arg(shape, None, None), causal, against, max_error, max_slowdown, max_regs, no_spills)
+    spec = _user_spec(kernel)
+    if spec is None:
+        get_mode(mode)
+    shp = _shape_arg(shape, None, spec.head_dims[0] if spec is not None and shape == "mission" else None)
+    res = run_check(mode, shp, causal, against, max_error, max_slowdown, max_regs, no_spills, spec)
     t = Table(title=f"check {mode} {shape}" + (f" against {against}" if against else ""), title_justify="left")
     for c in ("check", "result", "detail"):
         t.add_column(c)

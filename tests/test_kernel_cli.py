@@ -107,3 +107,12 @@ def test_a_python_callable_kernel_bad_inputs_are_one_line(args, says):
 def test_history_of_a_callable_kernel_reads_its_records(results_tmp):
     r = invoke("history", "--kernel", "harness.run.callable_kernel:sdpa", "--shape", "any")
     assert r.exit_code == 0 and "harness.run.callable_kernel:sdpa" in r.output and "no records" in r.output
+
+
+def test_check_gates_a_spec_d_kernel_on_its_resources(results_tmp):
+    r = invoke("check", "--kernel", SPEC, "--no-spills")
+    assert r.exit_code == 0 and "0 spill bytes" in r.output, r.output
+    r = invoke("check", "--kernel", SPEC, "--max-regs", "10")
+    assert r.exit_code == 1 and "REGRESSED" in r.output and "limit 10" in r.output
+    r = invoke("check", "--kernel", SPEC, "--shape", "1,1,64,64", "--causal", "--no-spills")
+    assert r.exit_code == 2 and "no causal" in r.output

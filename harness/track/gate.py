@@ -34,7 +34,8 @@ class CheckResult:
         return EXIT_OK
 
 
-def load_baseline(against: str | None, mode: str, shape_label: str, causal: bool = False) -> list:
+def load_baseline(against: str | None, mode: str, shape_label: str, causal: bool = False,
+                  kernel: str | None = None) -> list:
     """Records of a revision (from results/) or of a JSON / JSON Lines file, for this case."""
     import sys
     from harness.errors import UsageError    # imports here: only this function is changed for damaged files
@@ -64,7 +65,7 @@ def load_baseline(against: str | None, mode: str, shape_label: str, causal: bool
     # check's findings have no place for them, and they must not pass unsaid: stderr, as history does
     for d in damaged:
         print(f"flashcore: warning: skipped damaged record {d}", file=sys.stderr)
-    return [r for r in recs if matches(r, mode, shape_label, causal)]
+    return [r for r in recs if matches(r, mode, shape_label, causal, kernel=kernel)]
 
 
 def _baseline_value(baseline, metric):
@@ -74,19 +75,30 @@ def _baseline_value(baseline, metric):
 
 
 def check(mode="full", shape=None, causal=False, against=None, max_error=None, max_slowdown=None,
-          max_regs=None, no_spills=False) -> CheckResult:
+          max_regs=None, no_spills=False, spec=None) -> CheckResult:
+    """spec: a spec'd kernel (kernels/spec.py) gated instead of flashcore_fused: its resources
+    by NVRTC, its check by harness/run/asis.py, its baseline among its own records."""
     from harness.check.shapes import parse_shape
     from harness.toolchain.variant import Variant
     shape = shape or parse_shape("mission")
-    Variant(mode, shape.D, causal)     # validate first
+    if spec is None:
+        Variant(mode, shape.D, causal)     # validate first
+    else:
+        from harness.toolchain.user_kernel import UserVariant
+        spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
+        UserVariant(spec, mode, shape.D, causal)
     res = CheckResult()
-    baseline = load_baseline(against, mode, shape.label, causal)
+    baseline = load_baseline(against, mode, shape.label, causal, kernel=spec.name if spec else None)
     if against is not None and not baseline:
         res.findings.append(Finding("baseline", None, f"no records for {mode} {shape.label} in {against!r}"))
     # -- resources: NVRTC, no GPU needed
     if max_regs is not None or no_spills or against is not None:
-        from harness.toolchain.compiler import compile_check
-        r = compile_check(Variant(mode, shape.D, causal, arch="sm_90"))
+        if spec is None:
+            from harness.toolchain.compiler import compile_check
+            r = compile_check(Variant(mode, shape.D, causal, arch="sm_90"))
+        else:
+            from harness.toolchain.user_kernel import UserVariant, compile_check as spec_compile_check
+            r = spec_compile_check(UserVariant(spec, mode, shape.D, causal, (), "sm_90"))
         if max_regs is not None:
             res.findings.append(Finding("regs", r.registers <= max_regs,
                                         f"{r.registers} registers (limit {max_regs}, {r.registers - max_regs:+d})"))
@@ -105,7 +117,11 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
         except FlashCoreError as e:
             res.findings.append(Finding("GPU metrics", None, f"cannot decide: {e}"))
             return res
-        rr = run_mode(mode, shape, causal=causal, inputs="randn")
+        if spec is None:
+            rr = run_mode(mode, shape, causal=causal, inputs="randn")
+        else:
+            from harness.run.asis import run_spec
+            rr = run_spec(spec, mode, shape, causal)
         worst = max((m.max_abs for m in rr.metrics), default=float("inf"))
         res.findings.append(Finding("verdict", rr.passed, f"{mode} {shape.label}: " + (
             "passes the floor rule" if rr.passed else f"fails ({rr.status} {rr.message})".strip())))
@@ -113,7 +129,10 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
             res.findings.append(Finding("max_err", worst <= max_error, f"max abs error {worst:.3e} (limit {max_error:.3e})"))
         if max_slowdown is not None:
             b = _baseline_value(baseline, "latency")
-            if b is None:
+            if spec is not None:
+                res.findings.append(Finding("latency", None, "cannot decide: a spec'd kernel is not timed yet "
+                                                             "(flashcore bench has no --kernel)"))
+            elif b is None:
                 res.findings.append(Finding("latency", None, "cannot decide: no baseline latency (run flashcore bench at the baseline)"))
             else:
                 from harness.run.bench import bench_one
