@@ -96,15 +96,21 @@ def _modes_arg(debug: str) -> list:
     return [get_mode(m.strip()).name for m in debug.split(",")]
 
 
-def _bugs_arg(bugs) -> tuple:
-    from debug_modes import BUGS
+def _bug_names(bugs, known, unknown) -> tuple:
+    """--bug values as names (case-free, BUG_ optional), each one `known` has; unknown(b) is the
+    one-line error for one it has not."""
     out = []
     for b in bugs:
         name = b.upper().removeprefix("BUG_")
-        if name not in BUGS:
-            raise UsageError(f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
+        if name not in known:
+            raise UsageError(unknown(b))
         out.append(name)
     return tuple(out)
+
+
+def _bugs_arg(bugs) -> tuple:
+    from debug_modes import BUGS
+    return _bug_names(bugs, BUGS, lambda b: f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
 
 
 def _finite(v, name):
@@ -396,14 +402,8 @@ def _check_callable(command, ref, debug, shape, sk, head_dim, causal, inputs, se
 
 
 def _spec_bugs(spec, bugs) -> tuple:
-    out = []
-    for b in bugs:
-        name = b.upper().removeprefix("BUG_")
-        if name not in spec.bugs:
-            raise UsageError(f"{spec.name} declares no seeded bug {b!r}"
-                             + (f"; its bugs: {', '.join(spec.bugs)}" if spec.bugs else " (its spec has no [bugs])"))
-        out.append(name)
-    return tuple(out)
+    return _bug_names(bugs, spec.bugs, lambda b: f"{spec.name} declares no seeded bug {b!r}" + (
+        f"; its bugs: {', '.join(spec.bugs)}" if spec.bugs else " (its spec has no [bugs])"))
 
 
 def _check_spec(command, spec, modes, shape, sk, head_dim, causal, inputs, seed, scale, bugs, record, isolate,

@@ -33,13 +33,18 @@ def git(repo, *args):
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.fixture
-def repo(tmp_path):
-    r = tmp_path / "kernelrepo"
+def new_repo(r):
+    """An empty git repository with kernels/ and a committer."""
     (r / "kernels").mkdir(parents=True)
     git(r, "init", "-q")
     git(r, "config", "user.email", "t@t")
     git(r, "config", "user.name", "t")
+    return r
+
+
+@pytest.fixture
+def repo(tmp_path):
+    r = new_repo(tmp_path / "kernelrepo")
     shas = {}
     for name, src in [("c0", OK % "1.0f"), ("c1 broken", BROKEN), ("c2", OK % "2.0f"), ("c3 spills", SPILL),
                       ("c4", SPILL.replace("+ 1.0f", "+ 2.0f")), ("c5", SPILL.replace("+ 1.0f", "+ 3.0f"))]:
@@ -150,11 +155,7 @@ role = "v"
 def test_bisect_a_spec_d_kernel_reads_its_spec_at_every_commit(tmp_path, results_tmp, monkeypatch):
     """--kernel SPEC: the same spec path in the worktree at each commit; the kernel starts
     spilling at c3, and c1 has no spec (skipped, never blamed)."""
-    r = tmp_path / "userrepo"
-    (r / "kernels").mkdir(parents=True)
-    git(r, "init", "-q")
-    git(r, "config", "user.email", "t@t")
-    git(r, "config", "user.name", "t")
+    r = new_repo(tmp_path / "userrepo")
     shas = {}
     for name, src, with_spec in [("c0", OK % "1.0f", True), ("c1 no spec", OK % "2.0f", False), ("c2", OK % "3.0f", True),
                                  ("c3 spills", SPILL, True), ("c4", SPILL.replace("+ 1.0f", "+ 2.0f"), True)]:

@@ -64,11 +64,8 @@ def kernel_precision(q, k, v, scale: float, causal: bool, block_n: int, p_dtype:
     """The online softmax as a tiled kernel computes it, at the declared precision (see the
     module docstring); the same keys as exact(): {o, lse, m, l, s}."""
     Sq, Sk = q.shape[-2], k.shape[-2]
-    q32, k32, v32 = q.astype(F32), k.astype(F32), v.astype(F32)
-    s = sequential_scores(q32, k32) * F32(scale)
-    mask = _mask(Sq, Sk, causal)
-    if mask is not None:
-        s = np.where(mask, s, F32(-np.inf))
+    v32 = v.astype(F32)
+    s = kp_scores(q, k, scale, causal)
     lead = q.shape[:-2]
     m = np.full(lead + (Sq,), -np.inf, F32)
     l = np.zeros(lead + (Sq,), F32)
@@ -88,6 +85,13 @@ def kernel_precision(q, k, v, scale: float, causal: bool, block_n: int, p_dtype:
             m = m_new
     o = rounded(o / l[..., None], out_dtype)
     return {"o": o, "lse": (m + np.log(l)).astype(F32), "m": m, "l": l, "s": s}
+
+
+def kp_scores(q, k, scale: float, causal: bool):
+    """The scores at the kernel's precision: fp32 term by term, scaled, masked with -inf."""
+    s = sequential_scores(q.astype(F32), k.astype(F32)) * F32(scale)
+    mask = _mask(q.shape[-2], k.shape[-2], causal)
+    return s if mask is None else np.where(mask, s, F32(-np.inf))
 
 
 def sequential_scores(q32, k32):

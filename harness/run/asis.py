@@ -220,8 +220,7 @@ def references(variant: UserVariant, q, k, v, scale: float) -> dict:
         w = min(spec.block_n, k.shape[-2], q.shape[-1])
         sc = scale if flag.reference == "scores_first_tile" else 1.0
         ex = sref.exact_scores(q, k, sc, variant.causal)[..., :w]
-        kp = sref.rounded(sref.kernel_precision(q, k, v, sc, variant.causal, spec.block_n, p_dtype, out_dtype)["s"][..., :w],
-                          out_dtype)
+        kp = sref.rounded(sref.kp_scores(q, k, sc, variant.causal)[..., :w], out_dtype)
         return {"o": (ex, kp, flag.stage, slice(0, w))}
     return references(UserVariant(spec, "full", variant.head_dim, variant.causal, variant.bugs, variant.arch), q, k, v, scale)
 

@@ -21,11 +21,11 @@ from harness.check.inputs import fresh_seed
 from harness.check.shapes import Shape
 from harness.errors import UsageError
 from harness.run import coverage as rc
-from harness.run import pool
+from harness.run import pool, runs, session
 from harness.show.report import console, error_table
 from kernels import spec as kspec
 
-CASE_TIMEOUT_S = 120.0     # compile + launches; a hung launch is caught sooner, inside the worker (asis.HANG_S)
+CASE_TIMEOUT_S = 120.0     # compile + launches; a hung launch is caught sooner, inside the worker (device.HANG_S)
 STAGE_RANK = {s: i for i, s in enumerate(kspec.STAGES)}
 
 
@@ -48,10 +48,7 @@ def run_cases(cases: list, isolate: bool = True) -> list:
     """Each case's RunResult; isolated, in the harness's worker (faults and hangs reported)."""
     if not isolate:
         return [run_one(c) for c in cases]
-    out = []
-    for c, r in zip(cases, pool.run_many(cases, CASE_TIMEOUT_S, jobs=1)):
-        out.append(_lost(c, str(r)) if isinstance(r, pool.WorkerLost) else r)
-    return out
+    return runs.run_isolated(cases, _lost, CASE_TIMEOUT_S)
 
 
 def run_one(case: dict):
@@ -72,15 +69,8 @@ def _lost(case, message):
 
 
 def record_of(r, spec: kspec.Spec, device: dict) -> dict:
-    return records.new_record(
-        "run", kernel=spec.name, kernel_spec=str(spec.spec_path) if spec.spec_path else None,
-        mode=r.variant.mode, shape=asdict(r.shape), shape_label=r.shape.label, causal=r.variant.causal,
-        bugs=list(r.variant.bugs), flags=r.variant.defines, arch=r.variant.arch,
-        kernel_sha256=compiler.source_hash(spec.source), device=device.get("device"), driver=device.get("driver"),
-        cupy=device.get("cupy"), seed=r.seed, inputs=r.inputs, scale=r.scale, status=r.status, message=r.message,
-        passed=r.passed, metrics=[m.to_dict() for m in r.metrics],
-        max_err=max((m.max_abs for m in r.metrics), default=None),
-        err_floor=max((m.err_over_floor for m in r.metrics), default=None), resources=r.resources)
+    return runs.run_record(r, device, kernel_sha256=compiler.source_hash(spec.source), kernel=spec.name,
+                           kernel_spec=str(spec.spec_path) if spec.spec_path else None)
 
 
 def validate(spec: kspec.Spec, modes, shapes_causal, bugs=()):
@@ -98,7 +88,7 @@ def run_modes(spec_path, modes, shape: Shape, causal=False, inputs="randn", seed
     validate(spec, modes, [(shape, causal)], bugs)
     if isolate:
         pool.prestart(1)
-    device = pool.device_facts() if isolate else _facts()
+    device = session.device_facts(isolate)
     seed = fresh_seed() if seed is None else seed
     cases = [make_case(spec_path, m, shape, causal, inputs=inputs, seed=seed, scale=scale, bugs=list(bugs),
                        keep_outputs=keep_outputs) for m in modes]
@@ -118,11 +108,6 @@ def run_modes(spec_path, modes, shape: Shape, causal=False, inputs="randn", seed
     return results
 
 
-def _facts():
-    from harness.toolchain.device import require_gpu
-    return require_gpu()
-
-
 def coverage_cases(spec: kspec.Spec, head_dim=None, causal_only=False) -> list:
     return cov.coverage_set(spec, None if head_dim is None else (head_dim,), True if causal_only else None)
 
@@ -139,7 +124,7 @@ def sweep(spec_path, command: str, modes=None, cases=None, inputs="randn", seed=
     validate(spec, modes, [(c.shape, c.causal) for c in cases], bugs)
     if isolate:
         pool.prestart(1)
-    device = pool.device_facts() if isolate else _facts()
+    device = session.device_facts(isolate)
     seed = fresh_seed() if seed is None else seed
 
     def results_of(c: Case, ms, keep):

@@ -189,29 +189,22 @@ def run_one(case: dict) -> RunResult:
     return run_callable(case["callable"], Shape(**case["shape"]), **kw)
 
 
+def _lost(case: dict, message: str) -> RunResult:
+    shape = Shape(**case["shape"])
+    return RunResult(CallableVariant(case["callable"], "full", shape.D, case.get("causal", False)), shape, 0.0,
+                     case.get("inputs", "randn"), case.get("seed") or 0, status="fault", message=message)
+
+
 def run_cases(cases: list, isolate: bool = True) -> list:
-    from harness.run import pool
+    from harness.run import runs
     if not isolate:
         return [run_one(c) for c in cases]
-    out = []
-    for c, r in zip(cases, pool.run_many(cases, 120.0, jobs=1)):
-        if isinstance(r, pool.WorkerLost):
-            shape = Shape(**c["shape"])
-            r = RunResult(CallableVariant(c["callable"], "full", shape.D, c.get("causal", False)), shape, 0.0,
-                          c.get("inputs", "randn"), c.get("seed") or 0, status="fault", message=str(r))
-        out.append(r)
-    return out
+    return runs.run_isolated(cases, _lost, 120.0)
 
 
 def record_of(r: RunResult, ref: str, device: dict) -> dict:
-    from dataclasses import asdict
-    from harness import records
-    return records.new_record(
-        "run", kernel=ref, mode="full", shape=asdict(r.shape), shape_label=r.shape.label, causal=r.variant.causal,
-        bugs=[], flags=[], device=device.get("device"), driver=device.get("driver"), seed=r.seed, inputs=r.inputs,
-        scale=r.scale, status=r.status, message=r.message, passed=r.passed, metrics=[m.to_dict() for m in r.metrics],
-        max_err=max((m.max_abs for m in r.metrics), default=None),
-        err_floor=max((m.err_over_floor for m in r.metrics), default=None), resources=r.resources)
+    from harness.run import runs
+    return runs.run_record(r, device, kernel_sha256=None, kernel=ref)
 
 
 def check(ref: str, command: str, shape: Shape | None = None, causal=False, head_dim=None, inputs="randn", seed=None,
@@ -221,13 +214,13 @@ def check(ref: str, command: str, shape: Shape | None = None, causal=False, head
     from harness import records
     from harness.check import coverage as cov
     from harness.run import coverage as rc
-    from harness.run import pool
+    from harness.run import pool, session
     from harness.show.report import console, error_table
     load(ref)                                    # one line now, before any GPU work
     kern = CallableKernel(ref)
     if isolate:
         pool.prestart(1)
-    device = pool.device_facts() if isolate else {}
+    device = session.device_facts(isolate)
     seed = fresh_seed() if seed is None else seed
 
     def results_of(s, c, keep):

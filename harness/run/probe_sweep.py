@@ -212,14 +212,11 @@ def run_case(case: dict) -> ProbeCase:
 
 
 def run_cases(cases: list, isolate: bool = True) -> list:
-    from harness.run import pool
+    from harness.run import runs
     from harness.run.asis_sweep import CASE_TIMEOUT_S
     if not isolate:
         return [run_case(c) for c in cases]
-    out = []
-    for c, r in zip(cases, pool.run_many(cases, CASE_TIMEOUT_S, jobs=1)):
-        out.append(ProbeCase({}, None, "fault", str(r)) if isinstance(r, pool.WorkerLost) else r)
-    return out
+    return runs.run_isolated(cases, lambda c, message: ProbeCase({}, None, "fault", message), CASE_TIMEOUT_S)
 
 
 def make_case(spec_path, shape: Shape, causal=False, seed=0, bugs=(), names=pr.ORDER, plain=True) -> dict:
@@ -311,13 +308,8 @@ def sweep(spec_path, cases=None, seed=None, bugs=(), record=False, isolate=True,
     if rep.repro:
         rep.repro = rep.repro.replace("flashcore diagnose", "flashcore diagnose --probes", 1)
     if show:
-        device = None
-        try:
-            from harness.run import pool
-            device = pool.device_facts() if isolate else None
-        except Exception:
-            device = None
-        rc.print_report(rep, bugs, "probes", device, None, spec)
+        from harness.run import session
+        rc.print_report(rep, bugs, "probes", session.device_facts(isolate), None, spec)
     return rep
 
 

@@ -39,7 +39,14 @@ def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT
     if not isolate:
         return [run_case(c, isolate=False) for c in cases]
     jobs = pool.default_jobs() if jobs is None else jobs
-    return [_failed(c, "fault", str(r)) if isinstance(r, pool.WorkerLost) else r
+    return run_isolated(cases, lambda c, message: _failed(c, "fault", message), timeout, jobs)
+
+
+def run_isolated(cases: list, lost, timeout: float = WORKER_TIMEOUT_S, jobs: int = 1) -> list:
+    """Cases in the harness's worker processes, results in their order; a case whose worker
+    was lost (a crash, a hang past timeout) gets lost(case, message) as its result. Every kind
+    of case goes through here: FlashCore's modes, spec'd kernels, probes, Python callables."""
+    return [lost(c, str(r)) if isinstance(r, pool.WorkerLost) else r
             for c, r in zip(cases, pool.run_many(cases, timeout, jobs))]
 
 
@@ -53,13 +60,19 @@ def _failed(case, status, message) -> RunResult:
                      status=status, message=message)
 
 
-def run_record(r: RunResult, device: dict, latency: dict | None = None) -> dict:
-    """The record of docs/DESIGN.md for one (variant, shape, inputs)."""
+THIS_KERNEL = object()   # run_record's default: the hash of this checkout's kernel source
+
+
+def run_record(r: RunResult, device: dict, latency: dict | None = None, kernel_sha256=THIS_KERNEL, **extra) -> dict:
+    """The record of docs/DESIGN.md for one (variant, shape, inputs). A kernel other than
+    flashcore_fused names itself in extra (kernel=..., kernel_spec=...) and gives its own source
+    hash (None for a Python callable, which has no source the harness reads)."""
     return records.new_record(
-        "run",
+        "run", **extra,
         mode=r.variant.mode, shape=asdict(r.shape), shape_label=r.shape.label, causal=r.variant.causal,
         bugs=list(r.variant.bugs), flags=r.variant.defines, arch=r.variant.arch,
-        kernel_sha256=compiler.source_hash(), device=device.get("device"), driver=device.get("driver"),
+        kernel_sha256=compiler.source_hash() if kernel_sha256 is THIS_KERNEL else kernel_sha256,
+        device=device.get("device"), driver=device.get("driver"),
         cupy=device.get("cupy"), seed=r.seed, inputs=r.inputs, scale=r.scale,
         status=r.status, message=r.message, passed=r.passed,
         metrics=[m.to_dict() for m in r.metrics],
