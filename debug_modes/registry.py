@@ -74,7 +74,6 @@ class Mode:
     injects: str | None = None     # the exact stage input it reads instead of computing (S_in, P_in)
     row_spread: bool = False       # every output row must be equal (uniform_p): the spread is judged too
     allows_causal: bool = True
-    tiles: dict | None = None   # tile values the mode forces, whatever was asked (its register budget)
     tensor_cores: bool = True   # its SASS must hold HMMA (softmax_only has no matrix product)
 
     @property
@@ -117,9 +116,8 @@ MODES = {
         Mode("fp32_p", "FP32_P", "all, fp32 P",
              "as full with P kept at fp32 (hi+lo fp16 split) and O written as fp32",
              (Q, K, V), (Buffer("O", "BHSqD", "float32", "O"), Buffer("LSE", "BHSq", "float32", "LSE")),
-             "float64 attention (floor without fp16 P or fp16 output rounding)", reference="attention_fp32_p",
-             # the hi+lo products need the registers that 32 rows per warp or the pipelined loop use
-             tiles=dict(m_frags=1, kv_stages=1)),
+             "float64 attention (floor without fp16 P or fp16 output rounding)", reference="attention_fp32_p"),
+             # the tiles its hi+lo products need: each kernel's mode_tiles (kernels/registry.py)
     )
 }
 

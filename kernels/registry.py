@@ -1,8 +1,14 @@
-"""The kernels the harness knows, as data: source file, entry point, archs, tile tables.
+"""The kernels that speak FlashCore's own debug flags (docs/DESIGN.md, tier 3), as data.
 
-A kernel brought by a user follows the contract in README.md ("Kernel contract") and gets an
-entry here; the harness derives everything shape-dependent (variants, coverage shapes) from
-its tile table, so a kernel with other tiles (e.g. an sm_90a one) is checked at its own edges.
+An entry is the one place that says what such a kernel is: its source and entry point, the
+archs it is built for, its tile tables, and, as expressions of the tile constants and the head
+dim D, everything derived from them: rows per block, threads, dynamic shared memory, the -D
+list, and the conditions a tile choice must meet. Like cupy's sgemm example, the derived values
+are computed and asserted (harness/toolchain/variant.py) before anything is compiled.
+
+The flag contract itself (the 17-parameter signature, the windows, the debug buffers) is
+shared by every entry: it is what debug_modes/registry.py describes. A kernel with its own
+signature and flags is described by a TOML spec instead (kernels/spec.py, tier 1 and 2).
 """
 
 from __future__ import annotations
@@ -10,7 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import UsageError
+from kernels.spec import evaluate
+
 KERNELS_DIR = Path(__file__).resolve().parent
+
+# The tile constants every entry's table gives (the harness's localisation speaks of warps of
+# 16-row fragments: a wgmma warpgroup of 64 rows is four such warps of one fragment each).
+TILE_KEYS = ("m_frags", "nwarps", "block_n", "kv_stages")
 
 
 @dataclass(frozen=True)
@@ -22,14 +35,26 @@ class KernelSpec:
     tiles: dict                   # head dim -> tile constants (the -D values) for large shapes
     small_tiles: dict             # head dim -> tile constants for shapes with few query blocks
     small_below_blocks: int       # "few": fewer than this many 128-row blocks over B*H
-    smem_pad_halves: int = 8      # the kernel's SMEM_PAD
+    # Derived values, expressions over the tile constants, D and block_m (kernels/spec.py's evaluator).
+    block_m: str = "16 * m_frags * nwarps"
+    threads: str = "32 * nwarps"
+    smem: str = "(block_m + 2 * kv_stages * block_n) * (D + 8) * 2"
+    # -D flags from the tile constants: "MACRO=expression"
+    tile_defines: tuple = ("NWARPS=nwarps", "BLOCK_N=block_n", "M_FRAGS=m_frags", "KV_STAGES=kv_stages")
+    # (condition, what it means): a tile choice that breaks one is refused before compiling
+    asserts: tuple = ()
+    # tile values a mode forces on this kernel, whatever was asked (its register budget)
+    mode_tiles: dict = field(default_factory=dict)
     head_dims: tuple = (64, 128)
     # The signature, the one place it is spelled: pointer parameters in order (null where a mode
-    # does not use one), then the scalars, each with its C type. The harness path (run/gpu.py)
+    # does not use one), then the scalars, each with its C type, then arguments the launch
+    # derives from the buffers ("tma:Q": a TMA tensor map of Q). The harness path (run/gpu.py)
     # and the product path (api.py) both build their arguments from these.
     pointer_params: tuple = ("Q", "K", "V", "O", "LSE", "S_in", "P_in", "S_out", "P_out", "M_out", "L_out")
     scalar_params: tuple = (("H", "int32"), ("Sq", "int32"), ("Sk", "int32"), ("scale", "float32"),
                             ("row0", "int32"), ("n_rows", "int32"))
+    trailing_params: tuple = ()
+    tensor_cores: str = "HMMA"    # the SASS opcode its matrix products compile to
     notes: dict = field(default_factory=dict)
 
     @property
@@ -40,6 +65,31 @@ class KernelSpec:
         """The tile table's choice for a problem shape (all modes of one shape share it)."""
         rows_blocks = B * H * -(-Sq // 128)
         return dict((self.small_tiles if rows_blocks < self.small_below_blocks else self.tiles)[D])
+
+    # ---- derived values of one tile choice
+    def names(self, tiles: dict, head_dim: int) -> dict:
+        n = dict(tiles, D=head_dim)
+        n["block_m"] = int(evaluate(self.block_m, n))
+        n["threads"] = int(evaluate(self.threads, n))
+        return n
+
+    def derived(self, tiles: dict, head_dim: int) -> dict:
+        """block_m, threads and smem_bytes of a tile choice."""
+        n = self.names(tiles, head_dim)
+        return dict(block_m=n["block_m"], threads=n["threads"], smem_bytes=int(evaluate(self.smem, n)))
+
+    def defines(self, tiles: dict, head_dim: int) -> list:
+        n = self.names(tiles, head_dim)
+        out = []
+        for d in self.tile_defines:
+            macro, expr = d.split("=", 1)
+            out.append(f"{macro}={int(evaluate(expr, n))}")
+        return out
+
+    def violations(self, tiles: dict, head_dim: int) -> list:
+        """The asserts a tile choice breaks, in words."""
+        n = self.names(tiles, head_dim)
+        return [why for cond, why in self.asserts if not evaluate(cond, n)]
 
 
 FLASHCORE_FUSED = KernelSpec(
@@ -56,7 +106,27 @@ FLASHCORE_FUSED = KernelSpec(
     small_tiles={64: dict(m_frags=1, nwarps=4, block_n=64, kv_stages=2),
                  128: dict(m_frags=1, nwarps=4, block_n=64, kv_stages=2)},
     small_below_blocks=132,
+    # Q tile + kv_stages K and V tiles, fp16, rows padded by SMEM_PAD = 8 halves (bank conflicts).
+    smem="(block_m + 2 * kv_stages * block_n) * (D + 8) * 2",
+    asserts=(
+        ("block_n % 16 == 0 and block_n >= 16", "block_n must be a positive multiple of 16"),
+        ("kv_stages == 1 or kv_stages == 2", "kv_stages must be 1 or 2"),
+        ("m_frags == 1 or m_frags == 2", "m_frags must be 1 or 2"),
+        ("nwarps >= 1 and nwarps <= 16", "nwarps must be 1..16"),
+        # load_tile: one 16-byte chunk per thread per pass, so whole passes per tile
+        ("threads % (D // 8) == 0 and block_n % (threads // (D // 8)) == 0 and block_m % (threads // (D // 8)) == 0",
+         "the tiles are not a multiple of the rows the block's threads copy per pass"),
+    ),
+    # the hi+lo products of fp32_p need the registers that 32 rows per warp or the pipelined loop use
+    mode_tiles={"fp32_p": dict(m_frags=1, kv_stages=1)},
 )
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED,)}
 DEFAULT = FLASHCORE_FUSED
+
+
+def get(name: str) -> KernelSpec:
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise UsageError(f"unknown kernel {name!r}; registered: {', '.join(KERNELS)}") from None

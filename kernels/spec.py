@@ -64,6 +64,8 @@ NAMES = ("B", "H", "Sq", "Sk", "D", "scale", "causal", "block_m", "block_n", "kv
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
            ast.LShift: operator.lshift, ast.RShift: operator.rshift}
+_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+           ast.Gt: operator.gt, ast.GtE: operator.ge}
 _FUNCS = {"cdiv": lambda a, b: -(-a // b), "ceil": math.ceil, "floor": math.floor, "min": min, "max": max,
           "int": int}
 
@@ -82,9 +84,20 @@ def _eval(node, names: dict, text: str):
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = _eval(node.operand, names, text)
         return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.Compare) and all(type(o) in _CMPOPS for o in node.ops):   # conditions (asserts)
+        left = _eval(node.left, names, text)
+        for op, right_node in zip(node.ops, node.comparators):
+            right = _eval(right_node, names, text)
+            if not _CMPOPS[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.BoolOp):
+        vals = (_eval(v, names, text) for v in node.values)
+        return all(vals) if isinstance(node.op, ast.And) else any(vals)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS and not node.keywords:
         return _FUNCS[node.func.id](*(_eval(a, names, text) for a in node.args))
-    raise UsageError(f"expression {text!r}: only numbers, the known names, + - * / // % ** << >> and "
+    raise UsageError(f"expression {text!r}: only numbers, the known names, + - * / // % ** << >>, comparisons, and/or, and "
                      f"{', '.join(_FUNCS)} are allowed")
 
 

@@ -28,15 +28,23 @@ from pathlib import Path
 from harness.errors import CompileError, UsageError
 from harness.toolchain.variant import Variant
 
+from kernels import registry
 from kernels.registry import DEFAULT as KERNEL
 
 KERNEL_FILE = KERNEL.path
 
 
-def kernel_file(path=None) -> Path:
+def kernel_file(path=None, kernel: str | None = None) -> Path:
     """The kernel source in use: path, else $FLASHCORE_KERNEL (git bisect points it into a
-    worktree), else kernels/flashcore_fused.cu."""
-    return Path(path or os.environ.get("FLASHCORE_KERNEL") or KERNEL_FILE)
+    worktree; it stands for the default kernel, or for the entry whose file has its name), else
+    the registry entry's file (kernels/flashcore_fused.cu by default)."""
+    if path:
+        return Path(path)
+    entry = registry.get(kernel) if kernel else KERNEL
+    env = os.environ.get("FLASHCORE_KERNEL")
+    if env and (entry is KERNEL or Path(env).name == entry.path.name):
+        return Path(env)
+    return entry.path
 KERNEL_NAME = KERNEL.entry
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
@@ -106,9 +114,13 @@ def find_cuda_include() -> Path:
 
 def runtime_options(variant: Variant, path: Path | None = None) -> tuple:
     """The option tuple passed to cupy.RawModule (CuPy adds the arch of the current device)."""
-    path = kernel_file(path)
+    path = kernel_file(path, variant.kernel)
     opts = ["-std=c++17", "-lineinfo", f"-I{find_cuda_include()}", f"-I{Path(path).resolve().parent}",
             f"-DFLASHCORE_SRC_HASH={source_hash(path)[:16]}"]
+    if variant.arch.endswith("a"):
+        # arch-specific instructions (wgmma, setmaxnreg): CuPy appends the device's plain arch,
+        # and NVRTC builds for the "a" form when the options carry it too (../shared/hopper/NOTES.md)
+        opts.append(f"-arch={variant.arch}")
     opts += [f"-D{d}" for d in variant.defines]
     return tuple(opts)
 
@@ -180,11 +192,11 @@ def compile_cubin(variant: Variant, path: Path | None = None) -> tuple:
     """(Resources, cubin bytes) of one variant compiled for variant.arch with NVRTC, with the
     run time's options (no GPU needed): the cubin is the code the harness runs."""
     nvrtc = _nvrtc()
-    path = kernel_file(path)
+    path = kernel_file(path, variant.kernel)
     sources = kernel_sources(path)
     main_src = sources[Path(path).resolve()]
     opts = [f"--gpu-architecture={variant.arch}", "--ptxas-options=-v", "-ftz=true"]
-    opts += list(runtime_options(variant, path))
+    opts += [o for o in runtime_options(variant, path) if not o.startswith("-arch=")]
     prog = nvrtc.createProgram(main_src, Path(path).name, [], [])
     try:
         try:

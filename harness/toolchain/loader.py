@@ -28,7 +28,7 @@ def _compile(variant: Variant, src: str, options: tuple, path: Path | None = Non
     cp = cupy()
     try:
         mod = cp.RawModule(code=src, options=options, backend="nvrtc")
-        fn = mod.get_function(compiler.KERNEL_NAME)
+        fn = mod.get_function(variant.entry.entry)
     except cp.cuda.compiler.CompileException as e:
         log = compiler.format_compile_log(str(e), compiler.kernel_sources(path))
         raise compiler.CompileError(f"{variant.label}: compilation failed\n{log}") from None
@@ -41,7 +41,8 @@ def get_kernel(variant: Variant):
     """The compiled flashcore_fwd for a variant, compiled from the kernel file as it is now."""
     key = compiler.cache_key(variant)
     if key not in _MODULES:
-        _MODULES[key] = _compile(variant, compiler.kernel_file().read_text(), compiler.runtime_options(variant))
+        path = compiler.kernel_file(None, variant.kernel)
+        _MODULES[key] = _compile(variant, path.read_text(), compiler.runtime_options(variant), path)
     return _MODULES[key]
 
 
@@ -83,5 +84,11 @@ def kernel_resources(variant: Variant) -> dict:
 
 
 def runtime_variant(mode="full", head_dim=64, causal=False, bugs=(), **kw) -> Variant:
-    """A Variant for the current device's arch (resources and records name it)."""
-    return Variant(mode=mode, head_dim=head_dim, causal=causal, bugs=tuple(bugs), arch=runtime_arch(), **kw)
+    """A Variant for the current device's arch (resources and records name it): the entry's
+    arch of that name, or its arch-specific form (sm_90 -> sm_90a) where it lists only that."""
+    from kernels import registry
+    arch = runtime_arch()
+    archs = registry.get(kw.get("kernel") or registry.DEFAULT.name).archs
+    if arch not in archs and arch + "a" in archs:
+        arch += "a"
+    return Variant(mode=mode, head_dim=head_dim, causal=causal, bugs=tuple(bugs), arch=arch, **kw)

@@ -9,21 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from debug_modes import BUGS, get_mode
+from kernels import registry
 from kernels.registry import DEFAULT as KERNEL
 from harness.errors import UsageError
-from harness.check.shapes import SUPPORTED_HEAD_DIMS
 
-# Shared memory a block may use, per arch (bytes, the opt-in maximum), and the tile tables:
-# the kernel registry's (kernels/registry.py).
+# The default kernel's archs and tile tables (kernels/registry.py); a variant of another entry
+# reads its own through Variant.entry.
 ARCHS = KERNEL.archs
-SMEM_PAD_HALVES = KERNEL.smem_pad_halves
 TILES = KERNEL.tiles
 SMALL_TILES = KERNEL.small_tiles
 
 
-def tiles_for(shape) -> dict:
+def tiles_for(shape, kernel: str = KERNEL.name) -> dict:
     """The tile table's choice for a problem shape (all modes of one shape share it)."""
-    return KERNEL.tiles_for(shape.B, shape.H, shape.Sq, shape.D)
+    return registry.get(kernel).tiles_for(shape.B, shape.H, shape.Sq, shape.D)
 
 
 @dataclass(frozen=True)
@@ -33,45 +32,47 @@ class Variant:
     causal: bool = False
     bugs: tuple = field(default_factory=tuple)
     arch: str = "sm_90"
-    nwarps: int | None = None    # None: from TILES
+    nwarps: int | None = None    # None: from the entry's tile table
     block_n: int | None = None
     m_frags: int | None = None   # 16-row fragments per warp (2: each K/V fragment feeds two mma)
     kv_stages: int | None = None # K/V shared-memory buffers (2: double-buffered)
+    kernel: str = KERNEL.name    # the registry entry (kernels/registry.py)
 
     def __post_init__(self):
         m = get_mode(self.mode)
-        for k, v in TILES.get(self.head_dim, TILES[64]).items():
+        entry = self.entry
+        if self.head_dim not in entry.head_dims:
+            raise UsageError(f"unsupported head dim {self.head_dim}; {entry.name} supports "
+                             f"{', '.join(map(str, entry.head_dims))}")
+        for k, v in entry.tiles[self.head_dim].items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
-        for k, v in (m.tiles or {}).items():
+        for k, v in entry.mode_tiles.get(self.mode, {}).items():
             object.__setattr__(self, k, v)
-        if self.head_dim not in SUPPORTED_HEAD_DIMS:
-            raise UsageError(f"unsupported head dim {self.head_dim}; the kernel supports {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
-        if self.arch not in ARCHS:
-            raise UsageError(f"unknown arch {self.arch!r}; valid: {', '.join(ARCHS)}")
+        if self.arch not in entry.archs:
+            raise UsageError(f"unknown arch {self.arch!r} for {entry.name}; valid: {', '.join(entry.archs)}")
         for b in self.bugs:
             if b not in BUGS:
                 raise UsageError(f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
         if self.causal and not m.allows_causal:
             raise UsageError(f"mode {self.mode} has no causal form (P = 1/Sk everywhere)")
-        if self.block_n % 16 or self.block_n < 16:
-            raise UsageError(f"block_n must be a positive multiple of 16, got {self.block_n}")
-        if self.kv_stages not in (1, 2):
-            raise UsageError(f"kv_stages must be 1 or 2, got {self.kv_stages}")
-        if self.m_frags not in (1, 2):
-            raise UsageError(f"m_frags must be 1 or 2, got {self.m_frags}")
-        if not 1 <= self.nwarps <= 16:
-            raise UsageError(f"nwarps must be 1..16, got {self.nwarps}")
-        rows_per_pass = self.threads // (self.head_dim // 8)   # load_tile: one 16-byte chunk per thread per pass
-        if self.threads % (self.head_dim // 8) or self.block_n % rows_per_pass or self.block_m % rows_per_pass:
-            raise UsageError(f"tiles of {self.block_n} keys and {self.block_m} rows are not a multiple of the "
-                             f"{rows_per_pass} rows {self.threads} threads copy per pass")
-        if self.smem_bytes > ARCHS[self.arch]:
-            raise UsageError(f"variant needs {self.smem_bytes} B of shared memory, {self.arch} allows {ARCHS[self.arch]}")
+        broken = entry.violations(self.tiles, self.head_dim)
+        if broken:
+            raise UsageError(f"{entry.name} tiles {self.tiles} at D={self.head_dim}: {broken[0]}")
+        if self.smem_bytes > entry.archs[self.arch]:
+            raise UsageError(f"variant needs {self.smem_bytes} B of shared memory, {self.arch} allows {entry.archs[self.arch]}")
+
+    @property
+    def entry(self) -> registry.KernelSpec:
+        return registry.get(self.kernel)
+
+    @property
+    def tiles(self) -> dict:
+        return {k: getattr(self, k) for k in registry.TILE_KEYS}
 
     @property
     def block_m(self) -> int:
-        return 16 * self.m_frags * self.nwarps
+        return self.entry.derived(self.tiles, self.head_dim)["block_m"]
 
     @property
     def warp_rows(self) -> int:
@@ -79,18 +80,17 @@ class Variant:
 
     @property
     def threads(self) -> int:
-        return 32 * self.nwarps
+        return self.entry.derived(self.tiles, self.head_dim)["threads"]
 
     @property
     def smem_bytes(self) -> int:
-        """Q tile + kv_stages K and V tiles, fp16, rows padded by SMEM_PAD halves."""
-        return (self.block_m + 2 * self.kv_stages * self.block_n) * (self.head_dim + SMEM_PAD_HALVES) * 2
+        """The entry's formula (kernels/registry.py)."""
+        return self.entry.derived(self.tiles, self.head_dim)["smem_bytes"]
 
     @property
     def defines(self) -> list:
-        d = [f"HEAD_DIM={self.head_dim}", f"IS_CAUSAL={int(self.causal)}",
-             f"NWARPS={self.nwarps}", f"BLOCK_N={self.block_n}", f"M_FRAGS={self.m_frags}",
-             f"KV_STAGES={self.kv_stages}"]
+        d = [f"HEAD_DIM={self.head_dim}", f"IS_CAUSAL={int(self.causal)}"]
+        d += self.entry.defines(self.tiles, self.head_dim)
         d += get_mode(self.mode).defines
         d += [f"BUG_{b}" for b in sorted(self.bugs)]
         return d
@@ -107,8 +107,8 @@ class Variant:
     @property
     def label(self) -> str:
         s = f"{self.mode} D={self.head_dim}{' causal' if self.causal else ''} {self.arch}"
-        if (self.m_frags, self.nwarps, self.block_n, self.kv_stages) != tuple(
-                {**TILES[self.head_dim], **(get_mode(self.mode).tiles or {})}.get(k) for k in
-                ("m_frags", "nwarps", "block_n", "kv_stages")):
+        if self.kernel != KERNEL.name:
+            s = f"{self.kernel} " + s
+        if self.tiles != {**self.entry.tiles[self.head_dim], **self.entry.mode_tiles.get(self.mode, {})}:
             s += f" [{self.block_m}x{self.block_n}x{self.kv_stages}]"   # not the large-tile table's: say which
         return s + "".join(f" +BUG_{b}" for b in sorted(self.bugs))

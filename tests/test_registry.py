@@ -1,0 +1,73 @@
+"""The registry entry is the one place that says what a FlashCore-flag kernel is: the tiles,
+the derived values (rows per block, threads, shared memory), the -D list and the asserts all
+come from it, so a second entry needs no other file."""
+
+import dataclasses
+
+import pytest
+
+from harness.errors import UsageError
+from harness.toolchain import compiler
+from harness.toolchain.variant import Variant
+from kernels import registry
+
+
+def test_fused_entry_derives_what_the_kernel_was_built_with():
+    v = Variant("full", 64, m_frags=2, nwarps=4, block_n=64, kv_stages=2)
+    assert (v.block_m, v.threads) == (128, 128)
+    assert v.smem_bytes == (128 + 2 * 2 * 64) * (64 + 8) * 2
+    assert {"NWARPS=4", "BLOCK_N=64", "M_FRAGS=2", "KV_STAGES=2", "HEAD_DIM=64", "IS_CAUSAL=0"} <= set(v.defines)
+
+
+def test_mode_tiles_come_from_the_entry():
+    assert registry.FLASHCORE_FUSED.mode_tiles["fp32_p"] == dict(m_frags=1, kv_stages=1)
+    v = Variant("fp32_p", 64, m_frags=2, kv_stages=2)
+    assert (v.m_frags, v.kv_stages) == (1, 1)
+
+
+@pytest.mark.parametrize("tiles,words", [
+    (dict(block_n=24), "multiple of 16"),
+    (dict(kv_stages=3), "kv_stages"),
+    (dict(nwarps=17), "nwarps"),
+    (dict(nwarps=3, block_n=16), "rows the block's threads copy"),
+])
+def test_entry_asserts_refuse_bad_tiles_before_compiling(tiles, words):
+    with pytest.raises(UsageError, match=words):
+        Variant("full", 64, **tiles)
+
+
+@pytest.fixture
+def second_entry(monkeypatch, tmp_path):
+    """A second entry: another file, other tiles, other formulas."""
+    src = tmp_path / "other_kernel.cu"
+    src.write_text(compiler.KERNEL_FILE.read_text())
+    entry = dataclasses.replace(
+        registry.FLASHCORE_FUSED, name="other", file=str(src), archs={"sm_90a": 227 * 1024},
+        tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3), 128: dict(m_frags=1, nwarps=8, block_n=96, kv_stages=2)},
+        small_tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3), 128: dict(m_frags=1, nwarps=8, block_n=96, kv_stages=2)},
+        smem="1024 + block_m * D * 2 + kv_stages * 2 * block_n * D * 2",
+        tile_defines=("CONSUMER_WGS=nwarps // 4", "BLOCK_N=block_n", "KV_STAGES=kv_stages"),
+        asserts=(("nwarps % 4 == 0", "whole warpgroups"),), mode_tiles={})
+    monkeypatch.setitem(registry.KERNELS, "other", entry)
+    return entry, src
+
+
+def test_a_second_entry_needs_only_its_entry(second_entry):
+    entry, src = second_entry
+    v = Variant("full", 128, arch="sm_90a", kernel="other")
+    assert (v.block_m, v.threads, v.block_n, v.kv_stages) == (128, 256, 96, 2)
+    assert v.smem_bytes == 1024 + 128 * 128 * 2 + 2 * 2 * 96 * 128 * 2
+    assert {"CONSUMER_WGS=2", "BLOCK_N=96", "KV_STAGES=2"} <= set(v.defines)
+    assert compiler.kernel_file(None, "other") == src
+    opts = compiler.runtime_options(v)
+    assert f"-I{src.parent.resolve()}" in opts and "-arch=sm_90a" in opts
+    assert v.label.startswith("other ")
+    with pytest.raises(UsageError, match="whole warpgroups"):
+        Variant("full", 64, arch="sm_90a", kernel="other", nwarps=6)
+    with pytest.raises(UsageError, match="unknown arch"):
+        Variant("full", 64, arch="sm_80", kernel="other")
+
+
+def test_unknown_kernel_is_one_line():
+    with pytest.raises(UsageError, match="unknown kernel 'nope'"):
+        Variant("full", 64, kernel="nope")
