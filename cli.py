@@ -265,8 +265,6 @@ def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, 
             t.add_row(b, what)
         console.print(t)
         return EXIT_OK
-    if sass:
-        raise UsageError("--sass with --kernel is not built yet: use flashcore compile --sass for flashcore_fused")
     archs = ["sm_80", "sm_90"] if arch == "all" else [arch]
     if any(not a.startswith("sm_") for a in archs):
         raise UsageError(f"unknown arch {arch!r}")
@@ -285,7 +283,19 @@ def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, 
         for r in rows:
             records.append(records.new_record("compile", kernel=spec.name, kernel_sha256=compiler.source_hash(spec.source),
                                               device=None, **r.to_dict()))
-    return EXIT_CHECK_FAILED if failures or any(r.spill_bytes for r in rows) else EXIT_OK
+    bad_sass = []
+    if sass:
+        from harness.show.report import sass_table
+        from harness.toolchain.sass import summarize_user
+        srows, sfail = compile_sweep.sweep(variants, check=summarize_user)
+        console.print(sass_table(srows))
+        for f in sfail:
+            click.echo(f, err=True)
+        bad = [r for r in srows if not r.ok]
+        for r in bad:
+            click.echo(f"flashcore: {r.variant}: SASS check failed: {r.verdict}", err=True)
+        bad_sass = sfail + bad
+    return EXIT_CHECK_FAILED if failures or bad_sass or any(r.spill_bytes for r in rows) else EXIT_OK
 
 
 # ------------------------------------------------------------------ run
@@ -485,9 +495,10 @@ def smoking_gun(shape, sk, seed, bugs, record, kernel):
 @click.option("--debug", "debug", default="full", show_default=True, help="mode to run")
 @click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
 @click.option("--shape", default="1,2,128,64", show_default=True, help="small: the sanitizer is slow")
-@click.option("--sk", type=int, default=256, show_default=True)
+@click.option("--sk", type=int, default=None, help="key length (default 256; with --kernel: Sq)")
 @click.option("--causal", is_flag=True)
-def sanitize(tool, debug, bugs, shape, sk, causal):
+@kernel_option
+def sanitize(tool, debug, bugs, shape, sk, causal, kernel):
     """Run one variant under compute-sanitizer (pool off, -lineinfo) and summarise each
     hazard with kernel file:line. Exit 1 on any hazard, 2 without compute-sanitizer."""
     from rich.table import Table
@@ -495,11 +506,19 @@ def sanitize(tool, debug, bugs, shape, sk, causal):
     from harness.run.sanitize import TOOLS, sanitize as run_sanitize
     if tool not in TOOLS:
         raise UsageError(f"unknown tool {tool!r}; valid: {', '.join(TOOLS)}")
-    modes_ = _modes_arg(debug)
+    spec = _user_spec(kernel)
+    if spec is not None:
+        modes_ = _spec_modes(spec, "full" if debug == "full" else debug)
+        bugs = _spec_bugs(spec, bugs)
+    else:
+        modes_, bugs = _modes_arg(debug), _bugs_arg(bugs)
+        sk = 256 if sk is None else sk
     if len(modes_) != 1:
         raise UsageError("sanitize runs one mode at a time")
-    res = run_sanitize(tool, modes_[0], _bugs_arg(bugs), _shape_arg(shape, sk, None), causal)
-    t = Table(title=f"compute-sanitizer --tool {tool}: {modes_[0]}" + "".join(f" +BUG_{b}" for b in bugs),
+    res = run_sanitize(tool, modes_[0], bugs, _shape_arg(shape, sk, None), causal,
+                       spec_path=spec.spec_path if spec is not None else None)
+    who = f"{spec.name} " if spec is not None else ""
+    t = Table(title=f"compute-sanitizer --tool {tool}: {who}{modes_[0]}" + "".join(f" +BUG_{b}" for b in bugs),
               title_justify="left")
     t.add_column("hazard @ kernel file:line")
     t.add_column("count", justify="right")
@@ -522,7 +541,8 @@ def sanitize(tool, debug, bugs, shape, sk, causal):
 @click.option("--no-wall", is_flag=True, help="skip the wall-per-call loops of forward() and SDPA")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="write the table as Markdown (BENCHMARKS.md)")
 @click.option("--record/--no-record", default=True, show_default=True)
-def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, record):
+@kernel_option
+def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, record, kernel):
     """Time the kernel with CUDA events (median, p10-p90) beside PyTorch SDPA's flash and
     cuDNN backends in the same process; report us, TFLOP/s, % of fp16 peak and ratios; and the
     wall time per call of forward() and of SDPA's default backend from a Python loop."""
@@ -533,6 +553,10 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
     from harness.show.report import console
     if suite and shape:
         raise UsageError("--suite and --shape exclude each other")
+    spec = _user_spec(kernel)
+    if spec is not None:
+        _no_builtin_options(spec.name, nwarps=nwarps, debug=debug != "full")
+        return _bench_spec(spec, shape, sk, suite, causal, no_sdpa, markdown, record)
     modes_ = _modes_arg(debug)
     if len(modes_) != 1:
         raise UsageError("bench times one mode at a time")
@@ -561,6 +585,49 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
         today = datetime.date.today().isoformat()
         with open(markdown, "w") as f:
             f.write("# Benchmarks\n\n" + b.markdown(rows, device, today, cmd))
+        console.print(f"written {markdown}")
+    return EXIT_OK
+
+
+def _bench_spec(spec, shape, sk, suite, causal, no_sdpa, markdown, record):
+    """bench --kernel SPEC: the kernel as written, timed beside SDPA; suite shapes outside its
+    declared domain are left out with one line each."""
+    import datetime
+    from harness.run import bench as b
+    from harness import records
+    from harness.toolchain import compiler
+    from harness.toolchain.device import require_gpu
+    from harness.show.report import console
+    if suite:
+        cases = []
+        for label, shp, c in b.SUITE:
+            try:
+                spec.check_domain(shp.B, shp.H, shp.Sq, shp.Sk, shp.D, c)
+                cases.append((label, shp, c))
+            except UsageError as e:
+                click.echo(f"flashcore: {label} left out: {e}", err=True)
+        if not cases:
+            raise UsageError(f"no suite shape is inside {spec.name}'s declared domain: use --shape")
+    else:
+        shp = _shape_arg(shape or "mission", sk, None)
+        spec.check_domain(shp.B, shp.H, shp.Sq, shp.Sk, shp.D, causal)
+        cases = [(shape or "mission", shp, causal)]
+    device = require_gpu()
+    rows = []
+    for label, shp, c in cases:
+        row = b.bench_spec(label, spec, shp, c, with_sdpa=not no_sdpa)
+        rows.append(row)
+        if record:
+            records.append(records.new_record("bench", mode="full", shape=row.to_dict()["shape"], shape_label=shp.label,
+                                              causal=c, device=device["device"], driver=device["driver"],
+                                              cupy=device["cupy"], kernel=spec.name,
+                                              kernel_sha256=compiler.source_hash(spec.source),
+                                              latency=row.to_dict(), resources=row.resources))
+    console.print(b.rich_table(rows, device))
+    if markdown:
+        cmd = f"flashcore bench --kernel {spec.spec_path} " + ("--suite" if suite else f"--shape {shape or 'mission'}")
+        with open(markdown, "w") as f:
+            f.write(f"# Benchmarks: {spec.name}\n\n" + b.markdown(rows, device, datetime.date.today().isoformat(), cmd))
         console.print(f"written {markdown}")
     return EXIT_OK
 

@@ -125,3 +125,34 @@ def test_a_python_callable_is_checked_over_the_coverage_set(results_tmp):
                                      show=False)
     r = callable_kernel.run_callable("harness.run.callable_kernel:sdpa", Shape(2, 3, 97, 161, 128), causal=True, seed=1)
     assert r.status == "ok" and r.passed, [m.to_dict() for m in r.metrics]
+
+
+def _sanitizer_or_skip():
+    from harness.run.sanitize import find_sanitizer
+    try:
+        find_sanitizer()
+    except Exception as e:
+        pytest.skip(str(e))
+
+
+def test_sanitize_kernel_is_clean_on_the_clean_kernel():
+    from harness.run.sanitize import sanitize
+    _sanitizer_or_skip()
+    res = sanitize("racecheck", "full", shape=Shape(1, 2, 81, 81, 64), spec_path=SPEC)
+    assert res.clean, dict(res.hazards)
+
+
+def test_sanitize_kernel_names_the_seeded_race_in_the_authors_file():
+    """The race the repeat launch cannot see on the H200 (test above) is what racecheck names."""
+    from harness.run.sanitize import sanitize
+    _sanitizer_or_skip()
+    res = sanitize("racecheck", "full", bugs=("RACE",), shape=Shape(1, 2, 81, 81, 64), spec_path=SPEC)
+    assert not res.clean and any("attention.cu" in k for k in res.hazards), dict(res.hazards)
+
+
+def test_bench_kernel_times_the_kernel_and_check_gates_its_latency(results_tmp):
+    from cli import cli
+    r = CliRunner().invoke(cli, ["bench", "--kernel", str(SPEC), "--shape", "1,8,512,64", "--no-wall"])
+    assert r.exit_code == 0 and "kernel us median" in " ".join(r.output.split()), r.output
+    r = CliRunner().invoke(cli, ["check", "--kernel", str(SPEC), "--shape", "1,8,512,64", "--max-slowdown", "200"])
+    assert "latency" in r.output and "cannot decide" not in r.output and "vs baseline" in r.output, r.output

@@ -116,3 +116,33 @@ def test_check_gates_a_spec_d_kernel_on_its_resources(results_tmp):
     assert r.exit_code == 1 and "REGRESSED" in r.output and "limit 10" in r.output
     r = invoke("check", "--kernel", SPEC, "--shape", "1,1,64,64", "--causal", "--no-spills")
     assert r.exit_code == 2 and "no causal" in r.output
+
+
+def test_compile_sass_kernel_disassembles_the_kernel_as_written():
+    from harness.toolchain.sass import disassembler
+    if disassembler() is None:
+        pytest.skip("no nvdisasm or cuobjdump here")
+    r = invoke("compile", "--kernel", SPEC, "--arch", "sm_90", "--debug", "full", "--sass")
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "nothing in local memory" in flat and "attention full D=64 sm_90" in flat and "no tensor cores" in flat
+
+
+@pytest.mark.parametrize("args,says", [
+    (("bench", "--kernel", SPEC, "--nwarps", "4"), "--nwarps is for flashcore_fused"),
+    (("bench", "--kernel", SPEC, "--shape", "1,2,64,128"), "supports head dim 64"),
+    (("bench", "--kernel", SPEC, "--shape", "1,2,64,64", "--sk", "128"), "self-attention only"),
+    (("bench", "--kernel", "m:f"), "checked by run and diagnose only"),
+    (("sanitize", "--tool", "memcheck", "--kernel", SPEC, "--debug", "nope"), "no debug flag 'nope'"),
+    (("sanitize", "--tool", "memcheck", "--kernel", SPEC, "--bug", "NOPE"), "declares no seeded bug"),
+    (("sanitize", "--tool", "memcheck", "--kernel", SPEC, "--shape", "1,2,64,64", "--sk", "32"), "self-attention only"),
+])
+def test_bench_and_sanitize_kernel_bad_inputs_are_one_line(args, says):
+    r = invoke(*args)
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+
+
+def test_bench_suite_kernel_leaves_out_what_the_domain_excludes():
+    r = invoke("bench", "--kernel", SPEC, "--suite", "--no-record")
+    # no GPU here: the suite is filtered by the declared domain first, then the GPU is asked for
+    assert "4x16x2048 d128 left out" in r.output and "mission left out" not in r.output, r.output

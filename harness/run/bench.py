@@ -234,3 +234,40 @@ def markdown(rows, device: dict, date: str, command: str) -> str:
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(_cols(r, peak)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def bench_spec(label: str, spec, shape: Shape, causal: bool = False, with_sdpa: bool = True, seed: int = 0) -> BenchRow:
+    """One row for a spec'd kernel as written (kernels/spec.py): its own launch, timed with the
+    same events as flashcore_fused's, beside SDPA on the same inputs (converted to [B, H, S, D]
+    at the kernel's dtype: SDPA's flash and cuDNN backends take fp16/bf16 only, so an fp32 kernel
+    shows '-' there). The outputs are not reset between timed launches: a kernel that keeps
+    state in l and m does the same work whatever it finds there, and the reset is not its cost."""
+    import cupy as cp
+    from harness.check.inputs import make_inputs
+    from harness.run import asis
+    from harness.toolchain import user_kernel
+    from harness.toolchain.device import runtime_arch
+    from harness.toolchain.user_kernel import UserVariant
+    spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
+    variant = UserVariant(spec, "full", shape.D, causal, (), runtime_arch())
+    in_dtype = spec.buffer_dtype(spec.role_arg("q"))
+    host = dict(zip("qkv", make_inputs(shape, "randn", seed, in_dtype)))
+    launch = asis.build_launch(variant, shape, 1.0 / math.sqrt(shape.D), host)
+    launch.run(variant.label)    # compile, check it runs (a fault or hang is the verdict, not a time)
+
+    def fn():
+        launch.fn(launch.grid, launch.block, launch.args, shared_mem=launch.smem)
+    t = do_bench(fn, flush_l2=_fits_l2(shape))
+    cp.cuda.runtime.deviceSynchronize()
+    row = BenchRow(label, shape, causal, "full", t, shape.flops(causal),
+                   resources=user_kernel.resources(variant, launch.smem),
+                   nwarps=int(np.prod(launch.block)) // 32)
+    row.tiles = {"block_m": spec.block_m, "block_n": spec.block_n, "grid": list(launch.grid), "block": list(launch.block)}
+    if with_sdpa and in_dtype in ("float16", "bfloat16"):
+        q, k, v = (cp.asarray(host[x].astype(np.float32)).astype(cp.float16 if in_dtype == "float16" else cp.float32)
+                   for x in "qkv")
+        if in_dtype == "bfloat16":
+            import torch
+            q, k, v = (torch.from_dlpack(x).to(torch.bfloat16) for x in (q, k, v))
+        row.sdpa = _sdpa_timings(shape, causal, q, k, v)
+    return row

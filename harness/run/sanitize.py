@@ -22,7 +22,11 @@ CU_LINE = re.compile(r"([\w./-]+\.cuh?):(\d+)")
 TIMEOUT_S = 540
 
 
-def compiler_kernel_name() -> str:
+def compiler_kernel_name(spec_path=None) -> str:
+    """The name hazards are attributed to: the spec'd kernel's source, else the registry's file."""
+    if spec_path is not None:
+        from kernels.spec import load
+        return str(load(spec_path).source)
     from harness.toolchain.compiler import kernel_file
     return f"kernels/{kernel_file().name}"
 
@@ -83,16 +87,25 @@ def parse(output: str) -> tuple:
     return hazards, int(m.group(1)) if m else 0
 
 
-def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, seed=0) -> SanitizeResult:
+def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, seed=0, spec_path=None) -> SanitizeResult:
+    """One launch under compute-sanitizer: of flashcore_fused's mode, or (spec_path) of a spec'd
+    kernel as written, mode "full" or one of its own flags."""
     from harness.check.shapes import Shape
-    from harness.toolchain.variant import Variant
     if tool not in TOOLS:
         raise UsageError(f"unknown tool {tool!r}; valid: {', '.join(TOOLS)}")
     shape = shape or Shape(1, 2, 128, 256, 64)
-    Variant(mode, shape.D, causal, tuple(bugs))   # validate before anything runs
+    if spec_path is None:
+        from harness.toolchain.variant import Variant
+        Variant(mode, shape.D, causal, tuple(bugs))   # validate before anything runs
+    else:
+        from harness.toolchain.user_kernel import UserVariant
+        from kernels.spec import load
+        spec = load(spec_path)
+        spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
+        UserVariant(spec, mode, shape.D, causal, tuple(bugs))
     exe = find_sanitizer()
     case = dict(mode=mode, shape=dict(B=shape.B, H=shape.H, Sq=shape.Sq, Sk=shape.Sk, D=shape.D),
-                causal=causal, bugs=list(bugs), seed=seed)
+                causal=causal, bugs=list(bugs), seed=seed, spec=str(spec_path) if spec_path else None)
     cmd = [exe, "--tool", tool, "--print-limit", "100"]
     if tool == "racecheck":
         cmd += ["--racecheck-report", "hazard"]
@@ -104,7 +117,7 @@ def sanitize(tool: str, mode: str = "full", bugs=(), shape=None, causal=False, s
         raise UsageError(f"compute-sanitizer --tool {tool} timed out after {TIMEOUT_S} s") from None
     out = p.stdout + p.stderr
     # CuPy compiles the source under its own cache name (<hash>.cubin.cu): name the kernel file.
-    out = re.sub(r"[\w./-]*\.cubin\.cu", compiler_kernel_name(), out)
+    out = re.sub(r"[\w./-]*\.cubin\.cu", compiler_kernel_name(spec_path), out)
     hazards, n_err = parse(out)
     if "FLASHCORE_TARGET_OK" not in out and not hazards and n_err == 0:
         last = [l for l in out.splitlines() if l.strip()][-1:] or ["(no output)"]

@@ -68,6 +68,8 @@ def sass_table(rows, title=None) -> Table:
     bad = [r for r in rows if not r.ok]
     title = title or ("SASS (NVRTC cubin + nvdisasm): " + (
         f"{len(bad)} of {len(rows)} variants FAIL (local memory or tensor cores not as expected)" if bad
+        else "nothing in local memory, tensor cores reported (a spec'd kernel's are not judged)"
+        if rows and all(r.expects_hmma is None for r in rows)
         else "tensor cores in use where expected, nothing in local memory"))
     t = Table(title=title, title_justify="left")
     for col in ("variant", "instructions", "HMMA", "LDSM", "LDL+STL", "check"):

@@ -47,17 +47,21 @@ def disassembler() -> str | None:
 
 def disassemble(variant: Variant, path: Path | None = None) -> str:
     """SASS text of the variant's kernel: NVRTC's cubin, same source and options as the run time."""
+    _, cubin_bytes = compiler.compile_cubin(variant, path)
+    return disassemble_cubin(cubin_bytes, variant.label)
+
+
+def disassemble_cubin(cubin_bytes: bytes, label: str) -> str:
     dis = disassembler()
     if not dis:
         raise UsageError("SASS needs nvdisasm (pip install nvidia-cuda-nvdisasm) or cuobjdump on PATH")
-    _, cubin_bytes = compiler.compile_cubin(variant, path)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(cubin_bytes)
         args = [dis, "-c", str(cubin)] if Path(dis).name.startswith("nvdisasm") else [dis, "-sass", str(cubin)]
         r = subprocess.run(args, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            raise UsageError(f"{Path(dis).name} failed on {variant.label}: {r.stderr.strip()[:300]}")
+            raise UsageError(f"{Path(dis).name} failed on {label}: {r.stderr.strip()[:300]}")
         return r.stdout
 
 
@@ -78,16 +82,18 @@ class SassSummary:
     hmma: int
     ldsm: int
     local: int                  # LDL + STL
-    expects_hmma: bool
+    expects_hmma: bool | None   # None: not judged (a kernel brought with a spec says nothing of it)
 
     @property
     def ok(self) -> bool:
-        return self.local == 0 and (self.hmma > 0) == self.expects_hmma
+        return self.local == 0 and (self.expects_hmma is None or (self.hmma > 0) == self.expects_hmma)
 
     @property
     def verdict(self) -> str:
         if self.local:
             return f"LOCAL MEMORY ({self.local} LDL/STL)"
+        if self.expects_hmma is None:
+            return "ok (" + ("tensor cores" if self.hmma else "no tensor cores") + ")"
         if self.expects_hmma and not self.hmma:
             return "NO HMMA"
         if not self.expects_hmma and self.hmma:
@@ -99,3 +105,13 @@ def summarize(variant: Variant, path: Path | None = None) -> SassSummary:
     ops = opcode_counts(disassemble(variant, path))
     return SassSummary(variant.label, sum(ops.values()), ops["HMMA"], ops["LDSM"],
                        sum(ops[o] for o in LOCAL_MEMORY_OPS), get_mode(variant.mode).tensor_cores)
+
+
+def summarize_user(variant) -> SassSummary:
+    """A spec'd kernel's SASS (harness/toolchain/user_kernel.py): local memory fails it; the
+    tensor-core count is reported, not judged (an fp32 kernel has none, and is right not to)."""
+    from harness.toolchain import user_kernel
+    _, cubin = user_kernel.compile_cubin(variant)
+    ops = opcode_counts(disassemble_cubin(cubin, variant.label))
+    return SassSummary(variant.label, sum(ops.values()), ops["HMMA"] + ops["HGMMA"], ops["LDSM"],
+                       sum(ops[o] for o in LOCAL_MEMORY_OPS), None)

@@ -125,8 +125,9 @@ def _log_error(variant: UserVariant, log: str, prepared) -> CompileError:
     return CompileError(f"{variant.label}: compilation failed\n{compiler.format_compile_log(log, sources)}{cut}")
 
 
-def compile_check(variant: UserVariant) -> compiler.Resources:
-    """NVRTC, no GPU: registers, shared memory, spills of the entry, as compiler.compile_check."""
+def compile_cubin(variant: UserVariant) -> tuple:
+    """(Resources, cubin bytes): NVRTC, no GPU, the options the run time uses; the cubin whole
+    (compiler._whole_cubin), so that nvdisasm reads the code that runs."""
     nvrtc = compiler._nvrtc()
     prepared = prepared_source(variant.spec)
     opts = [f"--gpu-architecture={variant.arch}", "--ptxas-options=-v", "-ftz=true", *options(variant, prepared)]
@@ -141,9 +142,13 @@ def compile_check(variant: UserVariant) -> compiler.Resources:
         cubin = compiler._whole_cubin(nvrtc, prog)
     finally:
         nvrtc.destroyProgram(prog)
-    smem = 0
-    return compiler.Resources(variant=variant.label, arch=variant.arch, smem_dynamic=smem, cubin_bytes=len(cubin),
-                              **compiler.parse_ptxas(log))
+    return compiler.Resources(variant=variant.label, arch=variant.arch, smem_dynamic=0, cubin_bytes=len(cubin),
+                              **compiler.parse_ptxas(log)), cubin
+
+
+def compile_check(variant: UserVariant) -> compiler.Resources:
+    """NVRTC, no GPU: registers, shared memory, spills of the entry, as compiler.compile_check."""
+    return compile_cubin(variant)[0]
 
 
 def get_function(variant: UserVariant):

@@ -129,14 +129,14 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
             res.findings.append(Finding("max_err", worst <= max_error, f"max abs error {worst:.3e} (limit {max_error:.3e})"))
         if max_slowdown is not None:
             b = _baseline_value(baseline, "latency")
-            if spec is not None:
-                res.findings.append(Finding("latency", None, "cannot decide: a spec'd kernel is not timed yet "
-                                                             "(flashcore bench has no --kernel)"))
-            elif b is None:
-                res.findings.append(Finding("latency", None, "cannot decide: no baseline latency (run flashcore bench at the baseline)"))
+            if b is None:
+                how = f"flashcore bench --kernel {spec.spec_path}" if spec is not None else "flashcore bench"
+                res.findings.append(Finding("latency", None, f"cannot decide: no baseline latency (run {how} at the baseline)"))
             else:
-                from harness.run.bench import bench_one
-                now = bench_one("check", shape, causal, mode, with_sdpa=False).kernel.median_us
+                from harness.run.bench import bench_one, bench_spec
+                row = (bench_one("check", shape, causal, mode, with_sdpa=False) if spec is None
+                       else bench_spec("check", spec, shape, causal, with_sdpa=False))
+                now = row.kernel.median_us
                 pct = 100.0 * (now - b) / b
                 res.findings.append(Finding("latency", pct <= max_slowdown,
                                             f"{now:.1f} us vs baseline {b:.1f} us ({pct:+.1f}%, limit +{max_slowdown}%)"))
