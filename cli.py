@@ -152,8 +152,9 @@ def _coverage_cases(sk, head_dim, causal, modes):
 
 
 check_options = [
-    click.option("--reference-device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
-                 help="where the float64 references and the metrics run (cpu: the NumPy host path)"),
+    click.option("--reference-device", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+                 help="where the float64 references and the metrics run (cpu: the NumPy host path; auto: the host "
+                      "for small problems, where it is cheapest, the device for long sequences)"),
     click.option("--rows", default=None,
                  help="query rows the [rows, keys] modes check: all, or query-tile indices such as 0,5,-1 "
                       "(default: every row when the matrices are small, else the first, a middle and the last tile)"),

@@ -28,6 +28,14 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}"))
 
 
+@pytest.fixture(autouse=True)
+def _no_prebuild_on_fakes(request, monkeypatch):
+    """CPU tests fake the GPU: a prebuild there would compile the real coverage set for
+    nothing (harness/toolchain/prebuild.py has its own tests). GPU tests prebuild, as users do."""
+    if "gpu" not in request.keywords and "prebuild" not in request.keywords:
+        monkeypatch.setenv("FLASHCORE_NO_PREBUILD", "1")
+
+
 @pytest.fixture
 def results_tmp(tmp_path, monkeypatch):
     """Records go to a temporary results/ so tests never touch the real history."""

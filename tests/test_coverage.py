@@ -376,7 +376,7 @@ def fake_gpu(monkeypatch):
     def fails(c, bugs):
         return "BATCH_OFFSET" in bugs and c.shape.B > 1
 
-    def fake_diagnose(shape, causal=False, inputs="randn", seed=None, bugs=(), record=True, isolate=True, show=True, png=None):
+    def fake_diagnose(shape, causal=False, inputs="randn", seed=None, bugs=(), record=True, isolate=True, show=True, png=None, prebuild=True):
         c = Case(shape, causal)
         log.diagnosed.append((c, isolate, record))
         log.bugs.update(bugs)
@@ -390,7 +390,7 @@ def fake_gpu(monkeypatch):
         return SimpleNamespace(clean=True, stage=None, failing=None, folds=[], results=[])
 
     def fake_run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(), record=True,
-                       isolate=None, show=True, title=None, keep_outputs=False):
+                       isolate=None, show=True, title=None, keep_outputs=False, prebuild=True):
         return [fake_result(m, m == "full" and fails(Case(shape, causal), bugs)) for m in modes]
 
     def fake_run_case(c, isolate=True):

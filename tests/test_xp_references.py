@@ -381,13 +381,23 @@ def test_judge_counts_writes_outside_the_window_and_races():
 def test_check_settings_reach_run_mode_defaults_and_are_restored(monkeypatch):
     monkeypatch.delenv(gpu.ENV_REFERENCE_DEVICE, raising=False)
     monkeypatch.delenv(gpu.ENV_ROWS, raising=False)
-    assert gpu.reference_device_of() == "gpu" and gpu.rows_request_of() is None
+    assert gpu.reference_device_of() == "auto" and gpu.rows_request_of() is None
     with gpu.check_settings("cpu", "0,-1"):
         assert gpu.reference_device_of() == "cpu" and gpu.rows_request_of() == (0, -1)
         assert gpu.reference_device_of("gpu") == "gpu"
-    assert gpu.reference_device_of() == "gpu" and gpu.rows_request_of() is None
+    assert gpu.reference_device_of() == "auto" and gpu.rows_request_of() is None
     with pytest.raises(UsageError):
         gpu.reference_device_of("tpu")
+
+
+def test_auto_reference_device_is_the_host_for_small_problems_and_the_device_for_long_ones(monkeypatch):
+    monkeypatch.delenv(gpu.ENV_REFERENCE_DEVICE, raising=False)
+    assert gpu.reference_device_of(None, Shape(1, 8, 512, 512, 64)) == "cpu"       # the mission shape: 2**27
+    assert gpu.reference_device_of(None, Shape(1, 8, 513, 512, 64)) == "gpu"
+    assert gpu.reference_device_of(None, Shape(1, 8, 16384, 16384, 128)) == "gpu"
+    assert gpu.reference_device_of("gpu", Shape(1, 1, 64, 64, 64)) == "gpu"        # forcing either still works
+    with gpu.check_settings("gpu"):
+        assert gpu.reference_device_of(None, Shape(1, 1, 64, 64, 64)) == "gpu"
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -363,11 +363,13 @@ def diagnose_coverage(cases=None, inputs="randn", seed=None, bugs=(), record=Tru
     cases = cases_for() if cases is None else list(cases)
     _validate(cases, BISECT_MODES, bugs)
     device = device_facts(isolate)
+    from harness.run.session import prebuild_for
+    prebuild_for([(c.shape, c.causal) for c in cases], BISECT_MODES, bugs, device)   # every variant, in parallel, first
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:
         d = diagnose(c.shape, causal=c.causal, inputs=inputs, seed=seed, bugs=bugs, record=record,
-                     isolate=isolate, show=False)
+                     isolate=isolate, show=False, prebuild=False)
         if d.clean:
             return Outcome(c, cov.features_of(c), False)
         return Outcome(c, cov.features_of(c), True, d.stage, d.failing.variant.mode, result_detail(d.failing),
@@ -394,11 +396,12 @@ def run_coverage(modes, cases=None, inputs="randn", seed=None, scale=None, bugs=
     cases = cases_for(modes=modes) if cases is None else list(cases)
     _validate(cases, modes, bugs)
     device = session.device_facts(isolate)
+    session.prebuild_for([(c.shape, c.causal) for c in cases], modes, bugs, device)
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:
         results = session.run_modes(modes, c.shape, causal=c.causal, inputs=inputs, seed=seed, scale=scale,
-                                    bugs=bugs, record=record, isolate=isolate, show=False)
+                                    bugs=bugs, record=record, isolate=isolate, show=False, prebuild=False)
         bad = next((r for r in results if not r.passed), None)   # results come in data-flow order
         if bad is None:
             return Outcome(c, cov.features_of(c), False)

@@ -59,9 +59,9 @@ def localise_result(r) -> list:
 
 
 def diagnose(shape, causal=False, inputs="randn", seed=None, bugs=(), record=True, isolate=True,
-             show=True, png=None) -> Diagnosis:
+             show=True, png=None, prebuild=True) -> Diagnosis:
     results = session.run_modes(BISECT_MODES, shape, causal=causal, inputs=inputs, seed=seed, bugs=bugs,
-                                record=record, isolate=isolate, show=show, keep_outputs=True,
+                                record=record, isolate=isolate, show=show, keep_outputs=True, prebuild=prebuild,
                                 title=f"diagnose {shape.label}{' causal' if causal else ''} inputs={inputs}"
                                       + "".join(f" +BUG_{b}" for b in bugs))
     stage, failing = bisect_stages(results)

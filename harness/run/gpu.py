@@ -37,7 +37,13 @@ from harness.check.shapes import Shape
 from harness.toolchain.variant import Variant, tiles_for
 
 MAX_DEBUG_MATRIX_BYTES = 2 << 30   # prepare(): one window's [B,H,rows,Skp] fp32 buffers (bench, sanitize)
-REFERENCE_DEVICES = ("gpu", "cpu")
+REFERENCE_DEVICES = ("auto", "gpu", "cpu")
+# auto: the host path up to this much work (B*H*Sq*Sk*D multiply-adds of one reference), the
+# device beyond. Below it NumPy's float64 references take tens of milliseconds, while the device
+# path makes a fresh machine compile ~45 CuPy elementwise and reduction kernels first (issue 26:
+# 21.6 s of a 23.9 s cold `run --debug pv_only`). 2**27 is the mission shape 1,8,512,512,64;
+# BENCHMARKS.md ("Reference device") has the measured costs of both paths around it.
+AUTO_HOST_WORK = 2**27
 SAMPLE_ROWS, SAMPLE_COLS = 16, 128  # keep_outputs: the corner of (b=0, h=0) kept for displays (smoking gun)
 # run_mode's defaults when its arguments are None: the CLI sets them for the process and the
 # worker processes it starts, which inherit the environment (check_settings).
@@ -97,11 +103,14 @@ def default_scale(D: int, scale):
 
 
 # ------------------------------------------------------------------ settings: reference device, rows
-def reference_device_of(value: str | None = None) -> str:
-    """gpu | cpu: the argument, else the environment's default (check_settings), else gpu."""
-    value = value or os.environ.get(ENV_REFERENCE_DEVICE) or "gpu"
+def reference_device_of(value: str | None = None, shape: Shape | None = None) -> str:
+    """auto | gpu | cpu: the argument, else the environment's default (check_settings), else
+    auto; with a shape, auto is resolved to where that shape's references are cheapest."""
+    value = value or os.environ.get(ENV_REFERENCE_DEVICE) or "auto"
     if value not in REFERENCE_DEVICES:
         raise UsageError(f"unknown reference device {value!r}; valid: {', '.join(REFERENCE_DEVICES)}")
+    if value == "auto" and shape is not None:
+        return "cpu" if shape.B * shape.H * shape.Sq * shape.Sk * shape.D <= AUTO_HOST_WORK else "gpu"
     return value
 
 
@@ -356,13 +365,14 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
              bugs=(), scale: float | None = None, keep_outputs: bool = False, reference_device: str | None = None,
              rows=None, folds: bool | None = None, **variant_kw) -> RunResult:
     """Run one debug mode on one shape against its references; returns the metrics record.
-    reference_device: gpu (default) | cpu, where references and metrics are computed.
+    reference_device: auto (default: the host for small problems, AUTO_HOST_WORK) | gpu | cpu,
+    where references and metrics are computed.
     rows: None (default windows), 'all', or query-tile indices, for the windowed modes.
     folds: compute the folds of failing outputs (default: keep_outputs, which also keeps the
     corner of (b=0, h=0), SAMPLE_ROWS x SAMPLE_COLS, for display: what diagnose asks for).
     A kernel fault is reported in the result (status 'fault'), not raised."""
     cp = _cupy()
-    ref_dev, request = reference_device_of(reference_device), rows_request_of(rows)
+    ref_dev, request = reference_device_of(reference_device, shape), rows_request_of(rows)
     folds = keep_outputs if folds is None else folds
     variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles_for(shape), **variant_kw})
     m, sk_pad = get_mode(mode), variant.padded_keys(shape.Sk)

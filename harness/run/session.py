@@ -23,9 +23,29 @@ def device_facts(isolate: bool) -> dict:
     return pool.device_facts() if isolate else require_gpu()
 
 
+def prebuild_for(cases, modes, bugs, device: dict) -> None:
+    """Compile ahead, in parallel, every variant the (shape, causal) cases will launch under
+    the modes (harness/toolchain/prebuild.py); the workers then load cubins. A variant that
+    fails to compile is left to its launch, which reports it as that case's verdict."""
+    from harness.toolchain import prebuild
+    from harness.toolchain.loader import runtime_variant
+    from harness.toolchain.variant import tiles_for
+    if not prebuild.enabled() or not device.get("arch"):
+        return
+    variants = []
+    for shape, causal in cases:
+        for m in modes:
+            c = causal_for(m, causal, len(modes))
+            if c and not get_mode(m).allows_causal:
+                continue
+            variants.append(runtime_variant(m, shape.D, c, tuple(bugs), device_arch=device["arch"], **tiles_for(shape)))
+    prebuild.prebuild(variants)
+
+
 def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(),
-              record=True, isolate=None, show=True, title=None, keep_outputs=False):
-    """Run the modes in data-flow order on one shape; returns the RunResults."""
+              record=True, isolate=None, show=True, title=None, keep_outputs=False, prebuild=True):
+    """Run the modes in data-flow order on one shape; returns the RunResults. prebuild: compile
+    its variants ahead (a coverage sweep has done it for all its cases already)."""
     from harness.check.inputs import fresh_seed
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
     causal_of = {m: causal_for(m, causal, len(modes)) for m in modes}
@@ -36,6 +56,8 @@ def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None,
     for m in modes:   # validate every variant before touching the GPU
         Variant(m, shape.D, causal_of[m], tuple(bugs))
     device = device_facts(isolate)
+    if prebuild:
+        prebuild_for([(shape, causal)], modes, bugs, device)
     seed = fresh_seed() if seed is None else seed
     cases = [runs.make_case(m, shape, causal=causal_of[m], inputs=inputs, seed=seed, scale=scale, bugs=list(bugs),
                             keep_outputs=keep_outputs) for m in modes]

@@ -43,7 +43,7 @@ def error_table(results, title: str) -> Table:
                       fmt(m.err_over_floor, ".2f"), str(m.n_nonfinite), str(m.n_unwritten),
                       ",".join(map(str, m.worst_index)), verdict(m.passed) + _extra(m))
     if any(getattr(r, "reference_device", "gpu") == "cpu" for r in results):
-        t.caption = "references and metrics computed on the host (NumPy: --reference-device cpu)"
+        t.caption = "references and metrics computed on the host (NumPy; --reference-device gpu puts them on the device)"
     return t
 
 

@@ -67,7 +67,8 @@ def sweep(vs, check=None, jobs: int | None = None):
 
     def one(v):
         try:
-            return check(v), None
+            r = check(v)
+            return (v if r is None else r), None
         except CompileError as e:
             return None, str(e)
 

@@ -41,9 +41,21 @@ def get_kernel(variant: Variant):
     """The compiled flashcore_fwd for a variant, compiled from the kernel file as it is now."""
     key = compiler.cache_key(variant)
     if key not in _MODULES:
-        path = compiler.kernel_file(None, variant.kernel)
-        _MODULES[key] = _compile(variant, path.read_text(), compiler.runtime_options(variant), path)
+        from harness.toolchain import prebuild
+        cubin = prebuild.cached_cubin(variant)
+        if cubin is not None:   # compiled ahead by the sweep's parent (harness/toolchain/prebuild.py)
+            _MODULES[key] = _load_cubin(variant, cubin)
+        else:
+            path = compiler.kernel_file(None, variant.kernel)
+            _MODULES[key] = _compile(variant, path.read_text(), compiler.runtime_options(variant), path)
     return _MODULES[key]
+
+
+def _load_cubin(variant: Variant, cubin: Path):
+    fn = cupy().RawModule(path=str(cubin)).get_function(variant.entry.entry)
+    if variant.smem_bytes > DEFAULT_SMEM:
+        fn.max_dynamic_shared_size_bytes = variant.smem_bytes
+    return fn
 
 
 @dataclass(frozen=True)
@@ -83,11 +95,13 @@ def kernel_resources(variant: Variant) -> dict:
             "smem_dynamic": variant.smem_bytes, "local_bytes": int(fn.local_size_bytes)}
 
 
-def runtime_variant(mode="full", head_dim=64, causal=False, bugs=(), **kw) -> Variant:
+def runtime_variant(mode="full", head_dim=64, causal=False, bugs=(), device_arch: str | None = None, **kw) -> Variant:
     """A Variant for the current device's arch (resources and records name it): the entry's
-    arch of that name, or its arch-specific form (sm_90 -> sm_90a) where it lists only that."""
+    arch of that name, or its arch-specific form (sm_90 -> sm_90a) where it lists only that.
+    device_arch: a device's arch as device facts give it (a parent that never touches CUDA)."""
     from kernels import registry
-    arch = runtime_arch()
+    from harness.toolchain.device import arch_for
+    arch = runtime_arch() if device_arch is None else arch_for(device_arch)
     archs = registry.get(kw.get("kernel") or registry.DEFAULT.name).archs
     if arch not in archs and arch + "a" in archs:
         arch += "a"
