@@ -823,6 +823,49 @@ def kernel_check(spec):
     return EXIT_OK if gpu else EXIT_USAGE
 
 
+# ------------------------------------------------------------------ watch
+@cli.command()
+@click.argument("command", type=click.Choice(["run", "diagnose"]), default="run")
+@click.option("--debug", "debug", default="full", show_default=True,
+              help="watch run: mode, comma list, or all (diagnose runs every stage)")
+@with_shape_options
+@check_options[0]           # --reference-device and --rows: handed to run_watch, which applies them to every run
+@check_options[1]
+@click.option("--inputs", default="randn", show_default=True, help="randn | large | uniform | identical_rows | onehot_keys")
+@click.option("--seed", type=int, default=None, help="input seed (default: drawn once, printed, kept for every re-run)")
+@click.option("--scale", type=float, default=None, callback=lambda c, p, v: _finite(v, "--scale"),
+              help="watch run: softmax scale (default 1/sqrt(D))")
+@click.option("--bug", "bugs", multiple=True, help="switch on a seeded bug")
+@click.option("--record/--no-record", default=False, show_default=True, help="append every re-run's records to results/")
+@click.option("--probes", is_flag=True, help="watch diagnose: stage isolation from input probes (as diagnose --probes)")
+@click.option("--noise", type=click.FloatRange(min=1, min_open=True), default=None,
+              help="err/floor moves are printed beyond this factor (default 2: the seed-to-seed spread, harness/run/watch.py)")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="seconds between polls")
+@click.option("--debounce", type=click.FloatRange(min=0), default=0.3, show_default=True,
+              help="seconds a change must hold still before the re-run")
+@click.option("--max-cycles", type=click.IntRange(min=1), default=None, hidden=True, help="stop after this many runs")
+@kernel_option
+def watch(command, debug, shape, sk, head_dim, causal, reference_device, rows, inputs, seed, scale, bugs, record,
+          probes, noise, poll, debounce, max_cycles, kernel):
+    """Re-run `run` (default) or `diagnose` on every save of the kernel, its #include "..."
+    files and its spec, and print only what changed since the last verdict: a case newly
+    failing or passing, err/floor moved beyond noise, the first failing stage. A compile error
+    is one line and the watch goes on; Ctrl-C ends it. Exit: the last verdict's (0 all pass)."""
+    from harness.run.watch import NOISE, run_watch
+    opts = dict(kernel=kernel, shape=shape, sk=sk, head_dim=head_dim, causal=causal, inputs=inputs, seed=seed,
+                bugs=bugs, record=record, reference_device=reference_device, rows=rows)
+    if command == "run":
+        if probes:
+            raise UsageError("--probes is for flashcore watch diagnose")
+        opts.update(debug=debug, scale=scale)
+    else:
+        if debug != "full" or scale is not None:
+            raise UsageError("--debug and --scale are for flashcore watch run: diagnose runs every stage")
+        opts.update(probes=probes)
+    return run_watch(command, opts, emit=click.echo, poll_s=poll, debounce_s=debounce, max_cycles=max_cycles,
+                     noise=NOISE if noise is None else noise)
+
+
 def main():
     cli.main()
 

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cli import cli
 from tests.conftest import gpu_missing_reason
 
-COMMANDS = ["modes", "compile", "run", "diagnose", "smoking-gun", "sanitize", "bench", "history", "compare", "check", "bisect"]
+COMMANDS = ["modes", "compile", "run", "diagnose", "smoking-gun", "sanitize", "bench", "history", "compare", "check", "bisect", "watch"]
 
 
 def invoke(*args):
