@@ -116,3 +116,12 @@ def test_compile_options_that_select_nothing_or_are_ignored_are_errors():
                        (["--arch", "sm_99"], "unknown arch 'sm_99'")]:
         r = CliRunner().invoke(cli, ["compile", *args])
         assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+
+
+def test_compile_log_from_cupy_names_the_kernel_file_and_quotes_the_line(tmp_path):
+    """CuPy compiles under its cache name (<hash>.cubin.cu): the log is given the kernel's own."""
+    src = tmp_path / "k.cu"
+    src.write_text("line one\nint x = nope;\n")
+    out = compiler.format_compile_log("/tmp/abc/0123abcd.cubin.cu(2): error: identifier \"nope\" is undefined",
+                                      {src: src.read_text()})
+    assert out.startswith("k.cu(2): error") and "2 | int x = nope;" in out, out

@@ -167,6 +167,9 @@ def parse_ptxas(log: str) -> dict:
 def format_compile_log(log: str, sources: dict) -> str:
     """The compiler's log with each error's source line quoted beneath it."""
     by_name = {p.name: text.splitlines() for p, text in sources.items()}
+    main = next(iter(sources), None)
+    if main is not None:   # CuPy compiles the main file under a cache name (<hash>.cubin.cu): give it back its own
+        log = re.sub(r"[\w./-]*\.cubin\.cu", main.name, log)
     out = []
     for line in log.splitlines():
         out.append(line)
