@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|kernels|bench|profile|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|kernels|bench|loop|probes|profile|all]
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence)
 # (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
@@ -60,6 +60,19 @@ if [[ $what == bench || $what == all ]]; then
   flashcore bench --suite --markdown "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/bench.log"
   # where forward()'s host time goes, and wall.measure's rounds one by one
   python3 scripts/profile_forward.py 2>&1 | tee "$OUT/profile_forward.log"
+fi
+if [[ $what == loop || $what == all ]]; then
+  # issue 26, the research loop: cold (empty CuPy and cubin caches), warm, and right after an edit
+  python3 scripts/time_harness.py --command run-pv --command run-all --command diagnose-coverage \
+      --warm 2 --edits 2 --markdown "$OUT/timing_loop.md" 2>&1 | tee "$OUT/timing_loop.log"
+  # the watch loop on the GPU: a clean verdict, a seeded bug saved into a copy of the kernel, the fix
+  python3 scripts/watch_demo.py 2>&1 | tee "$OUT/watch_demo.log"
+fi
+if [[ $what == probes || $what == all ]]; then
+  # issue 22: every seeded bug with probes only, and >= 100 clean probe diagnoses per kernel
+  python3 scripts/probe_validation.py --seeds ${PROBE_SEEDS:-12} --markdown "$OUT/probe_validation.md" 2>&1 | tee "$OUT/probe_validation.log"
+  { time flashcore diagnose --probes --kernel kernels/outsider/attention.toml --seed 1 --no-record ; } 2>&1 | tail -8 | tee "$OUT/probe_timing.log"
+  { time flashcore diagnose --probes --kernel kernels/outsider/attention.toml --seed 2 --no-record ; } 2>&1 | tail -4 | tee -a "$OUT/probe_timing.log"
 fi
 if [[ $what == profile ]]; then
   for shape in 4,16,2048,64 4,16,2048,128; do

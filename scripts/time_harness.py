@@ -1,9 +1,13 @@
 """Time whole flashcore commands as a user runs them: subprocess wall clock, one cold run
 then N warm runs (median, min-max), per command and shape; a table, optionally Markdown.
 
-Cold: CuPy's kernel cache is a fresh empty directory, so every variant compiles. Warm: the
-same directory afterwards. Each run is a new process (Python, CuPy, the CUDA context and the
-harness's worker start every time), as when a user types the command.
+Cold: CuPy's kernel cache and FlashCore's cubin cache (harness/toolchain/prebuild.py) are
+fresh empty directories, so every variant and every CuPy kernel compiles. Warm: the same
+directories afterwards. After an edit (--edits N): each of N runs first edits the kernel (a
+copy of it, through $FLASHCORE_KERNEL, gets one more comment line), so its source hash and
+every variant's cache key change, as when a researcher saves the .cu. Each run is a new
+process (Python, CuPy, the CUDA context and the harness's worker start every time), as when a
+user types the command.
 
 Usage:
   python scripts/time_harness.py                                   # run-all and diagnose, mission
@@ -31,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Add commands here.
 COMMANDS = {
     "run-all": (["run", "--debug", "all", "--shape", "{shape}"], {}),
+    "run-pv": (["run", "--debug", "pv_only", "--shape", "{shape}"], {}),   # issue 26's first row
     "diagnose": (["diagnose", "--shape", "{shape}"], {}),
     # the same with one worker: what running the modes at once buys
     "run-all-1job": (["run", "--debug", "all", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
@@ -48,6 +53,7 @@ RECORDING = ("run", "diagnose")        # subcommands that take --record/--no-rec
 TARGETS = {("run-all", "mission"): 3.0, ("diagnose", "mission"): 5.0,
            ("run-all-1job", "mission"): 3.0, ("diagnose-1job", "mission"): 5.0,
            ("diagnose-coverage", "-"): 10.0,
+           ("run-pv", "mission"): 10.0,    # issue 26: cold, on a fresh machine
            # issue "The harness at long sequences", at --shape 1,8,S,128
            ("run-full", "1,8,4096,128"): 2.0, ("diagnose", "1,8,4096,128"): 5.0,
            ("diagnose", "1,8,16384,128"): 15.0}
@@ -62,11 +68,16 @@ class Timing:
     warm_s: list = field(default_factory=list)
     codes: list = field(default_factory=list)
     last_error: str = ""
+    edit_s: list = field(default_factory=list)   # runs right after an edit of the kernel
     kernel_ms: float | None = None      # the kernel's own time at this shape (full mode, CUDA events)
 
     @property
     def warm_median(self) -> float | None:
         return statistics.median(self.warm_s) if self.warm_s else None
+
+    @property
+    def edit_median(self) -> float | None:
+        return statistics.median(self.edit_s) if self.edit_s else None
 
     @property
     def target(self) -> float | None:
@@ -102,13 +113,14 @@ def time_once(argv: list, env: dict, timeout: float) -> tuple:
 
 
 def time_command(command: str, shape: str, warm: int, record: bool, flashcore: list, timeout: float,
-                 cold_run: bool = True) -> Timing:
-    """cold_run=False: no run with an empty kernel cache (the user's cache, already warm)."""
+                 cold_run: bool = True, edits: int = 0) -> Timing:
+    """cold_run=False: no run with empty caches (the user's caches, already warm)."""
     argv = argv_for(command, shape, record, flashcore)
-    with tempfile.TemporaryDirectory(prefix="flashcore-cupy-cache-") as cache:
+    with tempfile.TemporaryDirectory(prefix="flashcore-cache-") as cache:
         env = dict(os.environ, **COMMANDS[command][1])
         if cold_run:
-            env["CUPY_CACHE_DIR"] = cache
+            env["CUPY_CACHE_DIR"] = os.path.join(cache, "cupy")
+            env["FLASHCORE_CUBIN_CACHE"] = os.path.join(cache, "cubins")
             cold, code, err = time_once(argv, env, timeout)
         else:
             cold, code, err = float("nan"), None, ""
@@ -118,10 +130,23 @@ def time_command(command: str, shape: str, warm: int, record: bool, flashcore: l
             t.warm_s.append(s)
             t.codes.append(code)
             t.last_error = err or t.last_error
+        if edits:
+            kernel = Path(cache) / "edited" / "flashcore_fused.cu"
+            kernel.parent.mkdir()
+            kernel.write_text((REPO / "kernels" / "flashcore_fused.cu").read_text())
+            env_edit = dict(env, FLASHCORE_KERNEL=str(kernel))
+            for i in range(edits):
+                with kernel.open("a") as f:
+                    f.write(f"\n// edit {i} at {time.time()}\n")
+                s, code, err = time_once(argv, env_edit, timeout)
+                t.edit_s.append(s)
+                t.codes.append(code)
+                t.last_error = err or t.last_error
     return t
 
 
-HEADERS = ["command", "shape", "cold s", "warm s (median)", "warm min-max", "kernel ms", "target", "exit codes"]
+HEADERS = ["command", "shape", "cold s", "warm s (median)", "warm min-max", "after an edit s (median)",
+           "edit / warm", "kernel ms", "target", "exit codes"]
 
 
 def kernel_ms(shape: str) -> float | None:
@@ -145,12 +170,14 @@ def row(t: Timing) -> list:
         target = f"<= {t.target:g} s " + ("met" if med is not None and med <= t.target else "MISSED")
     return [t.command, t.shape, "-" if t.cold_s != t.cold_s else f"{t.cold_s:.2f}", "-" if med is None else f"{med:.2f}",
             f"{min(t.warm_s):.2f}-{max(t.warm_s):.2f}" if t.warm_s else "-",
+            "-" if t.edit_median is None else f"{t.edit_median:.2f}",
+            f"{t.edit_median / med:.2f}x" if t.edit_median and med else "-",
             "-" if t.kernel_ms is None else f"{t.kernel_ms:.3f}", target,
             ",".join(map(str, sorted(set(t.codes))))]
 
 
 def markdown(timings: list, warm: int, cold: bool = True) -> str:
-    first = ("one cold run (empty CuPy kernel cache), then " if cold else "no cold run (the kernel cache warm), ")
+    first = ("one cold run (empty CuPy and cubin caches), then " if cold else "no cold run (the kernel cache warm), ")
     lines = [f"Wall clock of whole commands (`scripts/time_harness.py`): {first}{warm} warm runs; each run a "
              f"new process.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
@@ -184,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     ap.add_argument("--no-cold", action="store_true", help="skip the run with an empty kernel cache")
+    ap.add_argument("--edits", type=int, default=0, help="runs right after an edit of the kernel, per command")
     ap.add_argument("--kernel-time", action="store_true", help="also time the kernel (full mode) at each shape")
     ap.add_argument("--flashcore", default=None,
                     help="how to invoke flashcore (default: this Python on the checkout's cli.py)")
@@ -195,7 +223,7 @@ def main(argv=None) -> int:
     timings = []
     for command in a.command or DEFAULT_COMMANDS:
         for shape in (shapes if "{shape}" in " ".join(COMMANDS[command][0]) else ["-"]):
-            timings.append(time_command(command, shape, a.warm, a.record, flashcore, a.timeout, not a.no_cold))
+            timings.append(time_command(command, shape, a.warm, a.record, flashcore, a.timeout, not a.no_cold, a.edits))
             print(" ".join(row(timings[-1])), flush=True)    # progress, in case a later run is cut off
     if a.kernel_time:
         ms = {s: kernel_ms(s) for s in dict.fromkeys(t.shape for t in timings)}
