@@ -371,9 +371,12 @@ def diagnose(shape, sk, head_dim, causal, inputs, seed, bugs, png, record, kerne
         check_png_path(png)       # before the GPU work, not after it
     spec = _user_spec(kernel, allow_callable=True)
     if isinstance(spec, str):
-        if probes:
-            raise UsageError("--probes with a Python callable is not built yet: probes launch a .cu through its spec")
-        return _check_callable("diagnose", spec, "full", shape, sk, head_dim, causal, inputs, seed, None, bugs, record)
+        # a callable has no flags: its diagnosis is the probes' (run --kernel gives the plain full check)
+        if inputs != "randn":
+            raise UsageError("--inputs does not apply to a probe diagnosis: each probe builds its own inputs")
+        from harness.run.callable_kernel import CallableKernel, load
+        load(spec)
+        return _diagnose_probes(CallableKernel(spec), shape, sk, head_dim, causal, seed, bugs)
     if probes and spec is None:
         from kernels.registry import KERNELS_DIR
         from kernels.spec import load
@@ -453,14 +456,26 @@ def _check_spec(command, spec, modes, shape, sk, head_dim, causal, inputs, seed,
 
 
 def _diagnose_probes(spec, shape, sk, head_dim, causal, seed, bugs):
+    """A probe diagnosis of a spec'd kernel, or of a Python callable (a CallableKernel)."""
     from harness.check.inputs import fresh_seed
     from harness.run import asis_sweep, probe_sweep
-    bugs_ = _spec_bugs(spec, bugs)
+    from harness.run.callable_kernel import CallableKernel
+    if isinstance(spec, CallableKernel):
+        if bugs:
+            raise UsageError(f"--bug: {spec.ref} is a Python callable, it has no seeded bugs")
+        bugs_ = ()
+    else:
+        bugs_ = _spec_bugs(spec, bugs)
     seed = fresh_seed() if seed is None else seed
     if shape is None:
         if sk is not None:
             raise UsageError("--sk needs --shape: without it the coverage set chooses its own key lengths")
-        rep = probe_sweep.sweep(spec.spec_path, asis_sweep.coverage_cases(spec, head_dim, causal), seed, bugs_)
+        if isinstance(spec, CallableKernel):
+            from harness.check import coverage as cov
+            cases = cov.coverage_set(spec, None if head_dim is None else (head_dim,), True if causal else None)
+        else:
+            cases = asis_sweep.coverage_cases(spec, head_dim, causal)
+        rep = probe_sweep.sweep(spec.spec_path, cases, seed, bugs_)
         return EXIT_OK if rep.clean else EXIT_CHECK_FAILED
     stage, _, _, _ = probe_sweep.diagnose_shape(spec.spec_path, _shape_arg(shape, sk, head_dim), causal, seed, bugs_)
     return EXIT_OK if stage is None else EXIT_CHECK_FAILED
@@ -478,10 +493,15 @@ def smoking_gun(shape, sk, seed, bugs, record, kernel):
     of V. Prints the expected row, the first rows written, the row spread and the verdict.
     With --kernel: Q = 0 gives P = 1/Sk without a flag, and the one-hot view says which keys
     reach O."""
-    spec = _user_spec(kernel)
+    spec = _user_spec(kernel, allow_callable=True)
     if spec is not None:
         from harness.check.inputs import fresh_seed
         from harness.run.probe_sweep import smoking_gun as probe_sg
+        if isinstance(spec, str):         # a Python callable: Q = 0 all the same
+            if bugs:
+                raise UsageError(f"--bug: {spec} is a Python callable, it has no seeded bugs")
+            pc = probe_sg(spec, _shape_arg(shape, sk, None), fresh_seed() if seed is None else seed, ())
+            return EXIT_OK if pc.status == "ok" and all(r.passed for r in pc.results.values()) else EXIT_CHECK_FAILED
         pc = probe_sg(spec.spec_path, _shape_arg(shape, sk, spec.head_dims[0] if shape == "mission" else None),
                       fresh_seed() if seed is None else seed, _spec_bugs(spec, bugs))
         ok = pc.status == "ok" and all(r.passed for r in pc.results.values())

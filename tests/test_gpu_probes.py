@@ -61,3 +61,21 @@ def test_smoking_gun_without_a_flag():
     assert u.passed and oh.passed and u.spread <= u.worst.tol and abs(float(oh.key_weight.mean()) - 1) < 1e-3
     pc = probe_sweep.smoking_gun(OUTSIDER, Shape(1, 2, 81, 81, 64), seed=3, bugs=("TAIL_KEYS",), show=False)
     assert not pc.results["uniform"].passed and pc.results["onehot"].kind == "diluted"
+
+
+CALLABLE_BUG = str(Path(__file__).resolve().parent / "kernels" / "callables.py") + ":drops_last_key"
+
+
+def test_probes_diagnose_a_python_callable():
+    """A callable has no flags: its diagnosis is the probes'. SDPA is clean over the coverage
+    set; a callable that drops the last key is placed in QK with the key it loses."""
+    rep = probe_sweep.sweep("harness.run.callable_kernel:sdpa", seed=3, isolate=False, show=False)
+    assert rep.clean, [(o.case.label, o.detail) for o in rep.failing]
+    stage, probe, words, _ = probe_sweep.diagnose_shape(CALLABLE_BUG, Shape(1, 2, 80, 80, 64), seed=3, isolate=False,
+                                                        show=False)
+    assert stage == "qk" and "79" in words, (stage, probe, words)
+
+
+def test_smoking_gun_of_a_python_callable():
+    pc = probe_sweep.smoking_gun("harness.run.callable_kernel:sdpa", Shape(1, 2, 81, 81, 64), seed=3, show=False)
+    assert pc.status == "ok" and all(r.passed for r in pc.results.values())

@@ -94,10 +94,12 @@ def test_a_naive_kernel_of_each_dtype_compiles(tmp_path, dtype):
     (["run", "--kernel", "harness.run.callable_kernel:nothing", "--shape", "mission"], "has no callable 'nothing'"),
     (["run", "--kernel", "missing.py:attention"], "no file missing.py"),
     (["compile", "--kernel", "harness.run.callable_kernel:sdpa"], "needs the kernel's .cu and a spec"),
-    (["smoking-gun", "--kernel", "harness.run.callable_kernel:sdpa"], "needs the kernel's .cu and a spec"),
+    (["sanitize", "--tool", "memcheck", "--kernel", "harness.run.callable_kernel:sdpa"], "needs the kernel's .cu and a spec"),
+    (["smoking-gun", "--kernel", "harness.run.callable_kernel:sdpa", "--bug", "X"], "no seeded bugs"),
+    (["diagnose", "--kernel", "harness.run.callable_kernel:sdpa", "--bug", "X"], "no seeded bugs"),
+    (["diagnose", "--kernel", "harness.run.callable_kernel:sdpa", "--inputs", "large"], "does not apply"),
     (["run", "--kernel", "harness.run.callable_kernel:sdpa", "--debug", "qk_only"], "has no debug flags"),
     (["run", "--kernel", "harness.run.callable_kernel:sdpa", "--bug", "X"], "no seeded bugs"),
-    (["diagnose", "--kernel", "harness.run.callable_kernel:sdpa", "--probes"], "not built yet"),
 ])
 def test_a_python_callable_kernel_bad_inputs_are_one_line(args, says):
     r = invoke(*args)

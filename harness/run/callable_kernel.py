@@ -66,21 +66,78 @@ def load(ref: str):
 
 @dataclass(frozen=True)
 class CallableKernel:
-    """What the coverage set and the reports read of a callable kernel (no tiles are known)."""
+    """What the coverage set, the probes and the reports read of a callable kernel: no tiles
+    are known (64 x 64 stand in), fp16 I/O, LSE in natural log, no flags, no seeded bugs."""
     ref: str
     head_dims: tuple = (64, 128)
     causal: bool = True
     self_attention_only: bool = False
     block_m: int = TILE
     block_n: int = TILE
-    spec_path: str | None = None
+    dtype: str = "float16"
+    lse_base: str = "natural"
+    m_form: str = "max"
 
     @property
     def name(self) -> str:
         return self.ref
 
+    @property
+    def spec_path(self) -> str:
+        return self.ref
+
+    @property
+    def precision(self) -> dict:
+        return {}
+
+    @property
+    def bugs(self) -> dict:
+        return {}
+
+    def role_arg(self, role: str) -> str:
+        return role
+
+    def buffer_dtype(self, arg) -> str:
+        return self.dtype
+
     def tiles_for(self, B, H, Sq, D) -> dict:
         return dict(block_m=TILE, block_n=TILE, kv_stages=1, m_frags=TILE // 16, nwarps=1)
+
+    def check_domain(self, B, H, Sq, Sk, D, causal) -> None:
+        if D not in self.head_dims:
+            raise UsageError(f"{self.ref} is checked at head dim {', '.join(map(str, self.head_dims))}, not {D}")
+
+
+def execute(ref: str, shape: Shape, scale: float, host: dict, causal: bool = False, deterministic: bool = True):
+    """The callable on given inputs (host q, k, v in [B, H, S, D]), as harness/run/asis.execute
+    launches a spec'd kernel: twice when deterministic (a moving output is a race). Nothing is
+    outside: the callable allocates its own outputs. Its exception is a KernelFault."""
+    from harness.run.asis import Executed
+    from harness.run.gpu import KernelFault
+    fn = load(ref)
+    outs = []
+    for _ in range(2 if deterministic else 1):
+        try:
+            t0 = time.monotonic()
+            out = fn(_to_device(host["q"]), _to_device(host["k"]), _to_device(host["v"]), causal=causal, scale=scale)
+            o, lse = (out if isinstance(out, tuple) else (out, None))
+            got = {"o": _to_host(o)}
+            if lse is not None:
+                got["lse"] = _to_host(lse)
+            outs.append(got)
+            took = time.monotonic() - t0
+        except Exception as e:
+            raise KernelFault(f"FAULT: {ref} raised {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+    got = outs[0]
+    if got["o"].shape != (shape.B, shape.H, shape.Sq, shape.D):
+        raise KernelFault(f"FAULT: {ref} returned O of shape {tuple(got['o'].shape)}, not {(shape.B, shape.H, shape.Sq, shape.D)}")
+    moved = {r: 0 for r in got}
+    if deterministic:
+        moved = {r: int(np.count_nonzero(np.ascontiguousarray(got[r].astype(np.float32)).view(np.uint32)
+                                         != np.ascontiguousarray(outs[1][r].astype(np.float32)).view(np.uint32)))
+                 for r in got}
+    return Executed({r: np.ascontiguousarray(a.astype(np.float32)) for r, a in got.items()}, {}, moved, [],
+                    {"call_s": took})
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,37 @@ from harness.check import metrics as met
 from harness.check import probes as pr
 from harness.check import spec_reference as sref
 from harness.check.shapes import Shape
+from harness.errors import UsageError
 from kernels import spec as kspec
 
 PROBE_SEED_OFFSET = {name: i * 7919 for i, name in enumerate(pr.ORDER)}
+
+
+def kernel_of(ref):
+    """A spec'd kernel (a Spec, or the path of its spec) or a Python callable (module:function,
+    harness/run/callable_kernel.py): the probes need only inputs in and O (and LSE) out."""
+    from harness.run import callable_kernel as ck
+    if isinstance(ref, (kspec.Spec, ck.CallableKernel)):
+        return ref
+    if ck.is_callable_ref(str(ref)):
+        ck.load(str(ref))                  # one line now if it does not import
+        return ck.CallableKernel(str(ref))
+    return kspec.load(ref)
+
+
+def _is_callable(kernel) -> bool:
+    from harness.run.callable_kernel import CallableKernel
+    return isinstance(kernel, CallableKernel)
+
+
+def validate_kernel(kernel, shape: Shape, causal: bool, bugs=()) -> None:
+    """Before any GPU work: the shape inside the declared domain, the bugs declared."""
+    kernel.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
+    if _is_callable(kernel):
+        if bugs:
+            raise UsageError(f"{kernel.ref} is a Python callable: it has no seeded bugs to switch on")
+        return
+    UserVariant(kernel, "full", shape.D, causal, tuple(bugs))
 
 
 @dataclass
@@ -69,15 +97,21 @@ def _rounded_inputs(l: pr.Launch, dtype: str) -> dict:
 def run_probe(spec, name: str, shape: Shape, causal: bool = False, seed: int = 0, bugs=(), scale=None,
               hang_s=None) -> ProbeResult:
     """One probe on one shape: every launch it needs, judged and read."""
-    from harness.run.asis import execute
+    from harness.run import asis, callable_kernel
     from harness.run.gpu import VERDICTS, verdict_status
-    spec = kspec.load(spec) if not isinstance(spec, kspec.Spec) else spec
+    spec = kernel_of(spec)
     probe = pr.PROBES[name]
     res = ProbeResult(name, shape, causal)
     if causal and not probe.causal_ok:
         res.words = "skipped: no causal form"
         return res
-    variant = UserVariant(spec, "full", shape.D, causal, tuple(bugs), runtime_arch())
+    if _is_callable(spec):
+        def execute(_, shape, scale, host, hang_s, deterministic):
+            return callable_kernel.execute(spec.ref, shape, scale, host, causal, deterministic)
+        variant = None
+    else:
+        execute = asis.execute
+        variant = UserVariant(spec, "full", shape.D, causal, tuple(bugs), runtime_arch())
     scale = 1.0 / math.sqrt(shape.D) if scale is None else float(scale)
     rng = np.random.default_rng(seed + PROBE_SEED_OFFSET.get(name, 0))
     launches = probe.build(shape, causal, rng, scale) if name in ("dominant", "large") else probe.build(shape, causal, rng)
@@ -184,10 +218,14 @@ def decide(results: dict, plain=None) -> tuple:
 def run_all(spec, shape: Shape, causal=False, seed=0, bugs=(), names=pr.ORDER, plain: bool = True):
     """Every probe (and the plain random check) on one shape: ({name: ProbeResult}, plain RunResult)."""
     from harness.run.asis import run_spec
-    spec = kspec.load(spec) if not isinstance(spec, kspec.Spec) else spec
+    from harness.run.callable_kernel import run_callable
+    spec = kernel_of(spec)
     results = {n: run_probe(spec, n, shape, causal, seed, bugs) for n in names}
-    rr = run_spec(spec, "full", shape, causal, seed=seed, bugs=bugs) if plain else None
-    return results, rr
+    if not plain:
+        return results, None
+    if _is_callable(spec):
+        return results, run_callable(spec.ref, shape, causal, seed=seed)
+    return results, run_spec(spec, "full", shape, causal, seed=seed, bugs=bugs)
 
 
 # ------------------------------------------------------------------ in a worker, over shapes
@@ -258,10 +296,11 @@ def diagnose_shape(spec_path, shape: Shape, causal=False, seed=0, bugs=(), isola
     """Every probe on one shape: the table and the verdict line; returns (stage, probe, words, ProbeCase)."""
     from harness.run.diagnose import STAGE_TEXT
     from harness.show.report import console
-    spec = kspec.load(spec_path)
-    spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
-    UserVariant(spec, "full", shape.D, causal, tuple(bugs))
-    pc = run_cases([make_case(spec_path, shape, causal, seed, bugs)], isolate)[0]
+    from harness.run import session
+    spec = kernel_of(spec_path)
+    validate_kernel(spec, shape, causal, bugs)
+    session.device_facts(isolate)        # no GPU: one line (exit 2), not a table of faults
+    pc = run_cases([make_case(spec.spec_path, shape, causal, seed, bugs)], isolate)[0]
     stage, probe, words = verdict_of(pc)
     if show:
         console.print(probe_table(pc, f"diagnose --probes {spec.name} {shape.label}{' causal' if causal else ''} "
@@ -281,13 +320,21 @@ def sweep(spec_path, cases=None, seed=None, bugs=(), record=False, isolate=True,
     from harness.check.inputs import fresh_seed
     from harness.run import coverage as rc
     from harness.run.asis_sweep import coverage_cases, validate
-    spec = kspec.load(spec_path)
-    cases = coverage_cases(spec) if cases is None else list(cases)
-    validate(spec, ["full"], [(c.shape, c.causal) for c in cases], bugs)
+    spec = kernel_of(spec_path)
+    spec_path = spec.spec_path
+    if _is_callable(spec):
+        cases = cov.coverage_set(spec) if cases is None else list(cases)
+        for c in cases:
+            validate_kernel(spec, c.shape, c.causal, bugs)
+    else:
+        cases = coverage_cases(spec) if cases is None else list(cases)
+        validate(spec, ["full"], [(c.shape, c.causal) for c in cases], bugs)
     seed = fresh_seed() if seed is None else seed
     if isolate:
         from harness.run import pool
         pool.prestart(1)
+    from harness.run import session
+    session.device_facts(isolate)
 
     def per_case(c):
         pc = run_cases([make_case(spec_path, c.shape, c.causal, seed, bugs)], isolate)[0]
@@ -318,10 +365,11 @@ def smoking_gun(spec_path, shape: Shape, seed=0, bugs=(), isolate=True, show=Tru
     spread and the error against mean V, and the one-hot view: which keys reach O, by tile."""
     from rich.table import Table
     from harness.show.report import console, smoking_gun_tables
-    spec = kspec.load(spec_path)
-    spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, False)
-    UserVariant(spec, "full", shape.D, False, tuple(bugs))
-    pc = run_cases([make_case(spec_path, shape, False, seed, bugs, ("uniform", "onehot"), plain=False)], isolate)[0]
+    from harness.run import session
+    spec = kernel_of(spec_path)
+    validate_kernel(spec, shape, False, bugs)
+    session.device_facts(isolate)
+    pc = run_cases([make_case(spec.spec_path, shape, False, seed, bugs, ("uniform", "onehot"), plain=False)], isolate)[0]
     if not show:
         return pc
     console.print(f"[bold]Smoking gun[/] (Q = 0, no flag): every score is equal, so every output row must equal the "
