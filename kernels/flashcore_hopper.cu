@@ -1,0 +1,422 @@
+// flashcore_hopper.cu -- the sm_90a (Hopper) forward pass: TMA loads, wgmma tensor cores,
+// fp16 in, fp32 accumulate. Same contract, debug modes and outputs as kernels/flashcore_fused.cu
+// (the sm_80 mma.sync kernel); only the engine differs. Compile with --gpu-architecture=sm_90a
+// (wgmma does not exist on plain sm_90).
+//
+// Structure (part 1: correct, plain schedule; part 2 adds warp specialisation / overlap):
+//   * A block owns BLOCK_M = 64*CONSUMER_WGS query rows of one (b, h); consumer warpgroup w owns
+//     rows 64w..64w+63 (warp w*4+i of it: 16 rows, the mma.sync-shaped slice of the wgmma
+//     m64 accumulator). There is no producer warpgroup yet: thread 0 issues every TMA copy.
+//   * Q tile: TMA into shared memory once (128-byte swizzle, 64-column panels), mbarrier bar_q.
+//   * K/V tiles: KV_STAGES shared-memory stages. Stage s has a "full" mbarrier (thread 0's
+//     arrive.expect_tx + the TMA transaction bytes) and an "empty" mbarrier (one arrival per
+//     consumer warp once its wgmma reads of the stage have completed). Thread 0 refills stage s
+//     with tile j+KV_STAGES after the empty phase of tile j completes, so KV_STAGES-1 tiles are
+//     in flight while tile j is computed.
+//   * Per key tile j, per warpgroup: S = Q.K_j^T by wgmma SS (K-major descriptors, N = BLOCK_N),
+//     wait; masking and the online softmax in the fp32 S registers (the sm_80 code, from
+//     kernels/hopper/fragments.cuh); P packed to fp16 A fragments after the wait (no C7513);
+//     O += P.V_j by wgmma RS (V MN-major, trans-b), wait; arrive on stage j's empty barrier.
+//   * Epilogue: O = O_acc / l straight from registers to global memory; LSE = scale*m + ln l.
+//
+// Layout: Q [B,H,Sq,D], K/V [B,H,Sk,D], O [B,H,Sq,D], all contiguous; fp16 (O fp32 with FP32_P).
+// Causal masking is top-left aligned (key j visible to query i iff j <= i), as SDPA's is_causal.
+// No atomics: every output element is written by exactly one thread (bitwise reproducible).
+//
+// Macros (-D; each tile macro has a default):
+//   HEAD_DIM      64 or 128 (required)
+//   IS_CAUSAL     0 or 1 (default 0)
+//   BLOCK_N       keys per K/V tile, a multiple of 32 in [32, 256] (default 128)
+//   KV_STAGES     K/V shared-memory stages, >= 1 (default 2; >= 2 overlaps loads with compute)
+//   CONSUMER_WGS  consumer warpgroups, 1..4 (default 2): BLOCK_M = 64*CONSUMER_WGS rows,
+//                 NTHREADS = 128*CONSUMER_WGS threads per block (no producer warpgroup)
+//   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
+//                    hopper/ptx.cuh says how it was measured)
+//   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
+//      one stage reads its input or writes its output; the stage code is the code full runs
+//   DEBUG_QK_ONLY       write S = scale*Q*K^T (masked = -inf) fp32 [B,H,n_rows,Skp] to S_out
+//   DEBUG_SOFTMAX_ONLY  read exact S from S_in; write m, l [B,H,Sq] and normalised P to P_out
+//   DEBUG_PV_ONLY       read exact P from P_in; alpha = 1, l = 1; write O
+//   UNIFORM_P           P = 1/Sk made in the kernel; no QK, no softmax, no rescale; write O
+//   FP32_P              as full, P split into two fp16 halves (hi + lo) so P.V sees fp32 P;
+//                       O written as fp32 so the fp16 output cast does not hide P's precision
+//
+// Arguments: EXACTLY flashcore_fused.cu's 17 (Q, K, V, O, LSE, S_in, P_in, S_out, P_out, M_out,
+// L_out, H, Sq, Sk, scale, row0, n_rows; null pointers for the buffers a mode does not use),
+// THEN three `const __grid_constant__ TmaDesc` (128 bytes, 64-aligned), encoded on the host by
+// harness/toolchain/tma.py encode_bhsd as 3-D maps (D, S, B*H), 128-byte swizzle, box 64 columns:
+//   tmQ: over Q with box_rows = BLOCK_M   (used when the mode reads Q: full, qk_only, fp32_p)
+//   tmK: over K with box_rows = BLOCK_N   (full, qk_only, fp32_p)
+//   tmV: over V with box_rows = BLOCK_N   (full, pv_only, uniform_p, fp32_p)
+// A mode that does not read a tensor gets tma.null_desc() and never touches it. The kernel issues
+// HEAD_DIM/64 boxes per tile (column coordinates 0 and 64 at D=128) and expects exactly
+// box_rows*64*2 bytes per box: a descriptor with another box size traps at the bounded wait.
+// Grid (ceil(n_rows / BLOCK_M), H, B), block NTHREADS. Only the query rows of the window
+// [row0, min(row0 + n_rows, Sq)) are stored (row0 % BLOCK_M == 0); rows past it are computed
+// (TMA zero-fills them), never stored. Debug matrices hold the window's rows (row i at i - row0)
+// at the padded width Skp = ceil(Sk / BLOCK_N) * BLOCK_N (padded columns: -inf in S, 0 in P).
+// O, LSE, M_out, L_out are indexed by absolute row.
+//
+// Dynamic shared memory (bytes), the launch's shared_mem and max_dynamic_shared_size_bytes
+// (scripts/hopper_selfcheck.py smem_bytes() is the same formula):
+//     SMEM_BYTES = 1024                                   (slack to align the base to 1024 B:
+//                                                          128-byte swizzle atoms)
+//                + 64*CONSUMER_WGS * HEAD_DIM * 2         (Q tile, fp16)
+//                + KV_STAGES * 2 * BLOCK_N * HEAD_DIM * 2 (K and V stages, fp16)
+// (the same in every mode, so one number per tile config) plus 8*(1+2*KV_STAGES) bytes of static
+// shared memory for the mbarriers. Opt-in limit on sm_90: 227 KB = 232448 bytes in all.
+//   D=64,  BLOCK_N=128, 2 stages:  82,944     D=128, BLOCK_N=128, 2 stages: 164,864
+//   D=64,  BLOCK_N=128, 3 stages: 115,712     D=128, BLOCK_N=64,  3 stages: 132,096
+//
+// Tiles (this plain schedule; part 2 re-tunes with overlap). CONSUMER_WGS = 2 (128 rows).
+// Defaults BLOCK_N = 128, KV_STAGES = 2: the configuration every GPU correctness case ran at.
+// Measured (scripts/hopper_selfcheck.py --bench, H200, full, 4,16,2048x2048, one process, one
+// run each, +-7% run to run):
+//   D=64:  128x2 242 us (284 TFLOP/s), 128x3 224, 192x2 215, 64x3 211 (326 TFLOP/s)
+//   D=128: 128x2 319 us (431 TFLOP/s), 128x3 289 (475 TFLOP/s), 192x2 298, 64x3 362
+// Recommended: D=128 BLOCK_N=128, KV_STAGES=3 (230,400 + 64 static <= 232,448 bytes: fits);
+// D=64 BLOCK_N=64 or 128, KV_STAGES=3 (the D=64 spread is within the noise). More stages pay
+// because thread 0 refills a stage only after the slowest warpgroup releases it.
+// Registers of every variant: scripts/hopper_selfcheck.py --compile-only, tests/test_hopper_compile.py.
+
+#ifndef HEAD_DIM
+#error "HEAD_DIM must be defined (64 or 128)"
+#endif
+#if HEAD_DIM != 64 && HEAD_DIM != 128
+#error "HEAD_DIM must be 64 or 128"
+#endif
+#ifndef IS_CAUSAL
+#define IS_CAUSAL 0
+#endif
+#ifndef BLOCK_N
+#define BLOCK_N 128                         // keys per K/V tile (wgmma N of Q.K^T)
+#endif
+#ifndef KV_STAGES
+#define KV_STAGES 2                         // K/V shared-memory stages
+#endif
+#ifndef CONSUMER_WGS
+#define CONSUMER_WGS 2                      // consumer warpgroups (64 query rows each)
+#endif
+#if BLOCK_N % 32 != 0 || BLOCK_N < 32 || BLOCK_N > 256
+#error "BLOCK_N must be a multiple of 32 in [32, 256] (wgmma N; TMA box rows <= 256)"
+#endif
+#if KV_STAGES < 1
+#error "KV_STAGES must be >= 1"
+#endif
+#if CONSUMER_WGS < 1 || CONSUMER_WGS > 4
+#error "CONSUMER_WGS must be 1..4 (BLOCK_M = 64*CONSUMER_WGS <= 256: one TMA box of Q)"
+#endif
+
+#define BLOCK_M (64 * CONSUMER_WGS)         // query rows per block
+#define NTHREADS (128 * CONSUMER_WGS)
+#define NWARPS (NTHREADS / 32)
+#define PANELS (HEAD_DIM / 64)              // 64-column (128-byte) swizzle panels per tile
+#define N_FRAG (BLOCK_N / 8)                // n8 tiles of S per thread
+#define D_FRAG (HEAD_DIM / 8)               // n8 tiles of O per thread
+#define P_KS (BLOCK_N / 16)                 // k16 slices of P.V
+#define K_STEPS (HEAD_DIM / 16)             // k16 steps of Q.K^T
+#define Q_TILE_HALVES (BLOCK_M * HEAD_DIM)
+#define KV_TILE_HALVES (BLOCK_N * HEAD_DIM)
+#define SMEM_BYTES (1024 + 2 * Q_TILE_HALVES + KV_STAGES * 2 * 2 * KV_TILE_HALVES)
+
+#if defined(DEBUG_QK_ONLY) || defined(FP32_P) || !(defined(DEBUG_SOFTMAX_ONLY) || defined(DEBUG_PV_ONLY) || defined(UNIFORM_P))
+#define USES_QK 1
+#else
+#define USES_QK 0
+#endif
+#if defined(DEBUG_QK_ONLY) || defined(DEBUG_SOFTMAX_ONLY)
+#define USES_PV 0
+#else
+#define USES_PV 1
+#endif
+#include "hopper/ptx.cuh"
+#include "hopper/fragments.cuh"
+#include "hopper/wgmma.cuh"
+
+#ifdef FP32_P
+typedef float out_t;
+#else
+typedef half out_t;
+#endif
+
+// Transaction bytes of one K/V stage (the tensors this mode reads) and of the Q tile.
+#define KV_STAGE_TX ((USES_QK + USES_PV) * KV_TILE_HALVES * 2)
+#define Q_TX (Q_TILE_HALVES * 2)
+
+// ---------------------------------------------------------------- loads (thread 0 only)
+// Tile t of K and/or V into stage `slot`: PANELS boxes of (64 columns x BLOCK_N rows) each,
+// panel p at +p*BLOCK_N*64 halves, every box 1024-aligned (BLOCK_N*128 bytes, BLOCK_N % 8 == 0).
+__device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const TmaDesc* tmK, const TmaDesc* tmV,
+                                         int slot, int t, int bh) {
+    mbar_arrive_expect_tx(full, KV_STAGE_TX);
+#pragma unroll
+    for (int p = 0; p < PANELS; ++p) {
+#if USES_QK
+        tma_load_3d(sK + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmK, full, p * 64, t * BLOCK_N, bh);
+#endif
+#if USES_PV
+        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, t * BLOCK_N, bh);
+#endif
+    }
+}
+
+// ---------------------------------------------------------------- stage 1: QK
+// s = Q_w . K_j^T (raw; the scale sits in the exp2 argument) for this warpgroup's 64 rows.
+// k16 step k reads panel k/4 at +32 bytes per step inside it (K-major, 128-byte swizzle).
+__device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, const half* sKj) {
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < K_STEPS; ++k) {
+        const int p = k / 4, kk = k % 4;
+        const u64 da = smem_desc(sQw + p * BLOCK_M * 64 + kk * 16, 16, 1024);
+        const u64 db = smem_desc(sKj + p * BLOCK_N * 64 + kk * 16, 16, 1024);
+        if (k == 0) wgmma_ss_zero(s, da, db);
+        else        wgmma_ss_acc(s, da, db);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(s);                           // no read of S above the wait
+}
+
+// ---------------------------------------------------------------- stage 3: PV
+// o += P.V_j: P from the S registers as fp16 A fragments (FP32_P: plus the fp16 remainders in
+// a second product, so P.V sees fp32 P). Packed only after QK's wait and before the fence, so no
+// register of an in-flight wgmma is written (C7513) and no write sinks past the fence (C7519).
+// V's k16 slice kk starts 16 rows (2048 bytes) further; LBO = panel stride (next 64 columns of D).
+__device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[N_FRAG][4], const half* sVj) {
+    u32 a[P_KS][4];
+    pack_p(a, p);
+#ifdef FP32_P
+    u32 lo[P_KS][4];
+    pack_p_lo(lo, p, a);
+    reg_fence(lo);
+#endif
+    reg_fence(a);
+    reg_fence(o);                           // the alpha rescale lands before the fence
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < P_KS; ++kk)
+        wgmma_rs_acc(o, a[kk], smem_desc(sVj + kk * 16 * 64, BLOCK_N * 128, 1024));
+#ifdef FP32_P
+#pragma unroll
+    for (int kk = 0; kk < P_KS; ++kk)
+        wgmma_rs_acc(o, lo[kk], smem_desc(sVj + kk * 16 * 64, BLOCK_N * 128, 1024));
+#endif
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(o);
+}
+
+// ---------------------------------------------------------------- one key tile: the stages
+struct TileCtx {
+    int lane, q0, row_base, Sk;
+    float scale, sl2;      // sl2 = scale * log2(e): the exp2 multiplier for raw scores
+    DebugRows w;           // the window of rows the debug matrices hold
+    float* S_out;          // this (b, h)'s [rows, Skp] slices for the debug modes
+    const float* P_in;
+};
+
+// Masking for key tile t, applied only to tiles that reach the tail or the diagonal.
+__device__ __forceinline__ void mask_scores(float (&s)[N_FRAG][4], int t, const TileCtx& c) {
+    const int kv0 = t * BLOCK_N;
+    if (kv0 + BLOCK_N > c.Sk || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0))
+        mask_tile(s, kv0, c.row_base, c.lane, c.Sk);
+}
+
+// Stage 2 for key tile j: masked raw scores s -> P (or the debug mode's stand-in), o rescaled.
+__device__ __forceinline__ void scores_to_p(float (&s)[N_FRAG][4], float (&o)[D_FRAG][4],
+                                            float (&m)[2], float (&l)[2], int j, const TileCtx& c) {
+#if defined(DEBUG_QK_ONLY) || defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
+    const int kv0 = j * BLOCK_N, lane = c.lane;
+#endif
+#if defined(DEBUG_QK_ONLY)
+#pragma unroll
+    for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= c.scale;     // the stage's output is scaled S
+    store_s_frag(c.S_out, s, kv0, c.row_base, lane, c.w);
+#elif defined(DEBUG_PV_ONLY)
+    load_s_frag(s, c.P_in, kv0, c.row_base, lane, c.w, 0.f);  // alpha = l = 1
+#elif defined(UNIFORM_P)
+    const float inv_sk = 1.f / (float)c.Sk;
+#pragma unroll
+    for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            s[nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < c.Sk) ? inv_sk : 0.f;
+#else
+    float alpha[2];
+    softmax_update(s, m, l, alpha, c.sl2);
+    rescale_o(o, alpha);
+#endif
+}
+
+// ---------------------------------------------------------------- the kernel
+
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
+flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half* __restrict__ V,
+              out_t* __restrict__ O, float* __restrict__ LSE,
+              const float* __restrict__ S_in, const float* __restrict__ P_in,
+              float* __restrict__ S_out, float* __restrict__ P_out,
+              float* __restrict__ M_out, float* __restrict__ L_out,
+              int H, int Sq, int Sk, float scale, int row0, int n_rows,
+              const __grid_constant__ TmaDesc tmQ, const __grid_constant__ TmaDesc tmK,
+              const __grid_constant__ TmaDesc tmV) {
+    // Q, K, V arrive through the tensor maps; the pointers stay in the signature (the contract).
+    (void)Q; (void)K; (void)V;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    // Causal: the heaviest query tiles (last rows) start first for load balance.
+    const int q0 = row0 + (IS_CAUSAL ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x) * BLOCK_M;   // row0 % BLOCK_M == 0
+    // Rows >= min(Sq, row0 + n_rows) are computed, never stored (recomputed where used).
+#define ROW_END min(Sq, row0 + n_rows)
+    const int bh = blockIdx.z * H + blockIdx.y;
+    // This thread's rows: row_base and row_base + 8. Warp `warp` is warp warp%4 of warpgroup
+    // warp/4, whose 64 rows start at 64*(warp/4): 16*warp covers both.
+    const int row_base = q0 + 16 * warp + (lane >> 2);
+
+    const int n_tiles = (Sk + BLOCK_N - 1) / BLOCK_N;
+    const DebugRows w{row0, n_rows, Sq, Sk};
+    const size_t debug_off = (size_t)bh * n_rows * w.Skp();   // this (b, h)'s window of a debug matrix
+#if IS_CAUSAL && !defined(DEBUG_QK_ONLY) && !defined(DEBUG_SOFTMAX_ONLY)
+    // Tiles wholly above the diagonal contribute P = 0: skip them. The debug modes that
+    // write [rows, Skp] matrices sweep every tile so that every element is written.
+    const int n_iter = min(n_tiles, (q0 + BLOCK_M + BLOCK_N - 1) / BLOCK_N);
+#else
+    const int n_iter = n_tiles;
+#endif
+
+#ifdef DEBUG_SOFTMAX_ONLY
+    {   // Stage 2 alone: exact S in, the same online update, then a second sweep for P. No
+        // shared memory, no tensor cores (the tensor maps are null and unused).
+        const float* Sb = S_in + debug_off;
+        float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, alpha[2];
+        float s[N_FRAG][4];
+        for (int j = 0; j < n_iter; ++j) {
+            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, w, NEG_INF);
+            softmax_update(s, m, l, alpha, LOG2E);          // S_in is already scaled
+        }
+        float inv[2], ms[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            l[h] = quad_sum(l[h]);
+            inv[h] = 1.f / l[h];
+            ms[h] = (m[h] == NEG_INF ? 0.f : m[h]) * LOG2E;
+            const int row = row_base + 8 * h;
+            if (row < ROW_END && (lane & 3) == 0) { M_out[(size_t)bh * Sq + row] = m[h]; L_out[(size_t)bh * Sq + row] = l[h]; }
+        }
+        float* Pb = P_out + debug_off;
+        for (int j = 0; j < n_iter; ++j) {
+            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, w, NEG_INF);
+#pragma unroll
+            for (int nt = 0; nt < N_FRAG; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[nt][e] = fast_exp2(fmaf(s[nt][e], LOG2E, -ms[e >> 1])) * inv[e >> 1];
+            store_s_frag(Pb, s, j * BLOCK_N, row_base, lane, w);
+        }
+        (void)tmQ; (void)tmK; (void)tmV;
+        return;
+    }
+#else
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    // The 128-byte swizzle repeats every 1024 bytes and the wgmma descriptors assume atoms at
+    // 1024-byte boundaries (base offset 0): align the base (the formula's 1024 bytes of slack).
+    unsigned char* smem = (unsigned char*)(((size_t)smem_raw + 1023) & ~(size_t)1023);
+    half* sQ = reinterpret_cast<half*>(smem);       // [PANELS][BLOCK_M][64]
+    half* sK = sQ + Q_TILE_HALVES;                  // [KV_STAGES][PANELS][BLOCK_N][64]
+    half* sV = sK + KV_STAGES * KV_TILE_HALVES;     // [KV_STAGES][PANELS][BLOCK_N][64]
+    __shared__ __align__(8) u64 bar_q;
+    __shared__ __align__(8) u64 bar_full[KV_STAGES];
+    __shared__ __align__(8) u64 bar_empty[KV_STAGES];
+
+    if (tid == 0) {
+#if USES_QK
+        tma_prefetch_desc(&tmQ);
+        tma_prefetch_desc(&tmK);
+#endif
+#if USES_PV
+        tma_prefetch_desc(&tmV);
+#endif
+        mbar_init(&bar_q, 1);
+#pragma unroll
+        for (int st = 0; st < KV_STAGES; ++st) {
+            mbar_init(&bar_full[st], 1);            // thread 0's arrive.expect_tx (+ the bytes)
+            mbar_init(&bar_empty[st], NWARPS);      // one arrival per consumer warp
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();                                // barriers initialised before anyone waits
+    if (tid == 0) {
+#if USES_QK
+        mbar_arrive_expect_tx(&bar_q, Q_TX);
+#pragma unroll
+        for (int p = 0; p < PANELS; ++p)
+            tma_load_3d(sQ + p * BLOCK_M * 64, &tmQ, &bar_q, p * 64, q0, bh);
+#endif
+        for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh);
+    }
+    __syncwarp();                                   // warp 0 reconverges before warp-collective code
+
+    float o[D_FRAG][4];
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < D_FRAG; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+    const TileCtx ctx{lane, q0, row_base, Sk, scale, scale * LOG2E, w,
+                      S_out ? S_out + debug_off : nullptr, P_in ? P_in + debug_off : nullptr};
+#if USES_QK
+    const half* sQw = sQ + (warp >> 2) * 64 * 64;   // this warpgroup's 64 rows of panel 0
+    mbar_wait(&bar_q, 0);
+#endif
+
+    for (int j = 0; j < n_iter; ++j) {
+        const int slot = j % KV_STAGES;
+        const u32 parity = (u32)(j / KV_STAGES) & 1u;   // the (j / KV_STAGES)-th use of this stage
+        mbar_wait(&bar_full[slot], parity);             // tile j's bytes have landed
+        float s[N_FRAG][4];
+#if USES_QK
+        qk_tile(s, sQw, sK + slot * KV_TILE_HALVES);
+        mask_scores(s, j, ctx);
+#endif
+        scores_to_p(s, o, m, l, j, ctx);
+#if USES_PV
+        pv_tile(o, s, sV + slot * KV_TILE_HALVES);
+#endif
+        // This warp's wgmma reads of the stage are complete (wait_group 0 above): release it.
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&bar_empty[slot]);
+        // Thread 0 refills the stage with tile j + KV_STAGES once every warp has released it.
+        if (tid == 0 && j + KV_STAGES < n_iter) {
+            mbar_wait(&bar_empty[slot], parity);
+            issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, j + KV_STAGES, bh);
+        }
+        __syncwarp();
+    }
+    (void)m; (void)l;
+
+#if USES_PV
+    // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), LSE = scale*m + ln(l)
+    // (m is the max of the raw scores)
+    out_t* Ob = O + (size_t)bh * Sq * HEAD_DIM;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
+        const float inv = 1.f;
+#else
+        l[h] = quad_sum(l[h]);
+        const float inv = 1.f / l[h];
+        const int row = row_base + 8 * h;
+        if (LSE != nullptr && row < ROW_END && (lane & 3) == 0) LSE[(size_t)bh * Sq + row] = m[h] * scale + logf(l[h]);
+#endif
+        const int row_w = row_base + 8 * h;
+        if (row_w < ROW_END) {
+#pragma unroll
+            for (int i = 0; i < D_FRAG; ++i)
+                store_out2(Ob + (size_t)row_w * HEAD_DIM + i * 8 + (lane & 3) * 2,
+                           o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+        }
+    }
+#endif
+#endif  // !DEBUG_SOFTMAX_ONLY
+}

@@ -1,0 +1,113 @@
+// kernels/hopper/ptx.cuh -- sm_90a building blocks: TMA tensor-map loads, mbarriers, wgmma
+// shared-memory descriptors and the fences that order register code around wgmma.
+// Everything here is a thin, documented wrapper around one PTX instruction; no policy.
+#pragma once
+#include <cuda_fp16.h>
+
+typedef unsigned int u32;          // NVRTC has no <stdint.h>
+typedef unsigned long long u64;
+
+// The CUtensorMap the host encodes (harness/toolchain/tma.py): 128 opaque bytes. cuda.h declares
+// it alignas(64) (the TMA instruction needs a 64-byte aligned operand); CuPy copies the NumPy
+// structured value into the parameter buffer at the offset the cubin's parameter table gives.
+struct __align__(64) TmaDesc { u64 opaque[16]; };
+
+// A wrong mbarrier phase or a wrong expect_tx byte count is a hang, not a wrong number: every
+// wait is bounded and traps (a fault the harness reports) after this many polls. Each failed
+// try_wait suspends the thread for the hardware's time limit first: measured on an H200
+// (scripts/hopper_selfcheck.py --trap-check, a K map with half the expected box), 2^20 polls
+// faulted after 4.7 s (~4.5 us per poll), 2^24 and 2^28 did not fault within 45 s (2^28 would be
+// ~20 min, past the harness's 300 s worker timeout). 2^21 ~ 10 s: far beyond any legitimate
+// wait (one tile load or one tile of another warpgroup's compute: microseconds), well inside it.
+#ifndef MBAR_SPIN_LIMIT
+#define MBAR_SPIN_LIMIT (1u << 21)
+#endif
+
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// ---------------------------------------------------------------- mbarrier
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(bar)), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the async proxy (TMA) before any copy signals them.
+__device__ __forceinline__ void mbar_fence_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// One arrival that also announces `bytes` of transaction the TMA copies will complete.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
+                 :: "r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+// One plain arrival (the consumers' "this stage is free again").
+__device__ __forceinline__ void mbar_arrive(u64* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(u64* bar, u32 parity) {
+    u32 done;
+    asm volatile("{\n.reg .pred p;\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+    return done != 0;
+}
+// Waits until the phase of parity `parity` has completed; traps after MBAR_SPIN_LIMIT polls.
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+    u32 polls = 0;
+    while (!mbar_try_wait(bar, parity)) {
+        if (++polls == MBAR_SPIN_LIMIT) __trap();
+    }
+}
+
+// ---------------------------------------------------------------- TMA
+// One box of a 3-D tensor map (coordinates innermost first: column, row, head) into shared
+// memory, completing `bytes of the box` of transaction on `bar`. Out-of-bounds elements (rows
+// past S of this head) are written as zeros and still count toward the transaction.
+__device__ __forceinline__ void tma_load_3d(void* dst, const TmaDesc* map, u64* bar, int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];"
+                 :: "r"(smem_u32(dst)), "l"((u64)map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+                 : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_desc(const TmaDesc* map) {
+    asm volatile("prefetch.tensormap [%0];" :: "l"((u64)map) : "memory");
+}
+
+// ---------------------------------------------------------------- wgmma
+// Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63). Addresses and
+// byte offsets are encoded >> 4 in 14-bit fields; the swizzle atoms (8 rows x 128 bytes) must be
+// 1024-byte aligned so the base-offset field stays 0.
+//   K-major (Q, K):  lbo unused (16), sbo = 1024 (next 8-row group); +32 bytes per k16 step inside
+//                    a 64-column panel, the next panel for k >= 64.
+//   MN-major (V, trans-b): lbo = panel stride (next 64 columns of D), sbo = 1024 (next 8 keys);
+//                    +2048 bytes per 16 keys.
+__device__ __forceinline__ u64 smem_desc(const void* p, u32 lbo_bytes, u32 sbo_bytes) {
+    return (u64)((smem_u32(p) & 0x3FFFF) >> 4) | ((u64)((lbo_bytes & 0x3FFFF) >> 4) << 16)
+         | ((u64)((sbo_bytes & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+// Orders this warpgroup's prior register writes (accumulators, A fragments) before the next
+// wgmma reads them. Needed before every GEMM whose D or A registers were touched by ordinary code.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+
+// A compiler-only fence on one register: the asm "rewrites" it, so (a) reads of a wgmma result
+// cannot be hoisted above the wgmma_wait that precedes this fence, and (b) ordinary writes to an
+// accumulator / A register are materialised before the wgmma_fence that follows it (otherwise
+// ptxas sinks them past the fence and injects a warpgroup.arrive: warning C7519).
+__device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r) :: "memory"); }
+__device__ __forceinline__ void reg_fence(u32& r) { asm volatile("" : "+r"(r) :: "memory"); }
+template <int NF>
+__device__ __forceinline__ void reg_fence(float (&d)[NF][4]) {
+#pragma unroll
+    for (int i = 0; i < NF; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) reg_fence(d[i][e]);
+}
+template <int KS>
+__device__ __forceinline__ void reg_fence(u32 (&a)[KS][4]) {
+#pragma unroll
+    for (int i = 0; i < KS; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) reg_fence(a[i][e]);
+}
