@@ -55,6 +55,7 @@ class KernelSpec:
                             ("row0", "int32"), ("n_rows", "int32"))
     trailing_params: tuple = ()
     tensor_cores: str = "HMMA"    # the SASS opcode its matrix products compile to
+    seeded_bugs: tuple | None = None   # the BUG_* switches it implements (None: every one of debug_modes/bugs.py)
     notes: dict = field(default_factory=dict)
 
     @property
@@ -121,8 +122,46 @@ FLASHCORE_FUSED = KernelSpec(
     mode_tiles={"fp32_p": dict(m_frags=1, kv_stages=1)},
 )
 
-KERNELS = {k.name: k for k in (FLASHCORE_FUSED,)}
+FLASHCORE_HOPPER = KernelSpec(
+    name="flashcore_hopper",
+    file="flashcore_hopper.cu",
+    entry="flashcore_fwd",
+    # wgmma and setmaxnreg exist on the arch-specific target only (../shared/hopper/NOTES.md)
+    archs={"sm_90a": 227 * 1024},
+    # Two consumer warpgroups of 64 rows (four warps of one 16-row fragment each, the mma.sync
+    # C layout of the wgmma accumulator), 128-key tiles, two K/V stages: the configuration every
+    # correctness case of scripts/hopper_selfcheck.py ran at on the H200 (kernels/NOTES.md).
+    tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2),
+           128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)},
+    small_tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2),
+                 128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)},
+    small_below_blocks=0,
+    # 1 KB alignment slack (128-byte swizzled tiles are 1024-byte aligned), the fp16 Q tile, and
+    # kv_stages K and V tiles; no padding (the swizzle avoids the bank conflicts)
+    smem="1024 + block_m * D * 2 + kv_stages * 2 * block_n * D * 2",
+    tile_defines=("CONSUMER_WGS=nwarps // 4", "BLOCK_N=block_n", "KV_STAGES=kv_stages"),
+    asserts=(
+        ("m_frags == 1", "a wgmma warpgroup's warp holds one 16-row fragment (m_frags = 1)"),
+        ("nwarps % 4 == 0 and nwarps >= 4 and nwarps <= 16", "nwarps must be whole warpgroups: 4, 8, 12 or 16"),
+        ("block_n % 32 == 0 and block_n >= 32 and block_n <= 256", "block_n must be a multiple of 32 in [32, 256] (wgmma N)"),
+        ("kv_stages >= 1", "kv_stages must be at least 1"),
+    ),
+    # the three TMA tensor maps of Q, K and V, after the scalars (harness/toolchain/tma.py)
+    trailing_params=("tma:Q", "tma:K", "tma:V"),
+    tensor_cores="HGMMA",
+    seeded_bugs=(),
+)
+
+KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER)}
 DEFAULT = FLASHCORE_FUSED
+# The registry kernel in use, for this process and the workers it starts (they inherit the
+# environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
+ENV_KERNEL = "FLASHCORE_REGISTRY_KERNEL"
+
+
+def current() -> KernelSpec:
+    import os
+    return get(os.environ.get(ENV_KERNEL) or DEFAULT.name)
 
 
 def get(name: str) -> KernelSpec:

@@ -71,3 +71,55 @@ def test_a_second_entry_needs_only_its_entry(second_entry):
 def test_unknown_kernel_is_one_line():
     with pytest.raises(UsageError, match="unknown kernel 'nope'"):
         Variant("full", 64, kernel="nope")
+
+
+def test_kernel_in_use_follows_the_setting(second_entry, monkeypatch):
+    """--kernel NAME of a registry entry makes it the kernel in use for this process and its
+    workers (the environment): variants, tiles and the coverage set follow."""
+    from harness.check import coverage as cov
+    from harness.check.shapes import Shape
+    from harness.toolchain.variant import tiles_for
+    monkeypatch.setenv(registry.ENV_KERNEL, "other")
+    assert registry.current().name == "other"
+    v = Variant("full", 128, arch="sm_90a")
+    assert v.kernel == "other" and v.block_n == 96
+    assert tiles_for(Shape(1, 1, 64, 64, 128))["block_n"] == 96
+    assert cov.kernel_spec() is second_entry[0]
+    monkeypatch.delenv(registry.ENV_KERNEL)
+    assert Variant("full", 128).kernel == "flashcore_fused"
+
+
+def test_cli_kernel_name_sets_the_kernel_in_use(second_entry, monkeypatch):
+    import os
+    from click.testing import CliRunner
+    from cli import cli
+    monkeypatch.delenv(registry.ENV_KERNEL, raising=False)
+    r = CliRunner().invoke(cli, ["compile", "--kernel", "other", "--debug", "full", "--head-dim", "64",
+                                 "--no-causal", "--arch", "sm_90a"])
+    assert os.environ.get(registry.ENV_KERNEL) == "other", r.output
+    assert "other full D=64 sm_90a" in " ".join(r.output.split()), r.output
+    CliRunner().invoke(cli, ["compile", "--list-bugs"])
+    assert registry.ENV_KERNEL not in os.environ
+
+
+def test_the_sm90a_kernel_is_a_second_entry_compiled_through_the_harness():
+    """flashcore_hopper is an entry and its .cu: the harness compiles it with its own tiles,
+    shared memory formula and arch, and its SASS is judged on HGMMA."""
+    from harness.toolchain import sass
+    v = Variant("full", 128, arch="sm_90a", kernel="flashcore_hopper")
+    assert (v.block_m, v.threads, v.block_n, v.smem_bytes) == (128, 256, 128, 1024 + 128 * 128 * 2 + 2 * 2 * 128 * 128 * 2)
+    assert {"CONSUMER_WGS=2", "BLOCK_N=128", "KV_STAGES=2"} <= set(v.defines)
+    r = compiler.compile_check(v)
+    assert r.spill_bytes == 0 and r.wgmma_warnings == () and r.registers <= 255
+    if sass.disassembler() is not None:
+        s = sass.summarize(Variant("qk_only", 64, arch="sm_90a", kernel="flashcore_hopper"))
+        assert s.ok and s.hmma > 0 and s.local == 0
+    with pytest.raises(UsageError, match="does not implement the seeded bug"):
+        Variant("full", 64, arch="sm_90a", kernel="flashcore_hopper", bugs=("FRAG_SWAP",))
+    with pytest.raises(UsageError, match="whole warpgroups"):
+        Variant("full", 64, arch="sm_90a", kernel="flashcore_hopper", nwarps=6)
+
+
+def test_ptxas_wgmma_serialisation_warnings_are_read():
+    log = "ptxas info    : Used 168 registers\nptxas warning : (C7513) wgmma.mma_async instructions are serialized"
+    assert compiler.parse_ptxas(log)["wgmma_warnings"] == ("C7513",)

@@ -33,7 +33,7 @@ HEADS = (1, 3)
 def kernel_spec(spec=None):
     """The kernel whose tiles the set derives from: the registry's default unless given
     (looked up at call time, so a kernel swapped into the registry is the one checked)."""
-    return registry.DEFAULT if spec is None else spec
+    return registry.current() if spec is None else spec
 
 
 # ------------------------------------------------------------------ one case and its facts

@@ -77,8 +77,30 @@ def _launch_spec(variant: Variant, shape: Shape, bufs: dict, scale: float, windo
     """(function, grid, block, arguments, shared memory) of one launch of the window (default:
     every row)."""
     n_rows = (window or (0, shape.Sq))[1]
-    return (get_kernel(variant), variant.grid(shape, n_rows), (variant.threads,),
-            kernel_args(shape, bufs, scale, window), variant.smem_bytes)
+    args = kernel_args(shape, bufs, scale, window) + trailing_args(variant, bufs)
+    return (get_kernel(variant), variant.grid(shape, n_rows), (variant.threads,), args, variant.smem_bytes)
+
+
+def trailing_args(variant: Variant, bufs: dict) -> tuple:
+    """The arguments a registry entry derives from the buffers, after the scalars: "tma:X", the
+    TMA tensor map of buffer X (boxes of block_m rows for Q, block_n for K and V), or an
+    all-zero map where the mode does not pass X (harness/toolchain/tma.py)."""
+    if not variant.entry.trailing_params:
+        return ()
+    from harness.toolchain import tma
+    out = []
+    for p in variant.entry.trailing_params:
+        kind, _, name = p.partition(":")
+        if kind != "tma":
+            raise ValueError(f"{variant.entry.name}: unknown trailing parameter {p!r}")
+        x = bufs.get(name)
+        if x is None:
+            out.append(tma.null_desc())
+            continue
+        rows = variant.block_m if name == "Q" else variant.block_n
+        B, H, S, D = x.shape
+        out.append(tma.encode_bhsd(int(x.data.ptr), B * H, S, D, rows))
+    return tuple(out)
 
 
 def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool = True, window: tuple | None = None):

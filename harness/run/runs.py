@@ -66,7 +66,13 @@ THIS_KERNEL = object()   # run_record's default: the hash of this checkout's ker
 def run_record(r: RunResult, device: dict, latency: dict | None = None, kernel_sha256=THIS_KERNEL, **extra) -> dict:
     """The record of docs/DESIGN.md for one (variant, shape, inputs). A kernel other than
     flashcore_fused names itself in extra (kernel=..., kernel_spec=...) and gives its own source
-    hash (None for a Python callable, which has no source the harness reads)."""
+    hash (None for a Python callable, which has no source the harness reads). A registry kernel
+    other than the default (the sm_90a one) is named by its variant."""
+    kernel = getattr(r.variant, "kernel", None)
+    if isinstance(kernel, str) and kernel != "flashcore_fused" and "kernel" not in extra:
+        extra["kernel"] = kernel
+        if kernel_sha256 is THIS_KERNEL:
+            kernel_sha256 = compiler.source_hash(compiler.kernel_file(None, kernel))
     return records.new_record(
         "run", **extra,
         mode=r.variant.mode, shape=asdict(r.shape), shape_label=r.shape.label, causal=r.variant.causal,

@@ -72,7 +72,7 @@ def sass_table(rows, title=None) -> Table:
         if rows and all(r.expects_hmma is None for r in rows)
         else "tensor cores in use where expected, nothing in local memory"))
     t = Table(title=title, title_justify="left")
-    for col in ("variant", "instructions", "HMMA", "LDSM", "LDL+STL", "check"):
+    for col in ("variant", "instructions", "HMMA/HGMMA", "LDSM", "LDL+STL", "check"):
         t.add_column(col, justify="left" if col in ("variant", "check") else "right")
     for r in rows:
         t.add_row(r.variant, str(r.instructions), str(r.hmma), str(r.ldsm), str(r.local), verdict(r.ok, r.verdict, r.verdict))
@@ -85,7 +85,8 @@ def resources_table(rows, title="Resources (NVRTC, ptxas -v)") -> Table:
         t.add_column(col, justify="left" if col in ("variant", "arch", "budget") else "right")
     for r in rows:
         t.add_row(r.variant, r.arch, str(r.registers), str(r.smem_static), str(r.smem_dynamic), str(r.stack_bytes),
-                  str(r.spill_bytes), verdict(r.spill_bytes == 0, "ok (0 spills)", "SPILLS"))
+                  str(r.spill_bytes), verdict(r.spill_bytes == 0 and not r.wgmma_warnings, "ok (0 spills)",
+                                              "SPILLS" if r.spill_bytes else "WGMMA SERIALISED " + ",".join(r.wgmma_warnings)))
     return t
 
 

@@ -11,13 +11,14 @@ from debug_modes.registry import get_mode
 from harness.toolchain import compiler
 from harness import records
 from harness.errors import CompileError, UsageError
-from kernels.registry import DEFAULT as KERNEL
+from kernels import registry
 from harness.show.report import console
 from harness.toolchain.variant import Variant
 
 
 def archs_arg(arch: str) -> list:
     """--arch: one arch the kernel lists, or all of them."""
+    KERNEL = registry.current()
     if arch == "all":
         return list(KERNEL.archs)
     if arch not in KERNEL.archs:
@@ -29,6 +30,7 @@ def variants(modes, head_dims, causals, archs, bugs=()) -> list:
     """Every valid variant of the product, validated before anything compiles. Raises when the
     options leave none (e.g. uniform_p, which has no causal form, with --causal), so a sweep
     never compiles nothing in silence."""
+    KERNEL = registry.current()
     out, skipped = [], []
     for d in head_dims:
         if d not in KERNEL.head_dims:

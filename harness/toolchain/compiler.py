@@ -40,7 +40,7 @@ def kernel_file(path=None, kernel: str | None = None) -> Path:
     the registry entry's file (kernels/flashcore_fused.cu by default)."""
     if path:
         return Path(path)
-    entry = registry.get(kernel) if kernel else KERNEL
+    entry = registry.get(kernel) if kernel else registry.current()
     env = os.environ.get("FLASHCORE_KERNEL")
     if env and (entry is KERNEL or Path(env).name == entry.path.name):
         return Path(env)
@@ -140,6 +140,9 @@ class Resources:
     spill_stores: int
     spill_loads: int
     cubin_bytes: int
+    # ptxas warnings that mean lost speed on sm_90a (../shared/hopper/NOTES.md): C7513, wgmma
+    # serialised by a register write; C7519, warpgroup.arrive injected. A compile check fails on them.
+    wgmma_warnings: tuple = ()
 
     @property
     def spill_bytes(self) -> int:
@@ -161,6 +164,7 @@ def parse_ptxas(log: str) -> dict:
         "stack_bytes": _int(r"(\d+) bytes stack frame", log),
         "spill_stores": _int(r"(\d+) bytes spill stores", log),
         "spill_loads": _int(r"(\d+) bytes spill loads", log),
+        "wgmma_warnings": tuple(sorted(set(re.findall(r"\b(C75(?:13|19))\b", log)))),
     }
 
 

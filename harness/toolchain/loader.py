@@ -102,7 +102,7 @@ def runtime_variant(mode="full", head_dim=64, causal=False, bugs=(), device_arch
     from kernels import registry
     from harness.toolchain.device import arch_for
     arch = runtime_arch() if device_arch is None else arch_for(device_arch)
-    archs = registry.get(kw.get("kernel") or registry.DEFAULT.name).archs
+    archs = (registry.get(kw["kernel"]) if kw.get("kernel") else registry.current()).archs
     if arch not in archs and arch + "a" in archs:
         arch += "a"
     return Variant(mode=mode, head_dim=head_dim, causal=causal, bugs=tuple(bugs), arch=arch, **kw)

@@ -102,8 +102,9 @@ class SassSummary:
 
 
 def summarize(variant: Variant, path: Path | None = None) -> SassSummary:
+    """The tensor-core opcode expected is the registry entry's (HMMA for mma.sync, HGMMA for wgmma)."""
     ops = opcode_counts(disassemble(variant, path))
-    return SassSummary(variant.label, sum(ops.values()), ops["HMMA"], ops["LDSM"],
+    return SassSummary(variant.label, sum(ops.values()), ops[variant.entry.tensor_cores], ops["LDSM"],
                        sum(ops[o] for o in LOCAL_MEMORY_OPS), get_mode(variant.mode).tensor_cores)
 
 

@@ -20,9 +20,11 @@ TILES = KERNEL.tiles
 SMALL_TILES = KERNEL.small_tiles
 
 
-def tiles_for(shape, kernel: str = KERNEL.name) -> dict:
-    """The tile table's choice for a problem shape (all modes of one shape share it)."""
-    return registry.get(kernel).tiles_for(shape.B, shape.H, shape.Sq, shape.D)
+def tiles_for(shape, kernel: str | None = None) -> dict:
+    """The tile table's choice for a problem shape (all modes of one shape share it), of the
+    kernel in use unless named."""
+    entry = registry.get(kernel) if kernel else registry.current()
+    return entry.tiles_for(shape.B, shape.H, shape.Sq, shape.D)
 
 
 @dataclass(frozen=True)
@@ -31,16 +33,18 @@ class Variant:
     head_dim: int = 64
     causal: bool = False
     bugs: tuple = field(default_factory=tuple)
-    arch: str = "sm_90"
+    arch: str | None = None      # None: sm_90 where the entry builds for it, else its first arch (sm_90a)
     nwarps: int | None = None    # None: from the entry's tile table
     block_n: int | None = None
     m_frags: int | None = None   # 16-row fragments per warp (2: each K/V fragment feeds two mma)
     kv_stages: int | None = None # K/V shared-memory buffers (2: double-buffered)
-    kernel: str = KERNEL.name    # the registry entry (kernels/registry.py)
+    kernel: str = field(default_factory=lambda: registry.current().name)   # the registry entry in use
 
     def __post_init__(self):
         m = get_mode(self.mode)
         entry = self.entry
+        if self.arch is None:
+            object.__setattr__(self, "arch", "sm_90" if "sm_90" in entry.archs else next(iter(entry.archs)))
         if self.head_dim not in entry.head_dims:
             raise UsageError(f"unsupported head dim {self.head_dim}; {entry.name} supports "
                              f"{', '.join(map(str, entry.head_dims))}")
@@ -54,6 +58,10 @@ class Variant:
         for b in self.bugs:
             if b not in BUGS:
                 raise UsageError(f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
+            if entry.seeded_bugs is not None and b not in entry.seeded_bugs:
+                raise UsageError(f"{entry.name} does not implement the seeded bug {b!r}"
+                                 + (f"; its bugs: {', '.join(entry.seeded_bugs)}" if entry.seeded_bugs else
+                                    " (it has no seeded bugs yet)"))
         if self.causal and not m.allows_causal:
             raise UsageError(f"mode {self.mode} has no causal form (P = 1/Sk everywhere)")
         broken = entry.violations(self.tiles, self.head_dim)

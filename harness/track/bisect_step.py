@@ -40,7 +40,7 @@ def main() -> int:
         if spec is not None:
             value, bad, message = _spec_step(spec, case, shape, metric, thr)
         elif metric in ("spills", "regs", "smem"):
-            r = compile_check(Variant(case["mode"], shape.D, case["causal"], arch="sm_90"))
+            r = compile_check(Variant(case["mode"], shape.D, case["causal"]))
             value = {"spills": r.spill_bytes, "regs": r.registers, "smem": r.smem_static + r.smem_dynamic}[metric]
             bad = value > (thr if thr is not None else 0)
             message = ""

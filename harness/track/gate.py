@@ -95,7 +95,7 @@ def check(mode="full", shape=None, causal=False, against=None, max_error=None, m
     if max_regs is not None or no_spills or against is not None:
         if spec is None:
             from harness.toolchain.compiler import compile_check
-            r = compile_check(Variant(mode, shape.D, causal, arch="sm_90"))
+            r = compile_check(Variant(mode, shape.D, causal))
         else:
             from harness.toolchain.user_kernel import UserVariant, compile_check as spec_compile_check
             r = spec_compile_check(UserVariant(spec, mode, shape.D, causal, (), "sm_90"))
