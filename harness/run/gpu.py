@@ -39,11 +39,14 @@ from harness.toolchain.variant import Variant, tiles_for
 MAX_DEBUG_MATRIX_BYTES = 2 << 30   # prepare(): one window's [B,H,rows,Skp] fp32 buffers (bench, sanitize)
 REFERENCE_DEVICES = ("auto", "gpu", "cpu")
 # auto: the host path up to this much work (B*H*Sq*Sk*D multiply-adds of one reference), the
-# device beyond. Below it NumPy's float64 references take tens of milliseconds, while the device
-# path makes a fresh machine compile ~45 CuPy elementwise and reduction kernels first (issue 26:
-# 21.6 s of a 23.9 s cold `run --debug pv_only`). 2**27 is the mission shape 1,8,512,512,64;
-# BENCHMARKS.md ("Reference device") has the measured costs of both paths around it.
-AUTO_HOST_WORK = 2**27
+# device beyond. Measured on the H200 (BENCHMARKS.md, "The research loop"): with the host path
+# at the mission shape (1,8,512,512,64 = 2**27) a cold `run --debug pv_only` took 5.4 s instead
+# of 36 s (the device path compiles ~45 CuPy kernels first), but a warm `run --debug all` took
+# 4.6 s instead of 2.4 s: six modes' float64 references on the host. The warm loop is paid on
+# every edit, the cold start once per machine, so the mission shape stays on the device and the
+# host takes the small shapes, the whole coverage set included (its largest, 2,3,128x192,128,
+# is 1.9e7), where its references cost milliseconds.
+AUTO_HOST_WORK = 2**25
 SAMPLE_ROWS, SAMPLE_COLS = 16, 128  # keep_outputs: the corner of (b=0, h=0) kept for displays (smoking gun)
 # run_mode's defaults when its arguments are None: the CLI sets them for the process and the
 # worker processes it starts, which inherit the environment (check_settings).
