@@ -117,8 +117,11 @@ def _bug_names(bugs, known, unknown) -> tuple:
 
 
 def _bugs_arg(bugs) -> tuple:
-    from debug_modes import BUGS
-    return _bug_names(bugs, BUGS, lambda b: f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
+    """--bug for a registry kernel: the bugs the kernel in use implements."""
+    from debug_modes import bugs_of
+    from kernels import registry
+    known = bugs_of(registry.current())
+    return _bug_names(bugs, known, lambda b: f"unknown bug {b!r}; valid bugs: {', '.join(known)}")
 
 
 def _finite(v, name):

@@ -40,6 +40,20 @@
 //   UNIFORM_P           P = 1/Sk made in the kernel; no QK, no softmax, no rescale; write O
 //   FP32_P              as full, P split into two fp16 halves (hi + lo) so P.V sees fp32 P;
 //                       O written as fp32 so the fp16 output cast does not hide P's precision
+//   -- seeded bugs (must-fail cases for the harness, debug_modes/hopper_bugs.py; none is on by
+//      default; each #ifdef below says what it breaks and where stage bisection places it)
+//   BUG_K_DESC_SBO      QK: K descriptor's stride-byte offset in halves (512) instead of bytes (1024)
+//   BUG_CAUSAL_MASK_ROW QK: causal mask-skip test made with the block's last row (the last
+//                       warpgroup's), not its first: the diagonal tile is left unmasked (causal)
+//   BUG_EMPTY_COUNT     HANG (placed QK): empty barriers expect one arrival per thread, only lane 0
+//                       of each warp arrives: the first refill deadlocks (waits unbounded here)
+//   BUG_V_KSTEP         PV: V's k16 slice advanced by 8 keys (1024 B) instead of 16 (2048 B)
+//   BUG_V_DESC_LBO      PV: V descriptor's leading-byte offset 128 B (row-major habit) instead of
+//                       the 64-column panel stride (shows at D = 128 only)
+//   BUG_V_TAIL_COORD    PV: the last V box pulled back inside the head (row Sk - BLOCK_N), so V's
+//                       rows no longer line up with P's columns (shows when Sk % BLOCK_N != 0)
+//   BUG_RESCALE_AFTER_PV glue: O rescaled by alpha after the P.V wgmma, not before it: the tile's
+//                       own product is scaled too (and the first tile's, alpha = 0, is lost)
 //
 // Arguments: EXACTLY flashcore_fused.cu's 17 (Q, K, V, O, LSE, S_in, P_in, S_out, P_out, M_out,
 // L_out, H, Sq, Sk, scale, row0, n_rows; null pointers for the buffers a mode does not use),
@@ -129,6 +143,12 @@
 #else
 #define USES_PV 1
 #endif
+#if defined(BUG_EMPTY_COUNT) && !defined(MBAR_SPIN_LIMIT)
+// BUG_EMPTY_COUNT (below, at the barrier init) deadlocks; its waits are unbounded so that the launch
+// never completes and the harness's deadline (device.HANG_S, 10 s) reads it as HANG. With the
+// default bound the waits would trap at ~10 s (a FAULT), racing that deadline.
+#define MBAR_SPIN_LIMIT 0
+#endif
 #include "hopper/ptx.cuh"
 #include "hopper/fragments.cuh"
 #include "hopper/wgmma.cuh"
@@ -147,7 +167,8 @@ typedef half out_t;
 // Tile t of K and/or V into stage `slot`: PANELS boxes of (64 columns x BLOCK_N rows) each,
 // panel p at +p*BLOCK_N*64 halves, every box 1024-aligned (BLOCK_N*128 bytes, BLOCK_N % 8 == 0).
 __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const TmaDesc* tmK, const TmaDesc* tmV,
-                                         int slot, int t, int bh) {
+                                         int slot, int t, int bh, int Sk) {
+    (void)Sk;
     mbar_arrive_expect_tx(full, KV_STAGE_TX);
 #pragma unroll
     for (int p = 0; p < PANELS; ++p) {
@@ -155,7 +176,18 @@ __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const Tm
         tma_load_3d(sK + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmK, full, p * 64, t * BLOCK_N, bh);
 #endif
 #if USES_PV
+#ifdef BUG_V_TAIL_COORD
+        // BUG_V_TAIL_COORD (PV; shows when Sk % BLOCK_N != 0): the tail tile's V box is pulled back
+        // so that it ends at the head's last row (a 2-D-map habit, where a box past the end reads
+        // the next head). Stage s then holds rows Sk-BLOCK_N.. while P's columns are keys
+        // t*BLOCK_N..: the valid keys of the tail multiply the wrong V rows (Sk < BLOCK_N: a
+        // negative start, rows zero-filled ahead of the keys). K is loaded right (qk_only and
+        // softmax_only compile to the clean cubins and pass); pv_only and uniform_p read V through
+        // this box and fail at a key tail: stage bisection must place it in PV.
+        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, min(t * BLOCK_N, Sk - BLOCK_N), bh);
+#else
         tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, t * BLOCK_N, bh);
+#endif
 #endif
     }
 }
@@ -169,7 +201,16 @@ __device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, 
     for (int k = 0; k < K_STEPS; ++k) {
         const int p = k / 4, kk = k % 4;
         const u64 da = smem_desc(sQw + p * BLOCK_M * 64 + kk * 16, 16, 1024);
+#ifdef BUG_K_DESC_SBO
+        // BUG_K_DESC_SBO (QK): K's stride-byte offset (the step to the next 8-key group) given in
+        // halves, 8 rows x 64 = 512, not in bytes (1024): key groups 1.. of every tile are read
+        // from the middle of the wrong swizzle atoms, so S is wrong for keys >= 8 of each tile.
+        // Only qk_tile reads this descriptor: qk_only fails; softmax_only, pv_only and uniform_p
+        // (no QK GEMM: S or P injected or made) compile to the clean cubins and pass. Stage: QK.
+        const u64 db = smem_desc(sKj + p * BLOCK_N * 64 + kk * 16, 16, 512);
+#else
         const u64 db = smem_desc(sKj + p * BLOCK_N * 64 + kk * 16, 16, 1024);
+#endif
         if (k == 0) wgmma_ss_zero(s, da, db);
         else        wgmma_ss_acc(s, da, db);
     }
@@ -183,6 +224,28 @@ __device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, 
 // a second product, so P.V sees fp32 P). Packed only after QK's wait and before the fence, so no
 // register of an in-flight wgmma is written (C7513) and no write sinks past the fence (C7519).
 // V's k16 slice kk starts 16 rows (2048 bytes) further; LBO = panel stride (next 64 columns of D).
+#ifdef BUG_V_KSTEP
+// BUG_V_KSTEP (PV): V's k16 slice kk starts kk*1024 bytes in (one swizzle atom, 8 keys per step)
+// instead of kk*2048 (16 keys): slice kk >= 1 multiplies P's keys 16kk..16kk+15 with V rows
+// 8kk..8kk+15, so O is wrong wherever a tile has more than 16 valid keys. Only pv_tile reads V:
+// qk_only and softmax_only compile to the clean cubins and pass; pv_only and uniform_p fail (a P
+// that cannot be wrong still meets the wrong rows). Stage: PV.
+#define V_KSTEP_HALVES (8 * 64)
+#else
+#define V_KSTEP_HALVES (16 * 64)
+#endif
+#ifdef BUG_V_DESC_LBO
+// BUG_V_DESC_LBO (PV; shows at D = 128): V's leading-byte offset, the step to the next 64 columns
+// of D, set to 128 bytes, as if V were row-major [BLOCK_N][HEAD_DIM], instead of the stride of the
+// TMA's 64-column panels (BLOCK_N*128 bytes). At D = 64 the n64 product spans one 64-column
+// swizzle atom and never steps by LBO (the cubin differs, the numbers do not); at D = 128 output
+// columns 64..127 are computed from V's first panel (columns 0..63), one key row on. Only the P.V
+// descriptors change: qk_only and softmax_only compile to the clean cubins; pv_only and uniform_p
+// fail at D = 128. Stage: PV.
+#define V_LBO_BYTES 128
+#else
+#define V_LBO_BYTES (BLOCK_N * 128)
+#endif
 __device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[N_FRAG][4], const half* sVj) {
     u32 a[P_KS][4];
     pack_p(a, p);
@@ -196,11 +259,11 @@ __device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < P_KS; ++kk)
-        wgmma_rs_acc(o, a[kk], smem_desc(sVj + kk * 16 * 64, BLOCK_N * 128, 1024));
+        wgmma_rs_acc(o, a[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
 #ifdef FP32_P
 #pragma unroll
     for (int kk = 0; kk < P_KS; ++kk)
-        wgmma_rs_acc(o, lo[kk], smem_desc(sVj + kk * 16 * 64, BLOCK_N * 128, 1024));
+        wgmma_rs_acc(o, lo[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
 #endif
     wgmma_commit();
     wgmma_wait<0>();
@@ -219,7 +282,18 @@ struct TileCtx {
 // Masking for key tile t, applied only to tiles that reach the tail or the diagonal.
 __device__ __forceinline__ void mask_scores(float (&s)[N_FRAG][4], int t, const TileCtx& c) {
     const int kv0 = t * BLOCK_N;
+#ifdef BUG_CAUSAL_MASK_ROW
+    // BUG_CAUSAL_MASK_ROW (QK; shows with causal masking): "does this tile reach past the
+    // diagonal?" asked of the block's LAST row, q0 + BLOCK_M - 1 (the last warpgroup's last row:
+    // the bound the tile-skip n_iter rightly uses), instead of its first row q0, which every
+    // warpgroup must respect. At the default tiles (BLOCK_M = BLOCK_N = 128) the diagonal tile of
+    // each query block goes unmasked unless it is the Sk tail tile: its rows see later keys.
+    // mask_scores runs in qk_only (which writes S, masks included): qk_only fails; softmax_only,
+    // pv_only, uniform_p compile to the clean cubins and pass. Stage: QK.
+    if (kv0 + BLOCK_N > c.Sk || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0 + BLOCK_M - 1))
+#else
     if (kv0 + BLOCK_N > c.Sk || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0))
+#endif
         mask_tile(s, kv0, c.row_base, c.lane, c.Sk);
 }
 
@@ -341,7 +415,19 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #pragma unroll
         for (int st = 0; st < KV_STAGES; ++st) {
             mbar_init(&bar_full[st], 1);            // thread 0's arrive.expect_tx (+ the bytes)
+#ifdef BUG_EMPTY_COUNT
+            // BUG_EMPTY_COUNT (a HANG; placed QK): the empty barrier expects one arrival per
+            // consumer THREAD (NTHREADS) while only lane 0 of each warp arrives (NWARPS): the phase
+            // never completes, thread 0 waits forever before the first refill (tile KV_STAGES) and
+            // every other warp waits forever on that tile's full barrier. Needs more key tiles than
+            // stages (Sk > KV_STAGES*BLOCK_N, as at the mission shape); the waits are unbounded in
+            // this build (MBAR_SPIN_LIMIT 0 above), so the launch never returns: HANG. Every mode
+            // with a K/V pipeline hangs; softmax_only has none (clean cubin, passes). Bisection
+            // names the first mode that is not ok: qk_only, so the stage reported is QK.
+            mbar_init(&bar_empty[st], NTHREADS);
+#else
             mbar_init(&bar_empty[st], NWARPS);      // one arrival per consumer warp
+#endif
         }
         mbar_fence_init();
     }
@@ -353,7 +439,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         for (int p = 0; p < PANELS; ++p)
             tma_load_3d(sQ + p * BLOCK_M * 64, &tmQ, &bar_q, p * 64, q0, bh);
 #endif
-        for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh);
+        for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh, Sk);
     }
     __syncwarp();                                   // warp 0 reconverges before warp-collective code
 
@@ -379,9 +465,30 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         qk_tile(s, sQw, sK + slot * KV_TILE_HALVES);
         mask_scores(s, j, ctx);
 #endif
+#if defined(BUG_RESCALE_AFTER_PV) && USES_QK && USES_PV
+        // BUG_RESCALE_AFTER_PV (glue): O's alpha rescale moved past the P.V wgmma (to keep ordinary
+        // register writes off the accumulator around the async product): scores_to_p rescales a
+        // stand-in of ones (= alpha per row), applied to O after P.V retired, so
+        // O_j = alpha_j (O_{j-1} + P_j V_j): the tile's own product is rescaled too, and the first
+        // tile's (alpha = 0) is lost. Only full and fp32_p rescale O: qk_only, softmax_only,
+        // pv_only (alpha = 1) and uniform_p compile to the clean cubins and pass; full fails.
+        // Stage: glue.
+        float alpha_o[D_FRAG][4];
+#pragma unroll
+        for (int i = 0; i < D_FRAG; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) alpha_o[i][e] = 1.f;
+        scores_to_p(s, alpha_o, m, l, j, ctx);
+        pv_tile(o, s, sV + slot * KV_TILE_HALVES);
+#pragma unroll
+        for (int i = 0; i < D_FRAG; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[i][e] *= alpha_o[i][e];
+#else
         scores_to_p(s, o, m, l, j, ctx);
 #if USES_PV
         pv_tile(o, s, sV + slot * KV_TILE_HALVES);
+#endif
 #endif
         // This warp's wgmma reads of the stage are complete (wait_group 0 above): release it.
         __syncwarp();
@@ -389,7 +496,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // Thread 0 refills the stage with tile j + KV_STAGES once every warp has released it.
         if (tid == 0 && j + KV_STAGES < n_iter) {
             mbar_wait(&bar_empty[slot], parity);
-            issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, j + KV_STAGES, bh);
+            issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, j + KV_STAGES, bh, Sk);
         }
         __syncwarp();
     }

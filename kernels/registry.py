@@ -149,7 +149,9 @@ FLASHCORE_HOPPER = KernelSpec(
     # the three TMA tensor maps of Q, K and V, after the scalars (harness/toolchain/tma.py)
     trailing_params=("tma:Q", "tma:K", "tma:V"),
     tensor_cores="HGMMA",
-    seeded_bugs=(),
+    # Hopper-class bugs (debug_modes/hopper_bugs.py): descriptors, mbarrier counts, TMA boxes
+    seeded_bugs=("K_DESC_SBO", "CAUSAL_MASK_ROW", "EMPTY_COUNT", "V_KSTEP", "V_DESC_LBO", "V_TAIL_COORD",
+                 "RESCALE_AFTER_PV"),
 )
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER)}

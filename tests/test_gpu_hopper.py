@@ -68,3 +68,35 @@ def test_cli_runs_and_diagnoses_the_second_kernel(results_tmp):
     r = CliRunner().invoke(cli, ["diagnose", "--kernel", HOPPER, "--seed", "1", "--no-record"])
     assert r.exit_code == 0, r.output
     assert "128" in r.output   # the coverage set's edges are this kernel's 128-row, 128-key tiles
+
+
+# Each Hopper-class seeded bug (debug_modes/hopper_bugs.py) placed in its stage by diagnose, at a
+# shape where it shows (its shows_when feature); the hang reads HANG within 15 s.
+BUG_SHAPES = {
+    "K_DESC_SBO": (Shape(1, 2, 300, 333, 64), False),
+    "CAUSAL_MASK_ROW": (Shape(1, 2, 512, 512, 64), True),
+    "EMPTY_COUNT": (Shape(1, 2, 300, 333, 64), False),
+    "V_KSTEP": (Shape(1, 2, 300, 333, 64), False),
+    "V_DESC_LBO": (Shape(1, 2, 300, 333, 128), False),
+    "V_TAIL_COORD": (Shape(1, 2, 300, 333, 64), False),
+    "RESCALE_AFTER_PV": (Shape(1, 2, 300, 333, 64), False),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(BUG_SHAPES))
+def test_hopper_seeded_bug_is_placed_in_its_stage(bug, results_tmp):
+    import time
+    from debug_modes import HOPPER_BUGS
+    from harness.run.diagnose import diagnose
+    shape, causal = BUG_SHAPES[bug]
+    t0 = time.monotonic()
+    d = diagnose(shape, causal=causal, seed=3, bugs=(bug,), record=False, show=False)
+    assert not d.clean and d.stage in HOPPER_BUGS[bug].stages, (bug, d.stage, d.failing and _summary(d.failing))
+    if bug == "EMPTY_COUNT":
+        assert d.failing.status == "hang" and time.monotonic() - t0 <= 60, (d.failing.status, d.failing.message)
+        assert "HANG" in d.failing.message
+
+
+def test_hopper_bugs_all_have_a_test_shape():
+    from debug_modes import HOPPER_BUGS
+    assert set(BUG_SHAPES) == set(HOPPER_BUGS) == set(registry.FLASHCORE_HOPPER.seeded_bugs)

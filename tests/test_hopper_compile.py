@@ -7,11 +7,18 @@ kernel's 17 parameters plus three tensor maps; the TMA host module fails cleanly
 The harness's Variant has no sm_90a arch (and carries the sm_80 kernel's tile macros), so this
 compiles with cupy.cuda.nvrtc directly, with harness.toolchain.compiler's include-dir finder and
 whole-cubin reader, as compiler.compile_cubin does.
+
+Seeded bugs (debug_modes/hopper_bugs.py, -DBUG_<NAME>): each compiles clean for sm_90a in every
+mode at D = 64 and 128; it changes the SASS of exactly the modes BUG_CHANGES lists (full among
+them), and every other mode compiles to the clean kernel's cubin byte for byte, so the modes before
+its stage pass wherever the clean kernel does and bisection's first changed mode is its stage.
 """
 
 import ctypes
+import functools
 import itertools
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -151,3 +158,167 @@ def test_tma_module_without_a_driver():
     with pytest.raises(RuntimeError, match="libcuda.so.1") as e:
         tma.encode_bhsd(0x10000, 2, 128, 64, 128)
     assert len(str(e.value).splitlines()) == 1
+
+
+# ---------------------------------------------------------------- seeded bugs
+from debug_modes.bugs import BUGS                    # noqa: E402  (the sm_80 kernel's)
+from debug_modes.hopper_bugs import HOPPER_BUGS      # noqa: E402
+
+# harness/run/diagnose.py: the bisection order and the stage each mode names when it is the first
+# that is not ok (a wrong number, a fault or a hang alike).
+BISECT_MODES = ("qk_only", "softmax_only", "pv_only", "uniform_p", "full")
+STAGE_OF_MODE = {"qk_only": "qk", "softmax_only": "softmax", "pv_only": "pv", "uniform_p": "pv", "full": "glue"}
+PV_MODES = {"pv_only", "uniform_p", "full", "fp32_p"}
+# The modes whose SASS each bug changes: where it fails (or hangs) once its shape feature is there.
+# Every other mode must compile to the clean cubin byte for byte.
+BUG_CHANGES = {
+    "K_DESC_SBO": {"qk_only", "full", "fp32_p"},            # only qk_tile reads K's descriptor
+    "CAUSAL_MASK_ROW": {"qk_only", "full", "fp32_p"},       # mask_scores; causal builds only
+    "EMPTY_COUNT": {"qk_only"} | PV_MODES,                  # every K/V pipeline; softmax_only has none
+    "V_KSTEP": PV_MODES,                                    # only pv_tile reads V's descriptor
+    "V_DESC_LBO": PV_MODES,
+    "V_TAIL_COORD": PV_MODES,                               # the V box; K's is unchanged
+    "RESCALE_AFTER_PV": {"full", "fp32_p"},                 # the only modes that rescale O
+}
+# Bugs inside an `IS_CAUSAL &&` term: a non-causal build has the clean SASS (only line numbers move).
+CAUSAL_ONLY = {"CAUSAL_MASK_ROW"}
+
+
+def _sections(cubin: bytes) -> dict:
+    """{name: bytes} of the cubin's ELF64 sections (NOBITS ones empty)."""
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+    hdrs = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+    names = hdrs[shstrndx][4]
+    out = {}
+    for name, kind, _, _, off, size, *_ in hdrs:
+        end = cubin.index(b"\0", names + name)
+        out[cubin[names + name:end].decode()] = b"" if kind == 8 else cubin[off:off + size]
+    return out
+
+
+def _sass_bytes(cubin: bytes) -> bytes:
+    return _sections(cubin)[".text.flashcore_fwd"]
+
+
+def _bug_defines(mode, d, causal, bug=None):
+    return tuple(_defines(mode, d, causal, (f"BUG_{bug}",) if bug else ()))
+
+
+def _bug_causal(bug, mode):
+    return bug in CAUSAL_ONLY and MODES[mode][1]     # uniform_p has no causal form
+
+
+def _nvrtc_build(defines: tuple):
+    """(ok, log, cubin) of one build, with _compile's options (no pytest calls: runs in a worker)."""
+    from cupy.cuda import nvrtc
+    opts = ["-std=c++17", "--gpu-architecture=sm_90a", "--ptxas-options=-v", "-ftz=true", "-lineinfo",
+            f"-I{compiler.find_cuda_include()}", f"-I{KERNEL.parent}"] + [f"-D{d}" for d in defines]
+    prog = nvrtc.createProgram(KERNEL.read_text(), KERNEL.name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, opts)
+        except Exception:
+            return False, nvrtc.getProgramLog(prog), b""
+        return True, nvrtc.getProgramLog(prog), compiler._whole_cubin(nvrtc, prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+@functools.lru_cache(maxsize=1)
+def _bug_builds() -> dict:
+    """Every build the seeded-bug tests compare, compiled once, on one process per CPU (NVRTC holds
+    the GIL: threads would run one at a time; no CUDA context is needed, so fork is safe)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import os
+    want = set()
+    for bug in HOPPER_BUGS:
+        for mode, d in itertools.product(MODES, (64, 128)):
+            c = _bug_causal(bug, mode)
+            want |= {_bug_defines(mode, d, c, bug), _bug_defines(mode, d, c)}
+            if bug in CAUSAL_ONLY and c:
+                want |= {_bug_defines(mode, d, False, bug), _bug_defines(mode, d, False)}
+    want = sorted(want)
+    with cf.ProcessPoolExecutor(max_workers=max(1, min(len(want), os.cpu_count() or 2)),
+                                mp_context=mp.get_context("fork")) as ex:
+        return dict(zip(want, ex.map(_nvrtc_build, want)))
+
+
+def _compiled(defines: tuple):
+    """(log, ptxas resources, cubin) of a seeded-bug test's build."""
+    ok, log, cubin = _bug_builds().get(defines) or _nvrtc_build(defines)
+    if not ok:
+        pytest.fail(f"{list(defines)}: compilation failed\n{log}")
+    return log, compiler.parse_ptxas(log), cubin
+
+
+def test_hopper_bug_table():
+    kernel_text = KERNEL.read_text() + "".join(p.read_text() for p in (KERNEL.parent / "hopper").glob("*.cuh"))
+    from harness.check.coverage import FEATURES
+    from harness.check.inputs import INPUT_SETS
+    assert len(HOPPER_BUGS) >= 4
+    assert not set(HOPPER_BUGS) & set(BUGS), "a Hopper bug reuses an sm_80 bug's name"
+    assert set(BUG_CHANGES) == set(HOPPER_BUGS)
+    # every switch the kernel tests is a listed bug, and every listed bug is a switch of the kernel
+    assert set(re.findall(r"\bBUG_([A-Z0-9_]+)", re.sub(r"//[^\n]*", "", kernel_text))) == set(HOPPER_BUGS)
+    for name, b in HOPPER_BUGS.items():
+        assert b.name == name and b.stage in ("qk", "softmax", "pv", "glue"), b
+        assert b.shows_when == "" or b.shows_when in FEATURES, b
+        assert b.needs_input in INPUT_SETS and b.found_by == "diagnose", b
+        # the stage is the first bisection mode whose code the bug changes (the earlier ones are
+        # the clean cubin: test_seeded_bug_compiles_clean_and_changes_only_its_modes)
+        first = next(m for m in BISECT_MODES if m in BUG_CHANGES[name])
+        assert STAGE_OF_MODE[first] == b.stage, (name, first, b.stage)
+        assert "full" in BUG_CHANGES[name], name
+        assert (name == "EMPTY_COUNT") == ("HANGS" in b.description), name
+
+
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("bug", sorted(HOPPER_BUGS))
+def test_seeded_bug_compiles_clean_and_changes_only_its_modes(bug, mode, d):
+    causal = _bug_causal(bug, mode)
+    log, res, cubin = _compiled(_bug_defines(mode, d, causal, bug))
+    _assert_clean(log, res, (bug, mode, d, causal))
+    assert res["registers"] <= 255
+    _, clean_res, clean = _compiled(_bug_defines(mode, d, causal))
+    if mode in BUG_CHANGES[bug]:
+        assert _sass_bytes(cubin) != _sass_bytes(clean), f"BUG_{bug} does not change the SASS of {mode} D={d}"
+    else:
+        assert cubin == clean, f"BUG_{bug} changes {mode} D={d}, a mode before its stage / that it must not touch"
+
+
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("bug", sorted(CAUSAL_ONLY))
+def test_causal_bug_leaves_noncausal_sass_clean(bug, d):
+    for mode in BUG_CHANGES[bug]:
+        _, _, cubin = _compiled(_bug_defines(mode, d, False, bug))
+        _, _, clean = _compiled(_bug_defines(mode, d, False))
+        assert _sass_bytes(cubin) == _sass_bytes(clean), (bug, mode, d)
+
+
+def _disassemble(cubin: bytes) -> str:
+    from harness.toolchain import sass
+    dis = sass.disassembler()
+    if not dis:
+        pytest.skip("no nvdisasm/cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "k.cubin"
+        p.write_bytes(cubin)
+        args = [dis, "-c", str(p)] if Path(dis).name.startswith("nvdisasm") else [dis, "-sass", str(p)]
+        text = subprocess.run(args, capture_output=True, text=True, timeout=300).stdout
+    if not text.strip():
+        pytest.skip(f"{Path(dis).name} could not read the cubin")
+    return text
+
+
+@pytest.mark.parametrize("mode", ["qk_only", "full"])
+def test_hang_bug_waits_without_a_trap(mode):
+    """BUG_EMPTY_COUNT must HANG (the harness's deadline), not trap (a FAULT at ~10 s racing it):
+    its mbarrier waits are unbounded, so its SASS has no trap, where the clean kernel's has."""
+    _, _, clean = _compiled(_bug_defines(mode, 64, False))
+    _, _, hang = _compiled(_bug_defines(mode, 64, False, "EMPTY_COUNT"))
+    assert "BPT.TRAP" in _disassemble(clean)
+    text = _disassemble(hang)
+    assert "BPT.TRAP" not in text and "SYNCS.PHASECHK" in text

@@ -560,7 +560,9 @@ def _what(kind, o, seed, name="flashcore_fused") -> str:
 
 
 def _builtin_plan(kind, o, shape, seed) -> Plan:
-    from debug_modes import BUGS
+    from debug_modes import bugs_of
+    from kernels import registry
+    BUGS = bugs_of(registry.current())
     from harness.run import gpu, session
     from harness.run.coverage import cases_for
     from harness.run.diagnose import BISECT_MODES, bisect_stages, diagnose

@@ -6,7 +6,7 @@ import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from debug_modes import BUGS
+from debug_modes import bugs_of
 from debug_modes.registry import get_mode
 from harness.toolchain import compiler
 from harness import records
@@ -85,10 +85,11 @@ def sweep(vs, check=None, jobs: int | None = None):
 
 def print_bugs():
     from rich.table import Table
-    t = Table(title="Seeded bugs (-DBUG_<NAME>; none is on by default)", title_justify="left")
+    entry = registry.current()
+    t = Table(title=f"{entry.name}: seeded bugs (-DBUG_<NAME>; none is on by default)", title_justify="left")
     for c in ("name", "stage", "shows with inputs", "caught by", "what it breaks"):
         t.add_column(c)
-    for b in BUGS.values():
+    for b in bugs_of(entry).values():
         t.add_row(b.name, b.stage, b.needs_input, b.found_by, b.description)
     console.print(t)
 

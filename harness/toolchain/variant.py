@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from debug_modes import BUGS, get_mode
+from debug_modes import bugs_of, get_mode
 from kernels import registry
 from kernels.registry import DEFAULT as KERNEL
 from harness.errors import UsageError
@@ -55,13 +55,11 @@ class Variant:
             object.__setattr__(self, k, v)
         if self.arch not in entry.archs:
             raise UsageError(f"unknown arch {self.arch!r} for {entry.name}; valid: {', '.join(entry.archs)}")
+        known = bugs_of(entry)
         for b in self.bugs:
-            if b not in BUGS:
-                raise UsageError(f"unknown bug {b!r}; valid bugs: {', '.join(BUGS)}")
-            if entry.seeded_bugs is not None and b not in entry.seeded_bugs:
-                raise UsageError(f"{entry.name} does not implement the seeded bug {b!r}"
-                                 + (f"; its bugs: {', '.join(entry.seeded_bugs)}" if entry.seeded_bugs else
-                                    " (it has no seeded bugs yet)"))
+            if b not in known:
+                raise UsageError(f"{entry.name} has no seeded bug {b!r}"
+                                 + (f"; valid bugs: {', '.join(known)}" if known else " (it has no seeded bugs)"))
         if self.causal and not m.allows_causal:
             raise UsageError(f"mode {self.mode} has no causal form (P = 1/Sk everywhere)")
         broken = entry.violations(self.tiles, self.head_dim)

@@ -19,6 +19,8 @@ struct __align__(64) TmaDesc { u64 opaque[16]; };
 // faulted after 4.7 s (~4.5 us per poll), 2^24 and 2^28 did not fault within 45 s (2^28 would be
 // ~20 min, past the harness's 300 s worker timeout). 2^21 ~ 10 s: far beyond any legitimate
 // wait (one tile load or one tile of another warpgroup's compute: microseconds), well inside it.
+// MBAR_SPIN_LIMIT 0: unbounded (a stuck wait spins until the process is killed; the seeded hang
+// BUG_EMPTY_COUNT builds this way, so that it reads as the harness's HANG, not as a trap).
 #ifndef MBAR_SPIN_LIMIT
 #define MBAR_SPIN_LIMIT (1u << 21)
 #endif
@@ -50,12 +52,18 @@ __device__ __forceinline__ bool mbar_try_wait(u64* bar, u32 parity) {
                  : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
     return done != 0;
 }
-// Waits until the phase of parity `parity` has completed; traps after MBAR_SPIN_LIMIT polls.
+// Waits until the phase of parity `parity` has completed; traps after MBAR_SPIN_LIMIT polls
+// (MBAR_SPIN_LIMIT 0: never).
 __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+#if MBAR_SPIN_LIMIT == 0
+    while (!mbar_try_wait(bar, parity)) {
+    }
+#else
     u32 polls = 0;
     while (!mbar_try_wait(bar, parity)) {
         if (++polls == MBAR_SPIN_LIMIT) __trap();
     }
+#endif
 }
 
 // ---------------------------------------------------------------- TMA
