@@ -715,13 +715,17 @@ def history(mode, shape, metric, causal, png, kernel):
 @cli.command()
 @click.argument("a")
 @click.argument("b")
-def compare(a, b):
+@click.option("--kernel", "kernel", default="flashcore_fused", show_default=True,
+              help="whose records, for two commits: a registry kernel, or a spec'd kernel's name or spec file")
+def compare(a, b, kernel):
     """Two commits (hash or rev) or two run ids side by side, metric by metric, with the change."""
     from harness.track import history as h
     from harness.show.report import console
+    user = _user_spec(kernel, allow_callable=True)
+    kernel_name = user if isinstance(user, str) else (user.name if user else kernel)
     damaged: list = []
     try:
-        rows = h.compare(a, b, damaged=damaged)
+        rows = h.compare(a, b, damaged=damaged, kernel=kernel_name)
     finally:      # the skipped lines are named even where compare finds nothing
         for d in damaged:
             click.echo(f"flashcore: warning: skipped damaged record {d}", err=True)

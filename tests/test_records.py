@@ -109,3 +109,19 @@ def test_check_exit_codes(results_tmp, tmp_path):
                                 "resources": {"registers": 50}}))
     r = run("--against", str(base))
     assert r.exit_code == 1 and "vs baseline 50" in r.output
+
+
+def test_compare_pairs_one_kernels_records(results_tmp):
+    """Two kernels' records at the same commits and shape: compare pairs each kernel with itself."""
+    _fixture(results_tmp)
+    for n, c in enumerate(("a" * 40, "c" * 40)):
+        records.append(dict(schema=1, kind="run", run_id=f"hop{n}", kernel="flashcore_hopper", mode="full",
+                            shape_label="1,8,512,64", causal=False, bugs=[], inputs="randn", git_commit=c,
+                            time=f"2026-01-0{n + 1}T00:00:00", device="GPU X", max_err=[7e-4, 9e-4][n]),
+                       results_tmp / "runs-gpu-x.jsonl")
+    fused = [r for r in history.compare("a" * 8, "c" * 8) if r[0].startswith("run") and r[1] == "max_err"]
+    assert fused and fused[0][2:4] == (1e-4, 5e-2)
+    hop = [r for r in history.compare("a" * 8, "c" * 8, kernel="flashcore_hopper") if r[1] == "max_err"]
+    assert hop and hop[0][2:4] == (7e-4, 9e-4)
+    r = CliRunner().invoke(cli, ["compare", "a" * 8, "c" * 8, "--kernel", "flashcore_hopper"])
+    assert r.exit_code == 0 and ("9.00e-04" in r.output or "0.0009" in r.output), r.output

@@ -266,18 +266,21 @@ def _resolve(ref: str, recs) -> list:
 
 
 def case_key(r) -> tuple:
-    return (r.get("kind"), r.get("mode"), r.get("shape_label"), r.get("causal"), r.get("inputs"),
-            tuple(r.get("bugs") or ()), r.get("variant"))
+    return (r.get("kernel") or DEFAULT_KERNEL, r.get("kind"), r.get("mode"), r.get("shape_label"), r.get("causal"),
+            r.get("inputs"), tuple(r.get("bugs") or ()), r.get("variant"))
 
 
-def compare(a: str, b: str, paths=None, damaged: list | None = None):
-    """Rows (case, metric, value a, value b, change) for the cases both sides have. Damaged
-    lines and metric fields (skipped: shown "-") are appended to `damaged` as "file:line: why"."""
+def compare(a: str, b: str, paths=None, damaged: list | None = None, kernel: str = DEFAULT_KERNEL):
+    """Rows (case, metric, value a, value b, change) for the cases both sides have, of one
+    kernel's records (two run ids are compared whatever their kernel). Damaged lines and metric
+    fields (skipped: shown "-") are appended to `damaged` as "file:line: why"."""
     damaged = [] if damaged is None else damaged
     rr = records.read(paths)
     damaged.extend(rr.damaged)
     recs = rr.records
     ra, rb = _resolve(a, recs), _resolve(b, recs)
+    if len(ra) > 1 or len(rb) > 1:       # commits: the kernel's own records, so cases pair up
+        ra, rb = ([r for r in rs if (r.get("kernel") or DEFAULT_KERNEL) == kernel] for rs in (ra, rb))
     if not ra:
         raise UsageError(f"no records for {a!r} (a commit or a run id)")
     if not rb:
