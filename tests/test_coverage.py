@@ -159,8 +159,9 @@ def test_other_tiles_give_other_lengths_and_features(monkeypatch):
     assert "sk_tail" in cov.features_of(case(1, 1, 64, 64), OTHER_TILES)
     assert "sk_tail" not in cov.features_of(case(1, 1, 64, 64))
     assert not cov.uncovered(other, wide_pool(OTHER_TILES, top=460)[::7], OTHER_TILES)
-    # the registry's default is looked up when called, so a kernel swapped in is the one checked
-    monkeypatch.setattr(registry, "DEFAULT", OTHER_TILES)
+    # the kernel in use is looked up when called, so a kernel swapped in is the one checked
+    monkeypatch.setitem(registry.KERNELS, "other_tiles", replace(OTHER_TILES, name="other_tiles"))
+    monkeypatch.setenv(registry.ENV_KERNEL, "other_tiles")
     assert cov.coverage_set() == other
 
 
