@@ -3,7 +3,8 @@
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
 # Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|kernels|bench|loop|probes|profile|all]
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
-# (each part fits one 10-minute device call; `all` runs them in sequence)
+# (each part fits one 10-minute device call; `all` runs them in sequence; never two parts at
+#  once: they share $OUT/run, and the first to finish packs and removes it)
 # (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
 set -uo pipefail
 # Everything is written under $OUT/run and packed into $OUT/gpu_suite_out.tgz at the end (the
@@ -16,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 rc=0
 if [[ $what == tests || $what == all ]]; then
   # the GPU suite (marker gpu), then the torch-dependent tests that are not GPU-marked
-  timeout ${SUITE_TIMEOUT:-540} python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 600 tests 2>&1 | tee "$OUT/gpu_tests.log"
+  timeout ${SUITE_TIMEOUT:-540} python3 -m pytest -q -rfEs -m gpu -p no:cacheprovider -n 8 --timeout 600 tests 2>&1 | tee "$OUT/gpu_tests.log"
   rc=${PIPESTATUS[0]}
   python3 -m pytest -q -m "not gpu" -p no:cacheprovider tests/test_api.py tests/test_worker.py 2>&1 | tail -5 | tee -a "$OUT/gpu_tests.log"
   [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
