@@ -117,6 +117,9 @@ class Plan:
     scale: float       # the default, 1/sqrt(D)
 
 
+# forward() launches the mma.sync kernel whatever kernel the harness has in use: its launcher packs
+# flashcore_fused's 17 arguments (the sm_90a kernel's three TMA maps are not in it yet, issue 24).
+PRODUCT_KERNEL = "flashcore_fused"
 _SOURCE: loader.KernelSource | None = None
 _FUNCTIONS: dict = {}   # (device, D, causal, tiles) -> (Variant, compiled function)
 
@@ -127,9 +130,9 @@ def _function(kind, device: int, D: int, causal: bool, tiles: dict):
     key = (device, D, causal, tuple(sorted(tiles.items())))
     if key not in _FUNCTIONS:
         if _SOURCE is None:
-            _SOURCE = loader.KernelSource.read()
+            _SOURCE = loader.KernelSource.read(kernel=PRODUCT_KERNEL)
         arch = _device.arch_for(_device.device_facts(device)["arch"])
-        variant = Variant("full", D, causal, arch=arch, **tiles)
+        variant = Variant("full", D, causal, arch=arch, kernel=PRODUCT_KERNEL, **tiles)
         with kind.on_device(device):   # a module is loaded into the context of the current device
             _FUNCTIONS[key] = (variant, loader.compile_function(variant, _SOURCE))
     return _FUNCTIONS[key]
@@ -141,7 +144,7 @@ def _plan(kind, qm, km, vm, causal: bool) -> Plan:
     call neither validates nor looks a variant up again (a bad input raises every time)."""
     device, B, H, Sq, Sk, D = check_inputs(kind, qm, km, vm)
     shape = Shape(B, H, Sq, Sk, D)
-    variant, fn = _function(kind, device, D, causal, tiles_for(shape))
+    variant, fn = _function(kind, device, D, causal, tiles_for(shape, PRODUCT_KERNEL))
     grid, block, scale = variant.grid(shape), (variant.threads,), 1.0 / math.sqrt(D)
     launcher = Launcher(fn, grid, block, variant.smem_bytes, kernel_args(0, 0, 0, 0, 0, H, Sq, Sk, scale),
                         N_PTRS, SCALE_SLOT)

@@ -171,7 +171,7 @@ def test_setup_is_cached_per_device_head_dim_causal_and_tiles(fake):
 def test_one_source_read_serves_every_variant(fake, monkeypatch):
     reads = []
     real = loader.KernelSource.read
-    monkeypatch.setattr(loader.KernelSource, "read", classmethod(lambda cls, *a: reads.append(1) or real(*a)))
+    monkeypatch.setattr(loader.KernelSource, "read", classmethod(lambda cls, *a, **kw: reads.append(1) or real(*a, **kw)))
     for D in SUPPORTED_HEAD_DIMS:
         for causal in (False, True):
             api.forward(*qkv(D=D), causal=causal)

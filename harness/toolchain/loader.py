@@ -70,13 +70,14 @@ class KernelSource:
         return self.base_options + tuple(f"-D{d}" for d in variant.defines)
 
     @classmethod
-    def read(cls, path: Path | None = None) -> "KernelSource":
-        """Read and hash the kernel now (path, else $FLASHCORE_KERNEL, else the registry's file)."""
-        path = compiler.kernel_file(path)
+    def read(cls, path: Path | None = None, kernel: str | None = None) -> "KernelSource":
+        """Read and hash the kernel now (path, else $FLASHCORE_KERNEL, else the registry's file
+        of `kernel`, default the kernel in use)."""
+        path = compiler.kernel_file(path, kernel)
         # runtime_options() is the one definition of the options: the source hash and include
         # paths, then one -D per define of the variant. Cut the defines of a probe variant off
         # its end so that every variant shares one read and one hash.
-        probe = Variant()
+        probe = Variant(kernel=kernel) if kernel else Variant()
         opts, tail = compiler.runtime_options(probe, path), tuple(f"-D{d}" for d in probe.defines)
         if opts[len(opts) - len(tail):] != tail:
             raise RuntimeError("compiler.runtime_options no longer ends with the variant's -D flags")
