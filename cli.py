@@ -19,6 +19,9 @@ class FlashCoreGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
+        import os
+        from kernels.registry import ENV_KERNEL
+        saved = os.environ.get(ENV_KERNEL)    # --kernel NAME sets it for this command and its workers only
         try:
             rv = super().main(args=args, prog_name=prog_name or "flashcore", standalone_mode=False, **extra)
         except click.UsageError as e:
@@ -29,6 +32,11 @@ class FlashCoreGroup(click.Group):
             _die(str(e), e.exit_code)
         except KeyboardInterrupt:
             _die("interrupted", 130)
+        finally:
+            if saved is None:
+                os.environ.pop(ENV_KERNEL, None)
+            else:
+                os.environ[ENV_KERNEL] = saved
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
 

@@ -29,6 +29,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _default_registry_kernel(monkeypatch):
+    """Every test starts with flashcore_fused in use; a test that sets another is undone."""
+    monkeypatch.delenv("FLASHCORE_REGISTRY_KERNEL", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _no_prebuild_on_fakes(request, monkeypatch):
     """CPU tests fake the GPU: a prebuild there would compile the real coverage set for
     nothing (harness/toolchain/prebuild.py has its own tests). GPU tests prebuild, as users do."""

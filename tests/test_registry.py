@@ -96,10 +96,8 @@ def test_cli_kernel_name_sets_the_kernel_in_use(second_entry, monkeypatch):
     monkeypatch.delenv(registry.ENV_KERNEL, raising=False)
     r = CliRunner().invoke(cli, ["compile", "--kernel", "other", "--debug", "full", "--head-dim", "64",
                                  "--no-causal", "--arch", "sm_90a"])
-    assert os.environ.get(registry.ENV_KERNEL) == "other", r.output
-    assert "other full D=64 sm_90a" in " ".join(r.output.split()), r.output
-    CliRunner().invoke(cli, ["compile", "--list-bugs"])
-    assert registry.ENV_KERNEL not in os.environ
+    assert "other full D=64 sm_90a" in " ".join(r.output.split()), r.output   # the command compiled "other"
+    assert registry.ENV_KERNEL not in os.environ        # and the setting ended with the command
 
 
 def test_the_sm90a_kernel_is_a_second_entry_compiled_through_the_harness():
