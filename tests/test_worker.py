@@ -21,7 +21,7 @@ from harness.run import pool, runs
 from tests.conftest import gpu_missing_reason
 
 SHAPE = dict(B=1, H=2, Sq=16, Sk=16, D=64)
-HANG_TIMEOUT_S = 3
+HANG_TIMEOUT_S = 8   # a case's limit; the "ok" cases must finish well inside it on a loaded 2-core CI machine
 
 
 def case(hook, **kw):
