@@ -11,8 +11,8 @@
 // convention of torch.nn.functional.scaled_dot_product_attention(is_causal=True).
 //
 // Macros read by this file (the harness passes them with -D; see debug_modes/):
-//   HEAD_DIM            64 or 128 (required)
-//   IS_CAUSAL           0 or 1 (default 0)
+//   HEAD_DIM            64 or 128 (required; checked in kernels/common/flags.cuh)
+//   IS_CAUSAL           0 or 1 (default 0, from kernels/common/flags.cuh)
 //   NWARPS              warps per block (default 4)
 //   M_FRAGS             16-row fragments per warp, 1 or 2 (default 1): a warp owns 16*M_FRAGS rows
 //   KV_STAGES           K/V shared-memory buffers, 1 or 2 (default 2: tile j+2 loads during tile j)
@@ -55,19 +55,22 @@
 //   Skp = ceil(Sk / BLOCK_N) * BLOCK_N: the softmax consumes the padded columns of the tail tile,
 //   so the QK check must see them (-inf), and P over them must be 0. O, LSE, M_out and L_out are
 //   indexed by absolute row.
+//
+// Shared code: the stage code the sm_90a kernel (flashcore_hopper.cu) runs too is in
+// kernels/common/, included below: score masking (mask.cuh), the online softmax and O rescale
+// (softmax.cuh; BUG_P_OVERFLOW's #ifdef is there, with the code it breaks), P packing into fp16 A
+// fragments and FP32_P's hi+lo split (pack_p.cuh), the debug matrices' window / padded-width I/O
+// (debug_io.cuh), the debug modes' stand-ins for a stage (debug_stages.cuh: DEBUG_QK_ONLY's S,
+// DEBUG_SOFTMAX_ONLY's whole stage, UNIFORM_P's P), the row finish and O store (epilogue.cuh),
+// the scalar helpers (util.cuh) and the flag contract (flags.cuh: HEAD_DIM, IS_CAUSAL, which
+// stages a mode runs, out_t). This file keeps the mma.sync engine: cp.async tile loads, ldmatrix
+// fragments, the Q.K^T and P.V products, the key loop and its seeded bugs but BUG_P_OVERFLOW.
 
 #include <cuda_fp16.h>
-typedef unsigned int u32;   // NVRTC has no <stdint.h>
+// HEAD_DIM, IS_CAUSAL, USES_QK / USES_PV (the stages a debug mode runs) and out_t: the flag
+// contract both kernels decode the same way.
+#include "common/flags.cuh"
 
-#ifndef HEAD_DIM
-#error "HEAD_DIM must be defined (64 or 128)"
-#endif
-#if HEAD_DIM != 64 && HEAD_DIM != 128
-#error "HEAD_DIM must be 64 or 128"
-#endif
-#ifndef IS_CAUSAL
-#define IS_CAUSAL 0
-#endif
 #ifndef NWARPS
 #define NWARPS 4
 #endif
@@ -92,35 +95,22 @@ typedef unsigned int u32;   // NVRTC has no <stdint.h>
 #define D_FRAG (HEAD_DIM / 8)               // n8 tiles of O per warp
 #define K_STEPS (HEAD_DIM / 16)             // k16 steps of Q.K^T
 
-#if defined(DEBUG_QK_ONLY) || defined(FP32_P) || !(defined(DEBUG_SOFTMAX_ONLY) || defined(DEBUG_PV_ONLY) || defined(UNIFORM_P))
-#define USES_QK 1
-#else
-#define USES_QK 0
-#endif
-#if defined(DEBUG_QK_ONLY) || defined(DEBUG_SOFTMAX_ONLY)
-#define USES_PV 0
-#else
-#define USES_PV 1
-#endif
-#ifdef FP32_P
-typedef float out_t;
-#else
-typedef half out_t;
-#endif
-
 #ifdef BUG_KV_LOOP_SQ
 #define NITER_CONST                         // the seeded bug lowers the loop bound after the fact
 #else
 #define NITER_CONST const
 #endif
 
-#define LOG2E 1.4426950408889634f
-#define NEG_INF (-__int_as_float(0x7f800000))
+// The stage code shared with the sm_90a kernel (kernels/common/; it reads IS_CAUSAL and BLOCK_N above).
+#include "common/util.cuh"          // u32, smem_u32, fast_exp2, quad_sum, store_out2, LOG2E, NEG_INF
+#include "common/mask.cuh"          // mask_scores: TILE_NEEDS_MASK, mask_tile
+#include "common/softmax.cuh"       // scores_to_p: softmax_update (+BUG_P_OVERFLOW), rescale_o
+#include "common/pack_p.cuh"        // pv_tile: pack_p_slice, pack_p_lo_slice (FP32_P)
+#include "common/debug_io.cuh"      // DebugRows, load_s_frag (DEBUG_PV_ONLY), store_s_frag
+#include "common/debug_stages.cuh"  // store_scaled_s, softmax_only_stage, uniform_p_tile
+#include "common/epilogue.cuh"      // finish_row, store_o_half
 
-// ---------------------------------------------------------------- PTX helpers
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-    return static_cast<u32>(__cvta_generic_to_shared(p));
-}
+// ---------------------------------------------------------------- PTX helpers (sm_80 mma.sync engine)
 // 16-byte async copy; src_bytes = 0 fills the destination with zeros (padding rows).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
@@ -153,21 +143,6 @@ __device__ __forceinline__ void mma16816_zc(float d[4], const u32 a[4], u32 b0, 
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
-}
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ u32 pack_half2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<u32*>(&h);
-}
-
-// The fp16 remainder (x - fp16(x), y - fp16(y)) of a pair already packed as hi.
-__device__ __forceinline__ u32 pack_lo(float x, float y, u32 hi) {
-    const float2 h = __half22float2(*reinterpret_cast<const __half2*>(&hi));
-    return pack_half2(x - h.x, y - h.y);
 }
 
 // ---------------------------------------------------------------- tile loads
@@ -270,62 +245,6 @@ __device__ __forceinline__ void qk_tile(float s[M_FRAGS][N_FRAG][4], const u32 q
     }
 }
 
-// Tail (key >= Sk) and causal (key > query) masking, applied to tiles that need it.
-// kv_limit is the first invalid key: Sk (BUG_TAIL_MASK: Sk - 1, the classic off-by-one).
-__device__ __forceinline__ void mask_tile(float s[N_FRAG][4], int kv0, int row_base, int lane, int kv_limit) {
-#pragma unroll
-    for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-            bool masked = col >= kv_limit;
-#if IS_CAUSAL
-            masked = masked || col > row_base + (e >> 1) * 8;
-#endif
-            if (masked) s[nt][e] = NEG_INF;
-        }
-}
-
-// ---------------------------------------------------------------- stage 2: online softmax
-// In: masked scores s in units where softmax(s * sl2 / log2(e)) is wanted: raw Q.K^T with
-// sl2 = scale*log2(e) in the full kernel, already-scaled S with sl2 = log2(e) in softmax_only.
-// Out: s overwritten by P = exp2(s*sl2 - m*sl2) (fp32, unnormalised; one FFMA + ex2 per score),
-// per-thread partial row sums l, running max m (units of s) and the rescale factor alpha for O.
-__device__ __forceinline__ void softmax_update(float s[N_FRAG][4], float m[2], float l[2],
-                                               float alpha[2], float sl2, bool first_tile) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float mx = m[h];
-#pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-#ifdef BUG_P_OVERFLOW
-        if (!first_tile) mx = m[h];          // the bug: max frozen after the first tile
-#endif
-        const float m_use = (mx == NEG_INF) ? 0.f : mx;   // a row with no key yet: keep exp finite
-        alpha[h] = fast_exp2((m[h] - m_use) * sl2);        // m[h] = -inf on the first tile -> 0
-        const float ms = m_use * sl2;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
-                s[nt][2 * h + e] = p;
-                sum += p;
-            }
-        l[h] = l[h] * alpha[h] + sum;
-        m[h] = mx;
-    }
-}
-
-__device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    x += __shfl_xor_sync(0xffffffffu, x, 2);
-    return x;
-}
-
 // ---------------------------------------------------------------- stage 3: PV
 #if defined(BUG_D128_COLS) && HEAD_DIM == 128
 #define PV_DN (HEAD_DIM / 16 - 1)               // the bug: the last 16 columns get no P.V
@@ -351,78 +270,26 @@ __device__ __forceinline__ void pv_mma(float o[M_FRAGS][D_FRAG][4], const u32 a[
     }
 }
 
-// o += P.V for one key tile. P comes from the S registers (the m16n8 accumulator layout of
-// two adjacent n8 tiles is the m16k16 A-operand layout), cast to fp16; with FP32_P the
-// remainder p - fp16(p) is multiplied in a second product so P.V sees fp32 P.
+// o += P.V for one key tile. P comes from the S registers as fp16 A fragments, one 16-key slice
+// at a time (common/pack_p.cuh); with FP32_P the remainder p - fp16(p) is multiplied in a second
+// product so P.V sees fp32 P.
 __device__ __forceinline__ void pv_tile(float o[M_FRAGS][D_FRAG][4], const float p[M_FRAGS][N_FRAG][4],
                                         const half* sV, int lane) {
 #pragma unroll
     for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
         u32 a[M_FRAGS][4];
 #pragma unroll
-        for (int mf = 0; mf < M_FRAGS; ++mf) {
-            a[mf][0] = pack_half2(p[mf][2 * kk][0], p[mf][2 * kk][1]);
-            a[mf][1] = pack_half2(p[mf][2 * kk][2], p[mf][2 * kk][3]);
-            a[mf][2] = pack_half2(p[mf][2 * kk + 1][0], p[mf][2 * kk + 1][1]);
-            a[mf][3] = pack_half2(p[mf][2 * kk + 1][2], p[mf][2 * kk + 1][3]);
-        }
+        for (int mf = 0; mf < M_FRAGS; ++mf) pack_p_slice(a[mf], p[mf], kk);
         pv_mma(o, a, sV, kk, lane);
 #ifdef FP32_P
-        // Second pass with the remainders; V fragments re-read so that a and a_lo are not
-        // live together (keeps the D=128 variant free of spills).
+        // Second pass with the remainders, packed over the hi fragment in place; V fragments
+        // re-read so that a and a_lo are not live together (keeps the D=128 variant free of spills).
 #pragma unroll
-        for (int mf = 0; mf < M_FRAGS; ++mf) {
-            a[mf][0] = pack_lo(p[mf][2 * kk][0], p[mf][2 * kk][1], a[mf][0]);
-            a[mf][1] = pack_lo(p[mf][2 * kk][2], p[mf][2 * kk][3], a[mf][1]);
-            a[mf][2] = pack_lo(p[mf][2 * kk + 1][0], p[mf][2 * kk + 1][1], a[mf][2]);
-            a[mf][3] = pack_lo(p[mf][2 * kk + 1][2], p[mf][2 * kk + 1][3], a[mf][3]);
-        }
+        for (int mf = 0; mf < M_FRAGS; ++mf) pack_p_lo_slice(a[mf], p[mf], kk, a[mf]);
         pv_mma(o, a, sV, kk, lane);
 #endif
     }
 }
-
-// Debug-mode I/O for the window's [rows, Skp] fp32 matrices in the S-fragment layout (row i of
-// the problem at i - row0, row stride Skp: every column of every key tile, padding included;
-// Skp is a multiple of BLOCK_N, so each thread's column pair is 8-byte aligned).
-// Rows past the window's end read as fill and are not stored. One row pointer per fragment row
-// half: every element is that pointer plus a constant.
-// Holds the kernel's own arguments, not derived values: ptxas then re-reads them from the
-// constant bank where they are used instead of keeping them in registers across the key loop.
-struct DebugRows {
-    int row0, n_rows, Sq, Sk;
-    __device__ __forceinline__ int row_end() const { return min(Sq, row0 + n_rows); }
-    __device__ __forceinline__ int Skp() const { return (Sk + BLOCK_N - 1) / BLOCK_N * BLOCK_N; }
-};
-__device__ __forceinline__ void load_s_frag(float s[N_FRAG][4], const float* src, int kv0,
-                                            int row_base, int lane, DebugRows w, float fill) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int row = row_base + 8 * h, c0 = kv0 + (lane & 3) * 2;
-        const bool row_ok = row < w.row_end();
-        const float* p = src + (size_t)(row_ok ? row - w.row0 : 0) * w.Skp() + c0;
-#pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-                s[nt][2 * h + e] = row_ok ? p[nt * 8 + e] : fill;
-    }
-}
-__device__ __forceinline__ void store_s_frag(float* dst, const float s[N_FRAG][4], int kv0,
-                                             int row_base, int lane, DebugRows w) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int row = row_base + 8 * h, c0 = kv0 + (lane & 3) * 2;
-        if (row >= w.row_end()) continue;
-        float* p = dst + (size_t)(row - w.row0) * w.Skp() + c0;
-#pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt)
-            *reinterpret_cast<float2*>(p + nt * 8) = make_float2(s[nt][2 * h], s[nt][2 * h + 1]);
-    }
-}
-
-__device__ __forceinline__ void store_out2(half* p, float x, float y) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y); }
-__device__ __forceinline__ void store_out2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
 
 // ---------------------------------------------------------------- one key tile: the stages
 struct TileCtx {
@@ -443,14 +310,16 @@ __device__ __forceinline__ void qk_scores(float s[M_FRAGS][N_FRAG][4], const u32
 #endif
 }
 
-// Masking for key tile t, applied only to tiles that reach the tail or the diagonal.
+// Masking for key tile t, applied only to tiles that reach the tail or the diagonal. kv_limit is
+// the first invalid key: Sk (BUG_TAIL_MASK: Sk - 1, the classic off-by-one; BUG_TAIL_UNMASKED:
+// the padded width); the diagonal test is the block's first row q0 (common/mask.cuh).
 __device__ __forceinline__ void mask_scores(float s[M_FRAGS][N_FRAG][4], int t, const TileCtx& c) {
 #if USES_QK
     const int kv0 = t * BLOCK_N;
 #ifdef BUG_SHORT_UNMASKED
     if (c.Sk < BLOCK_N) return;                 // the bug: "one tile, nothing to mask"
 #endif
-    if (kv0 + BLOCK_N > c.kv_limit || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0)) {
+    if (TILE_NEEDS_MASK(kv0, c.kv_limit, c.q0)) {
         FOR_MF mask_tile(s[mf], kv0, c.row_base + mf * 16, c.lane, c.kv_limit);
     }
 #endif
@@ -464,33 +333,16 @@ __device__ __forceinline__ void scores_to_p(float s[M_FRAGS][N_FRAG][4], float o
     const int kv0 = j * BLOCK_N, lane = c.lane;
 #endif
 #if defined(DEBUG_QK_ONLY)
-    FOR_MF {
-#pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[mf][nt][e] *= c.scale;    // the stage's output is scaled S
-        store_s_frag(c.S_out, s[mf], kv0, c.row_base + mf * 16, lane, c.w);
-    }
+    FOR_MF store_scaled_s(s[mf], c.scale, c.S_out, kv0, c.row_base + mf * 16, lane, c.w);
 #elif defined(DEBUG_PV_ONLY)
     FOR_MF load_s_frag(s[mf], c.P_in, kv0, c.row_base + mf * 16, lane, c.w, 0.f);   // alpha = l = 1
 #elif defined(UNIFORM_P)
-    const float inv_sk = 1.f / (float)c.Sk;
-    FOR_MF {
-#pragma unroll
-        for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                s[mf][nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < c.Sk) ? inv_sk : 0.f;
-    }
+    FOR_MF uniform_p_tile(s[mf], kv0, lane, c.Sk);
 #else
     FOR_MF {
         softmax_update(s[mf], m[mf], l[mf], alpha[mf], c.sl2, j == 0);
 #ifndef BUG_NO_RESCALE
-#pragma unroll
-        for (int i = 0; i < D_FRAG; ++i) {
-            o[mf][i][0] *= alpha[mf][0]; o[mf][i][1] *= alpha[mf][0];
-            o[mf][i][2] *= alpha[mf][1]; o[mf][i][3] *= alpha[mf][1];
-        }
+        rescale_o(o[mf], alpha[mf]);
 #endif
     }
 #endif
@@ -567,42 +419,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 
 #ifdef DEBUG_SOFTMAX_ONLY
-    {   // Stage 2 alone: exact S in, the same online update, then a second sweep for P.
-        const float* Sb = S_in + debug_off;
-        float m[M_FRAGS][2], l[M_FRAGS][2], alpha[M_FRAGS][2];
-        FOR_MF { m[mf][0] = m[mf][1] = NEG_INF; l[mf][0] = l[mf][1] = 0.f; }
-        float s[N_FRAG][4];
-        for (int j = 0; j < n_iter; ++j) {
-            FOR_MF {
-                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, w, NEG_INF);
-                softmax_update(s, m[mf], l[mf], alpha[mf], LOG2E, j == 0);   // S_in is already scaled
-            }
-        }
-        float inv[M_FRAGS][2], ms[M_FRAGS][2];
-        FOR_MF {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                l[mf][h] = quad_sum(l[mf][h]);
-                inv[mf][h] = 1.f / l[mf][h];
-                ms[mf][h] = (m[mf][h] == NEG_INF ? 0.f : m[mf][h]) * LOG2E;
-                const int row = row_base + mf * 16 + 8 * h;
-                if (row < ROW_END && (lane & 3) == 0) { M_out[bh * Sq + row] = m[mf][h]; L_out[bh * Sq + row] = l[mf][h]; }
-            }
-        }
-        float* Pb = P_out + debug_off;
-        for (int j = 0; j < n_iter; ++j) {
-            FOR_MF {
-                load_s_frag(s, Sb, j * BLOCK_N, row_base + mf * 16, lane, w, NEG_INF);
-#pragma unroll
-                for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        s[nt][e] = fast_exp2(fmaf(s[nt][e], LOG2E, -ms[mf][e >> 1])) * inv[mf][e >> 1];
-                store_s_frag(Pb, s, j * BLOCK_N, row_base + mf * 16, lane, w);
-            }
-        }
-        return;
-    }
+    // Stage 2 alone: exact S in, the same online update, then a second sweep for P (common/debug_stages.cuh).
+    softmax_only_stage<M_FRAGS, N_FRAG>(S_in + debug_off, P_out + debug_off, M_out, L_out, bh, Sq, n_iter,
+                                        row_base, lane, w);
+    return;
 #endif
 
     float o[M_FRAGS][D_FRAG][4];
@@ -699,10 +519,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
             const float inv = 1.f;
 #else
-            l[mf][h] = quad_sum(l[mf][h]);
-            const float inv = 1.f / l[mf][h];
-            const int row = row_base + mf * 16 + 8 * h;
-            if (LSE != nullptr && row < ROW_END && (lane & 3) == 0) LSE[bh * Sq + row] = m[mf][h] * scale + logf(l[mf][h]);
+            const float inv = finish_row(m[mf][h], l[mf][h], scale, LSE, bh, row_base + mf * 16, h, w, lane);
 #endif
 #ifdef BUG_FRAG_SWAP
             const int row_w = row_base + mf * 16 + 8 * (1 - h);
@@ -711,12 +528,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
             const int row_w = row_base + mf * 16 + 8 * h;
 #endif
-            if (row_w < ROW_END) {
-#pragma unroll
-                for (int i = 0; i < D_FRAG; ++i)
-                    store_out2(Ob + (size_t)row_w * HEAD_DIM + i * 8 + (lane & 3) * 2,
-                               o[mf][i][2 * h] * inv, o[mf][i][2 * h + 1] * inv);
-            }
+            if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o[mf], h, inv, lane);
         }
     }
 #endif

@@ -14,8 +14,8 @@
 //     with tile j+KV_STAGES after the empty phase of tile j completes, so KV_STAGES-1 tiles are
 //     in flight while tile j is computed.
 //   * Per key tile j, per warpgroup: S = Q.K_j^T by wgmma SS (K-major descriptors, N = BLOCK_N),
-//     wait; masking and the online softmax in the fp32 S registers (the sm_80 code, from
-//     kernels/hopper/fragments.cuh); P packed to fp16 A fragments after the wait (no C7513);
+//     wait; masking and the online softmax in the fp32 S registers (the sm_80 kernel's code:
+//     kernels/common/, below); P packed to fp16 A fragments after the wait (no C7513);
 //     O += P.V_j by wgmma RS (V MN-major, trans-b), wait; arrive on stage j's empty barrier.
 //   * Epilogue: O = O_acc / l straight from registers to global memory; LSE = scale*m + ln l.
 //
@@ -24,8 +24,8 @@
 // No atomics: every output element is written by exactly one thread (bitwise reproducible).
 //
 // Macros (-D; each tile macro has a default):
-//   HEAD_DIM      64 or 128 (required)
-//   IS_CAUSAL     0 or 1 (default 0)
+//   HEAD_DIM      64 or 128 (required; checked in kernels/common/flags.cuh)
+//   IS_CAUSAL     0 or 1 (default 0, from kernels/common/flags.cuh)
 //   BLOCK_N       keys per K/V tile, a multiple of 32 in [32, 256] (default 128)
 //   KV_STAGES     K/V shared-memory stages, >= 1 (default 2; >= 2 overlaps loads with compute)
 //   CONSUMER_WGS  consumer warpgroups, 1..4 (default 2): BLOCK_M = 64*CONSUMER_WGS rows,
@@ -92,16 +92,18 @@
 // D=64 BLOCK_N=64 or 128, KV_STAGES=3 (the D=64 spread is within the noise). More stages pay
 // because thread 0 refills a stage only after the slowest warpgroup releases it.
 // Registers of every variant: scripts/hopper_selfcheck.py --compile-only, tests/test_hopper_compile.py.
+//
+// Shared code: the per-warp wgmma m64nN fp32 accumulator is the mma.sync m16n8 C layout, so the
+// stage code is the sm_80 kernel's own, from kernels/common/ (both kernels include it): score
+// masking (mask.cuh), the online softmax and O rescale (softmax.cuh), P packing into fp16 A
+// fragments and FP32_P's hi+lo split (pack_p.cuh), the debug matrices' window / padded-width I/O
+// (debug_io.cuh), the debug modes' stand-ins for a stage (debug_stages.cuh), the row finish and O
+// store (epilogue.cuh), the scalar helpers (util.cuh) and the flag contract (flags.cuh: HEAD_DIM,
+// IS_CAUSAL, which stages a mode runs, out_t). kernels/hopper/ holds the sm_90a engine only: PTX
+// wrappers (ptx.cuh) and the wgmma instructions (wgmma.cuh); every seeded bug of this kernel
+// stays in this file.
 
-#ifndef HEAD_DIM
-#error "HEAD_DIM must be defined (64 or 128)"
-#endif
-#if HEAD_DIM != 64 && HEAD_DIM != 128
-#error "HEAD_DIM must be 64 or 128"
-#endif
-#ifndef IS_CAUSAL
-#define IS_CAUSAL 0
-#endif
+#include "common/flags.cuh"     // HEAD_DIM, IS_CAUSAL, USES_QK / USES_PV, out_t (shared contract)
 #ifndef BLOCK_N
 #define BLOCK_N 128                         // keys per K/V tile (wgmma N of Q.K^T)
 #endif
@@ -133,16 +135,6 @@
 #define KV_TILE_HALVES (BLOCK_N * HEAD_DIM)
 #define SMEM_BYTES (1024 + 2 * Q_TILE_HALVES + KV_STAGES * 2 * 2 * KV_TILE_HALVES)
 
-#if defined(DEBUG_QK_ONLY) || defined(FP32_P) || !(defined(DEBUG_SOFTMAX_ONLY) || defined(DEBUG_PV_ONLY) || defined(UNIFORM_P))
-#define USES_QK 1
-#else
-#define USES_QK 0
-#endif
-#if defined(DEBUG_QK_ONLY) || defined(DEBUG_SOFTMAX_ONLY)
-#define USES_PV 0
-#else
-#define USES_PV 1
-#endif
 #if defined(BUG_EMPTY_COUNT) && !defined(MBAR_SPIN_LIMIT)
 // BUG_EMPTY_COUNT (below, at the barrier init) deadlocks; its waits are unbounded so that the launch
 // never completes and the harness's deadline (device.HANG_S, 10 s) reads it as HANG. With the
@@ -150,14 +142,14 @@
 #define MBAR_SPIN_LIMIT 0
 #endif
 #include "hopper/ptx.cuh"
-#include "hopper/fragments.cuh"
+#include "common/util.cuh"
+#include "common/mask.cuh"
+#include "common/softmax.cuh"
+#include "common/pack_p.cuh"
+#include "common/debug_io.cuh"
+#include "common/debug_stages.cuh"
+#include "common/epilogue.cuh"
 #include "hopper/wgmma.cuh"
-
-#ifdef FP32_P
-typedef float out_t;
-#else
-typedef half out_t;
-#endif
 
 // Transaction bytes of one K/V stage (the tensors this mode reads) and of the Q tile.
 #define KV_STAGE_TX ((USES_QK + USES_PV) * KV_TILE_HALVES * 2)
@@ -290,9 +282,9 @@ __device__ __forceinline__ void mask_scores(float (&s)[N_FRAG][4], int t, const 
     // each query block goes unmasked unless it is the Sk tail tile: its rows see later keys.
     // mask_scores runs in qk_only (which writes S, masks included): qk_only fails; softmax_only,
     // pv_only, uniform_p compile to the clean cubins and pass. Stage: QK.
-    if (kv0 + BLOCK_N > c.Sk || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0 + BLOCK_M - 1))
+    if (TILE_NEEDS_MASK(kv0, c.Sk, c.q0 + BLOCK_M - 1))
 #else
-    if (kv0 + BLOCK_N > c.Sk || (IS_CAUSAL && kv0 + BLOCK_N - 1 > c.q0))
+    if (TILE_NEEDS_MASK(kv0, c.Sk, c.q0))
 #endif
         mask_tile(s, kv0, c.row_base, c.lane, c.Sk);
 }
@@ -304,23 +296,14 @@ __device__ __forceinline__ void scores_to_p(float (&s)[N_FRAG][4], float (&o)[D_
     const int kv0 = j * BLOCK_N, lane = c.lane;
 #endif
 #if defined(DEBUG_QK_ONLY)
-#pragma unroll
-    for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] *= c.scale;     // the stage's output is scaled S
-    store_s_frag(c.S_out, s, kv0, c.row_base, lane, c.w);
+    store_scaled_s(s, c.scale, c.S_out, kv0, c.row_base, lane, c.w);
 #elif defined(DEBUG_PV_ONLY)
     load_s_frag(s, c.P_in, kv0, c.row_base, lane, c.w, 0.f);  // alpha = l = 1
 #elif defined(UNIFORM_P)
-    const float inv_sk = 1.f / (float)c.Sk;
-#pragma unroll
-    for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            s[nt][e] = (kv0 + nt * 8 + (lane & 3) * 2 + (e & 1) < c.Sk) ? inv_sk : 0.f;
+    uniform_p_tile(s, kv0, lane, c.Sk);
 #else
     float alpha[2];
-    softmax_update(s, m, l, alpha, c.sl2);
+    softmax_update(s, m, l, alpha, c.sl2, j == 0);
     rescale_o(o, alpha);
 #endif
 }
@@ -360,37 +343,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 
 #ifdef DEBUG_SOFTMAX_ONLY
-    {   // Stage 2 alone: exact S in, the same online update, then a second sweep for P. No
-        // shared memory, no tensor cores (the tensor maps are null and unused).
-        const float* Sb = S_in + debug_off;
-        float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, alpha[2];
-        float s[N_FRAG][4];
-        for (int j = 0; j < n_iter; ++j) {
-            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, w, NEG_INF);
-            softmax_update(s, m, l, alpha, LOG2E);          // S_in is already scaled
-        }
-        float inv[2], ms[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            l[h] = quad_sum(l[h]);
-            inv[h] = 1.f / l[h];
-            ms[h] = (m[h] == NEG_INF ? 0.f : m[h]) * LOG2E;
-            const int row = row_base + 8 * h;
-            if (row < ROW_END && (lane & 3) == 0) { M_out[(size_t)bh * Sq + row] = m[h]; L_out[(size_t)bh * Sq + row] = l[h]; }
-        }
-        float* Pb = P_out + debug_off;
-        for (int j = 0; j < n_iter; ++j) {
-            load_s_frag(s, Sb, j * BLOCK_N, row_base, lane, w, NEG_INF);
-#pragma unroll
-            for (int nt = 0; nt < N_FRAG; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    s[nt][e] = fast_exp2(fmaf(s[nt][e], LOG2E, -ms[e >> 1])) * inv[e >> 1];
-            store_s_frag(Pb, s, j * BLOCK_N, row_base, lane, w);
-        }
-        (void)tmQ; (void)tmK; (void)tmV;
-        return;
-    }
+    // Stage 2 alone: exact S in, the same online update, then a second sweep for P
+    // (common/debug_stages.cuh). No shared memory, no tensor cores (the tensor maps are null and unused).
+    softmax_only_stage<1, N_FRAG>(S_in + debug_off, P_out + debug_off, M_out, L_out, (size_t)bh, Sq, n_iter,
+                                  row_base, lane, w);
+    (void)tmQ; (void)tmK; (void)tmV;
+    return;
 #else
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // The 128-byte swizzle repeats every 1024 bytes and the wgmma descriptors assume atoms at
@@ -511,18 +469,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
         const float inv = 1.f;
 #else
-        l[h] = quad_sum(l[h]);
-        const float inv = 1.f / l[h];
-        const int row = row_base + 8 * h;
-        if (LSE != nullptr && row < ROW_END && (lane & 3) == 0) LSE[(size_t)bh * Sq + row] = m[h] * scale + logf(l[h]);
+        const float inv = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
 #endif
         const int row_w = row_base + 8 * h;
-        if (row_w < ROW_END) {
-#pragma unroll
-            for (int i = 0; i < D_FRAG; ++i)
-                store_out2(Ob + (size_t)row_w * HEAD_DIM + i * 8 + (lane & 3) * 2,
-                           o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
-        }
+        if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
     }
 #endif
 #endif  // !DEBUG_SOFTMAX_ONLY

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -131,9 +132,9 @@ def time_command(command: str, shape: str, warm: int, record: bool, flashcore: l
             t.codes.append(code)
             t.last_error = err or t.last_error
         if edits:
+            # a copy of kernels/ (the kernel includes common/ beside it), the copy's kernel edited
+            shutil.copytree(REPO / "kernels", Path(cache) / "edited", ignore=shutil.ignore_patterns("__pycache__"))
             kernel = Path(cache) / "edited" / "flashcore_fused.cu"
-            kernel.parent.mkdir()
-            kernel.write_text((REPO / "kernels" / "flashcore_fused.cu").read_text())
             env_edit = dict(env, FLASHCORE_KERNEL=str(kernel))
             for i in range(edits):
                 with kernel.open("a") as f:

@@ -8,6 +8,7 @@ python scripts/watch_demo.py [--shape mission] [--timeout 240]
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,9 +25,10 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=240)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        kernel = Path(tmp) / "flashcore_fused.cu"
-        clean = (ROOT / "kernels" / "flashcore_fused.cu").read_text()
-        kernel.write_text(clean)
+        # a copy of kernels/ (the kernel includes common/ beside it), its kernel edited
+        shutil.copytree(ROOT / "kernels", Path(tmp) / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+        kernel = Path(tmp) / "kernels" / "flashcore_fused.cu"
+        clean = kernel.read_text()
         env = dict(os.environ, FLASHCORE_KERNEL=str(kernel))
         cmd = [sys.executable, str(ROOT / "cli.py"), "watch", "run", "--debug", "all", "--shape", a.shape,
                "--seed", "1", "--max-cycles", "4", "--poll", "0.2"]

@@ -20,6 +20,7 @@ def test_bisect_max_err_finds_the_commit_that_switches_a_bug_on(tmp_path, result
     git(r, "config", "user.email", "t@t")
     git(r, "config", "user.name", "t")
     src = KERNEL_FILE.read_text()
+    shutil.copytree(KERNEL_FILE.parent / "common", r / "kernels" / "common")   # the headers it includes
     shas = {}
     for i in range(6):
         text = src + f"\n// revision {i}\n"

@@ -1,6 +1,8 @@
 """Compile ahead: the variants a sweep launches become cubins on disk, built in parallel by
 the parent, once per source hash and flag set; an edit rebuilds exactly the changed ones."""
 
+import shutil
+
 import pytest
 
 from harness.toolchain import compiler, prebuild
@@ -30,6 +32,7 @@ def test_prebuild_builds_once_and_then_finds_the_cubins(cache):
 def test_an_edit_rebuilds_only_what_it_changed(cache, tmp_path, monkeypatch):
     v = Variant("full", 64, arch="sm_90")
     prebuild.prebuild([v])
+    shutil.copytree(compiler.KERNEL_FILE.parent / "common", tmp_path / "common")   # the headers it includes
     edited = tmp_path / "flashcore_fused.cu"
     edited.write_text(compiler.KERNEL_FILE.read_text() + "\n// an edit\n")
     monkeypatch.setenv("FLASHCORE_KERNEL", str(edited))
@@ -39,6 +42,7 @@ def test_an_edit_rebuilds_only_what_it_changed(cache, tmp_path, monkeypatch):
 
 
 def test_a_compile_error_is_left_to_the_launch(cache, tmp_path, monkeypatch):
+    shutil.copytree(compiler.KERNEL_FILE.parent / "common", tmp_path / "common")
     broken = tmp_path / "flashcore_fused.cu"
     broken.write_text(compiler.KERNEL_FILE.read_text().replace("const int warp =", "const int warp = nope +", 1))
     monkeypatch.setenv("FLASHCORE_KERNEL", str(broken))

@@ -3,6 +3,7 @@ the derived values (rows per block, threads, shared memory), the -D list and the
 come from it, so a second entry needs no other file."""
 
 import dataclasses
+import shutil
 
 import pytest
 
@@ -41,6 +42,7 @@ def second_entry(monkeypatch, tmp_path):
     """A second entry: another file, other tiles, other formulas."""
     src = tmp_path / "other_kernel.cu"
     src.write_text(compiler.KERNEL_FILE.read_text())
+    shutil.copytree(compiler.KERNEL_FILE.parent / "common", tmp_path / "common")   # the headers it includes
     entry = dataclasses.replace(
         registry.FLASHCORE_FUSED, name="other", file=str(src), archs={"sm_90a": 227 * 1024},
         tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3), 128: dict(m_frags=1, nwarps=8, block_n=96, kv_stages=2)},

@@ -2,9 +2,8 @@
 // shared-memory descriptors and the fences that order register code around wgmma.
 // Everything here is a thin, documented wrapper around one PTX instruction; no policy.
 #pragma once
-#include <cuda_fp16.h>
+#include "../common/util.cuh"      // u32, smem_u32 (shared with the sm_80 kernel)
 
-typedef unsigned int u32;          // NVRTC has no <stdint.h>
 typedef unsigned long long u64;
 
 // The CUtensorMap the host encodes (harness/toolchain/tma.py): 128 opaque bytes. cuda.h declares
@@ -24,8 +23,6 @@ struct __align__(64) TmaDesc { u64 opaque[16]; };
 #ifndef MBAR_SPIN_LIMIT
 #define MBAR_SPIN_LIMIT (1u << 21)
 #endif
-
-__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 // ---------------------------------------------------------------- mbarrier
 __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {

@@ -1,0 +1,61 @@
+// kernels/common/softmax.cuh -- the online softmax of one 16-row fragment over one key tile
+// (FlashAttention-2's update, in exp2), in the m16n8 fragment layout (common/util.cuh): the
+// running row max m, the per-thread partial row sums l, the rescale factor alpha of O, and the
+// O rescale itself. Both kernels run this exact arithmetic, so the softmax_only stage check of
+// one kernel speaks for the other's code too.
+//
+// The sm_80 kernel's seeded bug BUG_P_OVERFLOW (debug_modes/bugs.py) lives here with the code it
+// breaks; the sm_90a kernel's registry entry does not list it (debug_modes/hopper_bugs.py), so
+// the harness never builds that kernel with it.
+#ifndef FLASHCORE_COMMON_SOFTMAX_CUH
+#define FLASHCORE_COMMON_SOFTMAX_CUH
+#include "util.cuh"
+
+// In: masked scores s in units where softmax(s * sl2 / log2(e)) is wanted: raw Q.K^T with
+// sl2 = scale*log2(e) in the full kernel, already-scaled S with sl2 = log2(e) in softmax_only.
+// Out: s overwritten by P = exp2(s*sl2 - m*sl2) (fp32, unnormalised; one FFMA + ex2 per score),
+// per-thread partial row sums l, running max m (units of s) and the rescale factor alpha for O.
+// first_tile: this is key tile 0 (read only by BUG_P_OVERFLOW).
+template <int NF>
+__device__ __forceinline__ void softmax_update(float (&s)[NF][4], float (&m)[2], float (&l)[2],
+                                               float (&alpha)[2], float sl2, bool first_tile) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float mx = m[h];
+#pragma unroll
+        for (int nt = 0; nt < NF; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+#ifdef BUG_P_OVERFLOW
+        // BUG_P_OVERFLOW (softmax, sm_80 kernel): the row max frozen after the first tile (alpha
+        // = 1), so P = exp(S - m_first) overflows fp16 once a later logit is 11 larger.
+        if (!first_tile) mx = m[h];
+#endif
+        const float m_use = (mx == NEG_INF) ? 0.f : mx;   // a row with no key yet: keep exp finite
+        alpha[h] = fast_exp2((m[h] - m_use) * sl2);        // m[h] = -inf on the first tile -> 0
+        const float ms = m_use * sl2;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NF; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
+                s[nt][2 * h + e] = p;
+                sum += p;
+            }
+        l[h] = l[h] * alpha[h] + sum;
+        m[h] = mx;
+    }
+}
+
+// O_acc *= alpha: row half h (elements 2h, 2h+1) of each n8 tile of O by alpha[h].
+template <int DF>
+__device__ __forceinline__ void rescale_o(float (&o)[DF][4], const float (&alpha)[2]) {
+#pragma unroll
+    for (int i = 0; i < DF; ++i) {
+        o[i][0] *= alpha[0]; o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1]; o[i][3] *= alpha[1];
+    }
+}
+
+#endif  // FLASHCORE_COMMON_SOFTMAX_CUH
