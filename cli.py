@@ -96,32 +96,18 @@ def _no_builtin_options(kernel, **opts):
 
 
 def _spec_modes(spec, debug):
-    """--debug for a spec'd kernel: full, all (its flags then full), or its own flags by name."""
-    from harness.run.asis_sweep import stage_modes
-    if debug == "all":
-        return stage_modes(spec)
-    out = []
-    for m in debug.split(","):
-        m = m.strip()
-        out.append("full" if m == "full" else spec.flag(m).flag)
-    return out
+    from harness.run.asis_sweep import spec_modes
+    return spec_modes(spec, debug)
+
+
 def _modes_arg(debug: str) -> list:
-    from debug_modes.registry import DATAFLOW_ORDER, get_mode
-    if debug == "all":
-        return list(DATAFLOW_ORDER)
-    return [get_mode(m.strip()).name for m in debug.split(",")]
+    from debug_modes.registry import modes_of
+    return modes_of(debug)
 
 
 def _bug_names(bugs, known, unknown) -> tuple:
-    """--bug values as names (case-free, BUG_ optional), each one `known` has; unknown(b) is the
-    one-line error for one it has not."""
-    out = []
-    for b in bugs:
-        name = b.upper().removeprefix("BUG_")
-        if name not in known:
-            raise UsageError(unknown(b))
-        out.append(name)
-    return tuple(out)
+    from debug_modes.bugs import bug_names
+    return bug_names(bugs, known, unknown)
 
 
 def _bugs_arg(bugs) -> tuple:

@@ -6,6 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def bug_names(bugs, known, unknown) -> tuple:
+    """--bug values as names (case-free, BUG_ optional), each one `known` has; unknown(b) is the
+    one-line error for one it has not."""
+    from harness.errors import UsageError
+    out = []
+    for b in bugs or ():
+        name = str(b).upper().removeprefix("BUG_")
+        if name not in known:
+            raise UsageError(unknown(b))
+        out.append(name)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Bug:
     name: str            # the switch is -DBUG_<name>

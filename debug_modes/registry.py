@@ -126,6 +126,13 @@ DATAFLOW_ORDER = ("qk_only", "softmax_only", "pv_only", "uniform_p", "full", "fp
 ISOLATED = ("qk_only", "softmax_only", "pv_only", "uniform_p")
 
 
+def modes_of(debug: str) -> list:
+    """--debug for FlashCore's modes: all (data-flow order), or a comma list of mode names."""
+    if debug == "all":
+        return list(DATAFLOW_ORDER)
+    return [get_mode(m.strip()).name for m in debug.split(",")]
+
+
 def get_mode(name: str) -> Mode:
     try:
         return MODES[name]

@@ -34,6 +34,13 @@ def stage_modes(spec: kspec.Spec) -> list:
     return [f.flag for f in sorted(spec.flags, key=lambda f: STAGE_RANK[f.stage])] + ["full"]
 
 
+def spec_modes(spec: kspec.Spec, debug: str) -> list:
+    """--debug for a spec'd kernel: full, all (its flags then full), or its own flags by name."""
+    if debug == "all":
+        return stage_modes(spec)
+    return ["full" if m.strip() == "full" else spec.flag(m.strip()).flag for m in debug.split(",")]
+
+
 def mode_stage(spec, mode: str) -> str:
     if mode == "full":
         return "glue" if spec.flags else "all"

@@ -457,27 +457,8 @@ class Plan:
 
 
 def _bug_names(bugs, known, what: str) -> tuple:
-    out = []
-    for b in bugs or ():
-        name = str(b).upper().removeprefix("BUG_")
-        if name not in known:
-            raise UsageError(f"unknown bug {b!r}; {what}: {', '.join(known) or 'none'}")
-        out.append(name)
-    return tuple(out)
-
-
-def _builtin_modes(debug: str) -> list:
-    from debug_modes.registry import DATAFLOW_ORDER, get_mode
-    if debug == "all":
-        return list(DATAFLOW_ORDER)
-    return [get_mode(m.strip()).name for m in debug.split(",")]
-
-
-def _spec_modes(spec, debug: str) -> list:
-    from harness.run.asis_sweep import stage_modes
-    if debug == "all":
-        return stage_modes(spec)
-    return ["full" if m.strip() == "full" else spec.flag(m.strip()).flag for m in debug.split(",")]
+    from debug_modes.bugs import bug_names
+    return bug_names(bugs, known, lambda b: f"unknown bug {b!r}; {what}: {', '.join(known) or 'none'}")
 
 
 COMPILE = "compile"   # a target's "stage" when the result the diagnosis rests on did not compile
@@ -568,7 +549,8 @@ def _builtin_plan(kind, o, shape, seed) -> Plan:
     from harness.run.diagnose import BISECT_MODES, bisect_stages, diagnose
     from harness.toolchain import compiler
     from harness.toolchain.variant import Variant
-    modes = _builtin_modes(o["debug"]) if kind == "run" else list(BISECT_MODES)
+    from debug_modes.registry import modes_of
+    modes = modes_of(o["debug"]) if kind == "run" else list(BISECT_MODES)
     bugs = _bug_names(o["bugs"], BUGS, "valid bugs")
     if o["rows"] and shape is None:
         raise UsageError("--rows needs --shape: the coverage shapes are small and checked whole")
@@ -604,7 +586,8 @@ def _spec_plan(kind, spec_path, o, shape, seed) -> Plan:
 
     def modes_of(sp):
         if kind == "run":
-            return _spec_modes(sp, o["debug"])
+            from harness.run.asis_sweep import spec_modes
+            return spec_modes(sp, o["debug"])
         return None if (o["probes"] or not sp.flags) else asis_sweep.stage_modes(sp)
 
     def targets_of(sp):
