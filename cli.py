@@ -221,7 +221,7 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel
     spills; exit 1 on a compile error or any spill byte (with --sass: or a variant without
     HMMA or with local-memory instructions)."""
     from harness.toolchain import compile_sweep
-    from harness.show.report import console, resources_table, sass_table
+    from harness.show.report import console, resources_table
     spec = _user_spec(kernel)
     if spec is not None:
         return _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, sass)
@@ -250,15 +250,24 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel
     bad_sass = []
     if sass:
         from harness.toolchain.sass import summarize
-        srows, sfail = compile_sweep.sweep(variants, check=summarize)
-        console.print(sass_table(srows))
-        for f in sfail:
-            click.echo(f, err=True)
-        bad = [r for r in srows if not r.ok]
-        for r in bad:
-            click.echo(f"flashcore: {r.variant}: SASS check failed: {r.verdict}", err=True)
-        bad_sass = sfail + bad
+        bad_sass = _sass_check(variants, summarize)
     return EXIT_CHECK_FAILED if failures or spills or bad_sass else EXIT_OK
+
+
+def _sass_check(variants, summarize) -> list:
+    """compile --sass: each variant's SASS summarised (summarize: sass.summarize for a registry
+    kernel, sass.summarize_user for a spec'd one), the table printed, each failure named on
+    stderr; returns the failures."""
+    from harness.show.report import console, sass_table
+    from harness.toolchain import compile_sweep
+    srows, sfail = compile_sweep.sweep(variants, check=summarize)
+    console.print(sass_table(srows))
+    for f in sfail:
+        click.echo(f, err=True)
+    bad = [r for r in srows if not r.ok]
+    for r in bad:
+        click.echo(f"flashcore: {r.variant}: SASS check failed: {r.verdict}", err=True)
+    return sfail + bad
 
 
 def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, sass):
@@ -294,16 +303,8 @@ def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, 
                                               device=None, **r.to_dict()))
     bad_sass = []
     if sass:
-        from harness.show.report import sass_table
         from harness.toolchain.sass import summarize_user
-        srows, sfail = compile_sweep.sweep(variants, check=summarize_user)
-        console.print(sass_table(srows))
-        for f in sfail:
-            click.echo(f, err=True)
-        bad = [r for r in srows if not r.ok]
-        for r in bad:
-            click.echo(f"flashcore: {r.variant}: SASS check failed: {r.verdict}", err=True)
-        bad_sass = sfail + bad
+        bad_sass = _sass_check(variants, summarize_user)
     return EXIT_CHECK_FAILED if failures or bad_sass or any(r.spill_bytes for r in rows) else EXIT_OK
 
 
