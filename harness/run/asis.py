@@ -258,6 +258,12 @@ def execute(variant: UserVariant, shape: Shape, scale: float, host: dict, hang_s
     return Executed(got, outside, moved, read_outside, resources)
 
 
+def spec_inputs(spec, shape: Shape, inputs: str, seed: int) -> dict:
+    """Host q, k, v in [B, H, S, D], drawn from the seed and rounded to the kernel's input dtype:
+    what every launch of a spec'd kernel (check, bench, sanitizer) hands over."""
+    return dict(zip("qkv", make_inputs(shape, inputs, seed, spec.buffer_dtype(spec.role_arg("q")))))
+
+
 def run_spec(spec_path, mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
              bugs=(), scale: float | None = None, keep_outputs: bool = False, folds: bool | None = None,
              hang_s: float | None = None, deterministic: bool = True) -> RunResult:
@@ -268,8 +274,7 @@ def run_spec(spec_path, mode: str, shape: Shape, causal: bool = False, inputs: s
     folds = keep_outputs if folds is None else folds
     seed = fresh_seed() if seed is None else int(seed)
     scale = 1.0 / math.sqrt(shape.D) if scale is None else float(scale)
-    in_dtype = spec.buffer_dtype(spec.role_arg("q"))
-    host = dict(zip("qkv", make_inputs(shape, inputs, seed, in_dtype)))
+    host = spec_inputs(spec, shape, inputs, seed)
     result = RunResult(variant, shape, scale, inputs, seed)
     try:
         ex = execute(variant, shape, scale, host, hang_s, deterministic)

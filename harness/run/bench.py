@@ -243,7 +243,6 @@ def bench_spec(label: str, spec, shape: Shape, causal: bool = False, with_sdpa: 
     shows '-' there). The outputs are not reset between timed launches: a kernel that keeps
     state in l and m does the same work whatever it finds there, and the reset is not its cost."""
     import cupy as cp
-    from harness.check.inputs import make_inputs
     from harness.run import asis
     from harness.toolchain import user_kernel
     from harness.toolchain.device import runtime_arch
@@ -251,7 +250,7 @@ def bench_spec(label: str, spec, shape: Shape, causal: bool = False, with_sdpa: 
     spec.check_domain(shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
     variant = UserVariant(spec, "full", shape.D, causal, (), runtime_arch())
     in_dtype = spec.buffer_dtype(spec.role_arg("q"))
-    host = dict(zip("qkv", make_inputs(shape, "randn", seed, in_dtype)))
+    host = asis.spec_inputs(spec, shape, "randn", seed)
     launch = asis.build_launch(variant, shape, 1.0 / math.sqrt(shape.D), host)
     launch.run(variant.label)    # compile, check it runs (a fault or hang is the verdict, not a time)
 

@@ -24,14 +24,13 @@ def main():
 def launch_spec(case: dict, shape):
     """One launch of a spec'd kernel as written, guard margins and all (harness/run/asis.py)."""
     import math
-    from harness.check.inputs import make_inputs
     from harness.run import asis
     from harness.toolchain.device import runtime_arch
     from harness.toolchain.user_kernel import UserVariant
     from kernels.spec import load
     spec = load(case["spec"])
     variant = UserVariant(spec, case["mode"], shape.D, case["causal"], tuple(case["bugs"]), runtime_arch())
-    host = dict(zip("qkv", make_inputs(shape, "randn", case["seed"], spec.buffer_dtype(spec.role_arg("q")))))
+    host = asis.spec_inputs(spec, shape, "randn", case["seed"])
     launch = asis.build_launch(variant, shape, 1.0 / math.sqrt(shape.D), host)
     launch.run(variant.label, 600)
 
