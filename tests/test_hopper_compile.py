@@ -41,7 +41,8 @@ VARIANTS = [(m, d, c) for m, d, c in itertools.product(MODES, (64, 128), (False,
 TILE_VARIANTS = [(d, bn, st, wgs) for d in (64, 128) for bn, st, wgs in ((64, 3, 2), (64, 2, 1), (32, 4, 2))]
 
 
-def _compile(defines: list, want_cubin: bool = False):
+def _nvrtc_build(defines: tuple):
+    """(ok, log, cubin) of one build (no pytest calls: it also runs in a worker)."""
     from cupy.cuda import nvrtc
     opts = ["-std=c++17", "--gpu-architecture=sm_90a", "--ptxas-options=-v", "-ftz=true", "-lineinfo",
             f"-I{compiler.find_cuda_include()}", f"-I{KERNEL.parent}"] + [f"-D{d}" for d in defines]
@@ -50,12 +51,17 @@ def _compile(defines: list, want_cubin: bool = False):
         try:
             nvrtc.compileProgram(prog, opts)
         except Exception:
-            pytest.fail(f"{defines}: compilation failed\n{nvrtc.getProgramLog(prog)}")
-        log = nvrtc.getProgramLog(prog)
-        cubin = compiler._whole_cubin(nvrtc, prog) if want_cubin else b""
+            return False, nvrtc.getProgramLog(prog), b""
+        return True, nvrtc.getProgramLog(prog), compiler._whole_cubin(nvrtc, prog)
     finally:
         nvrtc.destroyProgram(prog)
-    return log, compiler.parse_ptxas(log), cubin
+
+
+def _compile(defines: list, want_cubin: bool = False):
+    ok, log, cubin = _nvrtc_build(tuple(defines))
+    if not ok:
+        pytest.fail(f"{defines}: compilation failed\n{log}")
+    return log, compiler.parse_ptxas(log), cubin if want_cubin else b""
 
 
 def _defines(mode, d, causal, extra=()):
@@ -209,20 +215,6 @@ def _bug_causal(bug, mode):
     return bug in CAUSAL_ONLY and MODES[mode][1]     # uniform_p has no causal form
 
 
-def _nvrtc_build(defines: tuple):
-    """(ok, log, cubin) of one build, with _compile's options (no pytest calls: runs in a worker)."""
-    from cupy.cuda import nvrtc
-    opts = ["-std=c++17", "--gpu-architecture=sm_90a", "--ptxas-options=-v", "-ftz=true", "-lineinfo",
-            f"-I{compiler.find_cuda_include()}", f"-I{KERNEL.parent}"] + [f"-D{d}" for d in defines]
-    prog = nvrtc.createProgram(KERNEL.read_text(), KERNEL.name, [], [])
-    try:
-        try:
-            nvrtc.compileProgram(prog, opts)
-        except Exception:
-            return False, nvrtc.getProgramLog(prog), b""
-        return True, nvrtc.getProgramLog(prog), compiler._whole_cubin(nvrtc, prog)
-    finally:
-        nvrtc.destroyProgram(prog)
 
 
 @functools.lru_cache(maxsize=1)
