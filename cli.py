@@ -607,6 +607,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
         if record:
             from harness.toolchain import compiler
             records.append(records.new_record("bench", mode=modes_[0], shape=row.to_dict()["shape"],
+                                              kernel=registry.current().name,
                                               shape_label=shp.label, causal=c, device=device["device"],
                                               driver=device["driver"], cupy=device["cupy"],
                                               kernel_sha256=compiler.source_hash(), latency=row.to_dict(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|kernels|bench|loop|probes|profile|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|hopper|kernels|bench|loop|probes|profile|all]
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence; never two parts at
 #  once: they share $OUT/run, and the first to finish packs and removes it)
@@ -43,6 +43,24 @@ if [[ $what == demo || $what == all ]]; then
     flashcore diagnose --seed 1
   } 2>&1 | tee "$OUT/walkthrough.log"
 fi
+if [[ $what == hopper || $what == all ]]; then
+  # issue 24: every Hopper seeded bug through the default diagnose (coverage set), timed; the
+  # clean kernel; then what compute-sanitizer sees of TMA + mbarrier + wgmma code, clean and with bugs
+  { for bug in $(python3 -c "from debug_modes import HOPPER_BUGS; print(*sorted(HOPPER_BUGS))"); do
+      s=$(date +%s.%N); flashcore diagnose --kernel flashcore_hopper --bug $bug --seed 1 --no-record
+      echo "diagnose --bug $bug: exit $? in $(python3 -c "print(f'{$(date +%s.%N) - $s:.1f}')") s"
+    done
+    flashcore diagnose --kernel flashcore_hopper --seed 1
+    for tool in memcheck racecheck synccheck initcheck; do
+      flashcore sanitize --kernel flashcore_hopper --tool $tool --shape 1,2,300,64 --sk 333; echo "exit $?"
+    done
+    for bug in V_TAIL_COORD K_DESC_SBO RESCALE_AFTER_PV; do
+      for tool in memcheck racecheck; do
+        flashcore sanitize --kernel flashcore_hopper --tool $tool --bug $bug --shape 1,2,300,64 --sk 333; echo "exit $?"
+      done
+    done
+  } 2>&1 | tee "$OUT/hopper_walkthrough.log"
+fi
 if [[ $what == kernels || $what == all ]]; then
   # bring your own kernel: a spec proposed, checked, and the outsider kernel diagnosed (flags, then probes)
   mkdir -p /tmp/byok && cp kernels/outsider/attention.cu /tmp/byok/
@@ -59,6 +77,8 @@ if [[ $what == kernels || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   flashcore bench --suite --markdown "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/bench.log"
+  # the sm_90a kernel beside SDPA in its own process (events only: forward()'s wall is above)
+  flashcore bench --suite --kernel flashcore_hopper --no-wall --markdown "$OUT/BENCHMARKS_hopper.md" 2>&1 | tee "$OUT/bench_hopper.log"
   # where forward()'s host time goes, and wall.measure's rounds one by one
   python3 scripts/profile_forward.py 2>&1 | tee "$OUT/profile_forward.log"
 fi

@@ -155,7 +155,7 @@ def test_bench_kernel_times_the_kernel_and_check_gates_its_latency(results_tmp):
     from harness import records
     r = CliRunner().invoke(cli, ["bench", "--kernel", str(SPEC), "--shape", "1,8,512,64", "--no-wall"])
     assert r.exit_code == 0, r.output
-    rec = [x for x in records.read().records if x.get("kind") == "bench"][-1]     # the table wraps; read the record
+    rec = [x for x in records.read().records if x.get("kind") == "bench"][-1].data   # the table wraps; read the record
     assert rec["kernel"] == "attention" and rec["latency"]["kernel"]["median_us"] > 0, rec
     r = CliRunner().invoke(cli, ["check", "--kernel", str(SPEC), "--shape", "1,8,512,64", "--max-slowdown", "200"])
     assert "latency" in r.output and "cannot decide" not in r.output and "vs baseline" in r.output, r.output
