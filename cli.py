@@ -595,14 +595,15 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
         from harness.toolchain.variant import Variant
         Variant(modes_[0], shp.D, c, **({"nwarps": nwarps} if nwarps else {}))
     device = require_gpu()
-    forward = None
     from kernels import registry
-    if modes_[0] == "full" and not no_wall and registry.current() is registry.DEFAULT:
-        # forward() launches flashcore_fused; the sm_90a kernel is timed by events only (its wall: issue 24)
-        from harness.api import forward   # the product path, handed to the harness's bench (they do not import each other)
+    from harness import api   # the product path, handed to the harness's bench (they do not import each other)
     rows = []
     for label, shp, c in cases:
-        row = b.bench_one(label, shp, c, modes_[0], with_sdpa=not no_sdpa, nwarps=nwarps, forward=forward)
+        # forward()'s wall where forward() launches the kernel in use (it picks per device and shape)
+        wall = (modes_[0] == "full" and not no_wall and nwarps is None
+                and api.product_entry(device["arch"], shp, c)[0] is registry.current())
+        row = b.bench_one(label, shp, c, modes_[0], with_sdpa=not no_sdpa, nwarps=nwarps,
+                          forward=api.forward if wall else None)
         rows.append(row)
         if record:
             from harness.toolchain import compiler
@@ -614,7 +615,8 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
                                               resources=row.resources))
     console.print(b.rich_table(rows, device))
     if markdown:
-        cmd = "flashcore bench " + ("--suite" if suite else f"--shape {shape or 'mission'}")
+        cmd = ("flashcore bench " + ("" if registry.current() is registry.DEFAULT else f"--kernel {registry.current().name} ")
+               + ("--suite" if suite else f"--shape {shape or 'mission'}"))
         today = datetime.date.today().isoformat()
         with open(markdown, "w") as f:
             f.write("# Benchmarks\n\n" + b.markdown(rows, device, today, cmd))

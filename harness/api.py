@@ -3,12 +3,14 @@
 Apart from the harness path (harness/run/): no references, no poison, no records.
 
 Set-up is paid once per process, never per call:
-* the kernel source is read and hashed once (loader.KernelSource, on the first compile);
-* each variant is compiled once per (device, D, causal, tiles) (_FUNCTIONS);
+* each kernel's source is read and hashed once (loader.KernelSource, on its first compile);
+* each variant is compiled once per (device, kernel, D, causal, tiles) (_FUNCTIONS); the kernel
+  is the registry's choice for the device and problem (product_entry: the sm_90a kernel for
+  large problems on a Hopper GPU, flashcore_fused elsewhere);
 * each problem's validated launch (variant, grid, block, shared memory) is cached per input
   metadata: shapes, dtypes, devices and causal (_plan).
 The per-call path is a cache hit, the output allocation and the launch (cuLaunchKernel over the
-plan's argument block, packed once: build/launcher.py): it reads no file, hashes nothing and
+plan's argument block, packed once: toolchain/launcher.py): it reads no file, hashes nothing and
 queries no device property. reload() forgets all three, so that a kernel
 file edited after the first call is picked up (as it is by a new process). The harness path
 (run, diagnose, bisect) keeps compiling from the file as it is, through loader.get_kernel.
@@ -31,11 +33,12 @@ import numpy as np
 
 from debug_modes.registry import KERNEL_PARAMS, kernel_scalars
 from harness.toolchain import device as _device
-from harness.toolchain import loader
+from harness.toolchain import loader, tma
 from harness.toolchain.launcher import Launcher
 from harness.toolchain.variant import Variant, tiles_for
 from harness.check.shapes import SUPPORTED_HEAD_DIMS, Shape
 from harness.errors import UsageError
+from kernels import registry
 
 MAX_GRID_YZ = 65535   # H and B are gridDim.y and gridDim.z
 
@@ -117,25 +120,42 @@ class Plan:
     scale: float       # the default, 1/sqrt(D)
 
 
-# forward() launches the mma.sync kernel whatever kernel the harness has in use: its launcher packs
-# flashcore_fused's 17 arguments (the sm_90a kernel's three TMA maps are not in it yet, issue 24).
-PRODUCT_KERNEL = "flashcore_fused"
-_SOURCE: loader.KernelSource | None = None
-_FUNCTIONS: dict = {}   # (device, D, causal, tiles) -> (Variant, compiled function)
+# forward() launches, per device and problem, the registry entry kernels/registry.py's
+# product_kernel() names (the fastest measured there: the sm_90a kernel for large problems on a
+# Hopper GPU, flashcore_fused elsewhere), whatever kernel the harness has in use (--kernel).
+_SOURCES: dict = {}     # kernel name -> loader.KernelSource, read and hashed once
+_FUNCTIONS: dict = {}   # (device, kernel, D, causal, tiles) -> (Variant, compiled function)
+_ARCHS: dict = {}       # device -> its arch ("sm_90"), asked once: the kernel choice needs it per plan
 
 
-def _function(kind, device: int, D: int, causal: bool, tiles: dict):
-    """The variant and its compiled function; the kernel read and hashed once per process."""
-    global _SOURCE
-    key = (device, D, causal, tuple(sorted(tiles.items())))
+def _function(kind, device: int, entry, arch: str, D: int, causal: bool, tiles: dict):
+    """The variant and its compiled function; each kernel read and hashed once per process."""
+    key = (device, entry.name, D, causal, tuple(sorted(tiles.items())))
     if key not in _FUNCTIONS:
-        if _SOURCE is None:
-            _SOURCE = loader.KernelSource.read(kernel=PRODUCT_KERNEL)
-        arch = _device.arch_for(_device.device_facts(device)["arch"])
-        variant = Variant("full", D, causal, arch=arch, kernel=PRODUCT_KERNEL, **tiles)
+        if entry.name not in _SOURCES:
+            _SOURCES[entry.name] = loader.KernelSource.read(kernel=entry.name)
+        variant = Variant("full", D, causal, arch=arch, kernel=entry.name, **tiles)
         with kind.on_device(device):   # a module is loaded into the context of the current device
-            _FUNCTIONS[key] = (variant, loader.compile_function(variant, _SOURCE))
+            _FUNCTIONS[key] = (variant, loader.compile_function(variant, _SOURCES[entry.name]))
     return _FUNCTIONS[key]
+
+
+def product_entry(device_arch: str, shape: Shape, causal: bool):
+    """(registry entry, arch to build it for) that forward() launches for this problem."""
+    entry = registry.product_kernel(device_arch, shape.B, shape.H, shape.Sq, shape.Sk, shape.D, causal)
+    arch = entry.arch_on(device_arch) if entry is not registry.DEFAULT else _device.arch_for(device_arch)
+    return entry, arch
+
+
+def _maps(variant: Variant, B: int, H: int, Sq: int, Sk: int, D: int) -> tuple:
+    """The placeholder values of an entry's TMA map arguments and the launcher's rule for each:
+    (argument index, pointer index, TiledMap) - re-encoded in the block when that pointer changes."""
+    names = tma.mapped_buffers(variant.entry)
+    first = len(KERNEL_PARAMS) + len(kernel_scalars(1, 1, 1, 1.0, 0, 1))
+    rules = tuple((first + j, "QKV".index(n), tma.TiledMap(B * H, Sq if n == "Q" else Sk, D,
+                                                          tma.box_rows(n, variant.block_m, variant.block_n)))
+                  for j, n in enumerate(names))
+    return tuple(tma.null_desc() for _ in names), rules
 
 
 @functools.lru_cache(maxsize=4096)
@@ -144,10 +164,14 @@ def _plan(kind, qm, km, vm, causal: bool) -> Plan:
     call neither validates nor looks a variant up again (a bad input raises every time)."""
     device, B, H, Sq, Sk, D = check_inputs(kind, qm, km, vm)
     shape = Shape(B, H, Sq, Sk, D)
-    variant, fn = _function(kind, device, D, causal, tiles_for(shape, PRODUCT_KERNEL))
+    if device not in _ARCHS:
+        _ARCHS[device] = _device.device_facts(device)["arch"]
+    entry, arch = product_entry(_ARCHS[device], shape, causal)
+    variant, fn = _function(kind, device, entry, arch, D, causal, tiles_for(shape, entry.name))
     grid, block, scale = variant.grid(shape), (variant.threads,), 1.0 / math.sqrt(D)
-    launcher = Launcher(fn, grid, block, variant.smem_bytes, kernel_args(0, 0, 0, 0, 0, H, Sq, Sk, scale),
-                        N_PTRS, SCALE_SLOT)
+    placeholders, rules = _maps(variant, B, H, Sq, Sk, D)
+    launcher = Launcher(fn, grid, block, variant.smem_bytes,
+                        kernel_args(0, 0, 0, 0, 0, H, Sq, Sk, scale) + placeholders, N_PTRS, SCALE_SLOT, rules)
     return Plan(variant, fn, launcher, device, grid, block, variant.smem_bytes,
                 H, Sq, Sk, (B, H, Sq, D), (B, H, Sq), scale)
 
@@ -156,9 +180,9 @@ def reload():
     """Forget the kernel source, the compiled variants and the cached launches: the next
     forward() reads the kernel file again ($FLASHCORE_KERNEL included). Call it after editing
     the kernel in a long-lived process; a new process reads the file anyway."""
-    global _SOURCE
-    _SOURCE = None
+    _SOURCES.clear()
     _FUNCTIONS.clear()
+    _ARCHS.clear()
     _plan.cache_clear()
 
 
@@ -357,7 +381,10 @@ def _launch(kind, plan: Plan, q, k, v, scale: float, lse: bool):
     q, k, v = kind.contiguous(q), kind.contiguous(k), kind.contiguous(v)
     o = kind.empty(q, plan.o_shape, "float16")
     l = kind.empty(q, plan.lse_shape, "float32") if lse else None
-    kind.launch(plan, (kind.ptr(q), kind.ptr(k), kind.ptr(v), kind.ptr(o), 0 if l is None else kind.ptr(l)), scale)
+    try:
+        kind.launch(plan, (kind.ptr(q), kind.ptr(k), kind.ptr(v), kind.ptr(o), 0 if l is None else kind.ptr(l)), scale)
+    except ValueError as e:     # a TMA map the driver cannot encode (an address not 16-byte aligned)
+        raise UsageError(f"forward(): {e}") from None
     return (o, l) if lse else o
 
 

@@ -56,11 +56,22 @@ class KernelSpec:
     trailing_params: tuple = ()
     tensor_cores: str = "HMMA"    # the SASS opcode its matrix products compile to
     seeded_bugs: tuple | None = None   # the BUG_* switches it implements (None: every one of debug_modes/bugs.py)
+    # Where forward() launches this entry instead of DEFAULT on a GPU of one of its archs: a
+    # condition over B, H, Sq, Sk, D and causal (1/0), from measured bench runs ("": never).
+    product_when: str = ""
     notes: dict = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         return KERNELS_DIR / self.file
+
+    def arch_on(self, device_arch: str) -> str | None:
+        """The arch this entry is built for on a device of `device_arch` ("sm_90" runs sm_90a
+        code), or None where it does not run there."""
+        for a in self.archs:
+            if a == device_arch or a == device_arch + "a":
+                return a
+        return None
 
     def tiles_for(self, B: int, H: int, Sq: int, D: int) -> dict:
         """The tile table's choice for a problem shape (all modes of one shape share it)."""
@@ -150,6 +161,10 @@ FLASHCORE_HOPPER = KernelSpec(
     trailing_params=("tma:Q", "tma:K", "tma:V"),
     tensor_cores="HGMMA",
     # Hopper-class bugs (debug_modes/hopper_bugs.py): descriptors, mbarrier counts, TMA boxes
+    # bench --suite at 48b77d5 (H200, BENCHMARKS.md): flashcore_fused is faster at 1,8,512,64
+    # (11.7 vs 12.8 us), this kernel from 1,8,1024,64 on (17.9 vs 19.1 us) to the large shapes
+    # (1.08-1.50x); the line is drawn between the two measured points, in work B*H*Sq*Sk
+    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
     seeded_bugs=("K_DESC_SBO", "CAUSAL_MASK_ROW", "EMPTY_COUNT", "V_KSTEP", "V_DESC_LBO", "V_TAIL_COORD",
                  "RESCALE_AFTER_PV"),
 )
@@ -159,6 +174,17 @@ DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
 ENV_KERNEL = "FLASHCORE_REGISTRY_KERNEL"
+
+
+def product_kernel(device_arch: str, B: int, H: int, Sq: int, Sk: int, D: int, causal: bool) -> KernelSpec:
+    """The entry forward() launches on a device of this arch for this problem: the first other
+    entry that runs there, takes D and whose product_when holds, else DEFAULT."""
+    names = dict(B=B, H=H, Sq=Sq, Sk=Sk, D=D, causal=int(bool(causal)))
+    for k in KERNELS.values():
+        if (k is not DEFAULT and k.product_when and D in k.head_dims and k.arch_on(device_arch)
+                and evaluate(k.product_when, names)):
+            return k
+    return DEFAULT
 
 
 def current() -> KernelSpec:

@@ -8,10 +8,12 @@ forward() into the custom op (no GPU needed: fake CUDA tensors)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import math
 import os
 import shutil
+import struct
 import sys
 
 import numpy as np
@@ -19,7 +21,7 @@ import pytest
 
 from debug_modes.registry import KERNEL_PARAMS
 from harness import api
-from harness.toolchain import compiler, loader
+from harness.toolchain import compiler, loader, tma
 from harness.toolchain import device as _device
 from harness.toolchain.launcher import Launcher
 from harness.toolchain.variant import Variant, tiles_for
@@ -86,10 +88,19 @@ def fake(monkeypatch):
 
     def device_facts(device_id):
         kind.facts.append(device_id)
-        return {"arch": "sm_90"}
+        return {"arch": kind.arch}
 
+    def encode_into(self, addr, ptr):
+        # a stand-in map: the tensor's address and the geometry, where the driver writes its 128 bytes
+        kind.encodes.append((ptr, self.geometry))
+        raw = struct.pack("<5Q", ptr, *self.geometry).ljust(128, b"\0")
+        ctypes.memmove(addr, raw, 128)
+
+    kind.encodes = []
+    kind.arch = "sm_90"
     monkeypatch.setattr(loader, "compile_function", compile_function)
     monkeypatch.setattr(_device, "device_facts", device_facts)
+    monkeypatch.setattr(tma.TiledMap, "encode_into", encode_into)
     api.reload()
     yield kind
     api.reload()
@@ -165,7 +176,7 @@ def test_setup_is_cached_per_device_head_dim_causal_and_tiles(fake):
     keys = {(v.head_dim, v.causal, v.m_frags, v.nwarps, v.block_n, v.kv_stages) for v, _ in fake.compiled}
     assert len(fake.compiled) == len(keys) + 2   # device 1 compiles D=64 again (both causal forms)
     assert len(fake.compiled) == 2 * len(cases)
-    assert sorted(set(fake.facts)) == [0, 1] and len(fake.facts) == len(fake.compiled)
+    assert fake.facts == [0, 1]      # each device's arch asked once
 
 
 def test_one_source_read_serves_every_variant(fake, monkeypatch):
@@ -179,6 +190,42 @@ def test_one_source_read_serves_every_variant(fake, monkeypatch):
     # every variant's options are exactly the harness path's (one hash, one definition)
     for variant, options in fake.compiled:
         assert options == compiler.runtime_options(variant)
+
+
+# ------------------------------------------------------------------ which kernel forward() launches
+def test_dispatch_by_device_and_shape(fake):
+    """kernels/registry.py's product_when: the sm_90a kernel for large problems on a Hopper GPU,
+    flashcore_fused for small ones and on every other GPU."""
+    cases = {"mission": qkv(), "long": qkv(Sq=1024), "large": qkv(B=4, H=16, Sq=2048, D=128)}
+    for name, c in cases.items():
+        api.forward(*c)
+        api.forward(*c, causal=True)
+    kernels = [(plan.variant.kernel, plan.variant.arch) for plan, _ in fake.launches]
+    assert kernels == [("flashcore_fused", "sm_90")] * 2 + [("flashcore_hopper", "sm_90a")] * 4, kernels
+    fake.arch = "sm_80"          # an A100: the sm_90a kernel does not run there
+    api.reload()
+    fake.launches.clear()
+    api.forward(*cases["large"])
+    assert fake.launches[-1][0].variant.kernel == "flashcore_fused" and fake.launches[-1][0].variant.arch == "sm_80"
+
+
+def test_hopper_launch_carries_maps_of_q_k_v_reencoded_only_when_a_pointer_changes(fake):
+    q, k, v = qkv(B=2, H=3, Sq=1500, Sk=1700, D=128)
+    o = api.forward(q, k, v, causal=True)
+    plan, args = fake.launches[-1]
+    assert plan.variant.kernel == "flashcore_hopper"
+    n = len(api.kernel_args(0, 0, 0, 0, 0, 3, 1500, 1700, 0.1))
+    assert args[:n] == api.kernel_args(id(q), id(k), id(v), id(o), 0, 3, 1500, 1700, plan.scale)
+    maps = [struct.unpack_from("<5Q", m) for m in args[n:]]
+    vm = plan.variant
+    assert maps == [(id(q), 6, 1500, 128, vm.block_m), (id(k), 6, 1700, 128, vm.block_n), (id(v), 6, 1700, 128, vm.block_n)]
+    assert len(fake.encodes) == 3
+    api.forward(q, k, v, causal=True)          # the same buffers: nothing to encode
+    assert len(fake.encodes) == 3
+    q2 = FakeArray(q.shape)
+    api.forward(q2, k, v, causal=True)         # a new Q: its map alone is encoded again
+    assert [p for p, _ in fake.encodes[3:]] == [id(q2)]
+    assert struct.unpack_from("<Q", fake.launches[-1][1][n])[0] == id(q2)
 
 
 def test_launch_geometry_and_arguments(fake):

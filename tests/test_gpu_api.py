@@ -19,6 +19,9 @@ pytestmark = pytest.mark.gpu
 
 MISSION = Shape(1, 8, 512, 512, 64)
 ODD = Shape(2, 3, 77, 131, 128)
+# large enough for forward() to launch the sm_90a kernel on a Hopper GPU (kernels/registry.py's
+# product_when), with tails in both lengths and Sq != Sk
+LARGE = [Shape(2, 4, 1000, 1300, 128), Shape(1, 8, 1025, 1023, 64)]
 
 
 def _torch():
@@ -65,6 +68,27 @@ def test_torch_and_cupy_agree_with_sdpa_and_each_other(shape, causal):
     oc = api.forward(*(cp.asarray(x) for x in (q, k, v)), causal=causal)
     assert isinstance(oc, cp.ndarray)
     assert torch.equal(torch.from_dlpack(oc), o)        # one kernel, bitwise the same
+
+
+@pytest.mark.parametrize("shape", LARGE)
+@pytest.mark.parametrize("causal", [False, True])
+def test_large_problems_launch_the_fastest_kernel_and_agree_with_sdpa(shape, causal):
+    """On an H200 forward() launches the sm_90a kernel here (its TMA maps re-encoded when the
+    buffers change); elsewhere flashcore_fused. Either way: SDPA's accuracy rule and the LSE,
+    for two sets of buffers in a row (the second call's maps are of the new pointers)."""
+    torch = _torch()
+    from harness.toolchain.device import require_gpu
+    arch = require_gpu()["arch"]
+    for _ in range(2):
+        q, k, v = _inputs(torch, shape)
+        o, lse = api.forward(q, k, v, causal=causal, lse=True)
+        plan = api._plan(api._KINDS[type(q)], *(api._KINDS[type(q)].meta(x) for x in (q, k, v)), causal)
+        assert plan.variant.kernel == ("flashcore_hopper" if arch == "sm_90" else "flashcore_fused")
+        assert _close_to_sdpa(torch, o, q, k, v, causal)
+        s = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(shape.D)
+        if causal:
+            s = s.masked_fill(torch.ones(shape.Sq, shape.Sk, device=s.device, dtype=torch.bool).triu(1), float("-inf"))
+        assert torch.allclose(lse, torch.logsumexp(s, -1), rtol=1e-4, atol=1e-4)
 
 
 def test_scale_and_non_contiguous_inputs():
@@ -160,9 +184,10 @@ def test_cupy_arrays_run_on_cupys_current_stream():
     assert cp.array_equal(o, expected)
 
 
-def test_cuda_graph_capture_and_replay():
+@pytest.mark.parametrize("shape", [MISSION, LARGE[0]])
+def test_cuda_graph_capture_and_replay(shape):
     torch = _torch()
-    q, k, v = _inputs(torch, MISSION)
+    q, k, v = _inputs(torch, shape)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):               # warm-up (compiles) outside the capture, as torch asks
@@ -171,7 +196,7 @@ def test_cuda_graph_capture_and_replay():
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         o_graph = api.forward(q, k, v, causal=True)
-    q2, k2, v2 = _inputs(torch, MISSION)
+    q2, k2, v2 = _inputs(torch, shape)
     for dst, src in ((q, q2), (k, k2), (v, v2)):
         dst.copy_(src)
     g.replay()
@@ -211,9 +236,9 @@ def test_reload_recompiles_and_agrees():
     q, k, v = _inputs(torch, MISSION)
     o = api.forward(q, k, v)
     api.reload()
-    assert api._FUNCTIONS == {} and api._SOURCE is None
+    assert api._FUNCTIONS == {} and api._SOURCES == {}
     assert torch.equal(api.forward(q, k, v), o)
-    assert len(api._FUNCTIONS) == 1 and api._SOURCE is not None
+    assert len(api._FUNCTIONS) == 1 and len(api._SOURCES) == 1
 
 
 def test_bad_cuda_inputs_are_one_line_usage_errors():

@@ -8,6 +8,7 @@ fp32 kernel, BSHD, C++ template entry, torch host code in the file, its own debu
 - a declared flag judged against its own reference;
 - reads past an input's end named by the input's NaN margin."""
 
+import json
 import time
 from pathlib import Path
 
@@ -157,5 +158,8 @@ def test_bench_kernel_times_the_kernel_and_check_gates_its_latency(results_tmp):
     assert r.exit_code == 0, r.output
     rec = [x for x in records.read().records if x.get("kind") == "bench"][-1].data   # the table wraps; read the record
     assert rec["kernel"] == "attention" and rec["latency"]["kernel"]["median_us"] > 0, rec
-    r = CliRunner().invoke(cli, ["check", "--kernel", str(SPEC), "--shape", "1,8,512,64", "--max-slowdown", "200"])
+    baseline = results_tmp / "baseline.json"      # that bench record is the baseline the gate reads
+    baseline.write_text(json.dumps(rec))
+    r = CliRunner().invoke(cli, ["check", "--kernel", str(SPEC), "--shape", "1,8,512,64", "--max-slowdown", "200",
+                                 "--against", str(baseline)])
     assert "latency" in r.output and "cannot decide" not in r.output and "vs baseline" in r.output, r.output

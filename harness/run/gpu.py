@@ -92,17 +92,13 @@ def trailing_args(variant: Variant, bufs: dict) -> tuple:
         return ()
     from harness.toolchain import tma
     out = []
-    for p in variant.entry.trailing_params:
-        kind, _, name = p.partition(":")
-        if kind != "tma":
-            raise ValueError(f"{variant.entry.name}: unknown trailing parameter {p!r}")
+    for name in tma.mapped_buffers(variant.entry):
         x = bufs.get(name)
         if x is None:
             out.append(tma.null_desc())
             continue
-        rows = variant.block_m if name == "Q" else variant.block_n
         B, H, S, D = x.shape
-        out.append(tma.encode_bhsd(int(x.data.ptr), B * H, S, D, rows))
+        out.append(tma.encode_bhsd(int(x.data.ptr), B * H, S, D, tma.box_rows(name, variant.block_m, variant.block_n)))
     return tuple(out)
 
 

@@ -81,6 +81,39 @@ def _aligned_u64(n: int, align: int = 64) -> np.ndarray:
     return raw[off:off + n]
 
 
+class TiledMap:
+    """The tensor map of one [B, H, S, D] fp16 geometry (see encode_bhsd), ready to encode for
+    any device address: the dims, strides and box are built once, so an encode is one driver
+    call (forward() re-encodes Q, K and V in place in its launch block when a pointer changes)."""
+
+    def __init__(self, BH: int, S: int, D: int, box_rows: int):
+        if D % BOX_COLS or D <= 0:
+            raise ValueError(f"head dim {D} is not a multiple of {BOX_COLS} (the box is 64 halves wide)")
+        if not 1 <= box_rows <= MAX_BOX_ROWS:
+            raise ValueError(f"box_rows {box_rows} outside 1..{MAX_BOX_ROWS}")
+        if BH <= 0 or S <= 0:
+            raise ValueError(f"empty tensor: B*H = {BH}, S = {S}")
+        self.geometry = (BH, S, D, box_rows)
+        self._dims = (ctypes.c_uint64 * 3)(D, S, BH)
+        self._strides = (ctypes.c_uint64 * 2)(D * 2, S * D * 2)
+        self._box = (ctypes.c_uint32 * 3)(BOX_COLS, box_rows, 1)
+        self._elem = (ctypes.c_uint32 * 3)(1, 1, 1)
+
+    def encode_into(self, addr: int, ptr: int) -> None:
+        """Write the 128 bytes of the map of the tensor at device address `ptr` at host address
+        `addr` (128-byte aligned)."""
+        if ptr % 16:
+            raise ValueError(f"tensor address {ptr:#x} is not 16-byte aligned (TMA needs it)")
+        lib = _driver()
+        err = lib.cuTensorMapEncodeTiled(addr, _DT_FLOAT16, 3, ctypes.c_void_p(ptr), self._dims, self._strides,
+                                         self._box, self._elem, _INTERLEAVE_NONE, _SWIZZLE_128B,
+                                         _L2_PROMOTION_128B, _OOB_FILL_ZERO)
+        if err != 0:
+            BH, S, D, rows = self.geometry
+            raise RuntimeError(f"cuTensorMapEncodeTiled failed ({_error_name(lib, err)}) for [BH={BH}, S={S}, D={D}] "
+                               f"box {BOX_COLS}x{rows} at {ptr:#x}")
+
+
 def encode_bhsd(ptr: int, BH: int, S: int, D: int, box_rows: int) -> np.ndarray:
     """The tensor map of a contiguous fp16 [B, H, S, D] tensor at device address `ptr`, as the
     kernel's `const __grid_constant__ TmaDesc` argument: a NumPy structured value of 128 bytes
@@ -98,26 +131,27 @@ def encode_bhsd(ptr: int, BH: int, S: int, D: int, box_rows: int) -> np.ndarray:
     128-byte rows with the pattern repeating every 8 rows. Every box completes box_rows*64*2
     transaction bytes on its mbarrier, the tail box included (rows >= S are zero-filled).
     """
-    if D % BOX_COLS or D <= 0:
-        raise ValueError(f"head dim {D} is not a multiple of {BOX_COLS} (the box is 64 halves wide)")
-    if not 1 <= box_rows <= MAX_BOX_ROWS:
-        raise ValueError(f"box_rows {box_rows} outside 1..{MAX_BOX_ROWS}")
-    if BH <= 0 or S <= 0:
-        raise ValueError(f"empty tensor: B*H = {BH}, S = {S}")
-    if ptr % 16:
-        raise ValueError(f"tensor address {ptr:#x} is not 16-byte aligned (TMA needs it)")
-    lib = _driver()
+    m = TiledMap(BH, S, D, box_rows)
     out = _aligned_u64(16, 128)     # cuda.h: CUtensorMap is alignas(64) (CUDA 12) / alignas(128) (CUDA 13)
-    dims = (ctypes.c_uint64 * 3)(D, S, BH)
-    strides = (ctypes.c_uint64 * 2)(D * 2, S * D * 2)
-    box = (ctypes.c_uint32 * 3)(BOX_COLS, box_rows, 1)
-    elem = (ctypes.c_uint32 * 3)(1, 1, 1)
-    err = lib.cuTensorMapEncodeTiled(out.ctypes.data, _DT_FLOAT16, 3, ctypes.c_void_p(ptr), dims, strides, box,
-                                     elem, _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_128B, _OOB_FILL_ZERO)
-    if err != 0:
-        raise RuntimeError(f"cuTensorMapEncodeTiled failed ({_error_name(lib, err)}) for [BH={BH}, S={S}, D={D}] "
-                           f"box {BOX_COLS}x{box_rows} at {ptr:#x}")
+    m.encode_into(out.ctypes.data, ptr)
     return out.copy().view(TMA_DESC_DTYPE)
+
+
+def mapped_buffers(entry) -> tuple:
+    """The buffers a registry entry's trailing parameters map ("tma:Q" -> "Q"), in order; both
+    launch paths (harness/run/gpu.py, harness/api.py) derive the maps from this and box_rows."""
+    out = []
+    for p in entry.trailing_params:
+        kind, _, name = p.partition(":")
+        if kind != "tma" or not name:
+            raise ValueError(f"{entry.name}: unknown trailing parameter {p!r}")
+        out.append(name)
+    return tuple(out)
+
+
+def box_rows(buffer: str, block_m: int, block_n: int) -> int:
+    """A map's box: a Q tile of block_m rows, a K or V tile of block_n."""
+    return block_m if buffer == "Q" else block_n
 
 
 def null_desc() -> np.ndarray:
