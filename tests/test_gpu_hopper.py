@@ -95,6 +95,11 @@ def test_hopper_seeded_bug_is_placed_in_its_stage(bug, results_tmp):
     if bug == "EMPTY_COUNT":
         assert d.failing.status == "hang" and time.monotonic() - t0 <= 60, (d.failing.status, d.failing.message)
         assert "HANG" in d.failing.message
+        # the verdict itself, the variant compiled: one isolated launch reads HANG within 15 s
+        from harness.run.runs import make_case, run_case
+        t0 = time.monotonic()
+        r = run_case(make_case("qk_only", shape, causal=causal, seed=3, bugs=(bug,)))
+        assert r.status == "hang" and time.monotonic() - t0 <= 15, (r.status, r.message, time.monotonic() - t0)
 
 
 def test_hopper_bugs_all_have_a_test_shape():
