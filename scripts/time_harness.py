@@ -45,6 +45,10 @@ COMMANDS = {
     "run-full": (["run", "--debug", "full", "--shape", "{shape}"], {}),
     # Without --shape: the whole coverage set (issue "Coverage by default").
     "diagnose-coverage": (["diagnose"], {}),
+    # the mission shape judged on the host: what --reference-device auto's threshold trades
+    "run-pv-host": (["run", "--debug", "pv_only", "--shape", "{shape}", "--reference-device", "cpu"], {}),
+    "run-all-host": (["run", "--debug", "all", "--shape", "{shape}", "--reference-device", "cpu"], {}),
+    "diagnose-host": (["diagnose", "--shape", "{shape}", "--reference-device", "cpu"], {}),
     "run-all-coverage": (["run", "--debug", "all"], {}),
 }
 DEFAULT_COMMANDS = ["run-all", "diagnose"]
@@ -55,6 +59,7 @@ TARGETS = {("run-all", "mission"): 3.0, ("diagnose", "mission"): 5.0,
            ("run-all-1job", "mission"): 3.0, ("diagnose-1job", "mission"): 5.0,
            ("diagnose-coverage", "-"): 10.0,
            ("run-pv", "mission"): 10.0,    # issue 26: cold, on a fresh machine
+           ("run-pv-host", "mission"): 10.0, ("run-all-host", "mission"): 3.0, ("diagnose-host", "mission"): 5.0,
            # issue "The harness at long sequences", at --shape 1,8,S,128
            ("run-full", "1,8,4096,128"): 2.0, ("diagnose", "1,8,4096,128"): 5.0,
            ("diagnose", "1,8,16384,128"): 15.0}
