@@ -142,3 +142,18 @@ def test_each_mode_names_its_reference_as_data_and_it_covers_what_the_mode_write
         assert set(inj) == ({m.injects} if m.injects else set()), m.name
         refs = stages.stage_references(m.name, q, k, v, False, 0.125, 64, inj, 128)
         assert set(refs) == {b.output for b in m.writes}, m.name
+
+
+def test_fp32_truncation_by_mantissa_bits_matches_the_rounded_rule_everywhere():
+    """reference._trunc32's host form (clear 29 mantissa bits) equals the round-then-step-back
+    rule bit for bit: normal values, fp32 subnormals, overflow, zeros, infinities and NaN."""
+    from harness.check.reference import _trunc32, _trunc32_rounded
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(20000) * rng.choice([1e-45, 1e-40, 1e-30, 1.0, 1e3, 3.4e38, 1e39], size=20000)
+    x[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 3.4028235677973366e38, -3.4028235677973366e38, 2.0 ** -149]
+    with np.errstate(over="ignore"):
+        a, b = _trunc32(x), _trunc32_rounded(x)
+    assert a.dtype == b.dtype == np.float32
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.array_equal(a.view(np.int32)[~np.isnan(a)], b.view(np.int32)[~np.isnan(b)])
+    assert np.abs(a[np.isfinite(x) & np.isfinite(a)]).max() > 1e38      # the edge cases were reached
