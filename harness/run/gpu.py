@@ -39,14 +39,15 @@ from harness.toolchain.variant import Variant, tiles_for
 MAX_DEBUG_MATRIX_BYTES = 2 << 30   # prepare(): one window's [B,H,rows,Skp] fp32 buffers (bench, sanitize)
 REFERENCE_DEVICES = ("auto", "gpu", "cpu")
 # auto: the host path up to this much work (B*H*Sq*Sk*D multiply-adds of one reference), the
-# device beyond. Measured on the H200 (BENCHMARKS.md, "The research loop"): with the host path
-# at the mission shape (1,8,512,512,64 = 2**27) a cold `run --debug pv_only` took 5.4 s instead
-# of 36 s (the device path compiles ~45 CuPy kernels first), but a warm `run --debug all` took
-# 4.6 s instead of 2.4 s: six modes' float64 references on the host. The warm loop is paid on
-# every edit, the cold start once per machine, so the mission shape stays on the device and the
-# host takes the small shapes, the whole coverage set included (its largest, 2,3,128x192,128,
-# is 1.9e7), where its references cost milliseconds.
+# device beyond: the coverage set (its largest, 2,3,128x192,128, is 1.9e7) on the host, where
+# its references cost milliseconds; the mission shape (2**27) on the device, the faster path
+# warm (docs/DESIGN.md §7, BENCHMARKS.md "The research loop").
 AUTO_HOST_WORK = 2**25
+# ... and up to this much (the mission shape included) while this machine's CuPy cache lacks the
+# device checks' kernels: at 6a8fdfb a cold `run --debug all --shape mission` took 7.8 s on the
+# host against 28 s on the device; the first such run compiles them in the background
+# (harness/run/warm_refs.py), and later runs judge on the device.
+COLD_HOST_WORK = 2**28
 SAMPLE_ROWS, SAMPLE_COLS = 16, 128  # keep_outputs: the corner of (b=0, h=0) kept for displays (smoking gun)
 # run_mode's defaults when its arguments are None: the CLI sets them for the process and the
 # worker processes it starts, which inherit the environment (check_settings).
@@ -124,15 +125,34 @@ def default_scale(D: int, scale):
 
 
 # ------------------------------------------------------------------ settings: reference device, rows
-def reference_device_of(value: str | None = None, shape: Shape | None = None) -> str:
+def reference_device_of(value: str | None = None, shape: Shape | None = None, device_cold=None) -> str:
     """auto | gpu | cpu: the argument, else the environment's default (check_settings), else
-    auto; with a shape, auto is resolved to where that shape's references are cheapest."""
+    auto; with a shape, auto is resolved to where that shape's references are cheapest.
+    device_cold(): True while the device checks' CuPy kernels are not compiled on this machine
+    (then the host takes problems up to COLD_HOST_WORK); None: taken as warm."""
     value = value or os.environ.get(ENV_REFERENCE_DEVICE) or "auto"
     if value not in REFERENCE_DEVICES:
         raise UsageError(f"unknown reference device {value!r}; valid: {', '.join(REFERENCE_DEVICES)}")
     if value == "auto" and shape is not None:
-        return "cpu" if shape.B * shape.H * shape.Sq * shape.Sk * shape.D <= AUTO_HOST_WORK else "gpu"
+        work = shape.B * shape.H * shape.Sq * shape.Sk * shape.D
+        if work <= AUTO_HOST_WORK:
+            return "cpu"
+        return "cpu" if work <= COLD_HOST_WORK and device_cold is not None and device_cold() else "gpu"
     return value
+
+
+def _device_checks_cold(shape: Shape, causal: bool):
+    """device_cold for run_mode: the marker of harness/run/warm_refs.py, absent, starts the
+    background compile (once per machine) and answers True."""
+    def cold() -> bool:
+        from harness.run import warm_refs
+        from harness.toolchain.device import require_gpu
+        arch = require_gpu()["arch"]
+        if warm_refs.is_warm(arch):
+            return False
+        warm_refs.start(arch, shape, causal)
+        return True
+    return cold
 
 
 def rows_request_of(value=None):
@@ -393,7 +413,8 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
     corner of (b=0, h=0), SAMPLE_ROWS x SAMPLE_COLS, for display: what diagnose asks for).
     A kernel fault is reported in the result (status 'fault'), not raised."""
     cp = _cupy()
-    ref_dev, request = reference_device_of(reference_device, shape), rows_request_of(rows)
+    ref_dev = reference_device_of(reference_device, shape, _device_checks_cold(shape, causal))
+    request = rows_request_of(rows)
     folds = keep_outputs if folds is None else folds
     variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles_for(shape), **variant_kw})
     m, sk_pad = get_mode(mode), variant.padded_keys(shape.Sk)
@@ -417,3 +438,36 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
                                    injected, sk_pad, row_index)
     del injected
     return judge(result, launched, refs, row_index, folds, keep_outputs)
+
+
+def warm_device_checks(shape: Shape, causal: bool = False, seed: int = 0):
+    """Compile the CuPy kernels of run_mode's device checks (harness/run/warm_refs.py): every
+    mode's injected inputs, references, metrics and folds at this shape, on the device, as
+    run_mode computes them, with the kernel's outputs stood in by a perturbed kernel-precision
+    reference (so the failing path's folds compile too). Launches no kernel of the user's."""
+    cp = _cupy()
+    from debug_modes.registry import MODES
+    for mode in MODES:
+        if causal and not MODES[mode].allows_causal:
+            continue
+        variant = Variant(mode, shape.D, causal, **tiles_for(shape))
+        m, sk_pad = get_mode(mode), variant.padded_keys(shape.Sk)
+        wins = plan_windows(mode, shape, variant, None)
+        scale = default_scale(shape.D, None)
+        dev = {p: cp.asarray(a) for p, a in zip("QKV", make_inputs(shape, "randn", seed))}
+        row_index = None if wins == [(0, shape.Sq)] else windows.row_index(wins)
+        injected = stages.injected_inputs(mode, dev["Q"], dev["K"], dev["V"], causal, scale, sk_pad, row_index)
+        refs = stages.stage_references(mode, dev["Q"], dev["K"], dev["V"], causal, scale, variant.block_n,
+                                       injected, sk_pad, row_index)
+        got = {}
+        for b in m.writes:
+            kp = refs[b.output][1]
+            g = cp.array(kp, copy=True)
+            g.reshape(-1)[: max(1, g.size // 7)] += 1       # a failing output: the folds' path
+            got[b.output] = g
+        result = RunResult(variant, shape, scale, "randn", seed, reference_device="gpu",
+                           rows_checked=windows.ranges(wins) if m.windowed else None)
+        launched = Launched(got, {b.param: 0 for b in m.writes}, {b.param: 0 for b in m.writes})
+        judge(result, launched, refs, row_index, folds=True, keep_outputs=True)
+    cp.cuda.runtime.deviceSynchronize()
+
