@@ -37,6 +37,7 @@ def test_start_launches_one_detached_warm_up_and_the_marker_ends_it(cache, monke
     assert warm_refs.start("sm_90", MISSION, False)
     argv, kw = cache[0]
     assert argv[2:] == ["harness.run.warm_refs", "1,8,512,64", "512", "0", "sm_90", argv[-1]]
+    assert argv[-1].endswith(".warming") and warm_refs.marker("sm_90").name + ".warming" == argv[-1].rsplit("/", 1)[1]
     assert kw["start_new_session"] and kw["stdout"] is warm_refs.subprocess.DEVNULL
     assert not warm_refs.start("sm_90", MISSION, False) and len(cache) == 1     # its lock: one at a time
     calls = []
@@ -51,7 +52,7 @@ def test_warm_up_can_be_turned_off_and_a_stale_lock_is_taken_over(cache, monkeyp
     monkeypatch.setenv(warm_refs.ENV_OFF, "0")
     assert not warm_refs.start("sm_90", MISSION, True) and cache == []
     monkeypatch.delenv(warm_refs.ENV_OFF)
-    lock = warm_refs.marker("sm_90").with_suffix(".warming")
+    lock = warm_refs._beside("sm_90", ".warming")
     lock.parent.mkdir(parents=True)
     lock.write_text("")
     assert not warm_refs.start("sm_90", MISSION, True)
@@ -69,7 +70,8 @@ def test_a_failed_warm_up_leaves_no_marker_and_frees_its_lock(cache, monkeypatch
     monkeypatch.setattr(gpu, "warm_device_checks", boom)
     with pytest.raises(RuntimeError):
         warm_refs.main(argv[3:])
-    assert not warm_refs.is_warm("sm_90") and not warm_refs.marker("sm_90").with_suffix(".warming").exists()
+    assert not warm_refs.is_warm("sm_90") and not warm_refs._beside("sm_90", ".warming").exists()
+    assert "RuntimeError: no GPU" in warm_refs._beside("sm_90", ".failed").read_text()
 
 
 def test_warm_device_checks_runs_every_mode_s_checks(monkeypatch):

@@ -68,12 +68,18 @@ def is_warm(arch: str) -> bool:
     return marker(arch).exists()
 
 
+def _beside(arch: str, what: str) -> Path:
+    """The lock (".warming") or the last failure (".failed") next to the marker."""
+    m = marker(arch)
+    return m.parent / (m.name + what)
+
+
 def start(arch: str, shape, causal: bool) -> bool:
     """Start the detached warm-up unless one is running, it is done, or it is turned off.
     True if one was started."""
     if os.environ.get(ENV_OFF, "1") == "0" or is_warm(arch):
         return False
-    lock = marker(arch).with_suffix(".warming")
+    lock = _beside(arch, ".warming")
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         if time.time() - lock.stat().st_mtime < LOCK_STALE_S:
@@ -107,6 +113,9 @@ def main(argv: list) -> int:
         m = marker(arch)
         m.write_text(f"compiled by harness/run/warm_refs.py at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         return 0
+    except BaseException as e:      # said where a user looking at CuPy's cache dir finds it
+        _beside(arch, ".failed").write_text(f"{type(e).__name__}: {e}\n")
+        raise
     finally:
         Path(lock).unlink(missing_ok=True)
 
