@@ -92,3 +92,16 @@ def test_warm_device_checks_runs_every_mode_s_checks(monkeypatch):
     # the failing path, folds included (uniform_p is judged by its row spread and a perturbed
     # first rows may stay inside it: its folds are the one path left to the first failure)
     assert all(not r.passed and r.folds for r in judged if r.variant.mode != "uniform_p")
+
+
+def test_run_mode_s_rule_starts_the_compile_only_after_a_case_it_sent_to_the_host(cache, monkeypatch):
+    from harness.toolchain import device
+    monkeypatch.setattr(device, "require_gpu", lambda: {"arch": "sm_90"})
+    small = gpu._DeviceChecksCold(Shape(1, 1, 64, 64, 64), False)
+    assert gpu.reference_device_of(None, small.shape, small) == "cpu"
+    small.start_if_cold()                       # never asked: a small shape starts nothing
+    assert cache == []
+    cold = gpu._DeviceChecksCold(MISSION, True)
+    assert gpu.reference_device_of(None, MISSION, cold) == "cpu" and cache == []   # not before judging
+    cold.start_if_cold()
+    assert len(cache) == 1 and cache[0][0][3:6] == ["1,8,512,64", "512", "1"]

@@ -141,18 +141,24 @@ def reference_device_of(value: str | None = None, shape: Shape | None = None, de
     return value
 
 
-def _device_checks_cold(shape: Shape, causal: bool):
-    """device_cold for run_mode: the marker of harness/run/warm_refs.py, absent, starts the
-    background compile (once per machine) and answers True."""
-    def cold() -> bool:
+class _DeviceChecksCold:
+    """device_cold for run_mode: True while the marker of harness/run/warm_refs.py is absent.
+    The background compile starts after the case is judged (start_if_cold), so that it does not
+    compete with this case's own first compilations."""
+
+    def __init__(self, shape: Shape, causal: bool):
+        self.shape, self.causal, self.arch = shape, causal, None
+
+    def __call__(self) -> bool:
         from harness.run import warm_refs
         from harness.toolchain.device import require_gpu
-        arch = require_gpu()["arch"]
-        if warm_refs.is_warm(arch):
-            return False
-        warm_refs.start(arch, shape, causal)
-        return True
-    return cold
+        self.arch = require_gpu()["arch"]
+        return not warm_refs.is_warm(self.arch)
+
+    def start_if_cold(self):
+        if self.arch is not None:      # asked (start() does nothing once the marker is there)
+            from harness.run import warm_refs
+            warm_refs.start(self.arch, self.shape, self.causal)
 
 
 def rows_request_of(value=None):
@@ -413,7 +419,8 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
     corner of (b=0, h=0), SAMPLE_ROWS x SAMPLE_COLS, for display: what diagnose asks for).
     A kernel fault is reported in the result (status 'fault'), not raised."""
     cp = _cupy()
-    ref_dev = reference_device_of(reference_device, shape, _device_checks_cold(shape, causal))
+    cold = _DeviceChecksCold(shape, causal)
+    ref_dev = reference_device_of(reference_device, shape, cold)
     request = rows_request_of(rows)
     folds = keep_outputs if folds is None else folds
     variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles_for(shape), **variant_kw})
@@ -437,7 +444,10 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
     refs = stages.stage_references(mode, ref_in["Q"], ref_in["K"], ref_in["V"], causal, scale, variant.block_n,
                                    injected, sk_pad, row_index)
     del injected
-    return judge(result, launched, refs, row_index, folds, keep_outputs)
+    result = judge(result, launched, refs, row_index, folds, keep_outputs)
+    if ref_dev == "cpu":
+        cold.start_if_cold()
+    return result
 
 
 def warm_device_checks(shape: Shape, causal: bool = False, seed: int = 0):
