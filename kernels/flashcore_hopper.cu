@@ -28,8 +28,10 @@
 //   IS_CAUSAL     0 or 1 (default 0, from kernels/common/flags.cuh)
 //   BLOCK_N       keys per K/V tile, a multiple of 32 in [32, 256] (default 128)
 //   KV_STAGES     K/V shared-memory stages, >= 1 (default 2; >= 2 overlaps loads with compute)
-//   CONSUMER_WGS  consumer warpgroups, 1..4 (default 2): BLOCK_M = 64*CONSUMER_WGS rows,
-//                 NTHREADS = 128*CONSUMER_WGS threads per block (no producer warpgroup)
+//   CONSUMER_WGS  consumer warpgroups, 1..4 (default 2): BLOCK_M = 64*CONSUMER_WGS rows
+//   PRODUCER_WG   0 (default): thread 0 issues every TMA copy, NTHREADS = 128*CONSUMER_WGS;
+//                 1: a producer warpgroup after the consumers does (setmaxnreg PRODUCER_REGS /
+//                 CONSUMER_REGS), NTHREADS = 128*(CONSUMER_WGS+1) (registry: flashcore_hopper_ws)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -123,9 +125,27 @@
 #error "CONSUMER_WGS must be 1..4 (BLOCK_M = 64*CONSUMER_WGS <= 256: one TMA box of Q)"
 #endif
 
+#ifndef PRODUCER_WG
+#define PRODUCER_WG 0                       // 1: a producer warpgroup issues every TMA copy
+#endif
+#if PRODUCER_WG != 0 && PRODUCER_WG != 1
+#error "PRODUCER_WG must be 0 or 1"
+#endif
 #define BLOCK_M (64 * CONSUMER_WGS)         // query rows per block
-#define NTHREADS (128 * CONSUMER_WGS)
-#define NWARPS (NTHREADS / 32)
+#define CONSUMER_THREADS (128 * CONSUMER_WGS)
+#define NWARPS (CONSUMER_THREADS / 32)      // consumer warps (the producer's come after them)
+#define NTHREADS (CONSUMER_THREADS + 128 * PRODUCER_WG)
+#if PRODUCER_WG
+// setmaxnreg moves registers from the producer (one thread issues TMA) to the consumers (the
+// S and O accumulators): 128*PRODUCER_REGS + CONSUMER_THREADS*CONSUMER_REGS <= 65536, multiples
+// of 8 in [24, 256]. At 2 consumer warpgroups: 128*24 + 256*240 = 64512 (FA3's split).
+#ifndef PRODUCER_REGS
+#define PRODUCER_REGS 24
+#endif
+#ifndef CONSUMER_REGS
+#define CONSUMER_REGS (CONSUMER_WGS == 1 ? 256 : CONSUMER_WGS == 2 ? 240 : CONSUMER_WGS == 3 ? 160 : 120)
+#endif
+#endif
 #define PANELS (HEAD_DIM / 64)              // 64-column (128-byte) swizzle panels per tile
 #define N_FRAG (BLOCK_N / 8)                // n8 tiles of S per thread
 #define D_FRAG (HEAD_DIM / 8)               // n8 tiles of O per thread
@@ -345,6 +365,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #ifdef DEBUG_SOFTMAX_ONLY
     // Stage 2 alone: exact S in, the same online update, then a second sweep for P
     // (common/debug_stages.cuh). No shared memory, no tensor cores (the tensor maps are null and unused).
+#if PRODUCER_WG
+    if (warp >= NWARPS) return;                 // nothing to load: the producer warpgroup leaves
+#endif
     softmax_only_stage<1, N_FRAG>(S_in + debug_off, P_out + debug_off, M_out, L_out, (size_t)bh, Sq, n_iter,
                                   row_base, lane, w);
     (void)tmQ; (void)tmK; (void)tmV;
@@ -375,14 +398,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             mbar_init(&bar_full[st], 1);            // thread 0's arrive.expect_tx (+ the bytes)
 #ifdef BUG_EMPTY_COUNT
             // BUG_EMPTY_COUNT (a HANG; placed QK): the empty barrier expects one arrival per
-            // consumer THREAD (NTHREADS) while only lane 0 of each warp arrives (NWARPS): the phase
+            // consumer THREAD (CONSUMER_THREADS) while only lane 0 of each warp arrives (NWARPS): the phase
             // never completes, thread 0 waits forever before the first refill (tile KV_STAGES) and
             // every other warp waits forever on that tile's full barrier. Needs more key tiles than
             // stages (Sk > KV_STAGES*BLOCK_N, as at the mission shape); the waits are unbounded in
             // this build (MBAR_SPIN_LIMIT 0 above), so the launch never returns: HANG. Every mode
             // with a K/V pipeline hangs; softmax_only has none (clean cubin, passes). Bisection
             // names the first mode that is not ok: qk_only, so the stage reported is QK.
-            mbar_init(&bar_empty[st], NTHREADS);
+            mbar_init(&bar_empty[st], CONSUMER_THREADS);
 #else
             mbar_init(&bar_empty[st], NWARPS);      // one arrival per consumer warp
 #endif
@@ -390,6 +413,29 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         mbar_fence_init();
     }
     __syncthreads();                                // barriers initialised before anyone waits
+#if PRODUCER_WG
+    if (warp >= NWARPS) {
+        // The producer warpgroup: its registers go to the consumers, and one thread issues every
+        // copy: Q, then tile t into stage t % KV_STAGES as soon as the consumers released the
+        // stage's previous tile (t - KV_STAGES), without waiting behind any consumer's compute.
+        setmaxnreg_dec<PRODUCER_REGS>();
+        if (warp == NWARPS && lane == 0) {
+#if USES_QK
+            mbar_arrive_expect_tx(&bar_q, Q_TX);
+#pragma unroll
+            for (int p = 0; p < PANELS; ++p)
+                tma_load_3d(sQ + p * BLOCK_M * 64, &tmQ, &bar_q, p * 64, q0, bh);
+#endif
+            for (int t = 0; t < n_iter; ++t) {
+                const int slot = t % KV_STAGES;
+                if (t >= KV_STAGES) mbar_wait(&bar_empty[slot], (u32)(t / KV_STAGES - 1) & 1u);
+                issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, t, bh, Sk);
+            }
+        }
+        return;
+    }
+    setmaxnreg_inc<CONSUMER_REGS>();
+#else
     if (tid == 0) {
 #if USES_QK
         mbar_arrive_expect_tx(&bar_q, Q_TX);
@@ -400,6 +446,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh, Sk);
     }
     __syncwarp();                                   // warp 0 reconverges before warp-collective code
+#endif
 
     float o[D_FRAG][4];
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
@@ -451,12 +498,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // This warp's wgmma reads of the stage are complete (wait_group 0 above): release it.
         __syncwarp();
         if (lane == 0) mbar_arrive(&bar_empty[slot]);
+#if !PRODUCER_WG
         // Thread 0 refills the stage with tile j + KV_STAGES once every warp has released it.
         if (tid == 0 && j + KV_STAGES < n_iter) {
             mbar_wait(&bar_empty[slot], parity);
             issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, j + KV_STAGES, bh, Sk);
         }
         __syncwarp();
+#endif
     }
     (void)m; (void)l;
 

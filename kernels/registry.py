@@ -13,7 +13,7 @@ signature and flags is described by a TOML spec instead (kernels/spec.py, tier 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.errors import UsageError
@@ -55,6 +55,7 @@ class KernelSpec:
                             ("row0", "int32"), ("n_rows", "int32"))
     trailing_params: tuple = ()
     tensor_cores: str = "HMMA"    # the SASS opcode its matrix products compile to
+    required_sass: tuple = ()     # opcodes every tensor-core variant must also contain (USETMAXREG)
     seeded_bugs: tuple | None = None   # the BUG_* switches it implements (None: every one of debug_modes/bugs.py)
     # Where forward() launches this entry instead of DEFAULT on a GPU of one of its archs: a
     # condition over B, H, Sq, Sk, D and causal (1/0), from measured bench runs ("": never).
@@ -169,7 +170,23 @@ FLASHCORE_HOPPER = KernelSpec(
                  "RESCALE_AFTER_PV"),
 )
 
-KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER)}
+# Part 2, version 2 (kernels/NOTES.md): the same file with a producer warpgroup (PRODUCER_WG=1)
+# that issues every TMA copy while the consumers get its registers (setmaxnreg). An entry of its
+# own until the GPU has measured it against version 1: --kernel flashcore_hopper_ws.
+FLASHCORE_HOPPER_WS = replace(
+    FLASHCORE_HOPPER,
+    name="flashcore_hopper_ws",
+    threads="32 * nwarps + 128",
+    tile_defines=FLASHCORE_HOPPER.tile_defines + ("PRODUCER_WG=1",),
+    required_sass=("USETMAXREG",),
+    product_when="",
+    # ptxas allocates every thread within the launch's 65536 / 384 = 168 registers, setmaxnreg
+    # notwithstanding (NVRTC and nvcc 13.0, measured): fp32_p's hi + lo products at 128 keys
+    # spill there at D = 128 (24 bytes); 64-key tiles hold them
+    mode_tiles={"fp32_p": dict(block_n=64)},
+)
+
+KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|hopper|kernels|bench|loop|probes|profile|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|hopper|ws|kernels|bench|loop|probes|profile|all]
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence; never two parts at
 #  once: they share $OUT/run, and the first to finish packs and removes it)
@@ -42,6 +42,14 @@ if [[ $what == demo || $what == all ]]; then
     flashcore diagnose --bug TAIL_UNMASKED --seed 1
     flashcore diagnose --seed 1
   } 2>&1 | tee "$OUT/walkthrough.log"
+fi
+if [[ $what == ws ]]; then
+  # part 2, version 2 (not in all until measured): the producer-warpgroup entry through the same
+  # GPU tests as version 1, then its bench suite beside version 1's
+  FLASHCORE_TEST_HOPPER=flashcore_hopper_ws timeout ${SUITE_TIMEOUT:-400} python3 -m pytest -q -rfEs -p no:cacheprovider \
+      -n 8 --timeout 300 tests/test_gpu_hopper.py 2>&1 | tee "$OUT/ws_tests.log"
+  rc=${PIPESTATUS[0]}
+  flashcore bench --suite --kernel flashcore_hopper_ws --no-wall --markdown "$OUT/BENCHMARKS_ws.md" 2>&1 | tee "$OUT/bench_ws.log"
 fi
 if [[ $what == hopper || $what == all ]]; then
   # issue 24: every Hopper seeded bug through the default diagnose (coverage set), timed; the

@@ -314,3 +314,44 @@ def test_hang_bug_waits_without_a_trap(mode):
     assert "BPT.TRAP" in _disassemble(clean)
     text = _disassemble(hang)
     assert "BPT.TRAP" not in text and "SYNCS.PHASECHK" in text
+
+
+# ---------------------------------------------------------------- version 2: the producer warpgroup
+WS = "flashcore_hopper_ws"
+
+
+@pytest.mark.parametrize("mode,d,causal", VARIANTS)
+def test_warp_specialised_entry_compiles_clean_with_setmaxnreg(mode, d, causal):
+    """kernels/registry.py's flashcore_hopper_ws (PRODUCER_WG=1): every mode through the harness's
+    compile path, 0 spills, no C7513/C7519, and USETMAXREG in every tensor-core variant's SASS
+    (the registry's required_sass, as `compile --sass` judges it)."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    v = Variant(mode, d, causal, kernel=WS)
+    assert v.threads == 128 * 3 and v.block_m == 128
+    res = compiler.compile_check(v)
+    assert res.registers > 0 and res.spill_bytes == 0 and not res.wgmma_warnings, res
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    summary = sass.summarize(v)
+    assert summary.ok, summary.verdict
+    from debug_modes.registry import get_mode
+    assert (summary.hmma > 0) == get_mode(mode).tensor_cores and not summary.missing
+
+
+def test_required_sass_is_judged():
+    from harness.toolchain.sass import SassSummary
+    s = SassSummary("v", 100, 4, 0, 0, True, ("USETMAXREG",))
+    assert not s.ok and s.verdict == "NO USETMAXREG"
+
+
+@pytest.mark.parametrize("bug", sorted(HOPPER_BUGS))
+def test_warp_specialised_entry_takes_every_hopper_bug(bug):
+    """The seeded bugs switch in the producer-warpgroup build too (the harness runs them on either
+    entry): each compiles clean and changes the full mode's code."""
+    from harness.toolchain.variant import Variant
+    d = 128
+    clean = compiler.compile_cubin(Variant("full", d, bug == "CAUSAL_MASK_ROW", kernel=WS))[1]
+    res, cubin = compiler.compile_cubin(Variant("full", d, bug == "CAUSAL_MASK_ROW", (bug,), kernel=WS))
+    assert res.spill_bytes == 0 and not res.wgmma_warnings, (bug, res)
+    assert cubin != clean, bug

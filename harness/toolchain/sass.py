@@ -83,15 +83,19 @@ class SassSummary:
     ldsm: int
     local: int                  # LDL + STL
     expects_hmma: bool | None   # None: not judged (a kernel brought with a spec says nothing of it)
+    missing: tuple = ()         # opcodes the entry requires (registry required_sass) and the SASS lacks
 
     @property
     def ok(self) -> bool:
-        return self.local == 0 and (self.expects_hmma is None or (self.hmma > 0) == self.expects_hmma)
+        return (self.local == 0 and not self.missing
+                and (self.expects_hmma is None or (self.hmma > 0) == self.expects_hmma))
 
     @property
     def verdict(self) -> str:
         if self.local:
             return f"LOCAL MEMORY ({self.local} LDL/STL)"
+        if self.missing:
+            return "NO " + ", ".join(self.missing)
         if self.expects_hmma is None:
             return "ok (" + ("tensor cores" if self.hmma else "no tensor cores") + ")"
         if self.expects_hmma and not self.hmma:
@@ -102,10 +106,14 @@ class SassSummary:
 
 
 def summarize(variant: Variant, path: Path | None = None) -> SassSummary:
-    """The tensor-core opcode expected is the registry entry's (HMMA for mma.sync, HGMMA for wgmma)."""
+    """The tensor-core opcode expected is the registry entry's (HMMA for mma.sync, HGMMA for wgmma),
+    and so are the opcodes its tensor-core variants must also hold (USETMAXREG: setmaxnreg is
+    dropped silently without __launch_bounds__(N, 1))."""
     ops = opcode_counts(disassemble(variant, path))
+    tensor_cores = get_mode(variant.mode).tensor_cores
+    missing = tuple(o for o in variant.entry.required_sass if tensor_cores and not ops[o])
     return SassSummary(variant.label, sum(ops.values()), ops[variant.entry.tensor_cores], ops["LDSM"],
-                       sum(ops[o] for o in LOCAL_MEMORY_OPS), get_mode(variant.mode).tensor_cores)
+                       sum(ops[o] for o in LOCAL_MEMORY_OPS), tensor_cores, missing)
 
 
 def summarize_user(variant) -> SassSummary:

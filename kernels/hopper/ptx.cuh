@@ -91,6 +91,10 @@ __device__ __forceinline__ u64 smem_desc(const void* p, u32 lbo_bytes, u32 sbo_b
 }
 // Orders this warpgroup's prior register writes (accumulators, A fragments) before the next
 // wgmma reads them. Needed before every GEMM whose D or A registers were touched by ordinary code.
+// setmaxnreg: a warpgroup gives up (dec) or takes (inc) registers; every thread of the warpgroup
+// executes it. ptxas drops it unless the kernel has __launch_bounds__(NTHREADS, 1).
+template <u32 N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" :: "n"(N)); }
+template <u32 N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" :: "n"(N)); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
