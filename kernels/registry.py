@@ -180,9 +180,9 @@ FLASHCORE_HOPPER_WS = replace(
     tile_defines=FLASHCORE_HOPPER.tile_defines + ("PRODUCER_WG=1",),
     required_sass=("USETMAXREG",),
     product_when="",
-    # ptxas allocates every thread within the launch's 65536 / 384 = 168 registers, setmaxnreg
-    # notwithstanding (NVRTC and nvcc 13.0, measured): fp32_p's hi + lo products at 128 keys
-    # spill there at D = 128 (24 bytes); 64-key tiles hold them
+    # fp32_p's hi + lo products at 128 keys spill 12-24 bytes at D = 128 in this build (NVRTC and
+    # nvcc 13.0; the consumer code stops at R168 though setmaxnreg grants 240, which a toy kernel
+    # did use up to R206: why not here is not understood); 64-key tiles hold them without spills
     mode_tiles={"fp32_p": dict(block_n=64)},
 )
 
