@@ -235,7 +235,14 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel
     head_dims = list(head_dim) or [64, 128]
     causals = [False, True] if causal is None else [causal]
     variants = compile_sweep.variants(modes_, head_dims, causals, archs, bugs_)   # raises when none is left
-    rows, failures = compile_sweep.sweep(variants)
+    if sass:   # one build per variant serves both tables
+        from harness.toolchain.sass import disassembler, resources_and_summary
+        if not disassembler():
+            raise UsageError("--sass needs nvdisasm (pip install nvidia-cuda-nvdisasm) or cuobjdump on PATH")
+        pairs, failures = compile_sweep.sweep(variants, check=resources_and_summary)
+        rows, srows = [r for r, _ in pairs], [x for _, x in pairs]
+    else:
+        rows, failures = compile_sweep.sweep(variants)
     console.print(resources_table(rows))
     for f in failures:
         click.echo(f, err=True)
@@ -247,27 +254,28 @@ def compile(debug, arch, head_dim, causal, bugs, list_bugs, record, sass, kernel
             click.echo(f"flashcore: {r.variant}: {r.spill_bytes} spill bytes (ptxas -v)", err=True)
         if r.wgmma_warnings:
             click.echo(f"flashcore: {r.variant}: ptxas warns {', '.join(r.wgmma_warnings)} (wgmma serialised)", err=True)
-    bad_sass = []
-    if sass:
-        from harness.toolchain.sass import summarize
-        bad_sass = _sass_check(variants, summarize)
+    bad_sass = _sass_report(srows) if sass else []
     return EXIT_CHECK_FAILED if failures or spills or bad_sass else EXIT_OK
 
 
 def _sass_check(variants, summarize) -> list:
-    """compile --sass: each variant's SASS summarised (summarize: sass.summarize for a registry
-    kernel, sass.summarize_user for a spec'd one), the table printed, each failure named on
-    stderr; returns the failures."""
-    from harness.show.report import console, sass_table
+    """compile --sass: each variant's SASS summarised (summarize: sass.summarize_user for a spec'd
+    kernel), the table printed, each failure named on stderr; returns the failures."""
     from harness.toolchain import compile_sweep
     srows, sfail = compile_sweep.sweep(variants, check=summarize)
-    console.print(sass_table(srows))
     for f in sfail:
         click.echo(f, err=True)
+    return sfail + _sass_report(srows)
+
+
+def _sass_report(srows) -> list:
+    """The SASS table printed and each variant that fails it named on stderr; returns those."""
+    from harness.show.report import console, sass_table
+    console.print(sass_table(srows))
     bad = [r for r in srows if not r.ok]
     for r in bad:
         click.echo(f"flashcore: {r.variant}: SASS check failed: {r.verdict}", err=True)
-    return sfail + bad
+    return bad
 
 
 def _compile_spec(spec, debug, arch, head_dim, causal, bugs, list_bugs, record, sass):

@@ -74,11 +74,26 @@ def test_compile_sass_command_prints_the_table_and_passes():
 def test_compile_sass_names_the_failing_variant_on_stderr(monkeypatch):
     from click.testing import CliRunner
     from cli import cli
-    real = sass.summarize
-    monkeypatch.setattr(sass, "summarize", lambda v, path=None: sass.SassSummary(v.label, 10, 1, 1, 2, True))
+    real = sass._summary
+    monkeypatch.setattr(sass, "_summary", lambda v, text: sass.SassSummary(v.label, 10, 1, 1, 2, True))
     r = CliRunner().invoke(cli, ["compile", "--sass", "--debug", "pv_only", "--arch", "sm_80", "--head-dim", "128",
                                                  "--no-causal"])
     assert r.exit_code == 1
     assert "2 of 2 variants FAIL" in r.stdout and "nothing in local memory" not in r.stdout   # both tile tables
     assert "pv_only D=128 sm_80: SASS check failed: LOCAL MEMORY (2 LDL/STL)" in r.stderr
-    assert real is not sass.summarize
+    assert real is not sass._summary
+
+
+@needs_tools
+def test_compile_sass_compiles_each_variant_once(monkeypatch):
+    """Resources and SASS come from one NVRTC build per variant (they were two)."""
+    from click.testing import CliRunner
+    from cli import cli
+    from harness.toolchain import compiler
+    builds = []
+    real = compiler.compile_cubin
+    monkeypatch.setattr(compiler, "compile_cubin", lambda v, path=None: builds.append(v.label) or real(v, path))
+    r = CliRunner().invoke(cli, ["compile", "--sass", "--debug", "pv_only", "--arch", "sm_90", "--head-dim", "64",
+                                 "--no-causal"])
+    assert r.exit_code == 0, r.output
+    assert len(builds) == len(set(builds)) >= 1, builds

@@ -109,7 +109,17 @@ def summarize(variant: Variant, path: Path | None = None) -> SassSummary:
     """The tensor-core opcode expected is the registry entry's (HMMA for mma.sync, HGMMA for wgmma),
     and so are the opcodes its tensor-core variants must also hold (USETMAXREG: setmaxnreg is
     dropped silently without __launch_bounds__(N, 1))."""
-    ops = opcode_counts(disassemble(variant, path))
+    return _summary(variant, disassemble(variant, path))
+
+
+def resources_and_summary(variant: Variant, path: Path | None = None) -> tuple:
+    """(Resources, SassSummary) of one NVRTC build: `compile --sass` compiles each variant once."""
+    res, cubin = compiler.compile_cubin(variant, path)
+    return res, _summary(variant, disassemble_cubin(cubin, variant.label))
+
+
+def _summary(variant: Variant, text: str) -> SassSummary:
+    ops = opcode_counts(text)
     tensor_cores = get_mode(variant.mode).tensor_cores
     missing = tuple(o for o in variant.entry.required_sass if tensor_cores and not ops[o])
     return SassSummary(variant.label, sum(ops.values()), ops[variant.entry.tensor_cores], ops["LDSM"],
