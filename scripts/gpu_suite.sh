@@ -91,7 +91,9 @@ if [[ $what == bench || $what == all ]]; then
   python3 scripts/profile_forward.py 2>&1 | tee "$OUT/profile_forward.log"
 fi
 if [[ $what == loop || $what == all ]]; then
-  # issue 26, the research loop: cold (empty CuPy and cubin caches), warm, and right after an edit
+  # issue 26, the research loop: where a cold default diagnose spends its time (one process,
+  # cProfile), then cold (empty CuPy and cubin caches), warm, and right after an edit
+  python3 scripts/profile_cold.py --what diagnose 2>&1 | head -60 | tee "$OUT/profile_cold.log"
   python3 scripts/time_harness.py --command run-pv --command run-all --command diagnose-coverage \
       --warm 2 --edits 2 --markdown "$OUT/timing_loop.md" 2>&1 | tee "$OUT/timing_loop.log"
   # the watch loop on the GPU: a clean verdict, a seeded bug saved into a copy of the kernel, the fix
