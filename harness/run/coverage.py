@@ -364,10 +364,12 @@ def diagnose_coverage(cases=None, inputs="randn", seed=None, bugs=(), record=Tru
     _validate(cases, BISECT_MODES, bugs)
     device = device_facts(isolate)
     from harness.run.session import prebuild_for
-    prebuild_for([(c.shape, c.causal) for c in cases], BISECT_MODES, bugs, device)   # every variant, in parallel, first
+    # every variant, in parallel, in case order: each case waits for its own only
+    builds = prebuild_for([(c.shape, c.causal) for c in cases], BISECT_MODES, bugs, device, background=True)
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:
+        builds.wait(c.shape, c.causal)
         d = diagnose(c.shape, causal=c.causal, inputs=inputs, seed=seed, bugs=bugs, record=record,
                      isolate=isolate, show=False, prebuild=False)
         if d.clean:
@@ -375,7 +377,10 @@ def diagnose_coverage(cases=None, inputs="randn", seed=None, bugs=(), record=Tru
         return Outcome(c, cov.features_of(c), True, d.stage, d.failing.variant.mode, result_detail(d.failing),
                        [h for f in d.folds for h in getattr(f, "hints", [])], list(d.folds))
 
-    outcomes = run_sweep(cases, per_case, show, "diagnose")
+    try:
+        outcomes = run_sweep(cases, per_case, show, "diagnose")
+    finally:
+        builds.close()
     rep = conclude("diagnose", outcomes, _single_mode_runner(inputs, seed, bugs, None, record, isolate, device),
                    bugs, inputs, seed, None, shrink_budget)
     if show:
@@ -396,10 +401,11 @@ def run_coverage(modes, cases=None, inputs="randn", seed=None, scale=None, bugs=
     cases = cases_for(modes=modes) if cases is None else list(cases)
     _validate(cases, modes, bugs)
     device = session.device_facts(isolate)
-    session.prebuild_for([(c.shape, c.causal) for c in cases], modes, bugs, device)
+    builds = session.prebuild_for([(c.shape, c.causal) for c in cases], modes, bugs, device, background=True)
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:
+        builds.wait(c.shape, c.causal)
         results = session.run_modes(modes, c.shape, causal=c.causal, inputs=inputs, seed=seed, scale=scale,
                                     bugs=bugs, record=record, isolate=isolate, show=False, prebuild=False)
         bad = next((r for r in results if not r.passed), None)   # results come in data-flow order
@@ -408,7 +414,10 @@ def run_coverage(modes, cases=None, inputs="randn", seed=None, scale=None, bugs=
         m = bad.variant.mode
         return Outcome(c, cov.features_of(c), True, get_mode(m).stage, m, result_detail(bad))
 
-    outcomes = run_sweep(cases, per_case, show, "run")
+    try:
+        outcomes = run_sweep(cases, per_case, show, "run")
+    finally:
+        builds.close()
     rep = conclude("run", outcomes, _single_mode_runner(inputs, seed, bugs, scale, record, isolate, device),
                    bugs, inputs, seed, None, shrink_budget)
     if show:

@@ -23,23 +23,45 @@ def device_facts(isolate: bool) -> dict:
     return pool.device_facts() if isolate else require_gpu()
 
 
-def prebuild_for(cases, modes, bugs, device: dict) -> None:
+def prebuild_for(cases, modes, bugs, device: dict, background: bool = False):
     """Compile ahead, in parallel, every variant the (shape, causal) cases will launch under
     the modes (harness/toolchain/prebuild.py); the workers then load cubins. A variant that
-    fails to compile is left to its launch, which reports it as that case's verdict."""
+    fails to compile is left to its launch, which reports it as that case's verdict.
+    background: return a CaseBuilds at once (its wait(shape, causal) blocks until that case's
+    variants are built); else return None when all are built."""
     from harness.toolchain import prebuild
     from harness.toolchain.loader import runtime_variant
     from harness.toolchain.variant import tiles_for
     if not prebuild.enabled() or not device.get("arch"):
-        return
-    variants = []
+        return CaseBuilds(None, {}) if background else None
+    per_case = {}
     for shape, causal in cases:
+        vs = per_case.setdefault((shape, causal), [])
         for m in modes:
             c = causal_for(m, causal, len(modes))
             if c and not get_mode(m).allows_causal:
                 continue
-            variants.append(runtime_variant(m, shape.D, c, tuple(bugs), device_arch=device["arch"], **tiles_for(shape)))
+            vs.append(runtime_variant(m, shape.D, c, tuple(bugs), device_arch=device["arch"], **tiles_for(shape)))
+    variants = [v for vs in per_case.values() for v in vs]
+    if background:
+        return CaseBuilds(prebuild.start(variants), per_case)
     prebuild.prebuild(variants)
+    return None
+
+
+class CaseBuilds:
+    """A sweep's prebuild under way, waited for case by case (coverage.py's sweeps)."""
+
+    def __init__(self, building, per_case: dict):
+        self.building, self.per_case = building, per_case
+
+    def wait(self, shape, causal) -> None:
+        if self.building is not None:
+            self.building.wait(self.per_case.get((shape, causal), ()))
+
+    def close(self) -> None:
+        if self.building is not None:
+            self.building.close()
 
 
 def run_modes(modes, shape, causal=False, inputs="randn", seed=None, scale=None, bugs=(),

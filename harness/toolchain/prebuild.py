@@ -76,3 +76,63 @@ def prebuild(variants, jobs: int | None = None) -> Prebuilt:
     missing = [v for v in unique if cached_cubin(v) is None]
     _, failures = sweep(missing, check=_build, jobs=jobs) if missing else ([], [])
     return Prebuilt(len(missing) - len(failures), len(unique) - len(missing), failures, time.perf_counter() - t0)
+
+
+def _try_build(variant: Variant) -> str | None:
+    """Build one variant; a compile error is returned (left to the launch), not raised."""
+    try:
+        _build(variant)
+        return None
+    except compiler.CompileError as e:
+        return str(e)
+
+
+class Building:
+    """A prebuild under way (start): the missing variants compile on a thread pool in the order
+    given, and wait(variants) returns once those are built. A sweep waits per case, so its
+    first case launches while the later cases' variants still compile (issue 26: compiling
+    overlapped with the first launches). close() waits for the rest and says what was done."""
+
+    def __init__(self, unique: list, missing: list, jobs: int | None):
+        from concurrent.futures import ThreadPoolExecutor
+        from harness.toolchain.compile_sweep import default_jobs
+        self._t0, self._n, self._missing = time.perf_counter(), len(unique), len(missing)
+        self._futures, self._failed = {}, []
+        if missing:   # the first alone: NVRTC's first use loads libnvrtc-builtins (compile_sweep.sweep)
+            why = _try_build(missing[0])
+            if why:
+                self._failed.append(why)
+        self._ex = ThreadPoolExecutor(max_workers=jobs or default_jobs())
+        for v in missing[1:]:
+            self._futures[v] = self._ex.submit(_try_build, v)
+
+    def wait(self, variants) -> None:
+        for v in variants:
+            f = self._futures.get(v)
+            if f is not None:
+                f.result()
+
+    def close(self) -> Prebuilt:
+        self._ex.shutdown(wait=True)
+        failed = self._failed + [w for w in (f.result() for f in self._futures.values()) if w]
+        return Prebuilt(self._missing - len(failed), self._n - self._missing, failed, time.perf_counter() - self._t0)
+
+
+class _Done(Building):
+    """Nothing to build (prebuilding off): wait and close return at once."""
+
+    def __init__(self):
+        self._futures, self._failed, self._n, self._missing, self._t0 = {}, [], 0, 0, time.perf_counter()
+        self._ex = None
+
+    def close(self) -> Prebuilt:
+        return Prebuilt(0, 0, [], 0.0)
+
+
+def start(variants, jobs: int | None = None) -> Building:
+    """prebuild() that returns at once (after the first missing variant): wait on the result."""
+    if not enabled():
+        return _Done()
+    unique = list(dict.fromkeys(variants))
+    return Building(unique, [v for v in unique if cached_cubin(v) is None], jobs)
+
