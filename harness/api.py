@@ -147,11 +147,11 @@ def product_entry(device_arch: str, shape: Shape, causal: bool):
     return entry, arch
 
 
-def _maps(variant: Variant, B: int, H: int, Sq: int, Sk: int, D: int) -> tuple:
-    """The placeholder values of an entry's TMA map arguments and the launcher's rule for each:
-    (argument index, pointer index, TiledMap) - re-encoded in the block when that pointer changes."""
+def _maps(variant: Variant, first: int, B: int, H: int, Sq: int, Sk: int, D: int) -> tuple:
+    """The placeholder values of an entry's TMA map arguments (from argument index `first` on)
+    and the launcher's rule for each: (argument index, pointer index, TiledMap), re-encoded in
+    the block when that pointer changes."""
     names = tma.mapped_buffers(variant.entry)
-    first = len(KERNEL_PARAMS) + len(kernel_scalars(1, 1, 1, 1.0, 0, 1))
     rules = tuple((first + j, "QKV".index(n), tma.TiledMap(B * H, Sq if n == "Q" else Sk, D,
                                                           tma.box_rows(n, variant.block_m, variant.block_n)))
                   for j, n in enumerate(names))
@@ -169,9 +169,9 @@ def _plan(kind, qm, km, vm, causal: bool) -> Plan:
     entry, arch = product_entry(_ARCHS[device], shape, causal)
     variant, fn = _function(kind, device, entry, arch, D, causal, tiles_for(shape, entry.name))
     grid, block, scale = variant.grid(shape), (variant.threads,), 1.0 / math.sqrt(D)
-    placeholders, rules = _maps(variant, B, H, Sq, Sk, D)
-    launcher = Launcher(fn, grid, block, variant.smem_bytes,
-                        kernel_args(0, 0, 0, 0, 0, H, Sq, Sk, scale) + placeholders, N_PTRS, SCALE_SLOT, rules)
+    args = kernel_args(0, 0, 0, 0, 0, H, Sq, Sk, scale)
+    placeholders, rules = _maps(variant, len(args), B, H, Sq, Sk, D)
+    launcher = Launcher(fn, grid, block, variant.smem_bytes, args + placeholders, N_PTRS, SCALE_SLOT, rules)
     return Plan(variant, fn, launcher, device, grid, block, variant.smem_bytes,
                 H, Sq, Sk, (B, H, Sq, D), (B, H, Sq), scale)
 

@@ -204,6 +204,18 @@ __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const Tm
     }
 }
 
+// The Q tile of rows q0.. (PANELS boxes), in the modes that run Q.K^T.
+__device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ, int q0, int bh) {
+#if USES_QK
+    mbar_arrive_expect_tx(bar_q, Q_TX);
+#pragma unroll
+    for (int p = 0; p < PANELS; ++p)
+        tma_load_3d(sQ + p * BLOCK_M * 64, tmQ, bar_q, p * 64, q0, bh);
+#else
+    (void)sQ; (void)bar_q; (void)tmQ; (void)q0; (void)bh;
+#endif
+}
+
 // ---------------------------------------------------------------- stage 1: QK
 // s = Q_w . K_j^T (raw; the scale sits in the exp2 argument) for this warpgroup's 64 rows.
 // k16 step k reads panel k/4 at +32 bytes per step inside it (K-major, 128-byte swizzle).
@@ -420,12 +432,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // stage's previous tile (t - KV_STAGES), without waiting behind any consumer's compute.
         setmaxnreg_dec<PRODUCER_REGS>();
         if (warp == NWARPS && lane == 0) {
-#if USES_QK
-            mbar_arrive_expect_tx(&bar_q, Q_TX);
-#pragma unroll
-            for (int p = 0; p < PANELS; ++p)
-                tma_load_3d(sQ + p * BLOCK_M * 64, &tmQ, &bar_q, p * 64, q0, bh);
-#endif
+            issue_q(sQ, &bar_q, &tmQ, q0, bh);
             for (int t = 0; t < n_iter; ++t) {
                 const int slot = t % KV_STAGES;
                 if (t >= KV_STAGES) mbar_wait(&bar_empty[slot], (u32)(t / KV_STAGES - 1) & 1u);
@@ -437,12 +444,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     setmaxnreg_inc<CONSUMER_REGS>();
 #else
     if (tid == 0) {
-#if USES_QK
-        mbar_arrive_expect_tx(&bar_q, Q_TX);
-#pragma unroll
-        for (int p = 0; p < PANELS; ++p)
-            tma_load_3d(sQ + p * BLOCK_M * 64, &tmQ, &bar_q, p * 64, q0, bh);
-#endif
+        issue_q(sQ, &bar_q, &tmQ, q0, bh);
         for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh, Sk);
     }
     __syncwarp();                                   // warp 0 reconverges before warp-collective code

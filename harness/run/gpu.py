@@ -408,6 +408,13 @@ def judge(result: RunResult, launched: Launched, refs: dict, row_index=None, fol
     return result
 
 
+def _checked_rows(m, shape: Shape, wins: list) -> tuple:
+    """(rows_checked for the result: the windows' ranges of a windowed mode, else None; the row
+    index the references take: None where the windows are every row)."""
+    return (windows.ranges(wins) if m.windowed else None,
+            None if wins == [(0, shape.Sq)] else windows.row_index(wins))
+
+
 def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn", seed: int | None = None,
              bugs=(), scale: float | None = None, keep_outputs: bool = False, reference_device: str | None = None,
              rows=None, folds: bool | None = None, **variant_kw) -> RunResult:
@@ -429,9 +436,8 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
     seed = fresh_seed() if seed is None else int(seed)
     scale = default_scale(shape.D, scale)
     host = dict(zip("QKV", make_inputs(shape, inputs, seed)))
-    result = RunResult(variant, shape, scale, inputs, seed, reference_device=ref_dev,
-                       rows_checked=windows.ranges(wins) if m.windowed else None)
-    row_index = None if wins == [(0, shape.Sq)] else windows.row_index(wins)
+    rows_checked, row_index = _checked_rows(m, shape, wins)
+    result = RunResult(variant, shape, scale, inputs, seed, reference_device=ref_dev, rows_checked=rows_checked)
     try:
         result.resources = kernel_resources(variant)
         dev = {p: cp.asarray(a) for p, a in host.items()}
@@ -457,15 +463,15 @@ def warm_device_checks(shape: Shape, causal: bool = False, seed: int = 0):
     reference (so the failing path's folds compile too). Launches no kernel of the user's."""
     cp = _cupy()
     from debug_modes.registry import MODES
+    scale = default_scale(shape.D, None)
+    dev = {p: cp.asarray(a) for p, a in zip("QKV", make_inputs(shape, "randn", seed))}   # every mode's inputs
     for mode in MODES:
         if causal and not MODES[mode].allows_causal:
             continue
         variant = Variant(mode, shape.D, causal, **tiles_for(shape))
         m, sk_pad = get_mode(mode), variant.padded_keys(shape.Sk)
         wins = plan_windows(mode, shape, variant, None)
-        scale = default_scale(shape.D, None)
-        dev = {p: cp.asarray(a) for p, a in zip("QKV", make_inputs(shape, "randn", seed))}
-        row_index = None if wins == [(0, shape.Sq)] else windows.row_index(wins)
+        rows_checked, row_index = _checked_rows(m, shape, wins)
         injected = stages.injected_inputs(mode, dev["Q"], dev["K"], dev["V"], causal, scale, sk_pad, row_index)
         refs = stages.stage_references(mode, dev["Q"], dev["K"], dev["V"], causal, scale, variant.block_n,
                                        injected, sk_pad, row_index)
@@ -475,8 +481,7 @@ def warm_device_checks(shape: Shape, causal: bool = False, seed: int = 0):
             g = cp.array(kp, copy=True)
             g.reshape(-1)[: max(1, g.size // 7)] += 1       # a failing output: the folds' path
             got[b.output] = g
-        result = RunResult(variant, shape, scale, "randn", seed, reference_device="gpu",
-                           rows_checked=windows.ranges(wins) if m.windowed else None)
+        result = RunResult(variant, shape, scale, "randn", seed, reference_device="gpu", rows_checked=rows_checked)
         launched = Launched(got, {b.param: 0 for b in m.writes}, {b.param: 0 for b in m.writes})
         judge(result, launched, refs, row_index, folds=True, keep_outputs=True)
     cp.cuda.runtime.deviceSynchronize()

@@ -68,14 +68,7 @@ class Prebuilt:
 
 def prebuild(variants, jobs: int | None = None) -> Prebuilt:
     """Compile every variant that has no cubin yet, concurrently; returns what it did."""
-    from harness.toolchain.compile_sweep import sweep
-    t0 = time.perf_counter()
-    unique = list(dict.fromkeys(variants))
-    if not enabled():
-        return Prebuilt(0, 0, [], 0.0)
-    missing = [v for v in unique if cached_cubin(v) is None]
-    _, failures = sweep(missing, check=_build, jobs=jobs) if missing else ([], [])
-    return Prebuilt(len(missing) - len(failures), len(unique) - len(missing), failures, time.perf_counter() - t0)
+    return start(variants, jobs).close()
 
 
 def _try_build(variant: Variant) -> str | None:
@@ -118,21 +111,11 @@ class Building:
         return Prebuilt(self._missing - len(failed), self._n - self._missing, failed, time.perf_counter() - self._t0)
 
 
-class _Done(Building):
-    """Nothing to build (prebuilding off): wait and close return at once."""
-
-    def __init__(self):
-        self._futures, self._failed, self._n, self._missing, self._t0 = {}, [], 0, 0, time.perf_counter()
-        self._ex = None
-
-    def close(self) -> Prebuilt:
-        return Prebuilt(0, 0, [], 0.0)
-
-
 def start(variants, jobs: int | None = None) -> Building:
-    """prebuild() that returns at once (after the first missing variant): wait on the result."""
+    """prebuild() that returns at once (after the first missing variant): wait on the result.
+    Prebuilding off: nothing to build, wait and close return at once."""
     if not enabled():
-        return _Done()
+        return Building([], [], jobs)
     unique = list(dict.fromkeys(variants))
     return Building(unique, [v for v in unique if cached_cubin(v) is None], jobs)
 
