@@ -16,8 +16,10 @@ import cProfile
 import io
 import os
 import pstats
+import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,17 +37,55 @@ def _compile_rows(stats: pstats.Stats) -> list:
     return sorted(rows, key=lambda r: -r[1])
 
 
+T0 = time.perf_counter()
+_KERNEL_NAME = re.compile(r"__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+(\w+)")
+
+
+def _log_compiles(log: list):
+    """Wrap CuPy's NVRTC entry point so that every compilation, in every thread (cProfile sees
+    only the profiled one), is logged: (thread, seconds, the kernels its source defines)."""
+    from cupy.cuda import compiler
+    inner = compiler._compile_using_nvrtc_no_warning
+
+    def timed(source, *args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return inner(source, *args, **kw)
+        finally:
+            names = _KERNEL_NAME.findall(source) or ["?"]
+            t1 = time.perf_counter()
+            log.append((threading.current_thread().name, t1 - t0, ",".join(dict.fromkeys(names))[:90], t1 - T0))
+    compiler._compile_using_nvrtc_no_warning = timed
+    # the variants' own prebuild (NVRTC directly, not through CuPy)
+    from harness.toolchain import prebuild
+    build = prebuild._build
+
+    def timed_build(variant):
+        t0 = time.perf_counter()
+        try:
+            return build(variant)
+        finally:
+            t1 = time.perf_counter()
+            log.append((threading.current_thread().name, t1 - t0, f"prebuild {variant.label}", t1 - T0))
+    prebuild._build = timed_build
+
+
 @click.command()
 @click.option("--what", type=click.Choice(["diagnose", "run-pv", "run-all"]), default="diagnose", show_default=True)
 @click.option("--shape", default="mission", show_default=True, help="for run-pv / run-all")
 @click.option("--top", type=int, default=25, show_default=True)
-def main(what, shape, top):
-    tmp = tempfile.mkdtemp(prefix="flashcore-cold-")
-    os.environ.update(CUPY_CACHE_DIR=os.path.join(tmp, "cupy"), FLASHCORE_CUBIN_CACHE=os.path.join(tmp, "cubins"),
-                      FLASHCORE_WARMUP="0")
+@click.option("--warm", is_flag=True, help="keep this machine's caches (what a warm run spends its time on)")
+def main(what, shape, top, warm):
+    tmp = "this machine's caches" if warm else tempfile.mkdtemp(prefix="flashcore-cold-")
+    if not warm:
+        os.environ.update(CUPY_CACHE_DIR=os.path.join(tmp, "cupy"), FLASHCORE_CUBIN_CACHE=os.path.join(tmp, "cubins"),
+                          FLASHCORE_WARMUP="0")
     from harness.check.shapes import parse_shape
+    compiles: list = []
+    _log_compiles(compiles)
+    global T0
     prof = cProfile.Profile()
-    t0 = time.perf_counter()
+    t0 = T0 = time.perf_counter()
     prof.enable()
     if what == "diagnose":
         from harness.run.coverage import diagnose_coverage
@@ -58,7 +98,12 @@ def main(what, shape, top):
     prof.disable()
     wall = time.perf_counter() - t0
     stats = pstats.Stats(prof)
-    print(f"{what}{'' if what == 'diagnose' else ' ' + shape}: {wall:.2f} s cold, in one process (caches under {tmp})")
+    print(f"{what}{'' if what == 'diagnose' else ' ' + shape}: {wall:.2f} s {'warm' if warm else 'cold'}, "
+          f"in one process (caches: {tmp})")
+    print(f"NVRTC compilations, every thread: {len(compiles)}, {sum(c[1] for c in compiles):.2f} s summed "
+          f"(in the order they ended, with the time since the start)")
+    for thread, sec, names, at in compiles:
+        print(f"  {sec:6.2f} s  ends {at:6.2f} s  {thread:<26} {names}")
     print("CuPy compile entry points (calls, cumulative s):")
     for nc, ct, where in _compile_rows(stats)[:8]:
         print(f"  {nc:5d}  {ct:7.2f} s  {where}")

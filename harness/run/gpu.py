@@ -29,6 +29,7 @@ from harness.check import metrics as met
 from harness.check import stages
 from harness.check import windows
 from harness.check.xp import on_device, to_host
+from harness.run import launch_counts
 from harness.toolchain.device import cupy as _cupy, wait
 from harness.toolchain.loader import get_kernel, kernel_resources, runtime_variant
 from harness.errors import FlashCoreError, Hang, UsageError
@@ -116,8 +117,9 @@ def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool 
 
 
 def poisoned(shape_tuple, dtype):
-    """A device array filled with the poison NaN of metrics.POISON_BITS."""
-    return met.poison(shape_tuple, dtype, _cupy())
+    """A device array filled with the poison NaN of metrics.POISON_BITS (a raw fill: no CuPy
+    kernel to compile on a fresh machine, harness/run/launch_counts.py)."""
+    return launch_counts.poisoned(shape_tuple, dtype)
 
 
 def default_scale(D: int, scale):
@@ -331,14 +333,6 @@ class Launched:
     outside: dict    # kernel parameter -> elements written outside the window (per-row outputs)
 
 
-def _written_outside(out, row0: int, n: int) -> int:
-    """Elements of a [B, H, Sq, ...] output written (no longer poison) outside rows
-    [row0, row0 + n): the contract says a launch writes its window only."""
-    cp = _cupy()
-    written = ~met.unwritten_mask(out)
-    return int(cp.count_nonzero(written)) - int(cp.count_nonzero(written[:, :, row0:row0 + n]))
-
-
 def launch_windows(variant: Variant, shape: Shape, scale: float, seed: int, host: dict, dev: dict,
                    injected: dict, wins: list, on_host: bool) -> Launched:
     """Launch each window twice (outputs re-poisoned); keep the window's rows of every output
@@ -353,17 +347,20 @@ def launch_windows(variant: Variant, shape: Shape, scale: float, seed: int, host
         pre = _window_prepared(variant, shape, scale, seed, host, dev, injected, (row0, n), offset)
         pre.launch()
         # The kernel is bitwise deterministic by design (no atomics): a second launch that
-        # differs is the signature of a race ("a moving error is a race").
-        first = {p: a.copy() for p, a in pre.outs.items()}
+        # differs is the signature of a race ("a moving error is a race"). The counts are raw
+        # kernels (launch_counts): CuPy's count_nonzero compiled CUB passes per array size.
+        first = {p: launch_counts.copy(a) for p, a in pre.outs.items()}
         pre.launch()
         for b in m.writes:
-            a, bits = pre.outs[b.param], met.UINT_OF[pre.outs[b.param].dtype]
-            moved[b.param] += int(cp.count_nonzero(a.view(bits) != first[b.param].view(bits)))
+            a = pre.outs[b.param]
+            moved[b.param] += launch_counts.count_moved(a, first[b.param])
             if not b.is_matrix:
-                outside[b.param] += _written_outside(a, row0, n)
-                a = a[:, :, row0:row0 + n]
-            a = cp.ascontiguousarray(a)
-            pieces[b.output].append(cp.asnumpy(a) if on_host else a)
+                outside[b.param] += launch_counts.count_written_outside(a, row0, n)
+            if on_host:     # the whole output across, then its rows: no copy kernel on the device
+                a = cp.asnumpy(a)
+                pieces[b.output].append(a if b.is_matrix else np.ascontiguousarray(a[:, :, row0:row0 + n]))
+            else:
+                pieces[b.output].append(cp.ascontiguousarray(a if b.is_matrix else a[:, :, row0:row0 + n]))
         del pre, first
         offset += n
     xp = np if on_host else cp
