@@ -162,24 +162,26 @@ FLASHCORE_HOPPER = KernelSpec(
     trailing_params=("tma:Q", "tma:K", "tma:V"),
     tensor_cores="HGMMA",
     # Hopper-class bugs (debug_modes/hopper_bugs.py): descriptors, mbarrier counts, TMA boxes
-    # bench --suite at 48b77d5 (H200, BENCHMARKS.md): flashcore_fused is faster at 1,8,512,64
-    # (11.7 vs 12.8 us), this kernel from 1,8,1024,64 on (17.9 vs 19.1 us) to the large shapes
-    # (1.08-1.50x); the line is drawn between the two measured points, in work B*H*Sq*Sk
-    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
+    # forward() launched this entry from 3ce187b to ff22ca8; flashcore_hopper_ws, measured faster
+    # at every large shape (cd5c7f8), took its place
+    product_when="",
     seeded_bugs=("K_DESC_SBO", "CAUSAL_MASK_ROW", "EMPTY_COUNT", "V_KSTEP", "V_DESC_LBO", "V_TAIL_COORD",
                  "RESCALE_AFTER_PV"),
 )
 
 # Part 2, version 2 (kernels/NOTES.md): the same file with a producer warpgroup (PRODUCER_WG=1)
-# that issues every TMA copy while the consumers get its registers (setmaxnreg). An entry of its
-# own until the GPU has measured it against version 1: --kernel flashcore_hopper_ws.
+# that issues every TMA copy while the consumers get its registers (setmaxnreg).
 FLASHCORE_HOPPER_WS = replace(
     FLASHCORE_HOPPER,
     name="flashcore_hopper_ws",
     threads="32 * nwarps + 128",
     tile_defines=FLASHCORE_HOPPER.tile_defines + ("PRODUCER_WG=1",),
     required_sass=("USETMAXREG",),
-    product_when="",
+    # bench --suite --kernel flashcore_hopper_ws at cd5c7f8 (H200, results/logs/ws-cd5c7f8-h200.log):
+    # 5-12 % faster than version 1 at every large shape and 1,8,1024,64 (17.4 against 18.5 us;
+    # flashcore_fused 19.1 at 48b77d5), slower at 1,8,512,64 (12.4 against flashcore_fused's
+    # 11.7): the line stays where version 1's was drawn, in work B*H*Sq*Sk
+    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
     # fp32_p's hi + lo products at 128 keys spill 12-24 bytes at D = 128 in this build (NVRTC and
     # nvcc 13.0; the consumer code stops at R168 though setmaxnreg grants 240, which a toy kernel
     # did use up to R206: why not here is not understood); 64-key tiles hold them without spills

@@ -66,21 +66,24 @@ def test_counts_equal_numpy(dtype, shape):
 @pytest.mark.gpu
 def test_launch_side_compiles_no_cupy_generated_kernel(tmp_path, monkeypatch):
     """The point of the module: a mode's launch side (poison, two launches, the counts, the
-    host copy) makes CuPy compile nothing but the raw module (issue 26's cold start)."""
+    host copy) makes CuPy compile no generated kernel, only the raw module and the variant
+    (issue 26's cold start: CUB's count_nonzero passes were 19 s of a fresh diagnose)."""
+    import re
     from cupy.cuda import compiler
     from harness.check.shapes import Shape
     from harness.run import gpu
-    seen = []
+    names = []
     inner = compiler._compile_using_nvrtc_no_warning
 
     def spy(source, *args, **kw):
-        seen.append(source)
+        names.extend(re.findall(r"__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+(\w+)", source))
         return inner(source, *args, **kw)
     monkeypatch.setattr(compiler, "_compile_using_nvrtc_no_warning", spy)
     monkeypatch.setattr(launch_counts, "_module", None)
     monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path / "cupy"))
-    r = gpu.run_mode("pv_only", Shape(1, 2, 100, 64), reference_device="cpu", seed=3)
-    assert r.status == "ok" and all(m.passed for m in r.metrics)
-    generated = [s for s in seen if "launch_counts" not in s and "count_written_outside" not in s
-                 and "flashcore" not in s.lower()]
-    assert not generated, [s[:120] for s in generated]
+    r = gpu.run_mode("pv_only", Shape(1, 2, 100, 100, 64), reference_device="cpu", seed=3)
+    assert r.status == "ok", r.message
+    assert all(m.passed for m in r.metrics), [(m.output, m.max_abs, m.tol) for m in r.metrics]
+    ours = re.compile(r"(fill|count_ne|count_written_outside)_u(16|32)$|flashcore_fwd$")
+    assert [n for n in names if not ours.match(n)] == []
+    assert "count_ne_u16" in names      # the spy saw the raw module compile (the cache was empty)
