@@ -131,6 +131,12 @@
 #if PRODUCER_WG != 0 && PRODUCER_WG != 1
 #error "PRODUCER_WG must be 0 or 1"
 #endif
+#ifndef PINGPONG
+#define PINGPONG 0                          // 1: the two consumer warpgroups take turns at the tensor cores
+#endif
+#if PINGPONG && (CONSUMER_WGS != 2 || !PRODUCER_WG)
+#error "PINGPONG needs two consumer warpgroups and the producer warpgroup"
+#endif
 #define BLOCK_M (64 * CONSUMER_WGS)         // query rows per block
 #define CONSUMER_THREADS (128 * CONSUMER_WGS)
 #define NWARPS (CONSUMER_THREADS / 32)      // consumer warps (the producer's come after them)
@@ -174,6 +180,30 @@
 // Transaction bytes of one K/V stage (the tensors this mode reads) and of the Q tile.
 #define KV_STAGE_TX ((USES_QK + USES_PV) * KV_TILE_HALVES * 2)
 #define Q_TX (Q_TILE_HALVES * 2)
+
+// ---------------------------------------------------------------- turns (PINGPONG)
+// Consumer warpgroup w issues a GEMM only on its turn: it syncs on barrier 1 + w, which the
+// other warpgroup's arrival completes, issues, and then arrives on the other's barrier. So the two
+// warpgroups' GEMMs alternate, and each one's softmax runs while the other's GEMM is on the
+// tensor cores, instead of both meeting at the exp unit at once (FA3's inter-warpgroup
+// ping-pong). Both warpgroups of a block run the same tiles (n_iter is per block), so each takes
+// the same number of turns; warpgroup 1 grants warpgroup 0 the first turn, and warpgroup 0
+// takes one turn more at the end, so that no barrier is left with arrivals pending.
+#define TURN_THREADS 256
+__device__ __forceinline__ void turn_begin(int wg) {
+#if PINGPONG
+    named_bar_sync(1 + wg, TURN_THREADS);
+#else
+    (void)wg;
+#endif
+}
+__device__ __forceinline__ void turn_end(int wg) {
+#if PINGPONG
+    named_bar_arrive(1 + (wg ^ 1), TURN_THREADS);
+#else
+    (void)wg;
+#endif
+}
 
 // ---------------------------------------------------------------- loads (thread 0 only)
 // Tile t of K and/or V into stage `slot`: PANELS boxes of (64 columns x BLOCK_N rows) each,
@@ -219,7 +249,8 @@ __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ
 // ---------------------------------------------------------------- stage 1: QK
 // s = Q_w . K_j^T (raw; the scale sits in the exp2 argument) for this warpgroup's 64 rows.
 // k16 step k reads panel k/4 at +32 bytes per step inside it (K-major, 128-byte swizzle).
-__device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, const half* sKj) {
+__device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, const half* sKj, int wg) {
+    turn_begin(wg);
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < K_STEPS; ++k) {
@@ -239,6 +270,7 @@ __device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, 
         else        wgmma_ss_acc(s, da, db);
     }
     wgmma_commit();
+    turn_end(wg);
     wgmma_wait<0>();
     reg_fence(s);                           // no read of S above the wait
 }
@@ -270,7 +302,7 @@ __device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, 
 #else
 #define V_LBO_BYTES (BLOCK_N * 128)
 #endif
-__device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[N_FRAG][4], const half* sVj) {
+__device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[N_FRAG][4], const half* sVj, int wg) {
     u32 a[P_KS][4];
     pack_p(a, p);
 #ifdef FP32_P
@@ -280,6 +312,7 @@ __device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[
 #endif
     reg_fence(a);
     reg_fence(o);                           // the alpha rescale lands before the fence
+    turn_begin(wg);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < P_KS; ++kk)
@@ -290,6 +323,7 @@ __device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[
         wgmma_rs_acc(o, lo[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
 #endif
     wgmma_commit();
+    turn_end(wg);
     wgmma_wait<0>();
     reg_fence(o);
 }
@@ -462,6 +496,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const half* sQw = sQ + (warp >> 2) * 64 * 64;   // this warpgroup's 64 rows of panel 0
     mbar_wait(&bar_q, 0);
 #endif
+    const int wg = warp >> 2;                       // this consumer warpgroup
+    if (wg == 1) turn_end(1);                       // PINGPONG: warpgroup 0 takes the first turn
 
     for (int j = 0; j < n_iter; ++j) {
         const int slot = j % KV_STAGES;
@@ -469,7 +505,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         mbar_wait(&bar_full[slot], parity);             // tile j's bytes have landed
         float s[N_FRAG][4];
 #if USES_QK
-        qk_tile(s, sQw, sK + slot * KV_TILE_HALVES);
+        qk_tile(s, sQw, sK + slot * KV_TILE_HALVES, wg);
         mask_scores(s, j, ctx);
 #endif
 #if defined(BUG_RESCALE_AFTER_PV) && USES_QK && USES_PV
@@ -486,7 +522,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #pragma unroll
             for (int e = 0; e < 4; ++e) alpha_o[i][e] = 1.f;
         scores_to_p(s, alpha_o, m, l, j, ctx);
-        pv_tile(o, s, sV + slot * KV_TILE_HALVES);
+        pv_tile(o, s, sV + slot * KV_TILE_HALVES, wg);
 #pragma unroll
         for (int i = 0; i < D_FRAG; ++i)
 #pragma unroll
@@ -494,7 +530,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
         scores_to_p(s, o, m, l, j, ctx);
 #if USES_PV
-        pv_tile(o, s, sV + slot * KV_TILE_HALVES);
+        pv_tile(o, s, sV + slot * KV_TILE_HALVES, wg);
 #endif
 #endif
         // This warp's wgmma reads of the stage are complete (wait_group 0 above): release it.
@@ -510,6 +546,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
     }
     (void)m; (void)l;
+    if (wg == 0) turn_begin(0);                     // PINGPONG: warpgroup 1's last arrival, taken
 
 #if USES_PV
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), LSE = scale*m + ln(l)

@@ -188,7 +188,18 @@ FLASHCORE_HOPPER_WS = replace(
     mode_tiles={"fp32_p": dict(block_n=64)},
 )
 
-KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS)}
+# Part 2, version 3 (kernels/NOTES.md): version 2 with the consumer warpgroups' GEMMs taking turns
+# (PINGPONG=1, named barriers), so that one's softmax overlaps the other's GEMM. An entry of its
+# own until the GPU has measured it against version 2: --kernel flashcore_hopper_pp.
+FLASHCORE_HOPPER_PP = replace(
+    FLASHCORE_HOPPER_WS,
+    name="flashcore_hopper_pp",
+    tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("PINGPONG=1",),
+    asserts=FLASHCORE_HOPPER_WS.asserts + (("nwarps == 8", "the ping-pong schedule takes two consumer warpgroups"),),
+    product_when="",
+)
+
+KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -44,12 +44,13 @@ if [[ $what == demo || $what == all ]]; then
   } 2>&1 | tee "$OUT/walkthrough.log"
 fi
 if [[ $what == ws ]]; then
-  # part 2, version 2 (not in all until measured): the producer-warpgroup entry through the same
-  # GPU tests as version 1, then its bench suite beside version 1's
-  FLASHCORE_TEST_HOPPER=flashcore_hopper_ws timeout ${SUITE_TIMEOUT:-400} python3 -m pytest -q -rfEs -p no:cacheprovider \
+  # part 2 (a version is not in all until measured): a Hopper entry ($HOPPER_ENTRY, default the
+  # producer-warpgroup version 2) through the same GPU tests as version 1, then its bench suite
+  entry=${HOPPER_ENTRY:-flashcore_hopper_ws}
+  FLASHCORE_TEST_HOPPER=$entry timeout ${SUITE_TIMEOUT:-400} python3 -m pytest -q -rfEs -p no:cacheprovider \
       -n 8 --timeout 300 tests/test_gpu_hopper.py 2>&1 | tee "$OUT/ws_tests.log"
   rc=${PIPESTATUS[0]}
-  flashcore bench --suite --kernel flashcore_hopper_ws --no-wall --markdown "$OUT/BENCHMARKS_ws.md" 2>&1 | tee "$OUT/bench_ws.log"
+  flashcore bench --suite --kernel $entry --no-wall --markdown "$OUT/BENCHMARKS_${entry}.md" 2>&1 | tee "$OUT/bench_ws.log"
 fi
 if [[ $what == hopper || $what == all ]]; then
   # issue 24: every Hopper seeded bug through the default diagnose (coverage set), timed; the

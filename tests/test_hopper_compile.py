@@ -306,18 +306,20 @@ def test_hang_bug_waits_without_a_trap(mode):
     assert "BPT.TRAP" not in text and "SYNCS.PHASECHK" in text
 
 
-# ---------------------------------------------------------------- version 2: the producer warpgroup
+# ---------------------------------------------------------------- versions 2 and 3: the producer warpgroup
 WS = "flashcore_hopper_ws"
+WS_ENTRIES = [WS, "flashcore_hopper_pp"]     # version 3: version 2 with ping-pong turns
 
 
+@pytest.mark.parametrize("entry", WS_ENTRIES)
 @pytest.mark.parametrize("mode,d,causal", VARIANTS)
-def test_warp_specialised_entry_compiles_clean_with_setmaxnreg(mode, d, causal):
+def test_warp_specialised_entry_compiles_clean_with_setmaxnreg(mode, d, causal, entry):
     """kernels/registry.py's flashcore_hopper_ws (PRODUCER_WG=1): every mode through the harness's
     compile path, 0 spills, no C7513/C7519, and USETMAXREG in every tensor-core variant's SASS
     (the registry's required_sass, as `compile --sass` judges it)."""
     from harness.toolchain import sass
     from harness.toolchain.variant import Variant
-    v = Variant(mode, d, causal, kernel=WS)
+    v = Variant(mode, d, causal, kernel=entry)
     assert v.threads == 128 * 3 and v.block_m == 128
     res = compiler.compile_check(v)
     assert res.registers > 0 and res.spill_bytes == 0 and not res.wgmma_warnings, res
@@ -335,13 +337,29 @@ def test_required_sass_is_judged():
     assert not s.ok and s.verdict == "NO USETMAXREG"
 
 
+@pytest.mark.parametrize("entry", WS_ENTRIES)
 @pytest.mark.parametrize("bug", sorted(HOPPER_BUGS))
-def test_warp_specialised_entry_takes_every_hopper_bug(bug):
+def test_warp_specialised_entry_takes_every_hopper_bug(bug, entry):
     """The seeded bugs switch in the producer-warpgroup build too (the harness runs them on either
     entry): each compiles clean and changes the full mode's code."""
     from harness.toolchain.variant import Variant
     d = 128
-    clean = compiler.compile_cubin(Variant("full", d, bug == "CAUSAL_MASK_ROW", kernel=WS))[1]
-    res, cubin = compiler.compile_cubin(Variant("full", d, bug == "CAUSAL_MASK_ROW", (bug,), kernel=WS))
+    clean = compiler.compile_cubin(Variant("full", d, bug == "CAUSAL_MASK_ROW", kernel=entry))[1]
+    res, cubin = compiler.compile_cubin(Variant("full", d, bug == "CAUSAL_MASK_ROW", (bug,), kernel=entry))
     assert res.spill_bytes == 0 and not res.wgmma_warnings, (bug, res)
     assert cubin != clean, bug
+
+
+@pytest.mark.parametrize("mode", ["full", "qk_only", "pv_only"])
+def test_pingpong_turns_are_in_version_3_only(mode):
+    """PINGPONG=1 adds the named-barrier turns (BAR.SYNC / BAR.ARV with ids 1 and 2) to the
+    GEMM modes of flashcore_hopper_pp; version 2's code has none of them."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    pp = compiler.compile_cubin(Variant(mode, 128, False, kernel="flashcore_hopper_pp"))[1]
+    ws = compiler.compile_cubin(Variant(mode, 128, False, kernel=WS))[1]
+    assert pp != ws
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    text_pp, text_ws = _disassemble(pp), _disassemble(ws)
+    assert "BAR.ARV" in text_pp and "BAR.ARV" not in text_ws

@@ -24,6 +24,16 @@ struct __align__(64) TmaDesc { u64 opaque[16]; };
 #define MBAR_SPIN_LIMIT (1u << 21)
 #endif
 
+// ---------------------------------------------------------------- named barriers
+// bar.sync / bar.arrive on hardware barrier `id` (1..15; 0 is __syncthreads) that completes once
+// `count` threads (a multiple of 32) have arrived or synced: the consumer warpgroups' turns.
+__device__ __forceinline__ void named_bar_sync(u32 id, u32 count) {
+    asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(u32 id, u32 count) {
+    asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(count) : "memory");
+}
+
 // ---------------------------------------------------------------- mbarrier
 __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(bar)), "r"(count) : "memory");
