@@ -38,7 +38,7 @@ def _compile_rows(stats: pstats.Stats) -> list:
 
 
 T0 = time.perf_counter()
-_KERNEL_NAME = re.compile(r"__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+(\w+)")
+_KERNEL_NAME = re.compile(r"__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)")
 
 
 def _log_compiles(log: list):

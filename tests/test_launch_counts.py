@@ -71,7 +71,7 @@ from cupy.cuda import compiler
 names = []
 inner = compiler._compile_using_nvrtc_no_warning
 def spy(source, *args, **kw):
-    names.extend(re.findall(r"__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+(\w+)", source))
+    names.extend(re.findall(r"__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)", source))
     return inner(source, *args, **kw)
 compiler._compile_using_nvrtc_no_warning = spy
 from harness.check.shapes import Shape
@@ -100,6 +100,7 @@ def test_launch_side_compiles_no_cupy_generated_kernel(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["status"] == "ok" and out["passed"], out
-    ours = re.compile(r"(fill|count_ne|count_written_outside)_u(16|32)$|flashcore_fwd$")
+    # the raw module's kernels are macro-made (fill_##NAME): their source spells fill_, count_ne_, ...
+    ours = re.compile(r"(fill|count_ne|count_written_outside)_(u16|u32)?$|flashcore_fwd$")
     assert [n for n in out["names"] if not ours.match(n)] == []
-    assert "count_ne_u16" in out["names"] and "flashcore_fwd" in out["names"], out["names"]   # both were seen
+    assert "count_ne_" in out["names"] and "flashcore_fwd" in out["names"], out["names"]   # both were seen
