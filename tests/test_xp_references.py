@@ -393,7 +393,8 @@ def test_check_settings_reach_run_mode_defaults_and_are_restored(monkeypatch):
 def test_auto_reference_device_is_the_host_for_small_problems_and_the_device_for_long_ones(monkeypatch):
     monkeypatch.delenv(gpu.ENV_REFERENCE_DEVICE, raising=False)
     assert gpu.reference_device_of(None, Shape(2, 3, 128, 192, 128)) == "cpu"      # the coverage set's largest
-    assert gpu.reference_device_of(None, Shape(1, 8, 512, 512, 64)) == "gpu"       # the mission shape: 2**27
+    assert gpu.reference_device_of(None, Shape(1, 8, 512, 512, 64)) == "cpu"       # the mission shape: 2**27
+    assert gpu.reference_device_of(None, Shape(1, 8, 1024, 1024, 64)) == "gpu"     # 2**29
     assert gpu.reference_device_of(None, Shape(1, 8, 16384, 16384, 128)) == "gpu"
     assert gpu.reference_device_of("gpu", Shape(1, 1, 64, 64, 64)) == "gpu"        # forcing either still works
     with gpu.check_settings("gpu"):

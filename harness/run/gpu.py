@@ -40,10 +40,12 @@ from harness.toolchain.variant import Variant, tiles_for
 MAX_DEBUG_MATRIX_BYTES = 2 << 30   # prepare(): one window's [B,H,rows,Skp] fp32 buffers (bench, sanitize)
 REFERENCE_DEVICES = ("auto", "gpu", "cpu")
 # auto: the host path up to this much work (B*H*Sq*Sk*D multiply-adds of one reference), the
-# device beyond: the coverage set (its largest, 2,3,128x192,128, is 1.9e7) on the host, where
-# its references cost milliseconds; the mission shape (2**27) on the device, the faster path
-# warm (docs/DESIGN.md §7, BENCHMARKS.md "The research loop").
-AUTO_HOST_WORK = 2**25
+# device beyond: the coverage set (its largest, 2,3,128x192,128, is 1.9e7) and the mission shape
+# (2**27) on the host. Measured on the H200 at f581df5, warm, once the launch side compiled
+# nothing of CuPy's (results/logs/host-vs-device-f581df5-h200.log): `run --debug pv_only --shape
+# mission` 1.42 s on the host against 1.85 s on the device, `run --debug all` 2.34 against 2.50
+# (docs/DESIGN.md §7). At 6a8fdfb, before launch_counts, the device had been the faster.
+AUTO_HOST_WORK = 2**27
 # ... and up to this much (the mission shape included) while this machine's CuPy cache lacks the
 # device checks' kernels: at 6a8fdfb a cold `run --debug all --shape mission` took 7.8 s on the
 # host against 28 s on the device; the first such run compiles them in the background
