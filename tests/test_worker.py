@@ -223,3 +223,16 @@ def test_session_sweep_goes_on_and_records_every_mode(monkeypatch, results_tmp):
     assert all(r.status == "fault" and "NoGPUError" in r.message for r in rs), [r.message for r in rs]
     recs = records.read().records
     assert [r.get("mode") for r in recs] == list(DATAFLOW_ORDER) and all(r.get("status") == "fault" for r in recs)
+
+
+def test_time_harness_judges_each_target_on_its_own_kind_of_run():
+    """Issue 26's targets: cold for the first run on a fresh machine, edit for the run after an
+    edit; a run that was not made is "not run", never "met"."""
+    th = _time_harness()
+    t = th.Timing("diagnose-coverage", "-", [], 3.66, warm_s=[2.6, 2.8], codes=[0], edit_s=[4.5, 6.5])
+    assert th.target_cell(t) == "cold <= 15 s met; edit <= 5 s MISSED"      # the edit median is 5.5
+    t = th.Timing("diagnose-coverage", "-", [], float("nan"), warm_s=[2.6], codes=[0])
+    assert th.target_cell(t) == "cold <= 15 s not run; edit <= 5 s not run"
+    t = th.Timing("run-all", "mission", [], 4.3, warm_s=[3.3], codes=[0, 2], edit_s=[1.5])
+    assert th.target_cell(t) == "edit <= 2 s runs failed"
+    assert th.target_cell(th.Timing("startup", "-", [], 1.0)) == "-"
