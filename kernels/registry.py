@@ -189,8 +189,9 @@ FLASHCORE_HOPPER_WS = replace(
 )
 
 # Part 2, version 3 (kernels/NOTES.md): version 2 with the consumer warpgroups' GEMMs taking turns
-# (PINGPONG=1, named barriers), so that one's softmax overlaps the other's GEMM. An entry of its
-# own until the GPU has measured it against version 2: --kernel flashcore_hopper_pp.
+# (PINGPONG=1, named barriers), so that one's softmax overlaps the other's GEMM. Measured 3-12 %
+# slower than version 2 at ffda479 (results/logs/pp-ffda479-h200.log): forward() never launches
+# it; --kernel flashcore_hopper_pp runs it.
 FLASHCORE_HOPPER_PP = replace(
     FLASHCORE_HOPPER_WS,
     name="flashcore_hopper_pp",

@@ -37,37 +37,31 @@ def _compile_rows(stats: pstats.Stats) -> list:
     return sorted(rows, key=lambda r: -r[1])
 
 
-T0 = time.perf_counter()
 _KERNEL_NAME = re.compile(r"__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)")
 
 
+def _logged(fn, log: list, what):
+    """fn, logging each call as (thread, seconds, what(first argument), when it ended)."""
+    def timed(first, *args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(first, *args, **kw)
+        finally:
+            t1 = time.perf_counter()
+            log.append((threading.current_thread().name, t1 - t0, what(first), t1))
+    return timed
+
+
 def _log_compiles(log: list):
-    """Wrap CuPy's NVRTC entry point so that every compilation, in every thread (cProfile sees
-    only the profiled one), is logged: (thread, seconds, the kernels its source defines)."""
+    """Log every compilation, in every thread, with the kernels it builds (cProfile's counts do
+    not say which kernel, nor which thread): CuPy's NVRTC entry point, and the variants' own
+    prebuild (NVRTC directly, not through CuPy)."""
     from cupy.cuda import compiler
-    inner = compiler._compile_using_nvrtc_no_warning
-
-    def timed(source, *args, **kw):
-        t0 = time.perf_counter()
-        try:
-            return inner(source, *args, **kw)
-        finally:
-            names = _KERNEL_NAME.findall(source) or ["?"]
-            t1 = time.perf_counter()
-            log.append((threading.current_thread().name, t1 - t0, ",".join(dict.fromkeys(names))[:90], t1 - T0))
-    compiler._compile_using_nvrtc_no_warning = timed
-    # the variants' own prebuild (NVRTC directly, not through CuPy)
     from harness.toolchain import prebuild
-    build = prebuild._build
-
-    def timed_build(variant):
-        t0 = time.perf_counter()
-        try:
-            return build(variant)
-        finally:
-            t1 = time.perf_counter()
-            log.append((threading.current_thread().name, t1 - t0, f"prebuild {variant.label}", t1 - T0))
-    prebuild._build = timed_build
+    compiler._compile_using_nvrtc_no_warning = _logged(
+        compiler._compile_using_nvrtc_no_warning, log,
+        lambda source: ",".join(dict.fromkeys(_KERNEL_NAME.findall(source) or ["?"]))[:90])
+    prebuild._build = _logged(prebuild._build, log, lambda variant: f"prebuild {variant.label}")
 
 
 @click.command()
@@ -83,9 +77,8 @@ def main(what, shape, top, warm):
     from harness.check.shapes import parse_shape
     compiles: list = []
     _log_compiles(compiles)
-    global T0
     prof = cProfile.Profile()
-    t0 = T0 = time.perf_counter()
+    t0 = time.perf_counter()
     prof.enable()
     if what == "diagnose":
         from harness.run.coverage import diagnose_coverage
@@ -102,8 +95,8 @@ def main(what, shape, top, warm):
           f"in one process (caches: {tmp})")
     print(f"NVRTC compilations, every thread: {len(compiles)}, {sum(c[1] for c in compiles):.2f} s summed "
           f"(in the order they ended, with the time since the start)")
-    for thread, sec, names, at in compiles:
-        print(f"  {sec:6.2f} s  ends {at:6.2f} s  {thread:<26} {names}")
+    for thread, sec, names, ended in compiles:
+        print(f"  {sec:6.2f} s  ends {ended - t0:6.2f} s  {thread:<26} {names}")
     print("CuPy compile entry points (calls, cumulative s):")
     for nc, ct, where in _compile_rows(stats)[:8]:
         print(f"  {nc:5d}  {ct:7.2f} s  {where}")

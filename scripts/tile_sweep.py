@@ -1,5 +1,5 @@
 """Tile choices of a registry kernel, timed (issue 25: "tile shapes per head dim and causal"):
-for each large shape of the bench suite, `full` at every (block_n, kv_stages) given, CUDA
+for each large shape of the bench suite (those forward() gives a Hopper entry), `full` at every (block_n, kv_stages) given, CUDA
 events (harness/run/bench.do_bench, the method of `flashcore bench`), beside SDPA cuDNN and
 flash in the same process; before timing, each tile choice is checked with `full` at a tail
 shape (1,2,333x333, and causal) against the float64 reference. Information for the registry's
@@ -28,9 +28,13 @@ def main(kernel, tile_list, head_dims):
     from harness.check.shapes import Shape
     from harness.run import bench, gpu
     from harness.toolchain.variant import Variant
+    from kernels import registry
     tiles = [tuple(int(x) for x in t.split("x")) for t in tile_list]
     for label, shape, causal in bench.SUITE:
-        if shape.B * shape.H * shape.Sq * shape.Sk < 4 * 1024 * 1024 or (head_dims and shape.D not in head_dims):
+        # the shapes forward() gives a Hopper entry (registry.product_kernel): the large ones
+        hopper_shape = registry.product_kernel("sm_90", shape.B, shape.H, shape.Sq, shape.Sk, shape.D,
+                                               causal) is not registry.DEFAULT
+        if not hopper_shape or (head_dims and shape.D not in head_dims):
             continue
         sdpa = None
         for bn, st in tiles:
@@ -50,7 +54,7 @@ def main(kernel, tile_list, head_dims):
             cu, fl = sdpa.get("sdpa_cudnn"), sdpa.get("sdpa_flash")
             t = row.kernel
             print(f"{label:24s} {bn:3d}x{st}  {t.median_us:8.1f} us ({t.p10_us:.1f}-{t.p90_us:.1f})  "
-                  f"{row.tflops:6.1f} TFLOP/s  regs {row.resources.get('registers') if isinstance(row.resources, dict) else getattr(row.resources, 'registers', '?')}"
+                  f"{row.tflops:6.1f} TFLOP/s  regs {row.resources['registers']}"
                   + (f"  {cu.median_us / t.median_us:5.2f}x cuDNN ({cu.median_us:.1f} us)" if cu else "")
                   + (f"  {fl.median_us / t.median_us:5.2f}x flash" if fl else ""), flush=True)
 

@@ -118,12 +118,6 @@ def launch(variant: Variant, shape: Shape, bufs: dict, scale: float, sync: bool 
         raise KernelFault(f"{variant.label} on {shape.label}: kernel fault: {e}") from None
 
 
-def poisoned(shape_tuple, dtype):
-    """A device array filled with the poison NaN of metrics.POISON_BITS (a raw fill: no CuPy
-    kernel to compile on a fresh machine, harness/run/launch_counts.py)."""
-    return launch_counts.poisoned(shape_tuple, dtype)
-
-
 def default_scale(D: int, scale):
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
@@ -276,7 +270,7 @@ class Prepared:
 
     def repoison(self):
         for p, a in self.outs.items():
-            self.outs[p] = poisoned(a.shape, a.dtype)
+            self.outs[p] = launch_counts.poisoned(a.shape, a.dtype)
 
     def launch(self):
         self.repoison()
@@ -304,7 +298,7 @@ def _window_prepared(variant: Variant, shape: Shape, scale: float, seed: int, ho
     n = window[1]
     src = {**dev, **{p: _on_gpu(a[:, :, offset:offset + n]) for p, a in injected.items()}}
     bufs = {b.param: src[b.param] for b in m.reads}
-    outs = {b.param: poisoned(b.shape_for(shape, n, variant.padded_keys(shape.Sk)), b.np_dtype) for b in m.writes}
+    outs = {b.param: launch_counts.poisoned(b.shape_for(shape, n, variant.padded_keys(shape.Sk)), b.np_dtype) for b in m.writes}
     return Prepared(variant, shape, scale, seed, host, bufs, outs, window)
 
 

@@ -5,10 +5,11 @@ written outside the launched window.
 Why not CuPy's own `full`, `!=`, `~` and `count_nonzero`: each is a generated kernel that
 NVRTC compiles on a machine's first use, per dtype, and count_nonzero goes through CUB, whose
 passes are specialised per array size. Profiled on the H200 at cd5c7f8 (`python
-scripts/profile_cold.py --what diagnose`, results/logs/loop-cd5c7f8-h200.log): a fresh
+scripts/profile_cold.py --what diagnose`, results/logs/profile-cold-cd5c7f8-h200.log): a fresh
 machine's first default `diagnose` spent 19 s of its 26 s compiling ten CUB count_nonzero
 passes, one after another on the main thread, and 1.3 s more on eight elementwise kernels.
-This module has no include, compiles once in about 0.1 s, and CuPy caches it on disk.
+This module has no include, compiled once in 0.15 s there (profile-cold-52fd77e-h200.log),
+and CuPy caches it on disk.
 
 Bits, not values: the poison is a NaN (metrics.POISON_BITS), and a kernel's output is
 compared with itself bit for bit, so every kernel here works on the unsigned view.
