@@ -4,8 +4,9 @@ Why: on a fresh machine the device path of the checks (references, metrics, fold
 first compiles about 45 CuPy elementwise and reduction kernels, one after another, into CuPy's
 kernel cache: 28 s of a cold `run --debug all --shape mission` on the H200 at 6a8fdfb, against
 7.8 s with the same checks on the host (BENCHMARKS.md, "The research loop"). Warm, the device
-path is the faster one (2.6 s against 3.5 s). So `--reference-device auto` judges a
-mid-sized problem on the host while this machine's CuPy cache lacks the device kernels, and
+path is the faster one beyond the problems auto gives the host anyway (gpu.AUTO_HOST_WORK, the
+mission shape since f581df5). So `--reference-device auto` judges a mid-sized problem (up to
+gpu.COLD_HOST_WORK) on the host while this machine's CuPy cache lacks the device kernels, and
 the first such run starts one detached process that compiles them (warm(): the same
 references and metrics, at the same shape, with no kernel launched: a user's kernel that
 faults or hangs never runs here). When it is done it leaves a marker in CuPy's cache dir, and
@@ -38,7 +39,8 @@ def cupy_cache_dir() -> Path:
 @lru_cache(maxsize=None)
 def _code_hash() -> str:
     """The code whose CuPy kernels the warm-up compiles: the references, metrics and folds
-    (harness/check) and the launch-side checks (run/gpu.py). An edit there may need others."""
+    (harness/check) and how run/gpu.py calls them (the launch side's own counts are a raw
+    module, run/launch_counts.py, compiled by the first launch). An edit there may need others."""
     h = hashlib.sha256()
     for p in sorted((ROOT / "harness" / "check").glob("*.py")) + [ROOT / "harness" / "run" / "gpu.py"]:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
