@@ -52,6 +52,13 @@ COMMANDS = {
     "diagnose-host": (["diagnose", "--shape", "{shape}", "--reference-device", "cpu"], {}),
     "run-all-coverage": (["run", "--debug", "all"], {}),
 }
+# Floors under every command, not flashcore's: a new Python process that imports CuPy and makes
+# the CUDA context (what the harness's worker pays before its first case), and the same with the
+# harness's GPU path imported too. A command's time less these is what the harness itself costs.
+FLOORS = {
+    "floor-cuda": "import cupy; cupy.zeros(1); cupy.cuda.runtime.deviceSynchronize()",
+    "floor-worker": "import cupy; cupy.zeros(1); import harness.run.gpu",
+}
 DEFAULT_COMMANDS = ["run-all", "diagnose"]
 DEFAULT_SHAPES = ["mission"]
 RECORDING = ("run", "diagnose")        # subcommands that take --record/--no-record
@@ -107,6 +114,8 @@ class Timing:
 
 
 def argv_for(command: str, shape: str, record: bool, flashcore: list) -> list:
+    if command in FLOORS:
+        return [sys.executable, "-c", FLOORS[command]]
     args = [a.replace("{shape}", shape) for a in COMMANDS[command][0]]
     if args[0] in RECORDING and not record:
         args.append("--no-record")
@@ -133,8 +142,9 @@ def time_command(command: str, shape: str, warm: int, record: bool, flashcore: l
                  cold_run: bool = True, edits: int = 0) -> Timing:
     """cold_run=False: no run with empty caches (the user's caches, already warm)."""
     argv = argv_for(command, shape, record, flashcore)
+    edits = 0 if command in FLOORS else edits
     with tempfile.TemporaryDirectory(prefix="flashcore-cache-") as cache:
-        env = dict(os.environ, **COMMANDS[command][1])
+        env = dict(os.environ, **COMMANDS.get(command, (None, {}))[1])
         if cold_run:
             env["CUPY_CACHE_DIR"] = os.path.join(cache, "cupy")
             env["FLASHCORE_CUBIN_CACHE"] = os.path.join(cache, "cubins")
@@ -233,7 +243,7 @@ def print_table(timings: list):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--command", action="append", choices=sorted(COMMANDS), help="default: " + ", ".join(DEFAULT_COMMANDS))
+    ap.add_argument("--command", action="append", choices=sorted(COMMANDS) + sorted(FLOORS), help="default: " + ", ".join(DEFAULT_COMMANDS))
     ap.add_argument("--shape", action="append", help="mission | short | long | B,H,S,D, '{S}' for each --seq (default mission)")
     ap.add_argument("--seq", action="append", type=int, default=[], help="sequence lengths for shapes with {S}")
     ap.add_argument("--warm", type=int, default=3, help="warm runs after the cold one")
@@ -252,7 +262,7 @@ def main(argv=None) -> int:
     flashcore = a.flashcore.split() if a.flashcore else [sys.executable, str(REPO / "cli.py")]
     timings = []
     for command in a.command or DEFAULT_COMMANDS:
-        for shape in (shapes if "{shape}" in " ".join(COMMANDS[command][0]) else ["-"]):
+        for shape in (shapes if "{shape}" in " ".join(COMMANDS.get(command, ([],))[0]) else ["-"]):
             timings.append(time_command(command, shape, a.warm, a.record, flashcore, a.timeout, not a.no_cold, a.edits))
             print(" ".join(row(timings[-1])), flush=True)    # progress, in case a later run is cut off
     if a.kernel_time:
