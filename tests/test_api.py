@@ -152,6 +152,8 @@ def guard(monkeypatch):
 
 
 def test_per_call_path_reads_no_file_hashes_nothing_queries_no_device(fake, monkeypatch):
+    from harness.toolchain import compiler
+    monkeypatch.setattr(compiler, "_HASHES", {})   # hashed afresh, as in a new process
     with guard(monkeypatch) as first:
         api.forward(*qkv())
     # The guard sees the set-up: the first call reads and hashes the kernel (else this test

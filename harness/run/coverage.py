@@ -359,13 +359,11 @@ def diagnose_coverage(cases=None, inputs="randn", seed=None, bugs=(), record=Tru
     """`flashcore diagnose` without --shape: stage bisection at every coverage case."""
     from harness.check.inputs import fresh_seed
     from harness.run.diagnose import BISECT_MODES, diagnose
-    from harness.run.session import device_facts
+    from harness.run.session import facts_and_builds
     cases = cases_for() if cases is None else list(cases)
     _validate(cases, BISECT_MODES, bugs)
-    device = device_facts(isolate)
-    from harness.run.session import prebuild_for
     # every variant, in parallel, in case order: each case waits for its own only
-    builds = prebuild_for([(c.shape, c.causal) for c in cases], BISECT_MODES, bugs, device, background=True)
+    device, builds = facts_and_builds([(c.shape, c.causal) for c in cases], BISECT_MODES, bugs, isolate)
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:
@@ -400,8 +398,7 @@ def run_coverage(modes, cases=None, inputs="randn", seed=None, scale=None, bugs=
     modes = sorted(set(modes), key=DATAFLOW_ORDER.index)
     cases = cases_for(modes=modes) if cases is None else list(cases)
     _validate(cases, modes, bugs)
-    device = session.device_facts(isolate)
-    builds = session.prebuild_for([(c.shape, c.causal) for c in cases], modes, bugs, device, background=True)
+    device, builds = session.facts_and_builds([(c.shape, c.causal) for c in cases], modes, bugs, isolate)
     seed = fresh_seed() if seed is None else seed
 
     def per_case(c: Case) -> Outcome:

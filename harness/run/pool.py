@@ -266,9 +266,10 @@ def run(case: dict, timeout: float = CASE_TIMEOUT_S):
     return r
 
 
-def run_many(cases: list, timeout: float = CASE_TIMEOUT_S, jobs: int = 1) -> list:
+def run_many(cases: list, timeout: float = CASE_TIMEOUT_S, jobs: int = 1, before=None) -> list:
     """Each case's RunResult, or the WorkerLost that ended it, in the order of the cases: up to
-    jobs cases at once, one per worker. A failed case's worker is replaced; the others go on."""
+    jobs cases at once, one per worker. A failed case's worker is replaced; the others go on.
+    before(i), where given, is called just before case i is sent (its deadline starts after)."""
     out: list = [None] * len(cases)
     todo = list(range(len(cases)))
     workers = _live(max(1, min(jobs, len(cases))))
@@ -277,6 +278,8 @@ def run_many(cases: list, timeout: float = CASE_TIMEOUT_S, jobs: int = 1) -> lis
         while todo or busy:
             for slot, w in enumerate(workers):
                 if w not in busy and todo:
+                    if before is not None:
+                        before(todo[0])
                     workers[slot] = _dispatch(w, cases, todo.pop(0), timeout, busy, out)
             if busy:
                 _collect(workers, busy, out, timeout)

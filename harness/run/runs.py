@@ -32,22 +32,29 @@ def run_case(case: dict, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S
     return run_cases([case], isolate=True, timeout=timeout, jobs=1)[0]
 
 
-def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S, jobs: int | None = None) -> list:
+def run_cases(cases: list, isolate: bool = True, timeout: float = WORKER_TIMEOUT_S, jobs: int | None = None,
+              before=None) -> list:
     """run_case for several cases, results in their order. Isolated, up to jobs of them run at
     once, each in its own worker (default: pool.default_jobs); a case that fails its worker
-    is reported and the others go on."""
+    is reported and the others go on. before(i), where given, is called just before case i
+    goes (run_modes: wait for that mode's variant to be built)."""
     if not isolate:
-        return [run_case(c, isolate=False) for c in cases]
+        out = []
+        for i, c in enumerate(cases):
+            if before is not None:
+                before(i)
+            out.append(run_case(c, isolate=False))
+        return out
     jobs = pool.default_jobs() if jobs is None else jobs
-    return run_isolated(cases, lambda c, message: _failed(c, "fault", message), timeout, jobs)
+    return run_isolated(cases, lambda c, message: _failed(c, "fault", message), timeout, jobs, before)
 
 
-def run_isolated(cases: list, lost, timeout: float = WORKER_TIMEOUT_S, jobs: int = 1) -> list:
+def run_isolated(cases: list, lost, timeout: float = WORKER_TIMEOUT_S, jobs: int = 1, before=None) -> list:
     """Cases in the harness's worker processes, results in their order; a case whose worker
     was lost (a crash, a hang past timeout) gets lost(case, message) as its result. Every kind
     of case goes through here: FlashCore's modes, spec'd kernels, probes, Python callables."""
     return [lost(c, str(r)) if isinstance(r, pool.WorkerLost) else r
-            for c, r in zip(cases, pool.run_many(cases, timeout, jobs))]
+            for c, r in zip(cases, pool.run_many(cases, timeout, jobs, before))]
 
 
 def _failed(case, status, message) -> RunResult:

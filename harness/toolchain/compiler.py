@@ -68,12 +68,41 @@ def kernel_sources(path: Path | None = None) -> dict:
     return seen
 
 
+def _stamp(paths) -> tuple | None:
+    """(mtime_ns, size, inode) of each file, None where one is gone."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+_HASHES: dict = {}   # resolved kernel path -> (its files, their stamps, the hash)
+
+
 def source_hash(path: Path | None = None) -> str:
-    """sha256 over the kernel source and everything it includes (names and contents)."""
+    """sha256 over the kernel source and everything it includes (names and contents).
+    Every call is of the files as they are now, but the files are read and hashed again only
+    where one of them changed its stamp (mtime, size or inode: a save, an editor's rename):
+    a sweep asks for it per variant and per launch (issue 26: 0.1-1.8 s of a command)."""
+    key = Path(kernel_file(path)).resolve()
+    cached = _HASHES.get(key)
+    if cached is not None and _stamp(cached[0]) == cached[1]:
+        return cached[2]
+    # stamped between two reads: cached only if nothing changed while the hashed copy was read
+    before = _stamp(sorted(kernel_sources(key)))
+    sources = kernel_sources(key)
+    files = tuple(sorted(sources))
     h = hashlib.sha256()
-    for p, text in sorted(kernel_sources(kernel_file(path)).items()):
-        h.update(p.name.encode() + b"\0" + text.encode() + b"\0")
-    return h.hexdigest()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + sources[p].encode() + b"\0")
+    digest = h.hexdigest()
+    if before is not None and before == _stamp(files):
+        _HASHES[key] = (files, before, digest)
+    return digest
 
 
 def cuda_roots():

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,34 +83,55 @@ def _try_build(variant: Variant) -> str | None:
 
 
 class Building:
-    """A prebuild under way (start): the missing variants compile on a thread pool in the order
-    given, and wait(variants) returns once those are built. A sweep waits per case, so its
-    first case launches while the later cases' variants still compile (issue 26: compiling
-    overlapped with the first launches). close() waits for the rest and says what was done."""
+    """A prebuild under way (start): the missing variants compile in the order given, the first
+    alone (compile_sweep: NVRTC's first use loads libnvrtc-builtins), the rest on a thread pool,
+    all on a thread of their own, so that start() returns at once and the caller goes on (the
+    worker boots meanwhile). wait(variants) returns once those are built. A sweep waits per
+    case, so its first case launches while the later cases' variants still compile (issue 26:
+    compiling overlapped with the first launches). close() waits for the rest and says what was
+    done; cancel() drops the builds not begun (a guessed arch that was wrong)."""
 
     def __init__(self, unique: list, missing: list, jobs: int | None):
+        self._t0, self._n, self._missing = time.perf_counter(), len(unique), len(missing)
+        self._futures = {v: Future() for v in missing}
+        self._thread = threading.Thread(target=self._run, args=(missing, jobs), daemon=True,
+                                        name="flashcore-prebuild")
+        self._thread.start()
+
+    def _run(self, missing: list, jobs: int | None) -> None:
         from concurrent.futures import ThreadPoolExecutor
         from harness.toolchain.compile_sweep import default_jobs
-        self._t0, self._n, self._missing = time.perf_counter(), len(unique), len(missing)
-        self._futures, self._failed = {}, []
-        if missing:   # the first alone: NVRTC's first use loads libnvrtc-builtins (compile_sweep.sweep)
-            why = _try_build(missing[0])
-            if why:
-                self._failed.append(why)
-        self._ex = ThreadPoolExecutor(max_workers=jobs or default_jobs())
-        for v in missing[1:]:
-            self._futures[v] = self._ex.submit(_try_build, v)
+        if not missing:
+            return
+        self._settle(missing[0])
+        with ThreadPoolExecutor(max_workers=jobs or default_jobs()) as ex:
+            for v in missing[1:]:
+                ex.submit(self._settle, v)
+
+    def _settle(self, v: Variant) -> None:
+        f = self._futures[v]
+        if not f.set_running_or_notify_cancel():
+            return
+        try:
+            f.set_result(_try_build(v))
+        except BaseException as e:   # not a compile error (those are results): raised by wait
+            f.set_exception(e)
 
     def wait(self, variants) -> None:
         for v in variants:
             f = self._futures.get(v)
-            if f is not None:
+            if f is not None and not f.cancelled():
                 f.result()
 
+    def cancel(self) -> None:
+        for f in self._futures.values():
+            f.cancel()
+
     def close(self) -> Prebuilt:
-        self._ex.shutdown(wait=True)
-        failed = self._failed + [w for w in (f.result() for f in self._futures.values()) if w]
-        return Prebuilt(self._missing - len(failed), self._n - self._missing, failed, time.perf_counter() - self._t0)
+        self._thread.join()
+        results = [f.result() for f in self._futures.values() if not f.cancelled()]
+        failed = [w for w in results if w]
+        return Prebuilt(len(results) - len(failed), self._n - self._missing, failed, time.perf_counter() - self._t0)
 
 
 def start(variants, jobs: int | None = None) -> Building:
@@ -119,3 +142,31 @@ def start(variants, jobs: int | None = None) -> Building:
     unique = list(dict.fromkeys(variants))
     return Building(unique, [v for v in unique if cached_cubin(v) is None], jobs)
 
+
+
+# The arch the last sweep on this machine ran on, beside the cubins: a sweep starts compiling
+# for it at once instead of after its worker's boot has said which device it has (issue 26:
+# after an edit, `run --debug all` compiled only after the worker's CUDA context was up, 0.95 s
+# on the H200). A wrong guess is compiled again for the right arch (session.facts_and_builds).
+ARCH_FILE = "last-device-arch"
+
+
+def last_arch() -> str | None:
+    try:
+        arch = (cache_dir() / ARCH_FILE).read_text().strip()
+    except OSError:
+        return None
+    return arch if arch.startswith("sm_") else None
+
+
+def remember_arch(arch: str) -> None:
+    if not enabled() or not arch or arch == last_arch():
+        return
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".part")
+        with os.fdopen(fd, "w") as f:
+            f.write(arch + "\n")
+        os.replace(tmp, cache_dir() / ARCH_FILE)
+    except OSError:     # a read-only cache: no guess next time, nothing else lost
+        pass
