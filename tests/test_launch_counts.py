@@ -103,4 +103,22 @@ def test_launch_side_compiles_no_cupy_generated_kernel(tmp_path):
     # the raw module's kernels are macro-made (fill_##NAME): their source spells fill_, count_ne_, ...
     ours = re.compile(r"(fill|count_ne|count_written_outside)_(u16|u32)?$|flashcore_fwd$")
     assert [n for n in out["names"] if not ours.match(n)] == []
-    assert "count_ne_" in out["names"] and "flashcore_fwd" in out["names"], out["names"]   # both were seen
+    assert "flashcore_fwd" in out["names"], out["names"]        # the spy saw CuPy's compiles
+    # the raw module came from its own cubin (prebuild.source_cubin: no NVRTC through CuPy)
+    assert list((tmp_path / "cubins").glob("launch_counts-*-sm_*.cubin")), list(tmp_path.rglob("*"))
+
+
+def test_module_cubin_is_built_once_per_machine(tmp_path, monkeypatch):
+    """prebuild.source_cubin: built into the cubin cache on first use, loaded as it is after
+    (same path, not rewritten); another arch is another cubin. No GPU needed."""
+    from harness.toolchain import compiler, prebuild
+    monkeypatch.setenv(prebuild.ENV_DIR, str(tmp_path))
+    built = []
+    real = compiler.compile_source
+    monkeypatch.setattr(compiler, "compile_source", lambda *a, **kw: built.append(a[2]) or real(*a, **kw))
+    p1 = prebuild.source_cubin(launch_counts._SOURCE, "launch_counts", "sm_90", ("-std=c++17",))
+    mtime = p1.stat().st_mtime_ns
+    p2 = prebuild.source_cubin(launch_counts._SOURCE, "launch_counts", "sm_90", ("-std=c++17",))
+    p3 = prebuild.source_cubin(launch_counts._SOURCE, "launch_counts", "sm_80", ("-std=c++17",))
+    assert p1 == p2 and p2.stat().st_mtime_ns == mtime and p3 != p1 and built == ["sm_90", "sm_80"]
+    assert p1.read_bytes()[:4] == b"\x7fELF"

@@ -196,3 +196,39 @@ def test_run_modes_sends_each_mode_once_its_own_variant_is_built(cache, monkeypa
     monkeypatch.setattr(runs, "run_case", fake_case)
     session.run_modes(["qk_only", "full"], Shape(1, 1, 64, 64, 64), seed=1, record=False, isolate=False, show=False)
     assert log.index("ran qk_only") < log.index("built full") < log.index("ran full"), log
+
+
+def test_the_build_thread_finds_nvrtc_imported_by_the_caller(cache, monkeypatch):
+    """prebuild.start imports NVRTC (CuPy) on the caller's thread before its own starts: both
+    importing CuPy at once failed with ImportError on the H200 (d897419)."""
+    where = []
+    monkeypatch.setattr(compiler, "_nvrtc", lambda: where.append(threading.current_thread().name))
+    monkeypatch.setattr(prebuild, "_build", lambda v: where.append("build " + threading.current_thread().name))
+    b = prebuild.start([Variant("full", 64, arch="sm_90")])
+    b.close()
+    assert where[0] == threading.current_thread().name and where[1].startswith("build flashcore-prebuild"), where
+
+
+# ------------------------------------------------------------------ the worker starts before parsing
+@pytest.mark.parametrize("argv, starts", [
+    ("run --debug all --shape mission", True),
+    ("run --debug qk_only,pv_only --shape 1,2,128,64", True),
+    ("run --debug pv_only --shape mission", False),          # one mode, one shape: in this process
+    ("run --debug pv_only --shape mission --isolate", True),
+    ("run --debug=pv_only", True),                            # the coverage set
+    ("run --debug all --shape mission --no-isolate", False),
+    ("diagnose", True), ("diagnose --help", False), ("modes", False), ("bench --suite", False),
+])
+def test_the_cli_starts_the_worker_before_it_parses_for_a_command_that_uses_one(argv, starts, monkeypatch):
+    import cli
+    from harness.run import pool
+    from harness.toolchain import device
+    started = []
+    monkeypatch.setattr(pool, "prestart", lambda n=1: started.append(n))
+    monkeypatch.setattr(device, "driver_present", lambda: True)
+    cli.early_worker(argv.split())
+    assert bool(started) == starts
+    monkeypatch.setattr(device, "driver_present", lambda: False)   # no driver: never
+    started.clear()
+    cli.early_worker(argv.split())
+    assert started == []

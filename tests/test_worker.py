@@ -128,6 +128,18 @@ def test_a_changed_environment_gets_a_fresh_worker(monkeypatch):
     assert runs.run_case(case("env", var="FLASHCORE_TEST_VAR")).message == "two"
 
 
+def test_case_settings_travel_with_the_case_and_keep_the_worker(monkeypatch):
+    """pool.CASE_ENV (--kernel NAME, --reference-device, --rows) is what a command sets after
+    cli.py started its worker: the worker takes each case's settings, set or unset, and stays."""
+    monkeypatch.delenv("FLASHCORE_ROWS", raising=False)
+    pid0 = pid_of(runs.run_case(case("ok")))
+    monkeypatch.setenv("FLASHCORE_ROWS", "0,5")
+    assert runs.run_case(case("env", var="FLASHCORE_ROWS")).message == "0,5"
+    monkeypatch.delenv("FLASHCORE_ROWS")
+    assert runs.run_case(case("env", var="FLASHCORE_ROWS")).message == ""
+    assert pid_of(runs.run_case(case("ok"))) == pid0          # one worker throughout
+
+
 def test_worker_runs_this_checkout(tmp_path, monkeypatch):
     """The worker imports the harness the parent runs, even from a directory that holds
     another `harness` package."""

@@ -9,7 +9,7 @@ scripts/profile_cold.py --what diagnose`, results/logs/profile-cold-cd5c7f8-h200
 machine's first default `diagnose` spent 19 s of its 26 s compiling ten CUB count_nonzero
 passes, one after another on the main thread, and 1.3 s more on eight elementwise kernels.
 This module has no include, compiled once in 0.15 s there (profile-cold-52fd77e-h200.log),
-and CuPy caches it on disk.
+into a cubin of the cubin cache that later processes load (prebuild.source_cubin).
 
 Bits, not values: the poison is a NaN (metrics.POISON_BITS), and a kernel's output is
 compared with itself bit for bit, so every kernel here works on the unsigned view.
@@ -75,10 +75,24 @@ _MAX_BLOCKS = 4096        # grid-stride beyond: enough to fill any current GPU
 _module = None
 
 
+def _load():
+    """The module, from its cubin in the cubin cache (built on this machine's first use: no
+    NVRTC in a worker after that, harness/toolchain/prebuild.source_cubin), else through CuPy
+    where no cubin can be made for this device (an arch NVRTC cannot target, no cache dir)."""
+    cp = _cupy()
+    try:
+        from harness.toolchain import prebuild
+        from harness.toolchain.device import require_gpu
+        return cp.RawModule(path=str(prebuild.source_cubin(_SOURCE, "launch_counts", require_gpu()["arch"],
+                                                           ("-std=c++17",))))
+    except Exception:   # any failure of the fast path leaves the path that always worked
+        return cp.RawModule(code=_SOURCE, options=("-std=c++17",))
+
+
 def _fn(kind: str, bits_dtype):
     global _module
     if _module is None:
-        _module = _cupy().RawModule(code=_SOURCE, options=("-std=c++17",))
+        _module = _load()
     return _module.get_function(f"{kind}_{_NAME[np.dtype(bits_dtype)]}")
 
 

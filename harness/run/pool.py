@@ -10,7 +10,9 @@ that matters:
 * workers boot while the parent validates (prestart) and tell the parent the device facts,
   so the parent never initialises CUDA itself;
 * a worker started under another environment (FLASHCORE_KERNEL and the like decide what it
-  compiles) or another working directory is replaced, as a fresh process per case would be.
+  compiles) or another working directory is replaced, as a fresh process per case would be;
+  the few settings a command makes once it has parsed (CASE_ENV) travel with each case instead,
+  so the worker cli.py starts before parsing serves the command;
 Workers of different processes share the GPU by time slicing (no MPS): a kernel runs alone,
 as it did when each mode had its own process.
 
@@ -90,13 +92,37 @@ def recv(fd: int, deadline: float):
 
 
 # ------------------------------------------------------------------ one worker
+# Settings a command makes after its worker may have started (cli.py starts one before it
+# parses: issue 26): --kernel NAME, --reference-device and --rows. They travel with each case
+# and the worker takes them on before running it, so a change of them needs no new worker.
+# Every other variable (FLASHCORE_KERNEL, CUPY_CACHE_DIR, CUDA_VISIBLE_DEVICES, ...) may
+# decide what a worker did at boot: a change of those gets a fresh worker.
+CASE_ENV = ("FLASHCORE_REGISTRY_KERNEL", "FLASHCORE_REFERENCE_DEVICE", "FLASHCORE_ROWS")
+
+
+def case_env() -> dict:
+    """The CASE_ENV settings of this process now (None: unset)."""
+    return {k: os.environ.get(k) for k in CASE_ENV}
+
+
+def apply_case_env(env: dict) -> None:
+    """In the worker: this case's CASE_ENV settings, as the parent had them when it sent it."""
+    for k, v in env.items():
+        if k not in CASE_ENV:
+            continue
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _env_key() -> tuple:
-    return (hash(frozenset(os.environ.items())), os.getcwd())
+    return (hash(frozenset((k, v) for k, v in os.environ.items() if k not in CASE_ENV)), os.getcwd())
 
 
 class Worker:
     """worker.serve() in a child process: boots, says ("ready", facts, error), then answers
-    each ("case", case) with ("result", RunResult) or ("error", message)."""
+    each ("case", case, case_env) with ("result", RunResult) or ("error", message)."""
 
     def __init__(self, blas_threads: int | None = None):
         self.key = _env_key()
@@ -131,7 +157,7 @@ class Worker:
         """Send a case (after the boot message); finish() reads its result."""
         self.ready()
         try:
-            send(self.proc.stdin, ("case", case))
+            send(self.proc.stdin, ("case", case, case_env()))
         except (BrokenPipeError, OSError):
             self._lost("")
 

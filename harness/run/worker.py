@@ -142,6 +142,8 @@ def serve(parent: int | None = None):
         if msg is None or msg[0] == "exit":
             return
         try:
+            if len(msg) > 2:
+                pool.apply_case_env(msg[2])
             result = run_one(msg[1])
         except BaseException as e:   # reported for this case; a fresh worker takes the next one
             pool.send(replies, ("error", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"))

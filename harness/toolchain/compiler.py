@@ -248,6 +248,21 @@ def compile_cubin(variant: Variant, path: Path | None = None) -> tuple:
                      cubin_bytes=len(cubin), **parse_ptxas(log)), cubin
 
 
+def compile_source(source: str, name: str, arch: str, options=()) -> bytes:
+    """The whole cubin of a self-contained source (no include of ours) for arch, with NVRTC and
+    the flags CuPy would add (-ftz=true): the harness's own small modules."""
+    nvrtc = _nvrtc()
+    prog = nvrtc.createProgram(source, name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [f"--gpu-architecture={arch}", "-ftz=true", *options])
+        except Exception:
+            raise CompileError(f"{name}: compilation failed\n{nvrtc.getProgramLog(prog)}") from None
+        return _whole_cubin(nvrtc, prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
 def compile_check(variant: Variant, path: Path | None = None) -> Resources:
     """Compile one variant for variant.arch with NVRTC (no GPU needed) and read the resources."""
     return compile_cubin(variant, path)[0]

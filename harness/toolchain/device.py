@@ -64,7 +64,7 @@ def require_gpu() -> dict:
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as e:
-        if not _driver_present():   # the runtime says "insufficient driver" where there is none at all
+        if not driver_present():   # the runtime says "insufficient driver" where there is none at all
             raise NoGPUError("no CUDA GPU here: no NVIDIA driver (libcuda) on this machine") from None
         raise NoGPUError(f"no CUDA GPU available ({str(e).splitlines()[0][:120]})") from None
     if n < 1:
@@ -73,7 +73,8 @@ def require_gpu() -> dict:
     return dict(_facts(cp.cuda.Device().id))
 
 
-def _driver_present() -> bool:
+def driver_present() -> bool:
+    """Whether this machine has the NVIDIA driver library at all (no CUDA call, no CuPy)."""
     import ctypes
     try:
         ctypes.CDLL("libcuda.so.1")

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import UsageError
 from harness.toolchain import compiler
 from harness.toolchain.variant import Variant
 
@@ -94,6 +95,14 @@ class Building:
     def __init__(self, unique: list, missing: list, jobs: int | None):
         self._t0, self._n, self._missing = time.perf_counter(), len(unique), len(missing)
         self._futures = {v: Future() for v in missing}
+        if missing:
+            # CuPy imported here, on the caller's thread: imported by the build thread while
+            # the caller imports it too (an in-process run's require_gpu) it failed with
+            # ImportError on the H200 at d897419 (a partly initialised module)
+            try:
+                compiler._nvrtc()
+            except UsageError:   # no NVRTC: each build reports it, as before
+                pass
         self._thread = threading.Thread(target=self._run, args=(missing, jobs), daemon=True,
                                         name="flashcore-prebuild")
         self._thread.start()
@@ -170,3 +179,24 @@ def remember_arch(arch: str) -> None:
         os.replace(tmp, cache_dir() / ARCH_FILE)
     except OSError:     # a read-only cache: no guess next time, nothing else lost
         pass
+
+
+def source_cubin(source: str, name: str, arch: str, options=()) -> Path:
+    """The cubin of one of the harness's own self-contained modules (run/launch_counts.py), built
+    once per machine into the cubin cache, keyed by the source, options, arch and NVRTC's
+    version. Why not CuPy's RawModule(code=...): CuPy's cache lookup itself compiles an empty
+    program with NVRTC once per process and option set (its cache key names the compiler's
+    version), which cost the harness's worker 0.28 s before its first case on the H200 at
+    d897419; a cubin loads with no NVRTC at all."""
+    import hashlib
+    nv = ".".join(map(str, compiler._nvrtc().getVersion()))
+    key = hashlib.sha256("\0".join((source, name, arch, nv, *options)).encode()).hexdigest()[:16]
+    path = cache_dir() / f"{name}-{key}-{arch}.cubin"
+    if not path.is_file():
+        cubin = compiler.compile_source(source, name, arch, options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(cubin)
+        os.replace(tmp, path)
+    return path
