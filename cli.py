@@ -70,10 +70,11 @@ def early_worker(argv: list) -> None:
     the command says so itself, with no worker."""
     if not uses_worker(argv):
         return
-    from harness.toolchain.device import driver_present
+    from harness.toolchain.device import driver_present, import_cupy_ahead
     if driver_present():
         from harness.run import pool
         pool.prestart(pool.default_jobs())
+        import_cupy_ahead()     # this process compiles the variants (NVRTC, through CuPy)
 
 
 def _die(message: str, code: int):

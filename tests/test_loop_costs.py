@@ -225,10 +225,30 @@ def test_the_cli_starts_the_worker_before_it_parses_for_a_command_that_uses_one(
     from harness.toolchain import device
     started = []
     monkeypatch.setattr(pool, "prestart", lambda n=1: started.append(n))
+    monkeypatch.setattr(device, "import_cupy_ahead", lambda: started.append("cupy"))
     monkeypatch.setattr(device, "driver_present", lambda: True)
     cli.early_worker(argv.split())
-    assert bool(started) == starts
+    assert started == ([1, "cupy"] if starts else []) or (starts and started[-1] == "cupy")
     monkeypatch.setattr(device, "driver_present", lambda: False)   # no driver: never
     started.clear()
     cli.early_worker(argv.split())
     assert started == []
+
+
+def test_cupy_imported_ahead_is_waited_for_by_every_use(monkeypatch):
+    """device.import_cupy_ahead: a thread imports CuPy; device.cupy(), compiler._nvrtc() and
+    the include search wait for it, so that no two threads import CuPy at once."""
+    from harness.toolchain import device
+    gate, order = threading.Event(), []
+
+    class Slow(threading.Thread):
+        def run(self):
+            gate.wait(5)
+            order.append("imported")
+    t = Slow(daemon=True)
+    monkeypatch.setattr(device, "_IMPORTER", [t])
+    t.start()
+    threading.Timer(0.2, gate.set).start()
+    device.await_cupy_import()
+    order.append("used")
+    assert order == ["imported", "used"]

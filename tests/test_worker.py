@@ -94,11 +94,11 @@ def test_a_parallel_sweep_reports_each_case_in_order():
     assert all(r.variant.mode == "full" for r in rs)
 
 
-def test_workers_share_the_cpus_for_blas(monkeypatch):
+def test_a_worker_s_blas_runs_on_one_thread(monkeypatch):
     for var in pool.BLAS_THREADS:
         monkeypatch.delenv(var, raising=False)
-    rs = runs.run_cases([case("env", var="OMP_NUM_THREADS")] * 2, jobs=2)
-    assert {r.message for r in rs} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    rs = runs.run_cases([case("env", var="OPENBLAS_NUM_THREADS")] * 2, jobs=2)
+    assert {r.message for r in rs} == {str(pool.WORKER_BLAS_THREADS)} == {"1"}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")   # the user's choice stands
     assert {r.message for r in runs.run_cases([case("env", var="OMP_NUM_THREADS")] * 2, jobs=2)} == {"3"}
 

@@ -17,7 +17,8 @@ Workers of different processes share the GPU by time slicing (no MPS): a kernel 
 as it did when each mode had its own process.
 
 How many at once: $FLASHCORE_JOBS, else one (measured faster on an H200: default_jobs);
-several workers' BLAS threads get an equal share of the CPUs.
+a worker's BLAS runs on one thread (WORKER_BLAS_THREADS), the host references on threads of
+their own.
 
 Protocol: length-prefixed pickles, requests on a worker's stdin, replies on a private copy of
 its stdout (the worker points fd 1 at stderr, so a stray print cannot corrupt a reply). Its
@@ -44,6 +45,12 @@ BOOT_TIMEOUT_S = 120      # Python, CuPy and a CUDA context: seconds, unless som
 CASE_TIMEOUT_S = 300      # one (mode, shape): a hang if longer
 EXIT_WAIT_S = 5
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# A worker's BLAS runs on one thread (unless the user set the variables): the host references
+# run their blocks of heads on threads of their own (stages.each_block), and OpenBLAS's threads
+# under those made them slower, not faster. Measured on the H200 (scripts/host_refs_timing.py,
+# the six modes at the mission shape, sum of medians): 0.73 s on 8 threads with OpenBLAS's
+# default threads, 0.66 s on one thread, 0.29 s on 8 threads with OPENBLAS_NUM_THREADS=1.
+WORKER_BLAS_THREADS = 1
 ROOT = str(Path(__file__).resolve().parents[2])   # the checkout whose harness the worker must run
 _HEADER = struct.Struct("<Q")
 
@@ -128,7 +135,7 @@ class Worker:
         self.key = _env_key()
         self.stderr = tempfile.TemporaryFile()
         env = dict(os.environ)
-        if blas_threads:   # several workers: a share of the CPUs each, unless the user set it
+        if blas_threads:   # unless the user set them
             env.update({v: str(blas_threads) for v in BLAS_THREADS if v not in os.environ})
         # ROOT first on sys.path: the worker runs the parent's harness even where the working
         # directory holds another checkout (-m would put the working directory first).
@@ -249,9 +256,8 @@ def _live(n: int) -> list:
         if not w.alive() or w.key != key:
             _WORKERS.remove(w)
             w.kill()
-    threads = max(1, (os.cpu_count() or 1) // n) if n > 1 else None
     while len(_WORKERS) < n:
-        _WORKERS.append(Worker(threads))
+        _WORKERS.append(Worker(WORKER_BLAS_THREADS))
     return _WORKERS[:n]
 
 

@@ -115,6 +115,8 @@ def cuda_roots():
     if nvcc:
         yield Path(nvcc).resolve().parent.parent
     try:
+        from harness.toolchain.device import await_cupy_import
+        await_cupy_import()
         import cupy
         p = cupy.cuda.get_cuda_path()
         if p:
@@ -216,6 +218,8 @@ def format_compile_log(log: str, sources: dict) -> str:
 
 
 def _nvrtc():
+    from harness.toolchain.device import await_cupy_import
+    await_cupy_import()
     try:
         from cupy.cuda import nvrtc
         nvrtc.getVersion()
