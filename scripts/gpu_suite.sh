@@ -96,7 +96,7 @@ if [[ $what == loop || $what == all ]]; then
   # cProfile), then cold (empty CuPy and cubin caches), warm, and right after an edit
   python3 scripts/profile_cold.py --what diagnose 2>&1 | head -60 | tee "$OUT/profile_cold.log"
   python3 scripts/time_harness.py --command run-pv --command run-all --command diagnose-coverage \
-      --warm 2 --edits 2 --markdown "$OUT/timing_loop.md" 2>&1 | tee "$OUT/timing_loop.log"
+      --warm 3 --edits 3 --markdown "$OUT/timing_loop.md" 2>&1 | tee "$OUT/timing_loop.log"
   # the watch loop on the GPU: a clean verdict, a seeded bug saved into a copy of the kernel, the fix
   python3 scripts/watch_demo.py 2>&1 | tee "$OUT/watch_demo.log"
 fi

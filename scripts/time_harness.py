@@ -41,6 +41,7 @@ COMMANDS = {
     "diagnose": (["diagnose", "--shape", "{shape}"], {}),
     # the same with one worker: what running the modes at once buys
     "run-all-1job": (["run", "--debug", "all", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
+    "run-all-2jobs": (["run", "--debug", "all", "--shape", "{shape}"], {"FLASHCORE_JOBS": "2"}),
     "diagnose-1job": (["diagnose", "--shape", "{shape}"], {"FLASHCORE_JOBS": "1"}),
     "startup": (["modes"], {}),        # the CLI's own start-up: the floor under every command
     "run-full": (["run", "--debug", "full", "--shape", "{shape}"], {}),
@@ -179,7 +180,7 @@ def time_command(command: str, shape: str, warm: int, record: bool, flashcore: l
 
 
 HEADERS = ["command", "shape", "cold s", "warm s (median)", "warm min-max", "after an edit s (median)",
-           "edit / warm", "kernel ms", "target", "exit codes"]
+           "edit min-max", "edit / warm", "kernel ms", "target", "exit codes"]
 
 
 def kernel_ms(shape: str) -> float | None:
@@ -211,6 +212,7 @@ def row(t: Timing) -> list:
     return [t.command, t.shape, "-" if t.cold_s != t.cold_s else f"{t.cold_s:.2f}", "-" if med is None else f"{med:.2f}",
             f"{min(t.warm_s):.2f}-{max(t.warm_s):.2f}" if t.warm_s else "-",
             "-" if t.edit_median is None else f"{t.edit_median:.2f}",
+            f"{min(t.edit_s):.2f}-{max(t.edit_s):.2f}" if t.edit_s else "-",
             f"{t.edit_median / med:.2f}x" if t.edit_median and med else "-",
             "-" if t.kernel_ms is None else f"{t.kernel_ms:.3f}", target,
             ",".join(map(str, sorted(set(t.codes))))]

@@ -23,8 +23,9 @@ def fresh_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**31))
 
 
-# The last draw, kept read-only: the modes of one run share the seed, so they drew the same
-# inputs six times (0.12 s of a warm `run --debug all --shape mission` on the H200 at 844a1fa).
+# The last draw, kept: the modes of one run share the seed, so they drew the same inputs six
+# times (0.12 s of a warm `run --debug all --shape mission` on the H200 at 844a1fa). Each call
+# gets its own copy (a copy costs a small part of a draw), so no caller sees another's writes.
 # Only small draws are kept (a long sequence's inputs are hundreds of MB).
 _LAST: dict = {}
 KEEP_ELEMS = 1 << 24
@@ -32,18 +33,15 @@ KEEP_ELEMS = 1 << 24
 
 def make_inputs(shape: Shape, kind: str = "randn", seed: int = 0, dtype: str = "float16"):
     """Return numpy arrays q [B,H,Sq,D], k, v [B,H,Sk,D] rounded to dtype (fp16 by default;
-    bfloat16 is ml_dtypes'): the values the kernel is handed. The arrays are read-only (a draw
-    may be handed out again for the same seed)."""
+    bfloat16 is ml_dtypes'): the values the kernel is handed."""
     key = (shape.B, shape.H, shape.Sq, shape.Sk, shape.D, kind, int(seed), dtype)
-    if key in _LAST:
-        return _LAST[key]
-    out = _draw(shape, kind, seed, dtype)
-    for a in out:
-        a.flags.writeable = False
-    _LAST.clear()
-    if sum(a.size for a in out) <= KEEP_ELEMS:
+    if key not in _LAST:
+        out = _draw(shape, kind, seed, dtype)
+        _LAST.clear()
+        if sum(a.size for a in out) > KEEP_ELEMS:
+            return out
         _LAST[key] = out
-    return out
+    return tuple(a.copy() for a in _LAST[key])
 
 
 def _draw(shape: Shape, kind: str, seed: int, dtype: str):

@@ -40,7 +40,9 @@ def import_cupy_ahead() -> None:
     first (await_cupy_import): CuPy imported by two threads at once failed with ImportError."""
     if "cupy" in sys.modules or _IMPORTER:
         return
-    t = threading.Thread(target=_import_quietly, daemon=True, name="flashcore-import-cupy")
+    # not a daemon: a command that stops early (a usage error) waits for the import to end
+    # rather than finalising the interpreter under it
+    t = threading.Thread(target=_import_quietly, name="flashcore-import-cupy")
     _IMPORTER.append(t)
     t.start()
 
