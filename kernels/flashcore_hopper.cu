@@ -499,10 +499,23 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const int wg = warp >> 2;                       // this consumer warpgroup
     if (wg == 1) turn_end(1);                       // PINGPONG: warpgroup 0 takes the first turn
 
+#if PRODUCER_WG
+    // A stuck wait leaves the loop and traps after it: a trap inside the loop holds the loop's
+    // live registers to the launch's 168 (65536 / 384) instead of setmaxnreg's CONSUMER_REGS, and
+    // ptxas spills the rest (hopper/ptx.cuh, mbar_wait_bounded).
+    bool stuck = false;
+#endif
     for (int j = 0; j < n_iter; ++j) {
         const int slot = j % KV_STAGES;
         const u32 parity = (u32)(j / KV_STAGES) & 1u;   // the (j / KV_STAGES)-th use of this stage
+#if PRODUCER_WG
+        if (!mbar_wait_bounded(&bar_full[slot], parity)) {   // tile j's bytes have landed
+            stuck = true;
+            break;
+        }
+#else
         mbar_wait(&bar_full[slot], parity);             // tile j's bytes have landed
+#endif
         float s[N_FRAG][4];
 #if USES_QK
         qk_tile(s, sQw, sK + slot * KV_TILE_HALVES, wg);
@@ -545,6 +558,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         __syncwarp();
 #endif
     }
+#if PRODUCER_WG
+    if (stuck) __trap();                            // the bounded wait's fault, outside the loop
+#endif
     (void)m; (void)l;
     if (wg == 0) turn_begin(0);                     // PINGPONG: warpgroup 1's last arrival, taken
 
