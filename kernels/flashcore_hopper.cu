@@ -26,7 +26,7 @@
 // Macros (-D; each tile macro has a default):
 //   HEAD_DIM      64 or 128 (required; checked in kernels/common/flags.cuh)
 //   IS_CAUSAL     0 or 1 (default 0, from kernels/common/flags.cuh)
-//   BLOCK_N       keys per K/V tile, a multiple of 32 in [32, 256] (default 128)
+//   BLOCK_N       keys per K/V tile, a multiple of 16 in [32, 256] (default 128)
 //   KV_STAGES     K/V shared-memory stages, >= 1 (default 2; >= 2 overlaps loads with compute)
 //   CONSUMER_WGS  consumer warpgroups, 1..4 (default 2): BLOCK_M = 64*CONSUMER_WGS rows
 //   PRODUCER_WG   0 (default): thread 0 issues every TMA copy, NTHREADS = 128*CONSUMER_WGS;
@@ -115,8 +115,8 @@
 #ifndef CONSUMER_WGS
 #define CONSUMER_WGS 2                      // consumer warpgroups (64 query rows each)
 #endif
-#if BLOCK_N % 32 != 0 || BLOCK_N < 32 || BLOCK_N > 256
-#error "BLOCK_N must be a multiple of 32 in [32, 256] (wgmma N; TMA box rows <= 256)"
+#if BLOCK_N % 16 != 0 || BLOCK_N < 32 || BLOCK_N > 256
+#error "BLOCK_N must be a multiple of 16 in [32, 256] (wgmma N, k16 slices of P.V; TMA box rows <= 256)"
 #endif
 #if KV_STAGES < 1
 #error "KV_STAGES must be >= 1"

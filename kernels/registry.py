@@ -155,7 +155,7 @@ FLASHCORE_HOPPER = KernelSpec(
     asserts=(
         ("m_frags == 1", "a wgmma warpgroup's warp holds one 16-row fragment (m_frags = 1)"),
         ("nwarps % 4 == 0 and nwarps >= 4 and nwarps <= 16", "nwarps must be whole warpgroups: 4, 8, 12 or 16"),
-        ("block_n % 32 == 0 and block_n >= 32 and block_n <= 256", "block_n must be a multiple of 32 in [32, 256] (wgmma N)"),
+        ("block_n % 16 == 0 and block_n >= 32 and block_n <= 256", "block_n must be a multiple of 16 in [32, 256] (wgmma N, k16 slices of P.V)"),
         ("kv_stages >= 1", "kv_stages must be at least 1"),
     ),
     # the three TMA tensor maps of Q, K and V, after the scalars (harness/toolchain/tma.py)

@@ -331,6 +331,16 @@ def test_warp_specialised_entry_compiles_clean_with_setmaxnreg(mode, d, causal, 
     assert (summary.hmma > 0) == get_mode(mode).tensor_cores and not summary.missing
 
 
+@pytest.mark.parametrize("d,bn", [(128, 160), (128, 176), (64, 176)])
+@pytest.mark.parametrize("mode", ["full", "fp32_p"])
+def test_producer_build_holds_large_key_tiles_without_spills(mode, d, bn):
+    """Consumer code after setmaxnreg.inc 240 may use more than the launch's 168 registers: the
+    160- and 176-key tiles at D = 128 (808-904 spill bytes while the consumers' key loop held a
+    trap, kernels/NOTES.md) compile with 0 spills, no stack and no ptxas warning."""
+    log, res, _ = _compile(_defines(mode, d, False, ("PRODUCER_WG=1", f"BLOCK_N={bn}")))
+    _assert_clean(log, res, (mode, d, bn))
+
+
 def test_required_sass_is_judged():
     from harness.toolchain.sass import SassSummary
     s = SassSummary("v", 100, 4, 0, 0, True, ("USETMAXREG",))
