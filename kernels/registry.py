@@ -200,7 +200,23 @@ FLASHCORE_HOPPER_PP = replace(
     product_when="",
 )
 
-KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP)}
+# Part 2, version 4 (kernels/NOTES.md): version 2 with FA3's intra-warpgroup overlap (OVERLAP_QK=1):
+# S(j+1) = Q.K(j+1)^T is issued before P(j).V(j), so tile j+1's softmax has a GEMM in flight. K and
+# V of a tile share a stage, released after P(j).V(j), so the stage of tile j+1 is held meanwhile:
+# three stages keep a load in flight (D = 128: 230,400 bytes). The debug modes with one GEMM
+# (qk_only, pv_only, uniform_p) and softmax_only keep the plain schedule. Compiled on a CPU only:
+# not yet run on a GPU, so forward() never launches it (product_when="").
+FLASHCORE_HOPPER_OV = replace(
+    FLASHCORE_HOPPER_WS,
+    name="flashcore_hopper_ov",
+    tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
+           128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3)},
+    tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("OVERLAP_QK=1",),
+    product_when="",
+)
+
+KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
+                               FLASHCORE_HOPPER_OV)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

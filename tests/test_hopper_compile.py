@@ -308,7 +308,8 @@ def test_hang_bug_waits_without_a_trap(mode):
 
 # ---------------------------------------------------------------- versions 2 and 3: the producer warpgroup
 WS = "flashcore_hopper_ws"
-WS_ENTRIES = [WS, "flashcore_hopper_pp"]     # version 3: version 2 with ping-pong turns
+OV = "flashcore_hopper_ov"                  # version 4: version 2 with QK(j+1) in flight during softmax(j+1)
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -373,3 +374,22 @@ def test_pingpong_turns_are_in_version_3_only(mode):
         pytest.skip("no nvdisasm/cuobjdump")
     text_pp, text_ws = _disassemble(pp), _disassemble(ws)
     assert "BAR.ARV" in text_pp and "BAR.ARV" not in text_ws
+
+
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("mode", ["full", "fp32_p"])
+def test_overlap_schedule_waits_for_qk_before_pv(mode, d):
+    """OVERLAP_QK=1 (flashcore_hopper_ov) issues S(j+1) = Q.K(j+1)^T and then P(j).V(j) before any
+    wait, and waits with one group still pending (WARPGROUP.DEPBAR.LE gsb0, 0x1); version 2 waits
+    for each GEMM alone. The debug modes with one GEMM keep version 2's schedule (their SASS has
+    no such wait)."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    ov = compiler.compile_cubin(Variant(mode, d, False, kernel=OV))[1]
+    ws = compiler.compile_cubin(Variant(mode, d, False, kernel=WS))[1]
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    text_ov, text_ws = _disassemble(ov), _disassemble(ws)
+    assert "DEPBAR.LE gsb0, 0x1" in text_ov and "DEPBAR.LE gsb0, 0x1" not in text_ws
+    qk = _disassemble(compiler.compile_cubin(Variant("qk_only", d, False, kernel=OV))[1])
+    assert "DEPBAR.LE gsb0, 0x1" not in qk
