@@ -32,6 +32,9 @@
 //   PRODUCER_WG   0 (default): thread 0 issues every TMA copy, NTHREADS = 128*CONSUMER_WGS;
 //                 1: a producer warpgroup after the consumers does (setmaxnreg PRODUCER_REGS /
 //                 CONSUMER_REGS), NTHREADS = 128*(CONSUMER_WGS+1) (registry: flashcore_hopper_ws)
+//   PINGPONG      1: the consumer warpgroups' GEMMs take turns (version 3, flashcore_hopper_pp)
+//   OVERLAP_QK    1: S(j+1) = Q.K(j+1)^T issued before P(j).V(j), tile j+1's softmax between
+//                 wait_group 1 and 0 (version 4, flashcore_hopper_ov; full and fp32_p only)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where

@@ -182,9 +182,10 @@ FLASHCORE_HOPPER_WS = replace(
     # flashcore_fused 19.1 at 48b77d5), slower at 1,8,512,64 (12.4 against flashcore_fused's
     # 11.7): the line stays where version 1's was drawn, in work B*H*Sq*Sk
     product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
-    # fp32_p's hi + lo products at 128 keys spill 12-24 bytes at D = 128 in this build (NVRTC and
-    # nvcc 13.0; the consumer code stops at R168 though setmaxnreg grants 240, which a toy kernel
-    # did use up to R206: why not here is not understood); 64-key tiles hold them without spills
+    # fp32_p's hi + lo products at 128 keys spilled 12-24 bytes at D = 128 while the consumers' key
+    # loop held mbar_wait's trap (which kept the loop at the launch's 168 registers, kernels/NOTES.md);
+    # since the trap left the loop they compile at R206 with 0 spills, but 128 has not run on a GPU
+    # in this entry: 64-key tiles stay until it has
     mode_tiles={"fp32_p": dict(block_n=64)},
 )
 
