@@ -334,8 +334,9 @@ __device__ __forceinline__ void pack_p_frags(PFrags& f, const float (&p)[N_FRAG]
 #endif
     reg_fence(f.a);
 }
-// A use of P's fragments after the P.V wait: without one they are dead in the PTX once the
-// wgmma is issued, and ptxas hoisted wait_group 0 above the overlapped softmax (to reuse them).
+// A (compiler-level) use of P's fragments after the P.V wait, so NVVM keeps them P(j)'s until then.
+// It was tried against ptxas hoisting wait_group 0 above the overlapped softmax and did not
+// change the SASS (an empty asm never reaches ptxas); kept as the statement of intent.
 __device__ __forceinline__ void keep_p_frags(PFrags& f) {
     reg_fence(f.a);
 #ifdef FP32_P
@@ -582,8 +583,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             mask_scores(s_next, j + 1, ctx);
             float alpha_n[2];
             softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
-            // P(j+1) and its row sums are materialised above the wait: without these fences the
-            // exp2s sank below wait_group 0 and nothing overlapped P(j).V(j) (SASS checked).
+            // Meant to keep P(j+1) and its row sums above the wait. They order NVVM's code only (the
+            // PTX has the ex2s above wait_group 0 either way); ptxas still hoists the wait above
+            // the ex2s, so only the mask and part of the row max overlap P(j).V(j) (kernels/NOTES.md).
             reg_fence(s_next);
             reg_fence(l[0]);
             reg_fence(l[1]);
