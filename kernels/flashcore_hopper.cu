@@ -26,12 +26,15 @@
 // Macros (-D; each tile macro has a default):
 //   HEAD_DIM      64 or 128 (required; checked in kernels/common/flags.cuh)
 //   IS_CAUSAL     0 or 1 (default 0, from kernels/common/flags.cuh)
-//   BLOCK_N       keys per K/V tile, a multiple of 32 in [32, 256] (default 128)
+//   BLOCK_N       keys per K/V tile, a multiple of 16 in [32, 256] (default 128)
 //   KV_STAGES     K/V shared-memory stages, >= 1 (default 2; >= 2 overlaps loads with compute)
 //   CONSUMER_WGS  consumer warpgroups, 1..4 (default 2): BLOCK_M = 64*CONSUMER_WGS rows
 //   PRODUCER_WG   0 (default): thread 0 issues every TMA copy, NTHREADS = 128*CONSUMER_WGS;
 //                 1: a producer warpgroup after the consumers does (setmaxnreg PRODUCER_REGS /
 //                 CONSUMER_REGS), NTHREADS = 128*(CONSUMER_WGS+1) (registry: flashcore_hopper_ws)
+//   PINGPONG      1: the consumer warpgroups' GEMMs take turns (version 3, flashcore_hopper_pp)
+//   OVERLAP_QK    1: S(j+1) = Q.K(j+1)^T issued before P(j).V(j), tile j+1's softmax between
+//                 wait_group 1 and 0 (version 4, flashcore_hopper_ov; full and fp32_p only)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -115,8 +118,8 @@
 #ifndef CONSUMER_WGS
 #define CONSUMER_WGS 2                      // consumer warpgroups (64 query rows each)
 #endif
-#if BLOCK_N % 32 != 0 || BLOCK_N < 32 || BLOCK_N > 256
-#error "BLOCK_N must be a multiple of 32 in [32, 256] (wgmma N; TMA box rows <= 256)"
+#if BLOCK_N % 16 != 0 || BLOCK_N < 32 || BLOCK_N > 256
+#error "BLOCK_N must be a multiple of 16 in [32, 256] (wgmma N, k16 slices of P.V; TMA box rows <= 256)"
 #endif
 #if KV_STAGES < 1
 #error "KV_STAGES must be >= 1"
@@ -137,6 +140,15 @@
 #if PINGPONG && (CONSUMER_WGS != 2 || !PRODUCER_WG)
 #error "PINGPONG needs two consumer warpgroups and the producer warpgroup"
 #endif
+#ifndef OVERLAP_QK
+#define OVERLAP_QK 0                        // 1: S(j+1) = Q.K(j+1)^T in flight during softmax(j) (version 4)
+#endif
+#if OVERLAP_QK && (!PRODUCER_WG || PINGPONG)
+#error "OVERLAP_QK needs the producer warpgroup (PRODUCER_WG=1) and no PINGPONG"
+#endif
+// The overlapped schedule runs where one warpgroup computes both GEMMs and the softmax: full and
+// FP32_P. The debug modes run one GEMM (or none) per tile and keep the plain schedule.
+#define OVERLAP_SCHEDULE (OVERLAP_QK && USES_QK && USES_PV)
 #define BLOCK_M (64 * CONSUMER_WGS)         // query rows per block
 #define CONSUMER_THREADS (128 * CONSUMER_WGS)
 #define NWARPS (CONSUMER_THREADS / 32)      // consumer warps (the producer's come after them)
@@ -249,7 +261,9 @@ __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ
 // ---------------------------------------------------------------- stage 1: QK
 // s = Q_w . K_j^T (raw; the scale sits in the exp2 argument) for this warpgroup's 64 rows.
 // k16 step k reads panel k/4 at +32 bytes per step inside it (K-major, 128-byte swizzle).
-__device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, const half* sKj, int wg) {
+// qk_issue: the wgmma batch, committed as one group and not waited for (the overlapped schedule
+// waits for it with PV(j) still in flight); qk_tile: issue and wait, the plain schedule.
+__device__ __forceinline__ void qk_issue(float (&s)[N_FRAG][4], const half* sQw, const half* sKj, int wg) {
     turn_begin(wg);
     wgmma_fence();
 #pragma unroll
@@ -271,6 +285,9 @@ __device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, 
     }
     wgmma_commit();
     turn_end(wg);
+}
+__device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, const half* sKj, int wg) {
+    qk_issue(s, sQw, sKj, wg);
     wgmma_wait<0>();
     reg_fence(s);                           // no read of S above the wait
 }
@@ -302,28 +319,50 @@ __device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, 
 #else
 #define V_LBO_BYTES (BLOCK_N * 128)
 #endif
-__device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[N_FRAG][4], const half* sVj, int wg) {
+// P's A fragments (FP32_P: hi and lo halves), packed and fenced before any wgmma_fence.
+struct PFrags {
     u32 a[P_KS][4];
-    pack_p(a, p);
 #ifdef FP32_P
     u32 lo[P_KS][4];
-    pack_p_lo(lo, p, a);
-    reg_fence(lo);
 #endif
-    reg_fence(a);
-    reg_fence(o);                           // the alpha rescale lands before the fence
+};
+__device__ __forceinline__ void pack_p_frags(PFrags& f, const float (&p)[N_FRAG][4]) {
+    pack_p(f.a, p);
+#ifdef FP32_P
+    pack_p_lo(f.lo, p, f.a);
+    reg_fence(f.lo);
+#endif
+    reg_fence(f.a);
+}
+// A (compiler-level) use of P's fragments after the P.V wait, so NVVM keeps them P(j)'s until then.
+// It was tried against ptxas hoisting wait_group 0 above the overlapped softmax and did not
+// change the SASS (an empty asm never reaches ptxas); kept as the statement of intent.
+__device__ __forceinline__ void keep_p_frags(PFrags& f) {
+    reg_fence(f.a);
+#ifdef FP32_P
+    reg_fence(f.lo);
+#endif
+}
+// The P.V wgmma batch, one committed group, not waited for.
+__device__ __forceinline__ void pv_issue(float (&o)[D_FRAG][4], const PFrags& f, const half* sVj, int wg) {
     turn_begin(wg);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < P_KS; ++kk)
-        wgmma_rs_acc(o, a[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
+        wgmma_rs_acc(o, f.a[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
 #ifdef FP32_P
 #pragma unroll
     for (int kk = 0; kk < P_KS; ++kk)
-        wgmma_rs_acc(o, lo[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
+        wgmma_rs_acc(o, f.lo[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
 #endif
     wgmma_commit();
     turn_end(wg);
+}
+__device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[N_FRAG][4], const half* sVj, int wg) {
+    PFrags f;
+    pack_p_frags(f, p);
+    reg_fence(o);                           // the alpha rescale lands before the fence
+    pv_issue(o, f, sVj, wg);
     wgmma_wait<0>();
     reg_fence(o);
 }
@@ -499,10 +538,100 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const int wg = warp >> 2;                       // this consumer warpgroup
     if (wg == 1) turn_end(1);                       // PINGPONG: warpgroup 0 takes the first turn
 
+#if PRODUCER_WG
+    // A stuck wait leaves the loop and traps after it: a trap inside the loop holds the loop's
+    // live registers to the launch's 168 (65536 / 384) instead of setmaxnreg's CONSUMER_REGS, and
+    // ptxas spills the rest (hopper/ptx.cuh, mbar_wait_bounded).
+    bool stuck = false;
+#endif
+#if OVERLAP_SCHEDULE
+    // Version 4 (OVERLAP_QK=1): FA3's intra-warpgroup overlap. Per tile j the warpgroup issues
+    // S(j+1) = Q.K(j+1)^T and then O += P(j).V(j), waits for the first group only (wait_group 1),
+    // and runs tile j+1's masking and exp2 in the s_next registers while P(j).V(j) is still on the
+    // tensor cores; then it waits for P.V, releases stage j and rescales O by tile j+1's alpha.
+    // Live together: s_next (fp32), P(j)'s A fragments and O. Neither the softmax nor the mask
+    // writes a register that the in-flight P.V reads (its A fragments and O), so no C7513; O
+    // is rescaled only after wait_group 0. K and V of one tile share a stage, so stage j is released
+    // only after P(j).V(j): the stage of tile j+1 is held meanwhile (KV_STAGES >= 3 keeps a load
+    // in flight; registry entry flashcore_hopper_ov).
+    if (n_iter > 0) {
+        float s[N_FRAG][4];
+        float alpha[2];
+        mbar_wait(&bar_full[0], 0);                 // before the loop: a trap here costs nothing
+        qk_tile(s, sQw, sK, wg);
+        mask_scores(s, 0, ctx);
+        softmax_update(s, m, l, alpha, ctx.sl2, true);   // alpha = 0 and O = 0: no rescale needed
+        // Tiles 0 .. n_iter-2 overlap with the next tile's QK; the last tile (below) runs P.V alone.
+        // The loop body has no condition on "is there a next tile", so s_next always replaces s and
+        // both share registers (with the condition inside, ptxas kept s alive beside s_next and
+        // spilled: 80 bytes at D = 128, 128 keys).
+        int j = 0;
+        for (; j + 1 < n_iter; ++j) {
+            const int slot = j % KV_STAGES, slot_n = (j + 1) % KV_STAGES;
+            PFrags f;
+            pack_p_frags(f, s);
+            reg_fence(o);                           // the alpha rescale lands before the fence
+            if (!mbar_wait_bounded(&bar_full[slot_n], (u32)((j + 1) / KV_STAGES) & 1u)) {
+                stuck = true;
+                break;
+            }
+            float s_next[N_FRAG][4];
+            qk_issue(s_next, sQw, sK + slot_n * KV_TILE_HALVES, wg);
+            pv_issue(o, f, sV + slot * KV_TILE_HALVES, wg);
+            wgmma_wait<1>();                        // S(j+1) has landed; P(j).V(j) may still run
+            reg_fence(s_next);
+            mask_scores(s_next, j + 1, ctx);
+            float alpha_n[2];
+            softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
+            // Meant to keep P(j+1) and its row sums above the wait. They order NVVM's code only (the
+            // PTX has the ex2s above wait_group 0 either way); ptxas still hoists the wait above
+            // the ex2s, so only the mask and part of the row max overlap P(j).V(j) (kernels/NOTES.md).
+            reg_fence(s_next);
+            reg_fence(l[0]);
+            reg_fence(l[1]);
+            wgmma_wait<0>();
+            reg_fence(o);
+            keep_p_frags(f);                        // P(j)'s registers stay P(j)'s until P.V retired
+            // This warp's wgmma reads of stage j are complete: release it.
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&bar_empty[slot]);
+#ifdef BUG_RESCALE_AFTER_PV
+            // BUG_RESCALE_AFTER_PV in this schedule (the plain schedule's glue bug, below): tile j's
+            // alpha applied after P(j).V(j) retired, O_j = alpha_j (O_{j-1} + P_j V_j), instead of
+            // tile j+1's before P(j+1).V(j+1); the first tile's product (alpha = 0) is lost.
+            rescale_o(o, alpha);
+            alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];
+#else
+            rescale_o(o, alpha_n);
+#endif
+#pragma unroll
+            for (int i = 0; i < N_FRAG; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[i][e] = s_next[i][e];
+        }
+        if (!stuck) {                               // the last tile: P.V with nothing to overlap
+            const int slot = j % KV_STAGES;
+            pv_tile(o, s, sV + slot * KV_TILE_HALVES, wg);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&bar_empty[slot]);
+#ifdef BUG_RESCALE_AFTER_PV
+            rescale_o(o, alpha);
+#endif
+        }
+        (void)alpha;
+    }
+#else
     for (int j = 0; j < n_iter; ++j) {
         const int slot = j % KV_STAGES;
         const u32 parity = (u32)(j / KV_STAGES) & 1u;   // the (j / KV_STAGES)-th use of this stage
+#if PRODUCER_WG
+        if (!mbar_wait_bounded(&bar_full[slot], parity)) {   // tile j's bytes have landed
+            stuck = true;
+            break;
+        }
+#else
         mbar_wait(&bar_full[slot], parity);             // tile j's bytes have landed
+#endif
         float s[N_FRAG][4];
 #if USES_QK
         qk_tile(s, sQw, sK + slot * KV_TILE_HALVES, wg);
@@ -545,6 +674,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         __syncwarp();
 #endif
     }
+#endif  // OVERLAP_SCHEDULE
+#if PRODUCER_WG
+    if (stuck) __trap();                            // the bounded wait's fault, outside the loop
+#endif
     (void)m; (void)l;
     if (wg == 0) turn_begin(0);                     // PINGPONG: warpgroup 1's last arrival, taken
 

@@ -155,7 +155,7 @@ FLASHCORE_HOPPER = KernelSpec(
     asserts=(
         ("m_frags == 1", "a wgmma warpgroup's warp holds one 16-row fragment (m_frags = 1)"),
         ("nwarps % 4 == 0 and nwarps >= 4 and nwarps <= 16", "nwarps must be whole warpgroups: 4, 8, 12 or 16"),
-        ("block_n % 32 == 0 and block_n >= 32 and block_n <= 256", "block_n must be a multiple of 32 in [32, 256] (wgmma N)"),
+        ("block_n % 16 == 0 and block_n >= 32 and block_n <= 256", "block_n must be a multiple of 16 in [32, 256] (wgmma N, k16 slices of P.V)"),
         ("kv_stages >= 1", "kv_stages must be at least 1"),
     ),
     # the three TMA tensor maps of Q, K and V, after the scalars (harness/toolchain/tma.py)
@@ -182,9 +182,10 @@ FLASHCORE_HOPPER_WS = replace(
     # flashcore_fused 19.1 at 48b77d5), slower at 1,8,512,64 (12.4 against flashcore_fused's
     # 11.7): the line stays where version 1's was drawn, in work B*H*Sq*Sk
     product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
-    # fp32_p's hi + lo products at 128 keys spill 12-24 bytes at D = 128 in this build (NVRTC and
-    # nvcc 13.0; the consumer code stops at R168 though setmaxnreg grants 240, which a toy kernel
-    # did use up to R206: why not here is not understood); 64-key tiles hold them without spills
+    # fp32_p's hi + lo products at 128 keys spilled 12-24 bytes at D = 128 while the consumers' key
+    # loop held mbar_wait's trap (which kept the loop at the launch's 168 registers, kernels/NOTES.md);
+    # since the trap left the loop they compile at R206 with 0 spills, but 128 has not run on a GPU
+    # in this entry: 64-key tiles stay until it has
     mode_tiles={"fp32_p": dict(block_n=64)},
 )
 
@@ -200,7 +201,23 @@ FLASHCORE_HOPPER_PP = replace(
     product_when="",
 )
 
-KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP)}
+# Part 2, version 4 (kernels/NOTES.md): version 2 with FA3's intra-warpgroup overlap (OVERLAP_QK=1):
+# S(j+1) = Q.K(j+1)^T is issued before P(j).V(j), so tile j+1's softmax has a GEMM in flight. K and
+# V of a tile share a stage, released after P(j).V(j), so the stage of tile j+1 is held meanwhile:
+# three stages keep a load in flight (D = 128: 230,400 bytes). The debug modes with one GEMM
+# (qk_only, pv_only, uniform_p) and softmax_only keep the plain schedule. Compiled on a CPU only:
+# not yet run on a GPU, so forward() never launches it (product_when="").
+FLASHCORE_HOPPER_OV = replace(
+    FLASHCORE_HOPPER_WS,
+    name="flashcore_hopper_ov",
+    tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
+           128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3)},
+    tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("OVERLAP_QK=1",),
+    product_when="",
+)
+
+KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
+                               FLASHCORE_HOPPER_OV)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -308,7 +308,8 @@ def test_hang_bug_waits_without_a_trap(mode):
 
 # ---------------------------------------------------------------- versions 2 and 3: the producer warpgroup
 WS = "flashcore_hopper_ws"
-WS_ENTRIES = [WS, "flashcore_hopper_pp"]     # version 3: version 2 with ping-pong turns
+OV = "flashcore_hopper_ov"                  # version 4: version 2 with QK(j+1) in flight during softmax(j+1)
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -329,6 +330,16 @@ def test_warp_specialised_entry_compiles_clean_with_setmaxnreg(mode, d, causal, 
     assert summary.ok, summary.verdict
     from debug_modes.registry import get_mode
     assert (summary.hmma > 0) == get_mode(mode).tensor_cores and not summary.missing
+
+
+@pytest.mark.parametrize("d,bn", [(128, 160), (128, 176), (64, 176)])
+@pytest.mark.parametrize("mode", ["full", "fp32_p"])
+def test_producer_build_holds_large_key_tiles_without_spills(mode, d, bn):
+    """Consumer code after setmaxnreg.inc 240 may use more than the launch's 168 registers: the
+    160- and 176-key tiles at D = 128 (808-904 spill bytes while the consumers' key loop held a
+    trap, kernels/NOTES.md) compile with 0 spills, no stack and no ptxas warning."""
+    log, res, _ = _compile(_defines(mode, d, False, ("PRODUCER_WG=1", f"BLOCK_N={bn}")))
+    _assert_clean(log, res, (mode, d, bn))
 
 
 def test_required_sass_is_judged():
@@ -363,3 +374,22 @@ def test_pingpong_turns_are_in_version_3_only(mode):
         pytest.skip("no nvdisasm/cuobjdump")
     text_pp, text_ws = _disassemble(pp), _disassemble(ws)
     assert "BAR.ARV" in text_pp and "BAR.ARV" not in text_ws
+
+
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("mode", ["full", "fp32_p"])
+def test_overlap_schedule_waits_for_qk_before_pv(mode, d):
+    """OVERLAP_QK=1 (flashcore_hopper_ov) issues S(j+1) = Q.K(j+1)^T and then P(j).V(j) before any
+    wait, and waits with one group still pending (WARPGROUP.DEPBAR.LE gsb0, 0x1); version 2 waits
+    for each GEMM alone. The debug modes with one GEMM keep version 2's schedule (their SASS has
+    no such wait)."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    ov = compiler.compile_cubin(Variant(mode, d, False, kernel=OV))[1]
+    ws = compiler.compile_cubin(Variant(mode, d, False, kernel=WS))[1]
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    text_ov, text_ws = _disassemble(ov), _disassemble(ws)
+    assert "DEPBAR.LE gsb0, 0x1" in text_ov and "DEPBAR.LE gsb0, 0x1" not in text_ws
+    qk = _disassemble(compiler.compile_cubin(Variant("qk_only", d, False, kernel=OV))[1])
+    assert "DEPBAR.LE gsb0, 0x1" not in qk

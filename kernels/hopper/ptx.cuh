@@ -72,6 +72,25 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
     }
 #endif
 }
+// The same wait without the trap: false once MBAR_SPIN_LIMIT polls have failed (never with
+// MBAR_SPIN_LIMIT 0), and the caller traps where that costs nothing. A `trap` reachable inside
+// a loop whose live values exceed the launch's register count (65536 / NTHREADS) makes ptxas
+// spill them there, though setmaxnreg.inc granted more: the consumers' key loop of the
+// producer-warpgroup build (168 at 384 threads) waits on every tile's full barrier, and with
+// mbar_wait's trap in it ptxas spilled 808 bytes at D = 128, BLOCK_N = 160 (0 without, highest
+// register R199). kernels/NOTES.md (part 2, "the 168-register ceiling") has the measurements.
+__device__ __forceinline__ bool mbar_wait_bounded(u64* bar, u32 parity) {
+#if MBAR_SPIN_LIMIT == 0
+    while (!mbar_try_wait(bar, parity)) {
+    }
+#else
+    u32 polls = 0;
+    while (!mbar_try_wait(bar, parity)) {
+        if (++polls == MBAR_SPIN_LIMIT) return false;
+    }
+#endif
+    return true;
+}
 
 // ---------------------------------------------------------------- TMA
 // One box of a 3-D tensor map (coordinates innermost first: column, row, head) into shared
