@@ -76,10 +76,17 @@ def test_cli_runs_and_diagnoses_the_second_kernel(results_tmp):
 
 # Each Hopper-class seeded bug (debug_modes/hopper_bugs.py) placed in its stage by diagnose, at a
 # shape where it shows (its shows_when feature); the hang reads HANG within 15 s.
+def _refilling_keys(D: int = 64) -> int:
+    """A key length with more key tiles than the entry under test has K/V stages: EMPTY_COUNT
+    hangs only where a stage is refilled (version 4 has three stages: 333 keys never refill)."""
+    t = registry.get(HOPPER).tiles[D]
+    return max(333, t["kv_stages"] * t["block_n"] + 77)
+
+
 BUG_SHAPES = {
     "K_DESC_SBO": (Shape(1, 2, 300, 333, 64), False),
     "CAUSAL_MASK_ROW": (Shape(1, 2, 512, 512, 64), True),
-    "EMPTY_COUNT": (Shape(1, 2, 300, 333, 64), False),
+    "EMPTY_COUNT": (Shape(1, 2, 300, _refilling_keys(), 64), False),
     "V_KSTEP": (Shape(1, 2, 300, 333, 64), False),
     "V_DESC_LBO": (Shape(1, 2, 300, 333, 128), False),
     "V_TAIL_COORD": (Shape(1, 2, 300, 333, 64), False),
