@@ -1,11 +1,13 @@
 """The host references' time per mode at one shape, on threads (stages.each_block) and on one,
 with the median of a few repeats: what the research loop's host path pays per check (issue 26).
+Run it with OPENBLAS_NUM_THREADS=1 (as in the harness's worker) and without, to see both.
 
     python scripts/host_refs_timing.py [--shape mission] [--repeats 5]
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -37,6 +39,10 @@ def main(shape, repeats):
         stages.stage_references(mode, q, k, v, False, scale, var.block_n, inj, var.padded_keys(shp.Sk))
         return time.perf_counter() - t0
     total = {}
+    blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "OpenBLAS's default"
+    print(f"BLAS threads: {blas} (the harness's worker sets 1; stages.each_block uses threads only then)")
+    on_one = stages.blas_on_one_thread
+    stages.blas_on_one_thread = lambda: True     # both series whatever the BLAS setting
     for label, p in (("threads", pool), ("one thread", lambda: None)):
         stages._host_pool = p
         total[label] = 0.0
@@ -45,7 +51,7 @@ def main(shape, repeats):
             total[label] += statistics.median(ts)
             print(f"{shp.label} {mode:13s} {label:10s} median {statistics.median(ts) * 1e3:7.1f} ms "
                   f"(min {min(ts) * 1e3:.1f}, max {max(ts) * 1e3:.1f})")
-    stages._host_pool = pool
+    stages._host_pool, stages.blas_on_one_thread = pool, on_one
     print("sum of medians: " + ", ".join(f"{k} {v:.3f} s" for k, v in total.items()))
 
 

@@ -84,6 +84,7 @@ def test_host_references_on_threads_are_the_serial_loop_bit_for_bit(mode, causal
     def build():
         inj = stages.injected_inputs(mode, q, k, v, causal, scale, sk_pad)
         return inj, stages.stage_references(mode, q, k, v, causal, scale, variant.block_n, inj, sk_pad)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")     # as in the worker: our threads on
     seen = []
     real = stages.each_block
 
@@ -102,9 +103,10 @@ def test_host_references_on_threads_are_the_serial_loop_bit_for_bit(mode, causal
         assert _equal(refs_t[name][0], refs_s[name][0]) and _equal(refs_t[name][1], refs_s[name][1]), name
 
 
-def test_each_block_runs_on_several_threads_and_raises_a_body_s_error():
+def test_each_block_runs_on_several_threads_and_raises_a_body_s_error(monkeypatch):
     if stages._host_pool() is None:
         pytest.skip("one CPU: no pool")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     names, gate = set(), threading.Barrier(2, timeout=5)
 
     def body(i):
@@ -114,6 +116,10 @@ def test_each_block_runs_on_several_threads_and_raises_a_body_s_error():
     assert len(names) == 2
     with pytest.raises(ZeroDivisionError):
         stages.each_block(lambda i: 1 / (i - 1), range(3), np)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "8")     # BLAS on its own threads: ours stay off
+    names.clear()
+    stages.each_block(lambda i: names.add(threading.current_thread().name), range(4), np)
+    assert names == {threading.current_thread().name}
 
 
 # ------------------------------------------------------------------ inputs drawn once per seed

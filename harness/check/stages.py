@@ -59,15 +59,26 @@ def _host_pool() -> ThreadPoolExecutor | None:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="flashcore-ref") if n > 1 else None
 
 
+def blas_on_one_thread() -> bool:
+    """Whether this process's BLAS was told to use one thread (OpenBLAS reads
+    OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, when it loads): the harness's worker is
+    (pool.WORKER_BLAS_THREADS). Threads of ours pay only then: on the H200 the six modes'
+    references at the mission shape took 0.29 s on 8 threads with one-thread BLAS, 0.66 s
+    serially, and 0.73 s on 8 threads over OpenBLAS's own (scripts/host_refs_timing.py)."""
+    v = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return v == "1"
+
+
 def each_block(body, items, xp) -> None:
-    """body(item) for every item. On the host the items run concurrently on a few threads
-    (NumPy and BLAS release the GIL in their loops): each body writes only its own slices of
+    """body(item) for every item. On the host, where BLAS runs on one thread, the items run
+    concurrently on a few threads (NumPy and BLAS release the GIL in their loops): each body
+    writes only its own slices of
     arrays allocated before, and computes exactly what the loop did, so the results are bit
     for bit the serial loop's (tests/test_reference.py). Issue 26: the host references of
     `run --debug all` at the mission shape took 0.66 s of a 2.8 s command, one head at a time.
     On the device, in order: each block is already every head."""
     items = list(items)
-    pool = _host_pool() if xp is np and len(items) > 1 else None
+    pool = _host_pool() if xp is np and len(items) > 1 and blas_on_one_thread() else None
     if pool is None:
         for it in items:
             body(it)
