@@ -51,14 +51,18 @@ def cached_cubin(variant: Variant) -> Path | None:
     return p if p.is_file() else None
 
 
+def _write_whole(path: Path, data: bytes) -> None:
+    """Written whole, then renamed: readers (other processes, other threads) never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _build(variant: Variant) -> None:
     _, cubin = compiler.compile_cubin(variant)
-    d = cache_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".part")   # written whole, then renamed: readers never see half
-    with os.fdopen(fd, "wb") as f:
-        f.write(cubin)
-    os.replace(tmp, cubin_path(variant))
+    _write_whole(cubin_path(variant), cubin)
 
 
 @dataclass
@@ -152,7 +156,6 @@ def start(variants, jobs: int | None = None) -> Building:
     return Building(unique, [v for v in unique if cached_cubin(v) is None], jobs)
 
 
-
 # The arch the last sweep on this machine ran on, beside the cubins: a sweep starts compiling
 # for it at once instead of after its worker's boot has said which device it has (issue 26:
 # after an edit, `run --debug all` compiled only after the worker's CUDA context was up, 0.95 s
@@ -172,11 +175,7 @@ def remember_arch(arch: str) -> None:
     if not enabled() or not arch or arch == last_arch():
         return
     try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".part")
-        with os.fdopen(fd, "w") as f:
-            f.write(arch + "\n")
-        os.replace(tmp, cache_dir() / ARCH_FILE)
+        _write_whole(cache_dir() / ARCH_FILE, (arch + "\n").encode())
     except OSError:     # a read-only cache: no guess next time, nothing else lost
         pass
 
@@ -193,10 +192,5 @@ def source_cubin(source: str, name: str, arch: str, options=()) -> Path:
     key = hashlib.sha256("\0".join((source, name, arch, nv, *options)).encode()).hexdigest()[:16]
     path = cache_dir() / f"{name}-{key}-{arch}.cubin"
     if not path.is_file():
-        cubin = compiler.compile_source(source, name, arch, options)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            f.write(cubin)
-        os.replace(tmp, path)
+        _write_whole(path, compiler.compile_source(source, name, arch, options))
     return path
