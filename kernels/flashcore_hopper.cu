@@ -555,6 +555,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     // only after P(j).V(j): the stage of tile j+1 is held meanwhile (KV_STAGES >= 3 keeps a load
     // in flight; registry entry flashcore_hopper_ov).
     if (n_iter > 0) {
+        __shared__ float wait_pin;                  // hold_wait_below's store target; never read
         float s[N_FRAG][4];
         float alpha[2];
         mbar_wait(&bar_full[0], 0);                 // before the loop: a trap here costs nothing
@@ -583,12 +584,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             mask_scores(s_next, j + 1, ctx);
             float alpha_n[2];
             softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
-            // Meant to keep P(j+1) and its row sums above the wait. They order NVVM's code only (the
-            // PTX has the ex2s above wait_group 0 either way); ptxas still hoists the wait above
-            // the ex2s, so only the mask and part of the row max overlap P(j).V(j) (kernels/NOTES.md).
+            // P(j+1) and its row sums are done before the wait in NVVM's order (the fence) and in
+            // ptxas's (hold_wait_below: l reads every exp2 of the tile). Without the second, ptxas
+            // issued the wait in the first stall of the row max, so only the mask and part of the
+            // max ran under P(j).V(j) (kernels/NOTES.md, version 4 second build).
             reg_fence(s_next);
-            reg_fence(l[0]);
-            reg_fence(l[1]);
+            hold_wait_below(l[0], l[1], &wait_pin);
             wgmma_wait<0>();
             reg_fence(o);
             keep_p_frags(f);                        // P(j)'s registers stay P(j)'s until P.V retired
