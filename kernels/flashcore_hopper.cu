@@ -34,7 +34,8 @@
 //                 CONSUMER_REGS), NTHREADS = 128*(CONSUMER_WGS+1) (registry: flashcore_hopper_ws)
 //   PINGPONG      1: the consumer warpgroups' GEMMs take turns (version 3, flashcore_hopper_pp)
 //   OVERLAP_QK    1: S(j+1) = Q.K(j+1)^T issued before P(j).V(j), tile j+1's softmax between
-//                 wait_group 1 and 0 (version 4, flashcore_hopper_ov; full and fp32_p only)
+//                 wait_group 1 and 0 (version 4, flashcore_hopper_ov; full and fp32_p only;
+//                 hopper/ptx.cuh hold_wait_below keeps ptxas from issuing wait_group 0 above the exp2s)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -83,7 +84,7 @@
 //                + 64*CONSUMER_WGS * HEAD_DIM * 2         (Q tile, fp16)
 //                + KV_STAGES * 2 * BLOCK_N * HEAD_DIM * 2 (K and V stages, fp16)
 // (the same in every mode, so one number per tile config) plus 8*(1+2*KV_STAGES) bytes of static
-// shared memory for the mbarriers. Opt-in limit on sm_90: 227 KB = 232448 bytes in all.
+// shared memory for the mbarriers (+4 in OVERLAP_QK's full and fp32_p: hold_wait_below's word). Opt-in limit on sm_90: 227 KB = 232448 bytes in all.
 //   D=64,  BLOCK_N=128, 2 stages:  82,944     D=128, BLOCK_N=128, 2 stages: 164,864
 //   D=64,  BLOCK_N=128, 3 stages: 115,712     D=128, BLOCK_N=64,  3 stages: 132,096
 //
@@ -555,6 +556,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     // only after P(j).V(j): the stage of tile j+1 is held meanwhile (KV_STAGES >= 3 keeps a load
     // in flight; registry entry flashcore_hopper_ov).
     if (n_iter > 0) {
+        __shared__ float wait_pin;                  // hold_wait_below's store target; never read
         float s[N_FRAG][4];
         float alpha[2];
         mbar_wait(&bar_full[0], 0);                 // before the loop: a trap here costs nothing
@@ -583,12 +585,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             mask_scores(s_next, j + 1, ctx);
             float alpha_n[2];
             softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
-            // Meant to keep P(j+1) and its row sums above the wait. They order NVVM's code only (the
-            // PTX has the ex2s above wait_group 0 either way); ptxas still hoists the wait above
-            // the ex2s, so only the mask and part of the row max overlap P(j).V(j) (kernels/NOTES.md).
+            // P(j+1) and its row sums are done before the wait in NVVM's order (the fence) and in
+            // ptxas's (hold_wait_below: l reads every exp2 of the tile). Without the second, ptxas
+            // issued the wait in the first stall of the row max, so only the mask and part of the
+            // max ran under P(j).V(j) (kernels/NOTES.md, version 4 second build).
             reg_fence(s_next);
-            reg_fence(l[0]);
-            reg_fence(l[1]);
+            hold_wait_below(l[0], l[1], &wait_pin);
             wgmma_wait<0>();
             reg_fence(o);
             keep_p_frags(f);                        // P(j)'s registers stay P(j)'s until P.V retired

@@ -207,7 +207,9 @@ FLASHCORE_HOPPER_PP = replace(
 # three stages keep a load in flight (D = 128: 230,400 bytes). The debug modes with one GEMM
 # (qk_only, pv_only, uniform_p) and softmax_only keep the plain schedule. Measured on the H200 at
 # 2e2931b (results/logs/ov-2e2931b-h200.log): -1 to +5 % against version 2 at D = 128, 10-11 %
-# slower at D = 64, so forward() never launches it (product_when="").
+# slower at D = 64, so forward() never launches it (product_when=""). ptxas had issued the P.V wait
+# above the overlapped exp2s; the second build holds it below them (hopper/ptx.cuh hold_wait_below,
+# kernels/NOTES.md "version 4, second build"), not measured on a GPU yet.
 FLASHCORE_HOPPER_OV = replace(
     FLASHCORE_HOPPER_WS,
     name="flashcore_hopper_ov",

@@ -393,3 +393,39 @@ def test_overlap_schedule_waits_for_qk_before_pv(mode, d):
     assert "DEPBAR.LE gsb0, 0x1" in text_ov and "DEPBAR.LE gsb0, 0x1" not in text_ws
     qk = _disassemble(compiler.compile_cubin(Variant("qk_only", d, False, kernel=OV))[1])
     assert "DEPBAR.LE gsb0, 0x1" not in qk
+
+
+def _ex2_under_pv(text: str):
+    """(MUFU.EX2 between the loop's `DEPBAR.LE gsb0, 0x1` and the next `DEPBAR.LE gsb0, 0x0`, every
+    MUFU.EX2 of the kernel, how many 0x1 waits) of a disassembly."""
+    lines = text.splitlines()
+    ones = [i for i, l in enumerate(lines) if "DEPBAR.LE gsb0, 0x1" in l]
+    total = sum("MUFU.EX2" in l for l in lines)
+    if len(ones) != 1:
+        return 0, total, len(ones)
+    between = 0
+    for l in lines[ones[0] + 1:]:
+        if "DEPBAR.LE gsb0, 0x0" in l:
+            break
+        between += "MUFU.EX2" in l
+    return between, total, 1
+
+
+@pytest.mark.parametrize("causal", (False, True))
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("mode", ["full", "fp32_p"])
+def test_overlap_schedule_runs_the_exp2s_under_pv(mode, d, causal):
+    """Version 4's point: tile j+1's exp2s run while P(j).V(j) is on the tensor cores. ptxas issued
+    wait_group 0 in the first stall of the row max (0 of 66 MUFU.EX2 under the P.V at 2e2931b);
+    hold_wait_below (hopper/ptx.cuh) keeps it below the row sums. So every exp2 of the loop's tile
+    (BLOCK_N / 2 scores per thread and the two alphas) sits between `DEPBAR.LE gsb0, 0x1` and
+    `DEPBAR.LE gsb0, 0x0`, and the only other exp2s are the prologue tile's, as many again."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    v = Variant(mode, d, causal, kernel=OV)
+    res, cubin = compiler.compile_cubin(v)
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    between, total, waits = _ex2_under_pv(_disassemble(cubin))
+    assert waits == 1, (mode, d, causal, waits)
+    assert between == v.block_n // 2 + 2 and total == 2 * between, (mode, d, causal, between, total)

@@ -129,6 +129,20 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
 
+// Holds the next wgmma.wait_group below the code that computed a and b. ptxas's list scheduler
+// treats WARPGROUP.DEPBAR as a ready instruction with no inputs and issues it in the first slot where
+// nothing else can issue (a latency or MUFU-throughput bubble), however long the wait then blocks the
+// warp; register fences are empty asm and never reach ptxas. ptxas does not move a shared-memory
+// store across a wait_group (the in-flight wgmma reads shared memory), so a store whose predicate
+// reads a and b keeps the wait below them. The predicate is "a or b is NaN": the store does not
+// execute for finite values, and when it does it writes `scratch`, a word nothing reads. (A predicate
+// ptxas can prove false, such as "a sum of ex2 results < 0", is deleted with the store.)
+// Measured in kernels/NOTES.md (version 4, second build) and scripts/wait_hoist_repro.cu.
+__device__ __forceinline__ void hold_wait_below(float a, float b, float* scratch) {
+    asm volatile("{\n.reg .pred p;\nsetp.nan.f32 p, %1, %2;\n@p st.shared.f32 [%0], %1;\n}\n"
+                 :: "r"(smem_u32(scratch)), "f"(a), "f"(b) : "memory");
+}
+
 // A compiler-only fence on one register: the asm "rewrites" it, so (a) reads of a wgmma result
 // cannot be hoisted above the wgmma_wait that precedes this fence, and (b) ordinary writes to an
 // accumulator / A register are materialised before the wgmma_fence that follows it (otherwise
