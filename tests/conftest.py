@@ -43,6 +43,15 @@ def _no_prebuild_on_fakes(request, monkeypatch):
 
 
 @pytest.fixture
+def cubin_cache(tmp_path, monkeypatch):
+    """An empty cubin cache of this test's own, prebuilding on (harness/toolchain/prebuild.py)."""
+    from harness.toolchain import prebuild
+    monkeypatch.setenv(prebuild.ENV_DIR, str(tmp_path / "cubins"))
+    monkeypatch.delenv(prebuild.ENV_OFF, raising=False)
+    return tmp_path / "cubins"
+
+
+@pytest.fixture
 def results_tmp(tmp_path, monkeypatch):
     """Records go to a temporary results/ so tests never touch the real history."""
     monkeypatch.setenv("FLASHCORE_RESULTS", str(tmp_path / "results"))

@@ -138,23 +138,16 @@ def test_a_draw_handed_out_again_is_the_same_and_each_caller_s_own():
 
 
 # ------------------------------------------------------------------ the compile starts before the worker says
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(prebuild.ENV_DIR, str(tmp_path / "cubins"))
-    monkeypatch.delenv(prebuild.ENV_OFF, raising=False)
-    return tmp_path / "cubins"
-
-
-def test_the_last_arch_is_remembered_beside_the_cubins(cache):
+def test_the_last_arch_is_remembered_beside_the_cubins(cubin_cache):
     assert prebuild.last_arch() is None
     prebuild.remember_arch("sm_90")
-    assert prebuild.last_arch() == "sm_90" and (cache / prebuild.ARCH_FILE).is_file()
-    (cache / prebuild.ARCH_FILE).write_text("garbage\n")
+    assert prebuild.last_arch() == "sm_90" and (cubin_cache / prebuild.ARCH_FILE).is_file()
+    (cubin_cache / prebuild.ARCH_FILE).write_text("garbage\n")
     assert prebuild.last_arch() is None
 
 
 @pytest.mark.parametrize("real", ["sm_90", "sm_80"])
-def test_a_sweep_compiles_for_the_last_arch_while_the_worker_boots(cache, monkeypatch, real):
+def test_a_sweep_compiles_for_the_last_arch_while_the_worker_boots(cubin_cache, monkeypatch, real):
     """facts_and_builds: with sm_90 remembered, the builds for sm_90 start before the device
     facts arrive; the worker then says sm_90 (kept) or sm_80 (dropped, built again for sm_80)."""
     from harness.run import session
@@ -181,7 +174,7 @@ def test_a_sweep_compiles_for_the_last_arch_while_the_worker_boots(cache, monkey
         assert {m for a, m, _ in built if a == "sm_80"} == {"qk_only", "full"}
 
 
-def test_run_modes_sends_each_mode_once_its_own_variant_is_built(cache, monkeypatch):
+def test_run_modes_sends_each_mode_once_its_own_variant_is_built(cubin_cache, monkeypatch):
     """run_modes: the first mode's case goes while a later mode's variant is still compiling."""
     from harness.run import runs, session
     prebuild.remember_arch("sm_90")
@@ -204,7 +197,7 @@ def test_run_modes_sends_each_mode_once_its_own_variant_is_built(cache, monkeypa
     assert log.index("ran qk_only") < log.index("built full") < log.index("ran full"), log
 
 
-def test_the_build_thread_finds_nvrtc_imported_by_the_caller(cache, monkeypatch):
+def test_the_build_thread_finds_nvrtc_imported_by_the_caller(cubin_cache, monkeypatch):
     """prebuild.start imports NVRTC (CuPy) on the caller's thread before its own starts: both
     importing CuPy at once failed with ImportError on the H200 (d897419)."""
     where = []

@@ -11,14 +11,7 @@ from harness.toolchain.variant import Variant
 pytestmark = pytest.mark.prebuild
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(prebuild.ENV_DIR, str(tmp_path / "cubins"))
-    monkeypatch.delenv(prebuild.ENV_OFF, raising=False)
-    return tmp_path / "cubins"
-
-
-def test_prebuild_builds_once_and_then_finds_the_cubins(cache):
+def test_prebuild_builds_once_and_then_finds_the_cubins(cubin_cache):
     vs = [Variant("full", 64, arch="sm_90"), Variant("pv_only", 64, arch="sm_90"), Variant("full", 64, arch="sm_90")]
     first = prebuild.prebuild(vs)
     assert (first.built, first.cached, first.failed) == (2, 0, [])
@@ -29,7 +22,7 @@ def test_prebuild_builds_once_and_then_finds_the_cubins(cache):
     assert (again.built, again.cached) == (0, 2)
 
 
-def test_an_edit_rebuilds_only_what_it_changed(cache, tmp_path, monkeypatch):
+def test_an_edit_rebuilds_only_what_it_changed(cubin_cache, tmp_path, monkeypatch):
     v = Variant("full", 64, arch="sm_90")
     prebuild.prebuild([v])
     shutil.copytree(compiler.KERNEL_FILE.parent / "common", tmp_path / "common")   # the headers it includes
@@ -41,7 +34,7 @@ def test_an_edit_rebuilds_only_what_it_changed(cache, tmp_path, monkeypatch):
     assert (r.built, r.cached) == (1, 0)
 
 
-def test_a_compile_error_is_left_to_the_launch(cache, tmp_path, monkeypatch):
+def test_a_compile_error_is_left_to_the_launch(cubin_cache, tmp_path, monkeypatch):
     shutil.copytree(compiler.KERNEL_FILE.parent / "common", tmp_path / "common")
     broken = tmp_path / "flashcore_fused.cu"
     broken.write_text(compiler.KERNEL_FILE.read_text().replace("const int warp =", "const int warp = nope +", 1))
@@ -50,13 +43,13 @@ def test_a_compile_error_is_left_to_the_launch(cache, tmp_path, monkeypatch):
     assert r.built == 0 and len(r.failed) == 1 and "nope" in r.failed[0]
 
 
-def test_prebuilding_can_be_switched_off(cache, monkeypatch):
+def test_prebuilding_can_be_switched_off(cubin_cache, monkeypatch):
     monkeypatch.setenv(prebuild.ENV_OFF, "1")
     r = prebuild.prebuild([Variant("full", 64, arch="sm_90")])
-    assert r.built == 0 and not cache.exists()
+    assert r.built == 0 and not cubin_cache.exists()
 
 
-def test_background_prebuild_lets_the_first_case_go_while_later_cases_compile(cache, monkeypatch):
+def test_background_prebuild_lets_the_first_case_go_while_later_cases_compile(cubin_cache, monkeypatch):
     """prebuild.start: variants build in the order given, wait() returns once the ones asked for
     are built, close() reports them all; a compile error is reported, not raised. Stand-in
     builds (no NVRTC): the point is the order and the waiting."""
@@ -83,7 +76,7 @@ def test_background_prebuild_lets_the_first_case_go_while_later_cases_compile(ca
     assert (done.built, done.cached) == (3, 0) and len(done.failed) == 1 and "qk_only D=128" in done.failed[0]
 
 
-def test_background_prebuild_switched_off_waits_for_nothing(cache, monkeypatch):
+def test_background_prebuild_switched_off_waits_for_nothing(cubin_cache, monkeypatch):
     monkeypatch.setenv(prebuild.ENV_OFF, "1")
     b = prebuild.start([Variant("full", 64, arch="sm_90")])
     b.wait([Variant("full", 64, arch="sm_90")])

@@ -72,11 +72,10 @@ def blas_on_one_thread() -> bool:
 def each_block(body, items, xp) -> None:
     """body(item) for every item. On the host, where BLAS runs on one thread, the items run
     concurrently on a few threads (NumPy and BLAS release the GIL in their loops): each body
-    writes only its own slices of
-    arrays allocated before, and computes exactly what the loop did, so the results are bit
-    for bit the serial loop's (tests/test_reference.py). Issue 26: the host references of
-    `run --debug all` at the mission shape took 0.66 s of a 2.8 s command, one head at a time.
-    On the device, in order: each block is already every head."""
+    writes only its own slices of arrays allocated before, and computes exactly what the loop
+    did, so the results are bit for bit the serial loop's (tests/test_loop_costs.py). Issue 26:
+    the host references of `run --debug all` at the mission shape took 0.66 s of a 2.8 s
+    command, one head at a time. On the device, in order: each block is already every head."""
     items = list(items)
     pool = _host_pool() if xp is np and len(items) > 1 and blas_on_one_thread() else None
     if pool is None:
