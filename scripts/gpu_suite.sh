@@ -107,11 +107,14 @@ if [[ $what == probes || $what == all ]]; then
   { time flashcore diagnose --probes --kernel kernels/outsider/attention.toml --seed 2 --no-record ; } 2>&1 | tail -4 | tee -a "$OUT/probe_timing.log"
 fi
 if [[ $what == profile ]]; then
-  for shape in 4,16,2048,64 4,16,2048,128; do
-    ncu --clock-control none -k regex:'flashcore_fwd|flash_fwd' --print-details all \
+  # PROFILE_SHAPES, PROFILE_SDPA (flash and/or cudnn) and HOPPER_ENTRY (the registry entry) pick
+  # what is profiled; cuDNN's kernels are named cudnn_generated_..._sdpa_...
+  [[ -n ${HOPPER_ENTRY:-} ]] && export FLASHCORE_REGISTRY_KERNEL=$HOPPER_ENTRY
+  for shape in ${PROFILE_SHAPES:-4,16,2048,64 4,16,2048,128}; do
+    ncu --clock-control none -k regex:'flashcore_fwd|flash_fwd|sdpa' --print-details all \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
         --section InstructionStats --section Occupancy --metrics 'regex:smsp__average_warp_latency_issue_stalled_.*' \
-        python3 scripts/profile_ncu.py $shape > "$OUT/ncu_${shape//,/x}.txt" 2>&1 || tail -5 "$OUT/ncu_${shape//,/x}.txt"
+        python3 scripts/profile_ncu.py $shape ${PROFILE_SDPA:-flash} > "$OUT/ncu_${shape//,/x}.txt" 2>&1 || tail -5 "$OUT/ncu_${shape//,/x}.txt"
   done
 fi
 cp results/runs-*.jsonl "$OUT/" 2>/dev/null
