@@ -60,6 +60,10 @@ class KernelSpec:
     # Where forward() launches this entry instead of DEFAULT on a GPU of one of its archs: a
     # condition over B, H, Sq, Sk, D and causal (1/0), from measured bench runs ("": never).
     product_when: str = ""
+    # One block per SM runs work items one after another (the kernel's PERSISTENT=1): the launch
+    # grid is (max(1, min(SMs // B, query tiles * H)), B), not one block per query tile, in the
+    # modes and masks the kernel runs persistently (Variant.persistent).
+    persistent: bool = False
     notes: dict = field(default_factory=dict)
 
     @property
@@ -219,8 +223,21 @@ FLASHCORE_HOPPER_OV = replace(
     product_when="",
 )
 
+# Part 2, version 5 (kernels/NOTES.md): version 4, persistent (PERSISTENT=1). Nsight Compute at
+# a0370f5 (results/logs/ncu-a0370f5-ov-cudnn-*): cuDNN's kernel runs 132 blocks, one per SM, where
+# version 4 runs 1024 blocks in 7.8 waves, each paying its Q and first K/V loads before any
+# tensor work and storing O with no load in flight. Here the next item's Q and K/V load during
+# this item's last P.V and epilogue. Non-causal only (causal keeps version 4's schedule).
+FLASHCORE_HOPPER_PS = replace(
+    FLASHCORE_HOPPER_OV,
+    name="flashcore_hopper_ps",
+    tile_defines=FLASHCORE_HOPPER_OV.tile_defines + ("PERSISTENT=1",),
+    persistent=True,
+    product_when="",
+)
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
-                               FLASHCORE_HOPPER_OV)}
+                               FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

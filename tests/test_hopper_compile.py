@@ -309,7 +309,8 @@ def test_hang_bug_waits_without_a_trap(mode):
 # ---------------------------------------------------------------- versions 2 and 3: the producer warpgroup
 WS = "flashcore_hopper_ws"
 OV = "flashcore_hopper_ov"                  # version 4: version 2 with QK(j+1) in flight during softmax(j+1)
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV]  # version 3: version 2 with ping-pong turns
+PS = "flashcore_hopper_ps"                  # version 5: version 4, persistent
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -411,10 +412,11 @@ def _ex2_under_pv(text: str):
     return between, total, 1
 
 
+@pytest.mark.parametrize("entry", [OV, PS])
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
-def test_overlap_schedule_runs_the_exp2s_under_pv(mode, d, causal):
+def test_overlap_schedule_runs_the_exp2s_under_pv(mode, d, causal, entry):
     """Version 4's point: tile j+1's exp2s run while P(j).V(j) is on the tensor cores. ptxas issued
     wait_group 0 in the first stall of the row max (0 of 66 MUFU.EX2 under the P.V at 2e2931b);
     hold_wait_below (hopper/ptx.cuh) keeps it below the row sums. So every exp2 of the loop's tile
@@ -422,10 +424,44 @@ def test_overlap_schedule_runs_the_exp2s_under_pv(mode, d, causal):
     `DEPBAR.LE gsb0, 0x0`, and the only other exp2s are the prologue tile's, as many again."""
     from harness.toolchain import sass
     from harness.toolchain.variant import Variant
-    v = Variant(mode, d, causal, kernel=OV)
+    v = Variant(mode, d, causal, kernel=entry)
     res, cubin = compiler.compile_cubin(v)
     if not sass.disassembler():
         pytest.skip("no nvdisasm/cuobjdump")
     between, total, waits = _ex2_under_pv(_disassemble(cubin))
     assert waits == 1, (mode, d, causal, waits)
     assert between == v.block_n // 2 + 2 and total == 2 * between, (mode, d, causal, between, total)
+
+
+# ---------------------------------------------------------------- version 5: persistent
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("mode,causal", [("full", False), ("full", True), ("fp32_p", False), ("qk_only", False),
+                                         ("pv_only", False), ("uniform_p", False), ("softmax_only", False)])
+def test_persistent_schedule_is_where_the_host_launches_it(mode, causal, d):
+    """The kernel's rule (PERSISTENT_SCHEDULE: non-causal, not softmax_only) and the host's grid
+    (Variant.persistent) must agree: a persistent kernel under a one-block-per-tile grid would
+    redo every tile, a plain one under a persistent grid would leave tiles unwritten. Where the
+    rule says no, version 5's SASS is version 4's, instruction for instruction."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    ps, ov = Variant(mode, d, causal, kernel=PS), Variant(mode, d, causal, kernel=OV)
+    assert ps.persistent == (not causal and mode != "softmax_only") and not ov.persistent
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    same = _disassemble(compiler.compile_cubin(ps)[1]) == _disassemble(compiler.compile_cubin(ov)[1])
+    assert same == (not ps.persistent), (mode, causal, d)
+
+
+def test_persistent_grid_is_one_block_per_sm_at_most():
+    """(blocks per batch, B): no more blocks than SMs (one block per SM: 227 KB of shared memory
+    each) and no more than there are work items (query tiles x H per batch)."""
+    from harness.check.shapes import Shape
+    from harness.toolchain.variant import Variant
+    v = Variant("full", 128, False, kernel=PS)
+    assert v.grid(Shape(4, 16, 2048, 2048, 128), sms=132) == (33, 4, 1)
+    assert v.grid(Shape(16, 16, 1024, 1024, 64), sms=132) == (8, 16, 1)     # 128 of 132 SMs
+    assert v.grid(Shape(1, 1, 200, 200, 128), sms=132) == (2, 1, 1)         # two query tiles
+    assert v.grid(Shape(200, 1, 128, 128, 128), sms=132) == (1, 200, 1)     # more batches than SMs
+    assert v.grid(Shape(4, 16, 2048, 2048, 128), n_rows=256, sms=132) == (32, 4, 1)   # a window
+    plain = Variant("full", 128, True, kernel=PS)
+    assert plain.grid(Shape(4, 16, 2048, 2048, 128), sms=132) == (16, 16, 4)

@@ -101,10 +101,24 @@ class Variant:
         d += [f"BUG_{b}" for b in sorted(self.bugs)]
         return d
 
-    def grid(self, shape, n_rows: int | None = None) -> tuple:
-        """(query tiles of the window, H, B); the window defaults to every row."""
+    @property
+    def persistent(self) -> bool:
+        """Whether this variant's kernel loops over work items (the entry's persistent flag, in
+        the kernel's own rule: non-causal, a mode with a K/V pipeline, i.e. not softmax_only)."""
+        return self.entry.persistent and not self.causal and self.mode != "softmax_only"
+
+    def grid(self, shape, n_rows: int | None = None, sms: int | None = None) -> tuple:
+        """(query tiles of the window, H, B); the window defaults to every row. A persistent
+        variant: (blocks per batch, B), at most one block per SM of the device (sms, else the
+        current device's count) and no more than there are work items."""
         rows = shape.Sq if n_rows is None else n_rows
-        return ((rows + self.block_m - 1) // self.block_m, shape.H, shape.B)
+        tiles = (rows + self.block_m - 1) // self.block_m
+        if not self.persistent:
+            return (tiles, shape.H, shape.B)
+        if sms is None:
+            from harness.toolchain.device import require_gpu
+            sms = require_gpu()["sms"]
+        return (max(1, min(sms // shape.B, tiles * shape.H)), shape.B, 1)
 
     def padded_keys(self, Sk: int) -> int:
         """Skp: the key width of the debug matrices, every column of every key tile."""
