@@ -184,8 +184,9 @@ FLASHCORE_HOPPER_WS = replace(
     # bench --suite --kernel flashcore_hopper_ws at cd5c7f8 (H200, results/logs/ws-cd5c7f8-h200.log):
     # 5-12 % faster than version 1 at every large shape and 1,8,1024,64 (17.4 against 18.5 us;
     # flashcore_fused 19.1 at 48b77d5), slower at 1,8,512,64 (12.4 against flashcore_fused's
-    # 11.7): the line stays where version 1's was drawn, in work B*H*Sq*Sk
-    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
+    # 11.7). forward() launched it from cd5c7f8 to b46b5a0; version 4's second build, measured
+    # faster at every large shape, took its place (FLASHCORE_HOPPER_OV below)
+    product_when="",
     # fp32_p's hi + lo products at 128 keys spilled 12-24 bytes at D = 128 while the consumers' key
     # loop held mbar_wait's trap (which kept the loop at the launch's 168 registers, kernels/NOTES.md);
     # since the trap left the loop they compile at R206 with 0 spills, but 128 has not run on a GPU
@@ -211,16 +212,19 @@ FLASHCORE_HOPPER_PP = replace(
 # three stages keep a load in flight (D = 128: 230,400 bytes). The debug modes with one GEMM
 # (qk_only, pv_only, uniform_p) and softmax_only keep the plain schedule. Measured on the H200 at
 # 2e2931b (results/logs/ov-2e2931b-h200.log): -1 to +5 % against version 2 at D = 128, 10-11 %
-# slower at D = 64, so forward() never launches it (product_when=""). ptxas had issued the P.V wait
-# above the overlapped exp2s; the second build holds it below them (hopper/ptx.cuh hold_wait_below,
-# kernels/NOTES.md "version 4, second build"), not measured on a GPU yet.
+# slower at D = 64. ptxas had issued the P.V wait above the overlapped exp2s; the second build
+# holds it below them (hopper/ptx.cuh hold_wait_below, kernels/NOTES.md "version 4, second
+# build"): measured at a0370f5 and 958a675 (results/logs/ov-a0370f5-h200.log, ps-958a675-h200.log)
+# at 501-504 TFLOP/s at 4,16,2048,128 (version 2: 482 at 2e2931b), 568-577 at 2,16,8192,128 (527),
+# 377-380 at 4,16,2048,64 (363), 335 at 16,16,1024,64 (325), 391-392 causal (374), and 17.7-17.8
+# us at 1,8,1024,64: forward() launches it where version 2 was launched, in work B*H*Sq*Sk.
 FLASHCORE_HOPPER_OV = replace(
     FLASHCORE_HOPPER_WS,
     name="flashcore_hopper_ov",
     tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
            128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3)},
     tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("OVERLAP_QK=1",),
-    product_when="",
+    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
 )
 
 # Part 2, version 5 (kernels/NOTES.md): version 4, persistent (PERSISTENT=1). Nsight Compute at
