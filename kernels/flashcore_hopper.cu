@@ -75,7 +75,7 @@
 // A mode that does not read a tensor gets tma.null_desc() and never touches it. The kernel issues
 // HEAD_DIM/64 boxes per tile (column coordinates 0 and 64 at D=128) and expects exactly
 // box_rows*64*2 bytes per box: a descriptor with another box size traps at the bounded wait.
-// Grid (ceil(n_rows / BLOCK_M), H, B), block NTHREADS. Only the query rows of the window
+// Grid (ceil(n_rows / BLOCK_M), H, B) (the persistent schedule: PERSISTENT above), block NTHREADS. Only the query rows of the window
 // [row0, min(row0 + n_rows, Sq)) are stored (row0 % BLOCK_M == 0); rows past it are computed
 // (TMA zero-fills them), never stored. Debug matrices hold the window's rows (row i at i - row0)
 // at the padded width Skp = ceil(Sk / BLOCK_N) * BLOCK_N (padded columns: -inf in S, 0 in P).
@@ -88,7 +88,7 @@
 //                + 64*CONSUMER_WGS * HEAD_DIM * 2         (Q tile, fp16)
 //                + KV_STAGES * 2 * BLOCK_N * HEAD_DIM * 2 (K and V stages, fp16)
 // (the same in every mode, so one number per tile config) plus 8*(1+2*KV_STAGES) bytes of static
-// shared memory for the mbarriers (+4 in OVERLAP_QK's full and fp32_p: hold_wait_below's word). Opt-in limit on sm_90: 227 KB = 232448 bytes in all.
+// shared memory for the mbarriers (+4 in OVERLAP_QK's full and fp32_p: hold_wait_below's word; +8 in the persistent schedule: bar_q_free). Opt-in limit on sm_90: 227 KB = 232448 bytes in all.
 //   D=64,  BLOCK_N=128, 2 stages:  82,944     D=128, BLOCK_N=128, 2 stages: 164,864
 //   D=64,  BLOCK_N=128, 3 stages: 115,712     D=128, BLOCK_N=64,  3 stages: 132,096
 //
