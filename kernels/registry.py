@@ -240,8 +240,20 @@ FLASHCORE_HOPPER_PS = replace(
     product_when="",
 )
 
+# Part 2, version 6 (kernels/NOTES.md): version 4 with version 3's turns (PINGPONG=1), FA3's whole
+# schedule: per tile a warpgroup issues QK(j+1) and P(j).V(j) in one turn, then runs tile j+1's
+# softmax while the other warpgroup's pair is issued. Nsight Compute at a0370f5 found cuDNN's
+# warps waiting at named barriers where version 4's wait on dependencies. Not run on a GPU yet.
+FLASHCORE_HOPPER_OVPP = replace(
+    FLASHCORE_HOPPER_OV,
+    name="flashcore_hopper_ovpp",
+    tile_defines=FLASHCORE_HOPPER_OV.tile_defines + ("PINGPONG=1",),
+    asserts=FLASHCORE_HOPPER_OV.asserts + (("nwarps == 8", "the ping-pong schedule takes two consumer warpgroups"),),
+    product_when="",
+)
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
-                               FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS)}
+                               FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

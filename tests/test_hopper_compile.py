@@ -310,7 +310,8 @@ def test_hang_bug_waits_without_a_trap(mode):
 WS = "flashcore_hopper_ws"
 OV = "flashcore_hopper_ov"                  # version 4: version 2 with QK(j+1) in flight during softmax(j+1)
 PS = "flashcore_hopper_ps"                  # version 5: version 4, persistent
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS]  # version 3: version 2 with ping-pong turns
+OVPP = "flashcore_hopper_ovpp"              # version 6: version 4 with version 3's turns
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -412,7 +413,7 @@ def _ex2_under_pv(text: str):
     return between, total, 1
 
 
-@pytest.mark.parametrize("entry", [OV, PS])
+@pytest.mark.parametrize("entry", [OV, PS, OVPP])
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -465,3 +466,29 @@ def test_persistent_grid_is_one_block_per_sm_at_most():
     assert v.grid(Shape(4, 16, 2048, 2048, 128), n_rows=256, sms=132) == (32, 4, 1)   # a window
     plain = Variant("full", 128, True, kernel=PS)
     assert plain.grid(Shape(4, 16, 2048, 2048, 128), sms=132) == (16, 16, 4)
+
+
+# ---------------------------------------------------------------- version 6: overlap and turns
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("mode", ["full", "fp32_p"])
+def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d):
+    """FA3's schedule (flashcore_hopper_ovpp): per tile a warpgroup takes its turn (BAR.SYNC),
+    issues Q.K(j+1)^T and P(j).V(j), gives the turn up (BAR.ARV), and only then waits for the
+    Q.K^T (DEPBAR.LE gsb0, 0x1) and runs the softmax. So between the loop's last BAR.SYNC and
+    BAR.ARV before that wait lie both GEMMs' HGMMAs: K_STEPS (D / 16) + P_KS (BLOCK_N / 16), the
+    P.V twice in fp32_p (hi and lo). Version 4 has no turns at all."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    v = Variant(mode, d, False, kernel=OVPP)
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    lines = _disassemble(compiler.compile_cubin(v)[1]).splitlines()
+    wait = [i for i, l in enumerate(lines) if "DEPBAR.LE gsb0, 0x1" in l]
+    assert len(wait) == 1, len(wait)
+    arv = max(i for i in range(wait[0]) if "BAR.ARV" in lines[i])
+    sync = max(i for i in range(arv) if "BAR.SYNC" in lines[i])
+    hgmma = sum("HGMMA" in l for l in lines[sync:arv])
+    assert hgmma == d // 16 + (v.block_n // 16) * (2 if mode == "fp32_p" else 1), (mode, d, hgmma)
+    assert not any("HGMMA" in l for l in lines[arv:wait[0]])
+    ov = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=OV))[1])
+    assert "BAR.ARV" not in ov
