@@ -246,6 +246,14 @@ __device__ __forceinline__ void turn_end(int wg) {
 #endif
 }
 
+// ---------------------------------------------------------------- per-warp arrivals
+// One arrival per consumer warp (the empty and bar_q_free barriers count warps): the warp
+// reconverges, then its lane 0 arrives.
+__device__ __forceinline__ void warp_arrive(u64* bar, int lane) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+}
+
 // ---------------------------------------------------------------- loads (thread 0 only)
 // Tile t of K and/or V into stage `slot`: PANELS boxes of (64 columns x BLOCK_N rows) each,
 // panel p at +p*BLOCK_N*64 halves, every box 1024-aligned (BLOCK_N*128 bytes, BLOCK_N % 8 == 0).
@@ -701,8 +709,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             reg_fence(o);
             keep_p_frags(f);                        // P(j)'s registers stay P(j)'s until P.V retired
             // This warp's wgmma reads of stage j are complete: release it.
-            __syncwarp();
-            if (lane == 0) mbar_arrive(&bar_empty[slot]);
+            warp_arrive(&bar_empty[slot], lane);
 #ifdef BUG_RESCALE_AFTER_PV
             // BUG_RESCALE_AFTER_PV in this schedule (the plain schedule's glue bug, below): tile j's
             // alpha applied after P(j).V(j) retired, O_j = alpha_j (O_{j-1} + P_j V_j), instead of
@@ -717,17 +724,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[i][e] = s_next[i][e];
         }
-#if PERSISTENT_SCHEDULE
-        if (!stuck) {   // every Q.K^T of the item has completed: the next Q may load during the last P.V
-            __syncwarp();
-            if (lane == 0) mbar_arrive(&bar_q_free);
-        }
-#endif
         if (!stuck) {                               // the last tile: P.V with nothing to overlap
+#if PERSISTENT_SCHEDULE
+            warp_arrive(&bar_q_free, lane);         // every Q.K^T of the item is done: the next Q may load now
+#endif
             const int slot = KV_G(j) % KV_STAGES;
             pv_tile(o, s, sV + slot * KV_TILE_HALVES, wg);
-            __syncwarp();
-            if (lane == 0) mbar_arrive(&bar_empty[slot]);
+            warp_arrive(&bar_empty[slot], lane);
 #ifdef BUG_RESCALE_AFTER_PV
             rescale_o(o, alpha);
 #endif
@@ -777,8 +780,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 #endif
         // This warp's wgmma reads of the stage are complete (wait_group 0 above): release it.
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&bar_empty[slot]);
+        warp_arrive(&bar_empty[slot], lane);
 #if !PRODUCER_WG
         // Thread 0 refills the stage with tile j + KV_STAGES once every warp has released it.
         if (tid == 0 && j + KV_STAGES < n_iter) {
@@ -792,12 +794,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE
     if (stuck) break;                               // the trap is after the item loop
 #if !OVERLAP_SCHEDULE
-    __syncwarp();                                   // every Q.K^T of the item has completed
-    if (lane == 0) mbar_arrive(&bar_q_free);
+    warp_arrive(&bar_q_free, lane);                 // every Q.K^T of the item has completed
 #else
     if (n_iter == 0) {                              // no key tile: no Q.K^T was issued
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&bar_q_free);
+        warp_arrive(&bar_q_free, lane);
     }
 #endif
 #elif PRODUCER_WG

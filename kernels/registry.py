@@ -194,6 +194,9 @@ FLASHCORE_HOPPER_WS = replace(
     mode_tiles={"fp32_p": dict(block_n=64)},
 )
 
+# What PINGPONG=1 asks of a tile choice (versions 3 and 6).
+PINGPONG_ASSERTS = (("nwarps == 8", "the ping-pong schedule takes two consumer warpgroups"),)
+
 # Part 2, version 3 (kernels/NOTES.md): version 2 with the consumer warpgroups' GEMMs taking turns
 # (PINGPONG=1, named barriers), so that one's softmax overlaps the other's GEMM. Measured 3-12 %
 # slower than version 2 at ffda479 (results/logs/pp-ffda479-h200.log): forward() never launches
@@ -202,7 +205,7 @@ FLASHCORE_HOPPER_PP = replace(
     FLASHCORE_HOPPER_WS,
     name="flashcore_hopper_pp",
     tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("PINGPONG=1",),
-    asserts=FLASHCORE_HOPPER_WS.asserts + (("nwarps == 8", "the ping-pong schedule takes two consumer warpgroups"),),
+    asserts=FLASHCORE_HOPPER_WS.asserts + PINGPONG_ASSERTS,
     product_when="",
 )
 
@@ -248,7 +251,7 @@ FLASHCORE_HOPPER_OVPP = replace(
     FLASHCORE_HOPPER_OV,
     name="flashcore_hopper_ovpp",
     tile_defines=FLASHCORE_HOPPER_OV.tile_defines + ("PINGPONG=1",),
-    asserts=FLASHCORE_HOPPER_OV.asserts + (("nwarps == 8", "the ping-pong schedule takes two consumer warpgroups"),),
+    asserts=FLASHCORE_HOPPER_OV.asserts + PINGPONG_ASSERTS,
     product_when="",
 )
 
