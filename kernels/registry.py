@@ -220,14 +220,15 @@ FLASHCORE_HOPPER_PP = replace(
 # build"): measured at a0370f5 and 958a675 (results/logs/ov-a0370f5-h200.log, ps-958a675-h200.log)
 # at 501-504 TFLOP/s at 4,16,2048,128 (version 2: 482 at 2e2931b), 568-577 at 2,16,8192,128 (527),
 # 377-380 at 4,16,2048,64 (363), 335 at 16,16,1024,64 (325), 391-392 causal (374), and 17.7-17.8
-# us at 1,8,1024,64: forward() launches it where version 2 was launched, in work B*H*Sq*Sk.
+# us at 1,8,1024,64. forward() launched it from 0b643d8 to c58c5bb; version 6, measured faster at
+# every suite shape, took its place (FLASHCORE_HOPPER_OVPP below).
 FLASHCORE_HOPPER_OV = replace(
     FLASHCORE_HOPPER_WS,
     name="flashcore_hopper_ov",
     tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
            128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3)},
     tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("OVERLAP_QK=1",),
-    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
+    product_when="",
 )
 
 # Part 2, version 5 (kernels/NOTES.md): version 4, persistent (PERSISTENT=1). Nsight Compute at
@@ -246,13 +247,18 @@ FLASHCORE_HOPPER_PS = replace(
 # Part 2, version 6 (kernels/NOTES.md): version 4 with version 3's turns (PINGPONG=1), FA3's whole
 # schedule: per tile a warpgroup issues QK(j+1) and P(j).V(j) in one turn, then runs tile j+1's
 # softmax while the other warpgroup's pair is issued. Nsight Compute at a0370f5 found cuDNN's
-# warps waiting at named barriers where version 4's wait on dependencies. Not run on a GPU yet.
+# warps waiting at named barriers where version 4's wait on dependencies. Measured on the H200 at
+# c58c5bb beside version 4 in the same calls, four runs (results/logs/ovpp-c58c5bb-h200.log,
+# ovpp-ab-c58c5bb-h200.log): 520-521 TFLOP/s at 4,16,2048,128 (version 4: 500-501), 575-577 at
+# 2,16,8192,128 (561-562), 376-380 at 4,16,2048,64 (374-375), 338 at 16,16,1024,64 (334-335),
+# 407-409 causal (388-390), 17.2-17.4 us at 1,8,1024,64 (17.7-17.8): forward() launches it where
+# version 4 was launched, in work B*H*Sq*Sk.
 FLASHCORE_HOPPER_OVPP = replace(
     FLASHCORE_HOPPER_OV,
     name="flashcore_hopper_ovpp",
     tile_defines=FLASHCORE_HOPPER_OV.tile_defines + ("PINGPONG=1",),
     asserts=FLASHCORE_HOPPER_OV.asserts + PINGPONG_ASSERTS,
-    product_when="",
+    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
 )
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,

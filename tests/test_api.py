@@ -203,7 +203,7 @@ def test_dispatch_by_device_and_shape(fake):
         api.forward(*c)
         api.forward(*c, causal=True)
     kernels = [(plan.variant.kernel, plan.variant.arch) for plan, _ in fake.launches]
-    assert kernels == [("flashcore_fused", "sm_90")] * 2 + [("flashcore_hopper_ov", "sm_90a")] * 4, kernels
+    assert kernels == [("flashcore_fused", "sm_90")] * 2 + [("flashcore_hopper_ovpp", "sm_90a")] * 4, kernels
     fake.arch = "sm_80"          # an A100: the sm_90a kernel does not run there
     api.reload()
     fake.launches.clear()
@@ -215,7 +215,7 @@ def test_hopper_launch_carries_maps_of_q_k_v_reencoded_only_when_a_pointer_chang
     q, k, v = qkv(B=2, H=3, Sq=1500, Sk=1700, D=128)
     o = api.forward(q, k, v, causal=True)
     plan, args = fake.launches[-1]
-    assert plan.variant.kernel == "flashcore_hopper_ov"
+    assert plan.variant.kernel == "flashcore_hopper_ovpp"
     n = len(api.kernel_args(0, 0, 0, 0, 0, 3, 1500, 1700, 0.1))
     assert args[:n] == api.kernel_args(id(q), id(k), id(v), id(o), 0, 3, 1500, 1700, plan.scale)
     maps = [struct.unpack_from("<5Q", m) for m in args[n:]]
