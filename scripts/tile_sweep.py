@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 @click.command()
 @click.option("--kernel", default="flashcore_hopper_ws", show_default=True)
-@click.option("--tiles", "tile_list", multiple=True, required=True, help="BLOCK_NxKV_STAGES, e.g. 128x3")
+@click.option("--tiles", "tile_list", multiple=True, required=True,
+              help="BLOCK_NxKV_STAGES[xNWARPS], e.g. 128x3, or 96x3x12 (three consumer warpgroups)")
 @click.option("--d", "head_dims", multiple=True, type=int, help="only these head dims")
 def main(kernel, tile_list, head_dims):
     os.environ["FLASHCORE_REGISTRY_KERNEL"] = kernel
@@ -29,7 +30,8 @@ def main(kernel, tile_list, head_dims):
     from harness.run import bench, gpu
     from harness.toolchain.variant import Variant
     from kernels import registry
-    tiles = [tuple(int(x) for x in t.split("x")) for t in tile_list]
+    # nwarps None: the entry's tile table (e.g. 8, two consumer warpgroups)
+    tiles = [(tuple(int(x) for x in t.split("x")) + (None,))[:3] for t in tile_list]
     for label, shape, causal in bench.SUITE:
         # the shapes forward() gives a Hopper entry (registry.product_kernel): the large ones
         hopper_shape = registry.product_kernel("sm_90", shape.B, shape.H, shape.Sq, shape.Sk, shape.D,
@@ -37,23 +39,25 @@ def main(kernel, tile_list, head_dims):
         if not hopper_shape or (head_dims and shape.D not in head_dims):
             continue
         sdpa = None
-        for bn, st in tiles:
+        for bn, st, nw in tiles:
+            kw = dict(block_n=bn, kv_stages=st, **({"nwarps": nw} if nw else {}))
+            name = f"{bn}x{st}" + (f"x{nw}" if nw else "")
             try:
-                Variant("full", shape.D, causal, block_n=bn, kv_stages=st)
+                Variant("full", shape.D, causal, **kw)
             except Exception as e:
-                print(f"{label} {bn}x{st}: refused: {str(e).splitlines()[0]}")
+                print(f"{label} {name}: refused: {str(e).splitlines()[0]}")
                 continue
             small = gpu.run_mode("full", Shape(1, 2, 333, 333, shape.D), causal=causal, reference_device="cpu",
-                                 block_n=bn, kv_stages=st)
+                                 **kw)
             ok = small.status == "ok" and all(m.passed for m in small.metrics)
             if not ok:
-                print(f"{label} {bn}x{st}: FAILS at 1,2,333,{shape.D}: {small.status} {small.message}")
+                print(f"{label} {name}: FAILS at 1,2,333,{shape.D}: {small.status} {small.message}")
                 continue
-            row = bench.bench_one(label, shape, causal, with_sdpa=sdpa is None, block_n=bn, kv_stages=st)
+            row = bench.bench_one(label, shape, causal, with_sdpa=sdpa is None, **kw)
             sdpa = row.sdpa if sdpa is None else sdpa
             cu, fl = sdpa.get("sdpa_cudnn"), sdpa.get("sdpa_flash")
             t = row.kernel
-            print(f"{label:24s} {bn:3d}x{st}  {t.median_us:8.1f} us ({t.p10_us:.1f}-{t.p90_us:.1f})  "
+            print(f"{label:24s} {name:>8s}  {t.median_us:8.1f} us ({t.p10_us:.1f}-{t.p90_us:.1f})  "
                   f"{row.tflops:6.1f} TFLOP/s  regs {row.resources['registers']}"
                   + (f"  {cu.median_us / t.median_us:5.2f}x cuDNN ({cu.median_us:.1f} us)" if cu else "")
                   + (f"  {fl.median_us / t.median_us:5.2f}x flash" if fl else ""), flush=True)
