@@ -261,8 +261,20 @@ FLASHCORE_HOPPER_OVPP = replace(
     product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
 )
 
+# Part 2, version 7 (kernels/NOTES.md): version 6 with the softmax's row max and row sum in four
+# independent chains each (SOFTMAX_ILP=4, common/softmax.cuh) instead of one serial chain.
+# Nsight Compute at 106cbd4 (results/logs/ncu-106cbd4-ovpp-cudnn-*): version 6's warps stall on
+# fixed-latency dependencies 48-54 M warp-cycles more than cuDNN's, the largest gap left.
+FLASHCORE_HOPPER_ILP = replace(
+    FLASHCORE_HOPPER_OVPP,
+    name="flashcore_hopper_ilp",
+    tile_defines=FLASHCORE_HOPPER_OVPP.tile_defines + ("SOFTMAX_ILP=4",),
+    product_when="",
+)
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
-                               FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP)}
+                               FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
+                               FLASHCORE_HOPPER_ILP)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

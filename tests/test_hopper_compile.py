@@ -311,7 +311,8 @@ WS = "flashcore_hopper_ws"
 OV = "flashcore_hopper_ov"                  # version 4: version 2 with QK(j+1) in flight during softmax(j+1)
 PS = "flashcore_hopper_ps"                  # version 5: version 4, persistent
 OVPP = "flashcore_hopper_ovpp"              # version 6: version 4 with version 3's turns
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP]  # version 3: version 2 with ping-pong turns
+ILP = "flashcore_hopper_ilp"                # version 7: version 6 with four max/sum chains
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -413,7 +414,7 @@ def _ex2_under_pv(text: str):
     return between, total, 1
 
 
-@pytest.mark.parametrize("entry", [OV, PS, OVPP])
+@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP])
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -469,9 +470,10 @@ def test_persistent_grid_is_one_block_per_sm_at_most():
 
 
 # ---------------------------------------------------------------- version 6: overlap and turns
+@pytest.mark.parametrize("entry", [OVPP, ILP])
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
-def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d):
+def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d, entry):
     """FA3's schedule (flashcore_hopper_ovpp): per tile a warpgroup takes its turn (BAR.SYNC),
     issues Q.K(j+1)^T and P(j).V(j), gives the turn up (BAR.ARV), and only then waits for the
     Q.K^T (DEPBAR.LE gsb0, 0x1) and runs the softmax. So between the loop's last BAR.SYNC and
@@ -479,7 +481,7 @@ def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d):
     P.V twice in fp32_p (hi and lo). Version 4 has no turns at all."""
     from harness.toolchain import sass
     from harness.toolchain.variant import Variant
-    v = Variant(mode, d, False, kernel=OVPP)
+    v = Variant(mode, d, False, kernel=entry)
     if not sass.disassembler():
         pytest.skip("no nvdisasm/cuobjdump")
     lines = _disassemble(compiler.compile_cubin(v)[1]).splitlines()
@@ -492,3 +494,41 @@ def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d):
     assert not any("HGMMA" in l for l in lines[arv:wait[0]])
     ov = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=OV))[1])
     assert "BAR.ARV" not in ov
+
+
+# ---------------------------------------------------------------- version 7: the softmax's chains
+def _longest_chain(lines, opcode):
+    """The deepest chain of `opcode` instructions each reading a register the last one wrote,
+    in program order (the two row halves' chains interleave in the listing): each instruction's
+    destination gets depth 1 + the deepest of its sources' (0 where another opcode wrote it)."""
+    import re
+    depth, best = {}, 0
+    for l in lines:
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)\s+(R\d+)\s*,\s*(.*?);", l)
+        if not m:
+            continue
+        op, dst, srcs = m.group(1), m.group(2), re.findall(r"\bR\d+\b", m.group(3))
+        if op.split(".")[0] == opcode:
+            depth[dst] = 1 + max((depth.get(r, 0) for r in srcs), default=0)
+            best = max(best, depth[dst])
+        else:
+            depth[dst] = 0
+    return best
+
+
+@pytest.mark.parametrize("d", (64, 128))
+def test_softmax_ilp_splits_the_row_sum_chain(d):
+    """SOFTMAX_ILP=4 (flashcore_hopper_ilp, common/softmax.cuh): the row sum of a 128-key tile is
+    four chains of FADDs per row half, not one of 32 (2 x 16 scores). The deepest FADD chain is
+    measured in the SASS of the full kernel: version 6's is the one serial chain (32, or more
+    where l * alpha + sum joins it), version 7's about a quarter of it plus the combine."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    lines = {e: _disassemble(compiler.compile_cubin(Variant("full", d, False, kernel=e))[1]).splitlines()
+             for e in (OVPP, ILP)}
+    chain = {e: _longest_chain(lines[e], "FADD") for e in lines}
+    assert chain[OVPP] >= 32 and chain[ILP] <= chain[OVPP] // 4 + 4, chain
+    # the row max too (37 against 19 at 106cbd4: the chain runs on through the tiles' m)
+    assert _longest_chain(lines[ILP], "FMNMX") < _longest_chain(lines[OVPP], "FMNMX"), chain

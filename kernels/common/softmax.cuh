@@ -16,14 +16,29 @@
 // Out: s overwritten by P = exp2(s*sl2 - m*sl2) (fp32, unnormalised; one FFMA + ex2 per score),
 // per-thread partial row sums l, running max m (units of s) and the rescale factor alpha for O.
 // first_tile: this is key tile 0 (read only by BUG_P_OVERFLOW).
+//
+// SOFTMAX_ILP: independent chains per row half for the max and the sum. 1 (the default, every
+// kernel's order since the start): one serial chain each, NF FMNMX and 2*NF FADD deep, each
+// waiting on the last (Nsight Compute at c58c5bb: the sm_90a kernel's warps stall on fixed-latency
+// dependencies 48-54 M warp-cycles more than cuDNN's). k > 1: k chains, then combined; the max is
+// the same in any order, the sum rounds in another (fp32, inside every mode's tolerance).
+#ifndef SOFTMAX_ILP
+#define SOFTMAX_ILP 1
+#endif
 template <int NF>
 __device__ __forceinline__ void softmax_update(float (&s)[NF][4], float (&m)[2], float (&l)[2],
                                                float (&alpha)[2], float sl2, bool first_tile) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        float mx = m[h];
+        float mxk[SOFTMAX_ILP];
 #pragma unroll
-        for (int nt = 0; nt < NF; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+        for (int k = 0; k < SOFTMAX_ILP; ++k) mxk[k] = m[h];
+#pragma unroll
+        for (int nt = 0; nt < NF; ++nt)
+            mxk[nt % SOFTMAX_ILP] = fmaxf(mxk[nt % SOFTMAX_ILP], fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+        float mx = mxk[0];
+#pragma unroll
+        for (int k = 1; k < SOFTMAX_ILP; ++k) mx = fmaxf(mx, mxk[k]);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
 #ifdef BUG_P_OVERFLOW
@@ -34,15 +49,20 @@ __device__ __forceinline__ void softmax_update(float (&s)[NF][4], float (&m)[2],
         const float m_use = (mx == NEG_INF) ? 0.f : mx;   // a row with no key yet: keep exp finite
         alpha[h] = fast_exp2((m[h] - m_use) * sl2);        // m[h] = -inf on the first tile -> 0
         const float ms = m_use * sl2;
-        float sum = 0.f;
+        float sumk[SOFTMAX_ILP];
+#pragma unroll
+        for (int k = 0; k < SOFTMAX_ILP; ++k) sumk[k] = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NF; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
                 s[nt][2 * h + e] = p;
-                sum += p;
+                sumk[(2 * nt + e) % SOFTMAX_ILP] += p;
             }
+        float sum = sumk[0];
+#pragma unroll
+        for (int k = 1; k < SOFTMAX_ILP; ++k) sum += sumk[k];
         l[h] = l[h] * alpha[h] + sum;
         m[h] = mx;
     }
