@@ -265,6 +265,8 @@ FLASHCORE_HOPPER_OVPP = replace(
 # independent chains each (SOFTMAX_ILP=4, common/softmax.cuh) instead of one serial chain.
 # Nsight Compute at 106cbd4 (results/logs/ncu-106cbd4-ovpp-cudnn-*): version 6's warps stall on
 # fixed-latency dependencies 48-54 M warp-cycles more than cuDNN's, the largest gap left.
+# Measured at 5143d79 beside version 6 (results/logs/ilp-5143d79-h200.log): even at D = 128,
+# 0.7-1.1 % slower at D = 64; forward() does not launch it.
 FLASHCORE_HOPPER_ILP = replace(
     FLASHCORE_HOPPER_OVPP,
     name="flashcore_hopper_ilp",
