@@ -5,7 +5,8 @@
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence; never two parts at
 #  once: they share $OUT/run, and the first to finish packs and removes it)
-# (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes)
+# (profile, not part of all: Nsight Compute on the kernel and SDPA flash at the large suite shapes;
+#  PROFILE_SOURCE=1 adds the per-instruction stall sampling of the kernel)
 set -uo pipefail
 # Everything is written under $OUT/run and packed into $OUT/gpu_suite_out.tgz at the end (the
 # device tool returns only a few files per call; the records must not be among those left out).
@@ -118,6 +119,17 @@ if [[ $what == profile ]]; then
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
         --section InstructionStats --section Occupancy --metrics 'regex:smsp__average_warp_latency_issue_stalled_.*' \
         python3 scripts/profile_ncu.py $shape ${PROFILE_SDPA:-flash} > "$OUT/ncu_${shape//,/x}.txt" 2>&1 || tail -5 "$OUT/ncu_${shape//,/x}.txt"
+    if [[ ${PROFILE_SOURCE:-0} == 1 ]]; then
+      # where the stalls are, per SASS instruction (PC sampling, SourceCounters), of our kernel
+      # only: its source page as CSV (the report itself is removed: it can outgrow what the
+      # device tool brings back, and the tgz would be lost with it). Added at 5143d79 without
+      # a device run: the flags are from ncu's documentation, not yet tried
+      s=${shape//,/x}
+      ncu --clock-control none -k regex:flashcore_fwd --section SourceCounters -f -o "$OUT/src_$s" \
+          python3 scripts/profile_ncu.py $shape cudnn > "$OUT/src_$s.log" 2>&1 || tail -5 "$OUT/src_$s.log"
+      ncu -i "$OUT/src_$s.ncu-rep" --page source --print-source sass --csv > "$OUT/src_$s.csv" 2>&1 || tail -5 "$OUT/src_$s.csv"
+      rm -f "$OUT/src_$s.ncu-rep"
+    fi
   done
 fi
 cp results/runs-*.jsonl "$OUT/" 2>/dev/null
