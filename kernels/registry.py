@@ -248,7 +248,7 @@ FLASHCORE_HOPPER_PS = replace(
 # schedule: per tile a warpgroup issues QK(j+1) and P(j).V(j) in one turn, then runs tile j+1's
 # softmax while the other warpgroup's pair is issued. Nsight Compute at a0370f5 found cuDNN's
 # warps waiting at named barriers where version 4's wait on dependencies. Measured on the H200 at
-# c58c5bb beside version 4 in the same calls, four runs (results/logs/ovpp-c58c5bb-h200.log,
+# c58c5bb in two calls, version 4 benched beside it in both (results/logs/ovpp-c58c5bb-h200.log,
 # ovpp-ab-c58c5bb-h200.log): 520-521 TFLOP/s at 4,16,2048,128 (version 4: 500-501), 575-577 at
 # 2,16,8192,128 (561-562), 376-380 at 4,16,2048,64 (374-375), 338 at 16,16,1024,64 (334-335),
 # 407-409 causal (388-390), 17.2-17.4 us at 1,8,1024,64 (17.7-17.8): forward() launches it where

@@ -19,7 +19,7 @@
 //
 // SOFTMAX_ILP: independent chains per row half for the max and the sum. 1 (the default, every
 // kernel's order since the start): one serial chain each, NF FMNMX and 2*NF FADD deep, each
-// waiting on the last (Nsight Compute at c58c5bb: the sm_90a kernel's warps stall on fixed-latency
+// waiting on the last (Nsight Compute at 106cbd4: the sm_90a kernel's warps stall on fixed-latency
 // dependencies 48-54 M warp-cycles more than cuDNN's). k > 1: k chains, then combined; the max is
 // the same in any order, the sum rounds in another (fp32, inside every mode's tolerance).
 #ifndef SOFTMAX_ILP
