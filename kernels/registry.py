@@ -173,20 +173,26 @@ FLASHCORE_HOPPER = KernelSpec(
                  "RESCALE_AFTER_PV"),
 )
 
+# An entry that is another's file with more -D flags (and more tile asserts): the Hopper
+# versions of part 2. product_when does not carry over: an entry becomes forward()'s only by
+# naming its own measured condition.
+def derived(base: KernelSpec, name: str, defines: tuple, asserts: tuple = (), product_when: str = "",
+            **changes) -> KernelSpec:
+    return replace(base, name=name, tile_defines=base.tile_defines + defines, asserts=base.asserts + asserts,
+                   product_when=product_when, **changes)
+
+
 # Part 2, version 2 (kernels/NOTES.md): the same file with a producer warpgroup (PRODUCER_WG=1)
 # that issues every TMA copy while the consumers get its registers (setmaxnreg).
-FLASHCORE_HOPPER_WS = replace(
-    FLASHCORE_HOPPER,
-    name="flashcore_hopper_ws",
+# bench --suite --kernel flashcore_hopper_ws at cd5c7f8 (H200, results/logs/ws-cd5c7f8-h200.log):
+# 5-12 % faster than version 1 at every large shape and 1,8,1024,64 (17.4 against 18.5 us;
+# flashcore_fused 19.1 at 48b77d5), slower at 1,8,512,64 (12.4 against flashcore_fused's 11.7).
+# forward() launched it from cd5c7f8 to b46b5a0; version 4's second build, measured faster at
+# every large shape, took its place (FLASHCORE_HOPPER_OV below).
+FLASHCORE_HOPPER_WS = derived(
+    FLASHCORE_HOPPER, "flashcore_hopper_ws", ("PRODUCER_WG=1",),
     threads="32 * nwarps + 128",
-    tile_defines=FLASHCORE_HOPPER.tile_defines + ("PRODUCER_WG=1",),
     required_sass=("USETMAXREG",),
-    # bench --suite --kernel flashcore_hopper_ws at cd5c7f8 (H200, results/logs/ws-cd5c7f8-h200.log):
-    # 5-12 % faster than version 1 at every large shape and 1,8,1024,64 (17.4 against 18.5 us;
-    # flashcore_fused 19.1 at 48b77d5), slower at 1,8,512,64 (12.4 against flashcore_fused's
-    # 11.7). forward() launched it from cd5c7f8 to b46b5a0; version 4's second build, measured
-    # faster at every large shape, took its place (FLASHCORE_HOPPER_OV below)
-    product_when="",
     # fp32_p's hi + lo products at 128 keys spilled 12-24 bytes at D = 128 while the consumers' key
     # loop held mbar_wait's trap (which kept the loop at the launch's 168 registers, kernels/NOTES.md);
     # since the trap left the loop they compile at R206 with 0 spills, but 128 has not run on a GPU
@@ -201,13 +207,7 @@ PINGPONG_ASSERTS = (("nwarps == 8", "the ping-pong schedule takes two consumer w
 # (PINGPONG=1, named barriers), so that one's softmax overlaps the other's GEMM. Measured 3-12 %
 # slower than version 2 at ffda479 (results/logs/pp-ffda479-h200.log): forward() never launches
 # it; --kernel flashcore_hopper_pp runs it.
-FLASHCORE_HOPPER_PP = replace(
-    FLASHCORE_HOPPER_WS,
-    name="flashcore_hopper_pp",
-    tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("PINGPONG=1",),
-    asserts=FLASHCORE_HOPPER_WS.asserts + PINGPONG_ASSERTS,
-    product_when="",
-)
+FLASHCORE_HOPPER_PP = derived(FLASHCORE_HOPPER_WS, "flashcore_hopper_pp", ("PINGPONG=1",), PINGPONG_ASSERTS)
 
 # Part 2, version 4 (kernels/NOTES.md): version 2 with FA3's intra-warpgroup overlap (OVERLAP_QK=1):
 # S(j+1) = Q.K(j+1)^T is issued before P(j).V(j), so tile j+1's softmax has a GEMM in flight. K and
@@ -222,13 +222,10 @@ FLASHCORE_HOPPER_PP = replace(
 # 377-380 at 4,16,2048,64 (363), 335 at 16,16,1024,64 (325), 391-392 causal (374), and 17.7-17.8
 # us at 1,8,1024,64. forward() launched it from 0b643d8 to c58c5bb; version 6, measured faster at
 # every suite shape, took its place (FLASHCORE_HOPPER_OVPP below).
-FLASHCORE_HOPPER_OV = replace(
-    FLASHCORE_HOPPER_WS,
-    name="flashcore_hopper_ov",
+FLASHCORE_HOPPER_OV = derived(
+    FLASHCORE_HOPPER_WS, "flashcore_hopper_ov", ("OVERLAP_QK=1",),
     tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
            128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3)},
-    tile_defines=FLASHCORE_HOPPER_WS.tile_defines + ("OVERLAP_QK=1",),
-    product_when="",
 )
 
 # Part 2, version 5 (kernels/NOTES.md): version 4, persistent (PERSISTENT=1). Nsight Compute at
@@ -236,13 +233,7 @@ FLASHCORE_HOPPER_OV = replace(
 # version 4 runs 1024 blocks in 7.8 waves, each paying its Q and first K/V loads before any
 # tensor work and storing O with no load in flight. Here the next item's Q and K/V load during
 # this item's last P.V and epilogue. Non-causal only (causal keeps version 4's schedule).
-FLASHCORE_HOPPER_PS = replace(
-    FLASHCORE_HOPPER_OV,
-    name="flashcore_hopper_ps",
-    tile_defines=FLASHCORE_HOPPER_OV.tile_defines + ("PERSISTENT=1",),
-    persistent=True,
-    product_when="",
-)
+FLASHCORE_HOPPER_PS = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ps", ("PERSISTENT=1",), persistent=True)
 
 # Part 2, version 6 (kernels/NOTES.md): version 4 with version 3's turns (PINGPONG=1), FA3's whole
 # schedule: per tile a warpgroup issues QK(j+1) and P(j).V(j) in one turn, then runs tile j+1's
@@ -253,13 +244,8 @@ FLASHCORE_HOPPER_PS = replace(
 # 2,16,8192,128 (561-562), 376-380 at 4,16,2048,64 (374-375), 338 at 16,16,1024,64 (334-335),
 # 407-409 causal (388-390), 17.2-17.4 us at 1,8,1024,64 (17.7-17.8): forward() launches it where
 # version 4 was launched, in work B*H*Sq*Sk.
-FLASHCORE_HOPPER_OVPP = replace(
-    FLASHCORE_HOPPER_OV,
-    name="flashcore_hopper_ovpp",
-    tile_defines=FLASHCORE_HOPPER_OV.tile_defines + ("PINGPONG=1",),
-    asserts=FLASHCORE_HOPPER_OV.asserts + PINGPONG_ASSERTS,
-    product_when="B * H * Sq * Sk >= 4 * 1024 * 1024",
-)
+FLASHCORE_HOPPER_OVPP = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ovpp", ("PINGPONG=1",), PINGPONG_ASSERTS,
+                                product_when="B * H * Sq * Sk >= 4 * 1024 * 1024")
 
 # Part 2, version 7 (kernels/NOTES.md): version 6 with the softmax's row max and row sum in four
 # independent chains each (SOFTMAX_ILP=4, common/softmax.cuh) instead of one serial chain.
@@ -267,12 +253,7 @@ FLASHCORE_HOPPER_OVPP = replace(
 # fixed-latency dependencies 48-54 M warp-cycles more than cuDNN's, the largest gap left.
 # Measured at 5143d79 beside version 6 (results/logs/ilp-5143d79-h200.log): even at D = 128,
 # 0.7-1.1 % slower at D = 64; forward() does not launch it.
-FLASHCORE_HOPPER_ILP = replace(
-    FLASHCORE_HOPPER_OVPP,
-    name="flashcore_hopper_ilp",
-    tile_defines=FLASHCORE_HOPPER_OVPP.tile_defines + ("SOFTMAX_ILP=4",),
-    product_when="",
-)
+FLASHCORE_HOPPER_ILP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ilp", ("SOFTMAX_ILP=4",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
