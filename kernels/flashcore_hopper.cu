@@ -153,6 +153,16 @@
 #if OVERLAP_QK && !PRODUCER_WG
 #error "OVERLAP_QK needs the producer warpgroup (PRODUCER_WG=1)"
 #endif
+#ifndef DESC_STEP
+#define DESC_STEP 0                         // 1: each k16 step's descriptor is the first's plus its offset (version 8)
+#endif
+// A GEMM operand's descriptor at `off` halves past `base`: built from the address (DESC_STEP=0,
+// versions 1-7) or stepped from base's (hopper/ptx.cuh smem_desc_plus; ptxas builds base's once).
+#if DESC_STEP
+#define OPERAND_DESC(base, off, lbo, sbo) smem_desc_plus(smem_desc((base), (lbo), (sbo)), (u32)(off) * 2u)
+#else
+#define OPERAND_DESC(base, off, lbo, sbo) smem_desc((base) + (off), (lbo), (sbo))
+#endif
 #ifndef PERSISTENT
 #define PERSISTENT 0                        // 1: a block runs work item after work item (version 5)
 #endif
@@ -308,16 +318,16 @@ __device__ __forceinline__ void qk_issue(float (&s)[N_FRAG][4], const half* sQw,
 #pragma unroll
     for (int k = 0; k < K_STEPS; ++k) {
         const int p = k / 4, kk = k % 4;
-        const u64 da = smem_desc(sQw + p * BLOCK_M * 64 + kk * 16, 16, 1024);
+        const u64 da = OPERAND_DESC(sQw, p * BLOCK_M * 64 + kk * 16, 16, 1024);
 #ifdef BUG_K_DESC_SBO
         // BUG_K_DESC_SBO (QK): K's stride-byte offset (the step to the next 8-key group) given in
         // halves, 8 rows x 64 = 512, not in bytes (1024): key groups 1.. of every tile are read
         // from the middle of the wrong swizzle atoms, so S is wrong for keys >= 8 of each tile.
         // Only qk_tile reads this descriptor: qk_only fails; softmax_only, pv_only and uniform_p
         // (no QK GEMM: S or P injected or made) compile to the clean cubins and pass. Stage: QK.
-        const u64 db = smem_desc(sKj + p * BLOCK_N * 64 + kk * 16, 16, 512);
+        const u64 db = OPERAND_DESC(sKj, p * BLOCK_N * 64 + kk * 16, 16, 512);
 #else
-        const u64 db = smem_desc(sKj + p * BLOCK_N * 64 + kk * 16, 16, 1024);
+        const u64 db = OPERAND_DESC(sKj, p * BLOCK_N * 64 + kk * 16, 16, 1024);
 #endif
         if (k == 0) wgmma_ss_zero(s, da, db);
         else        wgmma_ss_acc(s, da, db);
@@ -389,11 +399,11 @@ __device__ __forceinline__ void pv_issue(float (&o)[D_FRAG][4], const PFrags& f,
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < P_KS; ++kk)
-        wgmma_rs_acc(o, f.a[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
+        wgmma_rs_acc(o, f.a[kk], OPERAND_DESC(sVj, kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
 #ifdef FP32_P
 #pragma unroll
     for (int kk = 0; kk < P_KS; ++kk)
-        wgmma_rs_acc(o, f.lo[kk], smem_desc(sVj + kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
+        wgmma_rs_acc(o, f.lo[kk], OPERAND_DESC(sVj, kk * V_KSTEP_HALVES, V_LBO_BYTES, 1024));
 #endif
     wgmma_commit();
     if (TURN) turn_end(wg);
@@ -625,7 +635,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const TileCtx ctx{lane, q0, row_base, Sk, scale, scale * LOG2E, w,
                       S_out ? S_out + debug_off : nullptr, P_in ? P_in + debug_off : nullptr};
 #if USES_QK
+#if DESC_STEP
+    // The warpgroup index shuffled from lane 0, as CUTLASS's canonical_warp_group_idx: ptxas then
+    // knows it warp-uniform and holds sQw's descriptors in uniform registers, where from warp >> 2
+    // it kept them in vector registers and moved each pair over (R2UR) before every Q.K^T HGMMA.
+    const half* sQw = sQ + __shfl_sync(0xFFFFFFFFu, warp >> 2, 0) * 64 * 64;
+#else
     const half* sQw = sQ + (warp >> 2) * 64 * 64;   // this warpgroup's 64 rows of panel 0
+#endif
 #if PERSISTENT_SCHEDULE
     if (!mbar_wait_bounded(&bar_q, (u32)it & 1u)) {   // this item's Q tile has landed
         stuck = true;

@@ -255,9 +255,16 @@ FLASHCORE_HOPPER_OVPP = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ovpp", ("
 # 0.7-1.1 % slower at D = 64; forward() does not launch it.
 FLASHCORE_HOPPER_ILP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ilp", ("SOFTMAX_ILP=4",))
 
+# Part 2, version 8 (kernels/NOTES.md): version 6 with each k16 step's wgmma descriptor stepped
+# from the operand's first (DESC_STEP=1, hopper/ptx.cuh smem_desc_plus) instead of rebuilt from
+# its address. Nsight Compute's per-instruction sampling of version 6 at 0ab3415
+# (results/logs/ncu-src-0ab3415-*) put a fifth of the fixed-latency stalls at D = 128 on the
+# uniform ops that rebuild them, between the HGMMAs of one batch.
+FLASHCORE_HOPPER_DS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ds", ("DESC_STEP=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
-                               FLASHCORE_HOPPER_ILP)}
+                               FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -312,7 +312,8 @@ OV = "flashcore_hopper_ov"                  # version 4: version 2 with QK(j+1) 
 PS = "flashcore_hopper_ps"                  # version 5: version 4, persistent
 OVPP = "flashcore_hopper_ovpp"              # version 6: version 4 with version 3's turns
 ILP = "flashcore_hopper_ilp"                # version 7: version 6 with four max/sum chains
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP]  # version 3: version 2 with ping-pong turns
+DS = "flashcore_hopper_ds"                  # version 8: version 6 with stepped wgmma descriptors
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -414,7 +415,7 @@ def _ex2_under_pv(text: str):
     return between, total, 1
 
 
-@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP])
+@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS])
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -470,7 +471,7 @@ def test_persistent_grid_is_one_block_per_sm_at_most():
 
 
 # ---------------------------------------------------------------- version 6: overlap and turns
-@pytest.mark.parametrize("entry", [OVPP, ILP])
+@pytest.mark.parametrize("entry", [OVPP, ILP, DS])
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
 def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d, entry):
@@ -532,3 +533,38 @@ def test_softmax_ilp_splits_the_row_sum_chain(d):
     assert chain[OVPP] >= 32 and chain[ILP] <= chain[OVPP] // 4 + 4, chain
     # the row max too (37 against 19 at 106cbd4: the chain runs on through the tiles' m)
     assert _longest_chain(lines[ILP], "FMNMX") < _longest_chain(lines[OVPP], "FMNMX"), chain
+
+
+# ---------------------------------------------------------------- version 8: stepped descriptors
+def _turn(lines):
+    """The loop's GEMM turn: from the last BAR.SYNC to the BAR.ARV before the one 0x1 wait."""
+    wait = [i for i, l in enumerate(lines) if "DEPBAR.LE gsb0, 0x1" in l]
+    assert len(wait) == 1, len(wait)
+    arv = max(i for i in range(wait[0]) if "BAR.ARV" in lines[i])
+    sync = max(i for i in range(arv) if "BAR.SYNC" in lines[i])
+    return lines[sync:arv]
+
+
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("mode", ["full", "fp32_p"])
+def test_stepped_descriptors_leave_the_turn_to_the_hgmmas(mode, d):
+    """DESC_STEP=1 (flashcore_hopper_ds, hopper/ptx.cuh smem_desc_plus): within a GEMM turn each
+    HGMMA's descriptor is the operand's first plus an immediate, so the turn holds no per-step
+    and/shift/or rebuild (ULOP3, USHF: a few for the one K and one V base each) and no R2UR (Q's
+    descriptors are uniform: the warpgroup index is shuffled from lane 0); version 6 rebuilds every
+    descriptor (at least one ULOP3 per HGMMA; fp32_p's hi and lo products share V's) and moves Q's over from vector registers."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    count = {}
+    for e in (OVPP, DS):
+        turn = _turn(_disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=e))[1]).splitlines())
+        ops = [l.split(";")[0] for l in turn]
+        count[e] = {k: sum(f" {k}" in l for l in ops) for k in ("HGMMA", "ULOP3", "USHF", "R2UR")}
+        count[e]["all"] = len(turn)
+    hg = count[DS]["HGMMA"]
+    assert hg == count[OVPP]["HGMMA"] and hg >= 12, count
+    assert count[OVPP]["ULOP3"] >= hg and count[OVPP]["R2UR"] > 0, count
+    assert count[DS]["ULOP3"] + count[DS]["USHF"] <= 8 and count[DS]["R2UR"] == 0, count
+    assert count[DS]["all"] < count[OVPP]["all"] * 0.75, count

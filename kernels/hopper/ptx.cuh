@@ -118,6 +118,19 @@ __device__ __forceinline__ u64 smem_desc(const void* p, u32 lbo_bytes, u32 sbo_b
     return (u64)((smem_u32(p) & 0x3FFFF) >> 4) | ((u64)((lbo_bytes & 0x3FFFF) >> 4) << 16)
          | ((u64)((sbo_bytes & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
+// The descriptor of the operand `bytes` further on, from one already made: the address field is the
+// low 14 bits of the low word, in 16-byte units, and every valid shared address is below 2^18, so
+// the add cannot carry out of the field and the high word (LBO's neighbour SBO, the swizzle) stays.
+// smem_desc per k16 step costs ptxas four dependent uniform ops (and, shift, or, move) on the path
+// to each HGMMA; this is one UIADD3 on the low word (kernels/NOTES.md, version 8).
+__device__ __forceinline__ u64 smem_desc_plus(u64 desc, u32 bytes) {
+    // the pair is joined in PTX: written as (desc & high) | lo, NVVM widened the add to 64 bits
+    // and ptxas emitted its carry (UIADD3.X) and the high word's OR at every step
+    const u32 lo = (u32)desc + (bytes >> 4), hi = (u32)(desc >> 32);
+    u64 d;
+    asm("mov.b64 %0, {%1, %2};" : "=l"(d) : "r"(lo), "r"(hi));
+    return d;
+}
 // Orders this warpgroup's prior register writes (accumulators, A fragments) before the next
 // wgmma reads them. Needed before every GEMM whose D or A registers were touched by ordinary code.
 // setmaxnreg: a warpgroup gives up (dec) or takes (inc) registers; every thread of the warpgroup
