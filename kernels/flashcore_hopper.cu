@@ -166,8 +166,14 @@
 #ifndef PERSISTENT
 #define PERSISTENT 0                        // 1: a block runs work item after work item (version 5)
 #endif
-#if PERSISTENT && (!PRODUCER_WG || PINGPONG)
-#error "PERSISTENT needs the producer warpgroup (PRODUCER_WG=1) and no PINGPONG"
+#if PERSISTENT && !PRODUCER_WG
+#error "PERSISTENT needs the producer warpgroup (PRODUCER_WG=1)"
+#endif
+#ifndef TILE_COUNTER
+#define TILE_COUNTER 0                      // 1: persistent blocks take work items from a counter (version 9)
+#endif
+#if TILE_COUNTER && !PERSISTENT
+#error "TILE_COUNTER needs PERSISTENT=1"
 #endif
 // The persistent schedule runs where the tiles are all alike: non-causal, and every mode with a
 // K/V pipeline (softmax_only has none). Causal keeps one block per query tile, heaviest first,
@@ -304,6 +310,33 @@ __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ
     (void)sQ; (void)bar_q; (void)tmQ; (void)q0; (void)bh;
 #endif
 }
+
+#if TILE_COUNTER
+// Version 9's work-item counter: [0] the next item, [1] the blocks that found none left. A module
+// global, zero at load; the last block to finish taking items sets both back to zero, so the next
+// launch of this module starts at item 0 with no argument for it. (Two launches of one module at
+// once, on two streams, would share it: the harness launches one at a time. A launch that traps
+// leaves it dirty, but the trap kills the context, and the module with it.)
+__device__ unsigned int tile_counter[2];
+// The item handoff in every mode: the Q tile where Q.K^T runs, else a bare arrival on bar_q.
+__device__ __forceinline__ void issue_q_or_arrive(half* sQ, u64* bar_q, const TmaDesc* tmQ, int q0, int bh) {
+#if USES_QK
+    issue_q(sQ, bar_q, tmQ, q0, bh);
+#else
+    (void)sQ; (void)tmQ; (void)q0; (void)bh;
+    mbar_arrive(bar_q);
+#endif
+}
+// Called once per block, by the producer thread, after its last take (which found no item):
+// every block's takes are done when the done count reaches the grid, and only then is it reset.
+__device__ __forceinline__ void release_tile_counter(unsigned int blocks) {
+    __threadfence();                                // this block's last take before its done
+    if (atomicAdd(&tile_counter[1], 1u) == blocks - 1) {
+        atomicExch(&tile_counter[0], 0u);
+        atomicExch(&tile_counter[1], 0u);
+    }
+}
+#endif
 
 // ---------------------------------------------------------------- stage 1: QK
 // s = Q_w . K_j^T (raw; the scale sits in the exp2 argument) for this warpgroup's 64 rows.
@@ -488,6 +521,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const int n_qb = (n_rows + BLOCK_M - 1) / BLOCK_M;
     const int n_items = n_qb * H * (int)gridDim.y;
     const int item0 = (int)(blockIdx.y * gridDim.x + blockIdx.x), item_stride = (int)(gridDim.x * gridDim.y);
+    (void)item0; (void)item_stride;                 // the static schedule's (TILE_COUNTER takes items from a counter)
 #define WORK_ITEM(item)                                                                  \
     const int q0 = row0 + ((item) % n_qb) * BLOCK_M;                                     \
     const int bh = (item) / n_qb;                                                        \
@@ -540,6 +574,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE
     __shared__ __align__(8) u64 bar_q_free;         // every consumer warp's Q.K^T of an item is done
 #endif
+#if PERSISTENT_SCHEDULE && TILE_COUNTER
+    __shared__ int item_slot;                       // the item the producer took; -1: none left
+#endif
 
     if (tid == 0) {
 #if USES_QK
@@ -584,16 +621,40 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             // K/V tile g of the block (over all its items) goes to stage g % KV_STAGES; the next
             // item's Q waits only for the consumers' last Q.K^T of this one (bar_q_free).
             int g = 0, it = 0;
+#if TILE_COUNTER
+            // Version 9: the next item is whichever the counter gives (taken one item ahead, so
+            // that its latency hides behind this item's loads) and is handed to the consumers
+            // in item_slot: written before bar_q's arrival (release), read after its wait
+            // (acquire). -1 and a bare arrival when none is left.
+            int item = (int)atomicAdd(&tile_counter[0], 1u);
+            for (;; ++it) {
+                if (it > 0) mbar_wait(&bar_q_free, (u32)(it - 1) & 1u);
+                *(volatile int*)&item_slot = item < n_items ? item : -1;
+                if (item >= n_items) {
+                    mbar_arrive(&bar_q);
+                    break;
+                }
+                WORK_ITEM(item)
+                issue_q_or_arrive(sQ, &bar_q, &tmQ, q0, bh);
+                const int next = (int)atomicAdd(&tile_counter[0], 1u);
+#else
             for (int item = item0; item < n_items; item += item_stride, ++it) {
                 WORK_ITEM(item)
                 if (it > 0) mbar_wait(&bar_q_free, (u32)(it - 1) & 1u);
                 issue_q(sQ, &bar_q, &tmQ, q0, bh);
+#endif
                 for (int t = 0; t < n_iter; ++t, ++g) {
                     const int slot = g % KV_STAGES;
                     if (g >= KV_STAGES) mbar_wait(&bar_empty[slot], (u32)(g / KV_STAGES - 1) & 1u);
                     issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, t, bh, Sk);
                 }
+#if TILE_COUNTER
+                item = next;
+#endif
             }
+#if TILE_COUNTER
+            release_tile_counter(gridDim.x * gridDim.y);
+#endif
 #else
             issue_q(sQ, &bar_q, &tmQ, q0, bh);
             for (int t = 0; t < n_iter; ++t) {
@@ -620,8 +681,23 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const int wg = warp >> 2;                       // this consumer warpgroup
     bool stuck = false;
     int kv_base = 0, it = 0;
+    // PINGPONG: the turns run on across items (both warpgroups take n_iter + 1 per item), so
+    // warpgroup 0's first turn is granted once, here, and warpgroup 1's last arrival is taken
+    // once, after the item loop.
+    if (wg == 1) turn_end(1);
+#if TILE_COUNTER
+    for (;; ++it, kv_base += n_iter) {
+    if (!mbar_wait_bounded(&bar_q, (u32)it & 1u)) {   // the producer's item (and its Q) is in
+        stuck = true;
+        break;
+    }
+    const int item = *(volatile int*)&item_slot;
+    if (item < 0) break;
+    WORK_ITEM(item)
+#else
     for (int item = item0; item < n_items; item += item_stride, ++it, kv_base += n_iter) {
     WORK_ITEM(item)
+#endif
 #define KV_G(j) (kv_base + (j))
 #else
 #define KV_G(j) (j)
@@ -643,7 +719,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
     const half* sQw = sQ + (warp >> 2) * 64 * 64;   // this warpgroup's 64 rows of panel 0
 #endif
-#if PERSISTENT_SCHEDULE
+#if PERSISTENT_SCHEDULE && TILE_COUNTER
+    // this item's Q tile landed with bar_q's phase, waited for at the top of the item
+#elif PERSISTENT_SCHEDULE
     if (!mbar_wait_bounded(&bar_q, (u32)it & 1u)) {   // this item's Q tile has landed
         stuck = true;
         break;
@@ -821,7 +899,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     if (stuck) __trap();                            // the bounded wait's fault, outside the loop
 #endif
     (void)m; (void)l;
+#if !PERSISTENT_SCHEDULE
     if (wg == 0) turn_begin(0);                     // PINGPONG: warpgroup 1's last arrival, taken
+#endif
 
 #if USES_PV
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), LSE = scale*m + ln(l)
@@ -841,6 +921,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE
     }   // the next work item
     if (stuck) __trap();                            // the bounded wait's fault, outside the loops
+    if (wg == 0) turn_begin(0);                     // PINGPONG: warpgroup 1's last arrival, taken
 #endif
 #undef KV_G
 #endif  // !DEBUG_SOFTMAX_ONLY

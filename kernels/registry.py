@@ -64,6 +64,10 @@ class KernelSpec:
     # grid is (max(1, min(SMs // B, query tiles * H)), B), not one block per query tile, in the
     # modes and masks the kernel runs persistently (Variant.persistent).
     persistent: bool = False
+    # The persistent blocks take their work items from a counter (TILE_COUNTER=1), so a block more
+    # than SMs // B per batch costs only its start, where a static schedule would give it a share:
+    # the grid rounds SMs / B up, (min(ceil(SMs / B), query tiles * H), B).
+    tile_counter: bool = False
     notes: dict = field(default_factory=dict)
 
     @property
@@ -262,9 +266,16 @@ FLASHCORE_HOPPER_ILP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ilp", ("
 # uniform ops that rebuild them, between the HGMMAs of one batch.
 FLASHCORE_HOPPER_DS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ds", ("DESC_STEP=1",))
 
+# Part 2, version 9 (kernels/NOTES.md): version 6, persistent, with the work items taken from a
+# counter (PERSISTENT=1, TILE_COUNTER=1): version 5's overlap of one item's end with the next
+# item's loads, without its static schedule, whose slowest SM set the time (14 % past the average
+# at D = 64, 958a675). The turns run on across items.
+FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("PERSISTENT=1", "TILE_COUNTER=1"),
+                               persistent=True, tile_counter=True)
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
-                               FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS)}
+                               FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

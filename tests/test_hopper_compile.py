@@ -313,7 +313,8 @@ PS = "flashcore_hopper_ps"                  # version 5: version 4, persistent
 OVPP = "flashcore_hopper_ovpp"              # version 6: version 4 with version 3's turns
 ILP = "flashcore_hopper_ilp"                # version 7: version 6 with four max/sum chains
 DS = "flashcore_hopper_ds"                  # version 8: version 6 with stepped wgmma descriptors
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS]  # version 3: version 2 with ping-pong turns
+DYN = "flashcore_hopper_dyn"                # version 9: version 6, persistent, items from a counter
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -415,7 +416,7 @@ def _ex2_under_pv(text: str):
     return between, total, 1
 
 
-@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS])
+@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS, DYN])
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -440,14 +441,15 @@ def test_overlap_schedule_runs_the_exp2s_under_pv(mode, d, causal, entry):
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode,causal", [("full", False), ("full", True), ("fp32_p", False), ("qk_only", False),
                                          ("pv_only", False), ("uniform_p", False), ("softmax_only", False)])
-def test_persistent_schedule_is_where_the_host_launches_it(mode, causal, d):
+@pytest.mark.parametrize("pers,plain", [(PS, OV), (DYN, OVPP)])
+def test_persistent_schedule_is_where_the_host_launches_it(mode, causal, d, pers, plain):
     """The kernel's rule (PERSISTENT_SCHEDULE: non-causal, not softmax_only) and the host's grid
     (Variant.persistent) must agree: a persistent kernel under a one-block-per-tile grid would
     redo every tile, a plain one under a persistent grid would leave tiles unwritten. Where the
     rule says no, version 5's SASS is version 4's, instruction for instruction."""
     from harness.toolchain import sass
     from harness.toolchain.variant import Variant
-    ps, ov = Variant(mode, d, causal, kernel=PS), Variant(mode, d, causal, kernel=OV)
+    ps, ov = Variant(mode, d, causal, kernel=pers), Variant(mode, d, causal, kernel=plain)
     assert ps.persistent == (not causal and mode != "softmax_only") and not ov.persistent
     if not sass.disassembler():
         pytest.skip("no nvdisasm/cuobjdump")
@@ -470,8 +472,36 @@ def test_persistent_grid_is_one_block_per_sm_at_most():
     assert plain.grid(Shape(4, 16, 2048, 2048, 128), sms=132) == (16, 16, 4)
 
 
+def test_counter_grid_rounds_the_blocks_per_batch_up():
+    """Version 9 takes items from a counter: a block past the SM count costs its start only, so
+    the grid rounds SMs / B up (16 batches: 9 x 16 = 144 blocks, where the static schedule of
+    version 5 leaves 4 of 132 SMs idle), still no more than there are work items."""
+    from harness.check.shapes import Shape
+    from harness.toolchain.variant import Variant
+    v = Variant("full", 64, False, kernel=DYN)
+    assert v.grid(Shape(16, 16, 1024, 1024, 64), sms=132) == (9, 16, 1)
+    assert v.grid(Shape(4, 16, 2048, 2048, 128), sms=132) == (33, 4, 1)
+    assert v.grid(Shape(1, 1, 200, 200, 128), sms=132) == (2, 1, 1)
+    assert v.grid(Shape(200, 1, 128, 128, 128), sms=132) == (1, 200, 1)
+    assert Variant("full", 64, True, kernel=DYN).grid(Shape(4, 16, 2048, 2048, 64), sms=132) == (16, 16, 4)
+
+
+@pytest.mark.parametrize("mode", ["full", "qk_only", "pv_only", "uniform_p"])
+def test_counter_schedule_takes_and_releases_items(mode):
+    """TILE_COUNTER=1: the producer takes items with global atomics (ATOMG/RED on the counter) and
+    the last block resets it, in every mode with a K/V pipeline (pv_only and uniform_p, with no Q
+    tile, hand the item over with a bare arrival); version 5's static schedule has no atomics."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    dyn = _disassemble(compiler.compile_cubin(Variant(mode, 64, False, kernel=DYN))[1])
+    stat = _disassemble(compiler.compile_cubin(Variant(mode, 64, False, kernel=PS))[1])
+    assert "ATOMG" in dyn and "ATOMG" not in stat
+
+
 # ---------------------------------------------------------------- version 6: overlap and turns
-@pytest.mark.parametrize("entry", [OVPP, ILP, DS])
+@pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN])
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
 def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d, entry):

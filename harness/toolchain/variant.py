@@ -110,7 +110,8 @@ class Variant:
     def grid(self, shape, n_rows: int | None = None, sms: int | None = None) -> tuple:
         """(query tiles of the window, H, B); the window defaults to every row. A persistent
         variant: (blocks per batch, B), at most one block per SM of the device (sms, else the
-        current device's count) and no more than there are work items."""
+        current device's count; rounded up per batch where the entry takes items from a counter)
+        and no more than there are work items."""
         rows = shape.Sq if n_rows is None else n_rows
         tiles = (rows + self.block_m - 1) // self.block_m
         if not self.persistent:
@@ -118,7 +119,8 @@ class Variant:
         if sms is None:
             from harness.toolchain.device import require_gpu
             sms = require_gpu()["sms"]
-        return (max(1, min(sms // shape.B, tiles * shape.H)), shape.B, 1)
+        per_batch = -(-sms // shape.B) if self.entry.tile_counter else sms // shape.B
+        return (max(1, min(per_batch, tiles * shape.H)), shape.B, 1)
 
     def padded_keys(self, Sk: int) -> int:
         """Skp: the key width of the debug matrices, every column of every key tile."""
