@@ -273,14 +273,9 @@ FLASHCORE_HOPPER_DS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ds", ("DE
 FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("PERSISTENT=1", "TILE_COUNTER=1"),
                                persistent=True, tile_counter=True)
 
-# Part 2, version 10 (kernels/NOTES.md): version 6 with every fourth score's exp2 on the FMA pipe
-# (EXP2_POLY_EVERY=4, common/softmax.cuh exp2_poly) in the full mode, where P is rounded to fp16.
-FLASHCORE_HOPPER_POLY = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_poly", ("EXP2_POLY_EVERY=4",))
-
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
-                               FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
-                               FLASHCORE_HOPPER_POLY)}
+                               FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -314,8 +314,7 @@ OVPP = "flashcore_hopper_ovpp"              # version 6: version 4 with version 
 ILP = "flashcore_hopper_ilp"                # version 7: version 6 with four max/sum chains
 DS = "flashcore_hopper_ds"                  # version 8: version 6 with stepped wgmma descriptors
 DYN = "flashcore_hopper_dyn"                # version 9: version 6, persistent, items from a counter
-POLY = "flashcore_hopper_poly"              # version 10: version 6, a quarter of the exp2s on the FMA pipe
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN, POLY]  # version 3: version 2 with ping-pong turns
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -417,7 +416,7 @@ def _ex2_under_pv(text: str):
     return between, total, 1
 
 
-@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS, DYN, POLY])
+@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS, DYN])
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -435,10 +434,7 @@ def test_overlap_schedule_runs_the_exp2s_under_pv(mode, d, causal, entry):
         pytest.skip("no nvdisasm/cuobjdump")
     between, total, waits = _ex2_under_pv(_disassemble(cubin))
     assert waits == 1, (mode, d, causal, waits)
-    # version 10's full mode computes every k-th score's exp2 on the FMA pipe (EXP2_POLY_EVERY=k)
-    poly = [int(x.split("=")[1]) for x in v.entry.tile_defines if x.startswith("EXP2_POLY_EVERY=")]
-    scores = v.block_n // 2 - (v.block_n // 2 // poly[0] if poly and mode == "full" else 0)
-    assert between == scores + 2 and total == 2 * between, (mode, d, causal, between, total)
+    assert between == v.block_n // 2 + 2 and total == 2 * between, (mode, d, causal, between, total)
 
 
 # ---------------------------------------------------------------- version 5: persistent
@@ -505,7 +501,7 @@ def test_counter_schedule_takes_and_releases_items(mode):
 
 
 # ---------------------------------------------------------------- version 6: overlap and turns
-@pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN, POLY])
+@pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN])
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
 def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d, entry):
@@ -602,25 +598,3 @@ def test_stepped_descriptors_leave_the_turn_to_the_hgmmas(mode, d):
     assert count[OVPP]["ULOP3"] >= hg and count[OVPP]["R2UR"] > 0, count
     assert count[DS]["ULOP3"] + count[DS]["USHF"] <= 8 and count[DS]["R2UR"] == 0, count
     assert count[DS]["all"] < count[OVPP]["all"] * 0.75, count
-
-
-# ---------------------------------------------------------------- version 10: exp2 on the FMA pipe
-@pytest.mark.parametrize("d", (64, 128))
-def test_poly_exp2_takes_a_quarter_of_the_full_modes_ex2(d):
-    """EXP2_POLY_EVERY=4 (flashcore_hopper_poly): in the full mode every fourth score's exp2 is
-    common/softmax.cuh's exp2_poly, so the SASS has a quarter fewer MUFU.EX2 for the scores (each
-    softmax_update of a 128-key tile: 64 per thread, the two alphas stay); fp32_p and
-    softmax_only, checked at fp32's floor, compile to version 6's SASS exactly."""
-    from harness.toolchain import sass
-    from harness.toolchain.variant import Variant
-    if not sass.disassembler():
-        pytest.skip("no nvdisasm/cuobjdump")
-    text = {e: _disassemble(compiler.compile_cubin(Variant("full", d, False, kernel=e))[1]) for e in (OVPP, POLY)}
-    ex2 = {e: text[e].count("MUFU.EX2") for e in text}
-    calls = (ex2[OVPP] - ex2[POLY]) // 16             # softmax_update copies in the kernel
-    assert calls >= 2 and ex2[OVPP] - ex2[POLY] == 16 * calls, ex2
-    assert ex2[POLY] == ex2[OVPP] - calls * 64 // 4, ex2
-    for mode in ("fp32_p", "softmax_only"):
-        a = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=OVPP))[1])
-        b = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=POLY))[1])
-        assert a == b, mode

@@ -25,37 +25,6 @@
 #ifndef SOFTMAX_ILP
 #define SOFTMAX_ILP 1
 #endif
-// EXP2_POLY_EVERY: k > 0 computes every k-th score's exp2 on the FMA pipe (exp2_poly below)
-// instead of the MUFU unit, which does 16 exp2 per SM per clock, one warp instruction per 8
-// clocks on each SMSP: a warp's softmax of 64 rows x 128 keys is at least 512 clocks of ex2,
-// as long as the other warpgroup's whole Q.K^T + P.V at D = 64 (kernels/NOTES.md, version 10).
-// Only where P is rounded to fp16 (the polynomial's 2.7e-6 relative error is 1 % of fp16's
-// rounding): FP32_P and softmax_only (checked at fp32's floor) keep ex2 for every score, so their
-// checks see the ex2 path only, and the full mode's check is the one that sees the polynomial.
-#ifndef EXP2_POLY_EVERY
-#define EXP2_POLY_EVERY 0
-#endif
-#if EXP2_POLY_EVERY && !defined(FP32_P) && !defined(DEBUG_SOFTMAX_ONLY)
-#define EXP2_POLY_K EXP2_POLY_EVERY
-#else
-#define EXP2_POLY_K 0
-#endif
-// 2^x for x <= 0 on the FMA pipe: x = j + f, j = round(x), |f| <= 1/2 (the 1.5 * 2^23 shifter),
-// 2^f by a degree-4 polynomial (relative error <= 2.7e-6 in fp32, fitted for this file), 2^j
-// added to the exponent field. x below -126 (masked scores are -inf) gives exactly 0, as ex2
-// does under ftz.
-__device__ __forceinline__ float exp2_poly(float x) {
-    const float xc = fmaxf(x, -126.f);
-    const float t = xc + 12582912.f;                // round to nearest: j in the low mantissa bits
-    const float f = xc - (t - 12582912.f);
-    float p = fmaf(9.570610709e-03f, f, 5.591790378e-02f);
-    p = fmaf(p, f, 2.402473241e-01f);
-    p = fmaf(p, f, 6.931217909e-01f);
-    p = fmaf(p, f, 9.999992847e-01f);
-    const int j = __float_as_int(t) - 0x4B400000;
-    const float y = __int_as_float(__float_as_int(p) + (j << 23));
-    return x < -126.f ? 0.f : y;
-}
 template <int NF>
 __device__ __forceinline__ void softmax_update(float (&s)[NF][4], float (&m)[2], float (&l)[2],
                                                float (&alpha)[2], float sl2, bool first_tile) {
@@ -87,9 +56,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[NF][4], float (&m)[2],
         for (int nt = 0; nt < NF; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float arg = fmaf(s[nt][2 * h + e], sl2, -ms);
-                const float p = (EXP2_POLY_K && (2 * nt + e) % (EXP2_POLY_K ? EXP2_POLY_K : 1) == 0)
-                                    ? exp2_poly(arg) : fast_exp2(arg);
+                const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
                 s[nt][2 * h + e] = p;
                 sumk[(2 * nt + e) % SOFTMAX_ILP] += p;
             }
