@@ -263,13 +263,20 @@ FLASHCORE_HOPPER_ILP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ilp", ("
 # from the operand's first (DESC_STEP=1, hopper/ptx.cuh smem_desc_plus) instead of rebuilt from
 # its address. Nsight Compute's per-instruction sampling of version 6 at 0ab3415
 # (results/logs/ncu-src-0ab3415-*) put a fifth of the fixed-latency stalls at D = 128 on the
-# uniform ops that rebuild them, between the HGMMAs of one batch.
+# uniform ops that rebuild them, between the HGMMAs of one batch. The turn's instructions fell
+# from 137 to 80 at D = 128 (101 to 61 at D = 64), but measured at 2f57607 beside version 6
+# (results/logs/ds-2f57607-h200.log) it is even: -1.4 to +0.8 %. forward() does not launch it.
 FLASHCORE_HOPPER_DS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ds", ("DESC_STEP=1",))
 
 # Part 2, version 9 (kernels/NOTES.md): version 6, persistent, with the work items taken from a
 # counter (PERSISTENT=1, TILE_COUNTER=1): version 5's overlap of one item's end with the next
 # item's loads, without its static schedule, whose slowest SM set the time (14 % past the average
-# at D = 64, 958a675). The turns run on across items.
+# at D = 64, 958a675). The turns run on across items. Measured in two calls beside version 6
+# (results/logs/dyn-944eb16-h200.log, poly-a5b85cf-h200.log): +4.2 and +5.1 % at 16,16,1024,64
+# (355-356 TFLOP/s against 339-341), even at 4,16,2048 (-0.8 to +0.2 %), -1.3 to -2.1 % at
+# 2,16,8192,128, and slower at the mission shapes (13.0-13.6 us against 11.6-12.5 at 1,8,512,64).
+# forward() does not launch it yet: a condition for the short key sweeps needs the whole GPU suite
+# run with it (kernels/NOTES.md, version 9).
 FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("PERSISTENT=1", "TILE_COUNTER=1"),
                                persistent=True, tile_counter=True)
 
