@@ -122,8 +122,8 @@ if [[ $what == profile ]]; then
     if [[ ${PROFILE_SOURCE:-0} == 1 ]]; then
       # where the stalls are, per SASS instruction (PC sampling, SourceCounters), of our kernel
       # only: its source page as CSV (the report itself is removed: it can outgrow what the
-      # device tool brings back, and the tgz would be lost with it). Added at 5143d79 without
-      # a device run: the flags are from ncu's documentation, not yet tried
+      # device tool brings back, and the tgz would be lost with it). First run at 0ab3415
+      # (results/logs/ncu-src-0ab3415-*; read with scripts/ncu_source_stalls.py)
       s=${shape//,/x}
       ncu --clock-control none -k regex:flashcore_fwd --section SourceCounters -f -o "$OUT/src_$s" \
           python3 scripts/profile_ncu.py $shape cudnn > "$OUT/src_$s.log" 2>&1 || tail -5 "$OUT/src_$s.log"
