@@ -5,7 +5,7 @@ opcode without its modifiers: MUFU, HGMMA, ULOP3, ...), and the hottest instruct
 with their two largest reasons. Samples are attributed to the instruction that was waiting to
 issue, so a `wait` on a MUFU is the MUFU waiting for its inputs or its issue slot.
 
-    python scripts/ncu_source_stalls.py results/logs/ncu-src-0ab3415-ovpp-4x16x2048x128-h200.csv.gz
+    python scripts/ncu_source_stalls.py results/logs/ncu-src-0ab3415-ovpp-4x16x2048x128-h200.csv.gz --phases
 """
 
 from __future__ import annotations
@@ -72,13 +72,50 @@ def report(path: str, top_reasons: int = 8, top_lines: int = 25) -> str:
     return "\n".join(out)
 
 
+def loop_phases(p: dict) -> dict:
+    """The overlapped key loop of the ping-pong kernels (versions 6-9) cut at its markers, samples
+    per phase: `pack` (loop head to the turn's BAR.SYNC: P's fragments, the full barrier), `turn`
+    (BAR.SYNC to BAR.ARV: the token wait and issuing both GEMMs), `qk_wait` (to and with
+    `DEPBAR.LE gsb0, 0x1`), `softmax` (from there to `DEPBAR.LE gsb0, 0x0`), `rescale` (the P.V
+    wait to the backward branch: the stage's release, O's rescale), and `outside` (the rest: the
+    producer warp, prologue, epilogue). The loop head is the backward branch's target."""
+    lines = p["lines"]
+    src = [x[1] for x in lines]
+    w1 = next(i for i, t in enumerate(src) if "DEPBAR.LE gsb0, 0x1" in t)
+    w0 = next(i for i in range(w1 + 1, len(src)) if "DEPBAR.LE gsb0, 0x0" in src[i])
+    sync = max(i for i in range(w1) if "BAR.SYNC" in src[i])
+    arv = max(i for i in range(w1) if "BAR.ARV" in src[i])
+    at = {int(a, 16): i for i, (a, *_rest) in enumerate(lines)}
+    head = back = None
+    for i in range(w0, len(src)):
+        m = re.search(r"BRA (0x[0-9a-f]+)", src[i])
+        if m and at.get(int(m.group(1), 16), len(src)) < sync:
+            head, back = at[int(m.group(1), 16)], i
+            break
+    if head is None:
+        raise ValueError("no backward branch closes the loop")
+
+    def total(a, b):
+        return sum(lines[i][2] for i in range(a, b))
+    ph = {"pack": total(head, sync), "turn": total(sync, arv + 1), "qk_wait": total(arv + 1, w1 + 1),
+          "softmax": total(w1 + 1, w0), "rescale": total(w0, back + 1)}
+    ph["outside"] = p["samples"] - sum(ph.values())
+    return ph
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", nargs="+")
     ap.add_argument("--lines", type=int, default=25, help="hottest instructions to list")
+    ap.add_argument("--phases", action="store_true", help="also the key loop's samples per phase (versions 6-9)")
     a = ap.parse_args()
     for path in a.csv:
         print(report(path, top_lines=a.lines))
+        if a.phases:
+            ph = loop_phases(parse(path))
+            loop = sum(v for k, v in ph.items() if k != "outside")
+            print("key loop: " + ", ".join(f"{k} {v:.0f} ({v / loop:.0%})" for k, v in ph.items() if k != "outside")
+                  + f"; outside the loop {ph['outside']:.0f}")
 
 
 if __name__ == "__main__":

@@ -36,3 +36,15 @@ def test_report_lists_reasons_and_hot_lines():
     assert lines[0].startswith("flashcore_fwd: 24574 samples, 2384 instructions")
     assert lines[2].startswith("wait") and "MUFU 2638" in lines[2]
     assert len([l for l in lines if l.startswith("  ")]) == 3
+
+
+def test_loop_phases_cut_the_key_loop_at_its_markers():
+    """kernels/NOTES.md ("What stands between"): the softmax is over half of a consumer warp's
+    samples in the key loop and the turn about a third; the phases and the rest add up to all."""
+    mod = _module()
+    p = mod.parse(str(CSV))
+    ph = mod.loop_phases(p)
+    assert sum(ph.values()) == pytest.approx(p["samples"])
+    loop = sum(v for k, v in ph.items() if k != "outside")
+    assert ph["softmax"] == 9467 and ph["turn"] == 5526 and loop == 17447
+    assert 0.5 < ph["softmax"] / loop < 0.6 and 0.3 < ph["turn"] / loop < 0.35
