@@ -124,11 +124,15 @@ if [[ $what == profile ]]; then
       # only: its source page as CSV (the report itself is removed: it can outgrow what the
       # device tool brings back, and the tgz would be lost with it). First run at 0ab3415
       # (results/logs/ncu-src-0ab3415-*; read with scripts/ncu_source_stalls.py)
-      s=${shape//,/x}
-      ncu --clock-control none -k regex:flashcore_fwd --section SourceCounters -f -o "$OUT/src_$s" \
-          python3 scripts/profile_ncu.py $shape cudnn > "$OUT/src_$s.log" 2>&1 || tail -5 "$OUT/src_$s.log"
-      ncu -i "$OUT/src_$s.ncu-rep" --page source --print-source sass --csv > "$OUT/src_$s.csv" 2>&1 || tail -5 "$OUT/src_$s.csv"
-      rm -f "$OUT/src_$s.ncu-rep"
+      # (PROFILE_SOURCE_KERNELS: the kernel-name regexes to sample, one export each; default ours;
+      #  "flashcore_fwd cudnn" adds cuDNN's kernel, SASS only; not yet run on a device)
+      for kre in ${PROFILE_SOURCE_KERNELS:-flashcore_fwd}; do
+        s=${shape//,/x}; [[ $kre == flashcore_fwd ]] || s=${s}_${kre//[^A-Za-z0-9]/_}
+        ncu --clock-control none -k regex:$kre --section SourceCounters -f -o "$OUT/src_$s" \
+            python3 scripts/profile_ncu.py $shape cudnn > "$OUT/src_$s.log" 2>&1 || tail -5 "$OUT/src_$s.log"
+        ncu -i "$OUT/src_$s.ncu-rep" --page source --print-source sass --csv > "$OUT/src_$s.csv" 2>&1 || tail -5 "$OUT/src_$s.csv"
+        rm -f "$OUT/src_$s.ncu-rep"
+      done
     fi
   done
 fi
