@@ -616,8 +616,11 @@ def sanitize(tool, debug, bugs, shape, sk, causal, kernel):
 @click.option("--no-wall", is_flag=True, help="skip the wall-per-call loops of forward() and SDPA")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="write the table as Markdown (BENCHMARKS.md)")
 @click.option("--record/--no-record", default=True, show_default=True)
+@click.option("--against", default=None, metavar="ENTRY",
+              help="a second registry kernel, timed in turns with --kernel's on the same inputs (A/B)")
+@click.option("--rounds", type=click.IntRange(2, 50), default=6, show_default=True, help="A/B rounds (--against)")
 @kernel_option
-def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, record, kernel):
+def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, record, against, rounds, kernel):
     """Time the kernel with CUDA events (median, p10-p90) beside PyTorch SDPA's flash and
     cuDNN backends in the same process; report us, TFLOP/s, % of fp16 peak and ratios; and the
     wall time per call of forward() and of SDPA's default backend from a Python loop."""
@@ -629,6 +632,8 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
     if suite and shape:
         raise UsageError("--suite and --shape exclude each other")
     spec = _user_spec(kernel)
+    if against is not None:
+        return _bench_ab(spec, against, shape, sk, suite, causal, debug, nwarps, rounds, record)
     if spec is not None:
         _no_builtin_options(spec.name, nwarps=nwarps, debug=debug != "full")
         return _bench_spec(spec, shape, sk, suite, causal, no_sdpa, markdown, record)
@@ -666,6 +671,39 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
         with open(markdown, "w") as f:
             f.write("# Benchmarks\n\n" + b.markdown(rows, device, today, cmd))
         console.print(f"written {markdown}")
+    return EXIT_OK
+
+
+def _bench_ab(spec, against, shape, sk, suite, causal, debug, nwarps, rounds, record):
+    """bench --kernel A --against B: two registry kernels' full mode timed in turns in one process
+    (harness/run/ab.py), every case recorded as one "bench_ab" record."""
+    from harness.run import ab, bench as b
+    from harness import records
+    from harness.toolchain.device import require_gpu
+    from harness.show.report import console
+    from kernels import registry
+    if spec is not None:
+        raise UsageError("--against compares two registry kernels; --kernel names a kernel checked as written")
+    if against not in registry.KERNELS:
+        raise UsageError(f"--against: no registry kernel {against!r} (kernels/registry.py has {', '.join(registry.KERNELS)})")
+    if debug != "full" or nwarps is not None:
+        raise UsageError("--against times the full mode at each entry's own tiles: drop --debug and --nwarps")
+    if suite and shape:
+        raise UsageError("--suite and --shape exclude each other")
+    a = registry.current().name
+    if a == against:
+        raise UsageError(f"--against {against} is the kernel in use: name another (--kernel picks A)")
+    cases = b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
+    device = require_gpu()
+    rows = []
+    for label, shp, c in cases:
+        row = ab.ab_row(label, shp, c, a, against, rounds)
+        rows.append(row)
+        if record:
+            records.append(records.new_record("bench_ab", mode="full", shape=row.to_dict()["shape"], kernel=a,
+                                              against=against, shape_label=shp.label, causal=c,
+                                              device=device["device"], driver=device["driver"], ab=row.to_dict()))
+    console.print(ab.rich_table(rows))
     return EXIT_OK
 
 

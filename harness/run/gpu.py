@@ -307,7 +307,8 @@ def prepare(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn"
     """One launch's worth of a mode (bench, sanitize, tests): by default one window of every
     row, within MAX_DEBUG_MATRIX_BYTES; the injected inputs are computed on the device."""
     cp = _cupy()
-    variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles_for(shape), **variant_kw})
+    tiles = tiles_for(shape, variant_kw.get("kernel"))   # the named entry's table, else the one in use
+    variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles, **variant_kw})
     row0, n = window or (0, shape.Sq)
     window = (row0, min(n, shape.Sq - row0))    # the buffers hold exactly the rows that exist
     check_debug_size(mode, shape, window[1], variant.padded_keys(shape.Sk))
@@ -423,7 +424,8 @@ def run_mode(mode: str, shape: Shape, causal: bool = False, inputs: str = "randn
     ref_dev = reference_device_of(reference_device, shape, cold)
     request = rows_request_of(rows)
     folds = keep_outputs if folds is None else folds
-    variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles_for(shape), **variant_kw})
+    tiles = tiles_for(shape, variant_kw.get("kernel"))   # the named entry's table, else the one in use
+    variant = runtime_variant(mode, shape.D, causal, bugs, **{**tiles, **variant_kw})
     m, sk_pad = get_mode(mode), variant.padded_keys(shape.Sk)
     wins = plan_windows(mode, shape, variant, request)
     seed = fresh_seed() if seed is None else int(seed)
