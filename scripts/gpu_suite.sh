@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|hopper|ws|kernels|bench|loop|probes|profile|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|hopper|ws|ab|kernels|bench|loop|probes|profile|all]
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence; never two parts at
 #  once: they share $OUT/run, and the first to finish packs and removes it)
@@ -43,6 +43,13 @@ if [[ $what == demo || $what == all ]]; then
     flashcore diagnose --bug TAIL_UNMASKED --seed 1
     flashcore diagnose --seed 1
   } 2>&1 | tee "$OUT/walkthrough.log"
+fi
+if [[ $what == ab ]]; then
+  # two registry kernels timed in turns on the same inputs, one process (harness/run/ab.py):
+  # AB="candidate product" (A is --kernel, B --against); AB_ROUNDS rounds per shape
+  read -r ab_a ab_b <<< "${AB:-flashcore_hopper_dyn flashcore_hopper_ovpp}"
+  flashcore bench --suite --kernel $ab_a --against $ab_b --rounds ${AB_ROUNDS:-6} 2>&1 | tee "$OUT/bench_ab.log"
+  rc=${PIPESTATUS[0]}
 fi
 if [[ $what == ws ]]; then
   # part 2 (a version is not in all until measured): a Hopper entry ($HOPPER_ENTRY, default the
