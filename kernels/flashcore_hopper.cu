@@ -315,8 +315,9 @@ __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ
 // Version 9's work-item counter: [0] the next item, [1] the blocks that found none left. A module
 // global, zero at load; the last block to finish taking items sets both back to zero, so the next
 // launch of this module starts at item 0 with no argument for it. (Two launches of one module at
-// once, on two streams, would share it: the harness launches one at a time. A launch that traps
-// leaves it dirty, but the trap kills the context, and the module with it.)
+// once, on two streams, would share it: the harness launches one at a time, and forward() may not
+// launch this version until the word comes per launch. A launch that traps leaves it dirty, but
+// the trap kills the context, and the module with it.)
 __device__ unsigned int tile_counter[2];
 // The item handoff in every mode: the Q tile where Q.K^T runs, else a bare arrival on bar_q.
 __device__ __forceinline__ void issue_q_or_arrive(half* sQ, u64* bar_q, const TmaDesc* tmQ, int q0, int bh) {

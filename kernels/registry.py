@@ -276,7 +276,8 @@ FLASHCORE_HOPPER_DS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ds", ("DE
 # (355-356 TFLOP/s against 339-341), even at 4,16,2048 (-0.8 to +0.2 %), -1.3 to -2.1 % at
 # 2,16,8192,128, and slower at the mission shapes (13.0-13.6 us against 11.6-12.5 at 1,8,512,64).
 # forward() does not launch it yet: a condition for the short key sweeps needs the whole GPU suite
-# run with it (kernels/NOTES.md, version 9).
+# run with it, and its module-global counter must first become a per-launch word (two forward()
+# calls on two streams would share it; kernels/NOTES.md, version 9).
 FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("PERSISTENT=1", "TILE_COUNTER=1"),
                                persistent=True, tile_counter=True)
 
