@@ -640,7 +640,7 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
     modes_ = _modes_arg(debug)
     if len(modes_) != 1:
         raise UsageError("bench times one mode at a time")
-    cases = b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
+    cases = _bench_cases(suite, shape, sk, causal)
     for _, shp, c in cases:   # validate before the GPU
         from harness.toolchain.variant import Variant
         Variant(modes_[0], shp.D, c, **({"nwarps": nwarps} if nwarps else {}))
@@ -674,10 +674,16 @@ def bench(shape, sk, suite, debug, causal, nwarps, no_sdpa, no_wall, markdown, r
     return EXIT_OK
 
 
+def _bench_cases(suite, shape, sk, causal) -> list:
+    """(label, shape, causal) of each case bench times: the suite, or the one shape asked for."""
+    from harness.run import bench as b
+    return b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
+
+
 def _bench_ab(spec, against, shape, sk, suite, causal, debug, nwarps, rounds, record):
     """bench --kernel A --against B: two registry kernels' full mode timed in turns in one process
     (harness/run/ab.py), every case recorded as one "bench_ab" record."""
-    from harness.run import ab, bench as b
+    from harness.run import ab
     from harness import records
     from harness.toolchain.device import require_gpu
     from harness.show.report import console
@@ -688,15 +694,12 @@ def _bench_ab(spec, against, shape, sk, suite, causal, debug, nwarps, rounds, re
         raise UsageError(f"--against: no registry kernel {against!r} (kernels/registry.py has {', '.join(registry.KERNELS)})")
     if debug != "full" or nwarps is not None:
         raise UsageError("--against times the full mode at each entry's own tiles: drop --debug and --nwarps")
-    if suite and shape:
-        raise UsageError("--suite and --shape exclude each other")
     a = registry.current().name
     if a == against:
         raise UsageError(f"--against {against} is the kernel in use: name another (--kernel picks A)")
-    cases = b.SUITE if suite else [(shape or "mission", _shape_arg(shape or "mission", sk, None), causal)]
     device = require_gpu()
     rows = []
-    for label, shp, c in cases:
+    for label, shp, c in _bench_cases(suite, shape, sk, causal):
         row = ab.ab_row(label, shp, c, a, against, rounds)
         rows.append(row)
         if record:

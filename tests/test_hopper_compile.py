@@ -20,7 +20,6 @@ import itertools
 import re
 import struct
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -128,11 +127,8 @@ def test_signature_is_the_sm80_contract_plus_three_tensor_maps():
 
 
 def test_smem_formula_matches_the_kernel_comment():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("hopper_selfcheck", ROOT / "scripts" / "hopper_selfcheck.py")
-    sc = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("hopper_selfcheck", sc)      # dataclasses look their module up
-    spec.loader.exec_module(sc)
+    from tests.scripts import load_script
+    sc = load_script("hopper_selfcheck")
     text = KERNEL.read_text()
     assert "#define SMEM_BYTES (1024 + 2 * Q_TILE_HALVES + KV_STAGES * 2 * 2 * KV_TILE_HALVES)" in text
     for d, bn, st, expect in ((64, 128, 2, 82944), (128, 128, 2, 164864), (64, 128, 3, 115712), (128, 64, 3, 132096)):
@@ -501,6 +497,16 @@ def test_counter_schedule_takes_and_releases_items(mode):
 
 
 # ---------------------------------------------------------------- version 6: overlap and turns
+def _turn_bounds(lines):
+    """(sync, arv, wait): the loop's GEMM turn runs from its last BAR.SYNC to the BAR.ARV before
+    the one `DEPBAR.LE gsb0, 0x1` wait, at line `wait`."""
+    wait = [i for i, l in enumerate(lines) if "DEPBAR.LE gsb0, 0x1" in l]
+    assert len(wait) == 1, len(wait)
+    arv = max(i for i in range(wait[0]) if "BAR.ARV" in lines[i])
+    sync = max(i for i in range(arv) if "BAR.SYNC" in lines[i])
+    return sync, arv, wait[0]
+
+
 @pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN])
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -516,13 +522,10 @@ def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d, entry):
     if not sass.disassembler():
         pytest.skip("no nvdisasm/cuobjdump")
     lines = _disassemble(compiler.compile_cubin(v)[1]).splitlines()
-    wait = [i for i, l in enumerate(lines) if "DEPBAR.LE gsb0, 0x1" in l]
-    assert len(wait) == 1, len(wait)
-    arv = max(i for i in range(wait[0]) if "BAR.ARV" in lines[i])
-    sync = max(i for i in range(arv) if "BAR.SYNC" in lines[i])
+    sync, arv, wait = _turn_bounds(lines)
     hgmma = sum("HGMMA" in l for l in lines[sync:arv])
     assert hgmma == d // 16 + (v.block_n // 16) * (2 if mode == "fp32_p" else 1), (mode, d, hgmma)
-    assert not any("HGMMA" in l for l in lines[arv:wait[0]])
+    assert not any("HGMMA" in l for l in lines[arv:wait])
     ov = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=OV))[1])
     assert "BAR.ARV" not in ov
 
@@ -566,14 +569,6 @@ def test_softmax_ilp_splits_the_row_sum_chain(d):
 
 
 # ---------------------------------------------------------------- version 8: stepped descriptors
-def _turn(lines):
-    """The loop's GEMM turn: from the last BAR.SYNC to the BAR.ARV before the one 0x1 wait."""
-    wait = [i for i, l in enumerate(lines) if "DEPBAR.LE gsb0, 0x1" in l]
-    assert len(wait) == 1, len(wait)
-    arv = max(i for i in range(wait[0]) if "BAR.ARV" in lines[i])
-    sync = max(i for i in range(arv) if "BAR.SYNC" in lines[i])
-    return lines[sync:arv]
-
 
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -589,7 +584,9 @@ def test_stepped_descriptors_leave_the_turn_to_the_hgmmas(mode, d):
         pytest.skip("no nvdisasm/cuobjdump")
     count = {}
     for e in (OVPP, DS):
-        turn = _turn(_disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=e))[1]).splitlines())
+        lines = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=e))[1]).splitlines()
+        sync, arv, _ = _turn_bounds(lines)
+        turn = lines[sync:arv]
         ops = [l.split(";")[0] for l in turn]
         count[e] = {k: sum(f" {k}" in l for l in ops) for k in ("HGMMA", "ULOP3", "USHF", "R2UR")}
         count[e]["all"] = len(turn)

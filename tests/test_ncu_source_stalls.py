@@ -2,20 +2,18 @@
 the kernel and its instructions are read, each reason's samples per opcode add up to the
 reason's column, and the numbers kernels/NOTES.md quotes (version 8's reason) come out of it."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV = ROOT / "results" / "logs" / "ncu-src-0ab3415-ovpp-4x16x2048x128-h200.csv.gz"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ncu_source_stalls", ROOT / "scripts" / "ncu_source_stalls.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("ncu_source_stalls")
 
 
 def test_reads_every_instruction_and_sums_by_opcode():

@@ -2,20 +2,18 @@
 (the C++-named ones, "void ...<...>(...)", too), with the warps its grid launched, and its
 per-warp stall ratios scaled by them (kernels/NOTES.md quotes these totals)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "results" / "logs"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ncu_stalls", ROOT / "scripts" / "ncu_stalls.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("ncu_stalls")
 
 
 def test_every_kernel_of_a_log_with_its_warps_and_totals():

@@ -178,12 +178,8 @@ def test_run_all_without_gpu_is_one_line_exit_2():
 
 # ------------------------------------------------------------------ scripts/time_harness.py
 def _time_harness():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("time_harness", f"{pool.ROOT}/scripts/time_harness.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod   # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    from tests.scripts import load_script
+    return load_script("time_harness")
 
 
 def test_time_harness_commands_and_shapes_as_data():
