@@ -33,7 +33,7 @@ import numpy as np
 
 from debug_modes.registry import KERNEL_PARAMS, kernel_scalars
 from harness.toolchain import device as _device
-from harness.toolchain import loader, tma
+from harness.toolchain import counter, loader, tma
 from harness.toolchain.launcher import Launcher
 from harness.toolchain.variant import Variant, tiles_for
 from harness.check.shapes import SUPPORTED_HEAD_DIMS, Shape
@@ -118,6 +118,7 @@ class Plan:
     o_shape: tuple
     lse_shape: tuple
     scale: float       # the default, 1/sqrt(D)
+    ring: object = None   # the device's counter.Ring where the kernel takes a work-item counter
 
 
 # forward() launches, per device and problem, the registry entry kernels/registry.py's
@@ -125,7 +126,7 @@ class Plan:
 # Hopper GPU, flashcore_fused elsewhere), whatever kernel the harness has in use (--kernel).
 _SOURCES: dict = {}     # kernel name -> loader.KernelSource, read and hashed once
 _FUNCTIONS: dict = {}   # (device, kernel, D, causal, tiles) -> (Variant, compiled function)
-_ARCHS: dict = {}       # device -> its arch ("sm_90"), asked once: the kernel choice needs it per plan
+_ARCHS: dict = {}       # device -> (its arch "sm_90", its SM count), asked once: each plan needs them
 
 
 def _function(kind, device: int, entry, arch: str, D: int, causal: bool, tiles: dict):
@@ -165,15 +166,23 @@ def _plan(kind, qm, km, vm, causal: bool) -> Plan:
     device, B, H, Sq, Sk, D = check_inputs(kind, qm, km, vm)
     shape = Shape(B, H, Sq, Sk, D)
     if device not in _ARCHS:
-        _ARCHS[device] = _device.device_facts(device)["arch"]
-    entry, arch = product_entry(_ARCHS[device], shape, causal)
+        facts = _device.device_facts(device)
+        _ARCHS[device] = (facts["arch"], facts["sms"])
+    device_arch, sms = _ARCHS[device]
+    entry, arch = product_entry(device_arch, shape, causal)
     variant, fn = _function(kind, device, entry, arch, D, causal, tiles_for(shape, entry.name))
-    grid, block, scale = variant.grid(shape), (variant.threads,), 1.0 / math.sqrt(D)
+    # a persistent variant's grid is per SM of the plan's device, not of the current one
+    grid, block, scale = variant.grid(shape, sms=sms), (variant.threads,), 1.0 / math.sqrt(D)
     args = kernel_args(0, 0, 0, 0, 0, H, Sq, Sk, scale)
     placeholders, rules = _maps(variant, len(args), B, H, Sq, Sk, D)
-    launcher = Launcher(fn, grid, block, variant.smem_bytes, args + placeholders, N_PTRS, SCALE_SLOT, rules)
+    args += placeholders
+    ring = counter_slot = None
+    if counter.takes_counter(variant.entry):   # the kernel's last parameter: a word per call
+        ring, counter_slot = counter.ring(_device.cupy(), device), len(args)
+        args += (0,)
+    launcher = Launcher(fn, grid, block, variant.smem_bytes, args, N_PTRS, SCALE_SLOT, rules, counter_slot)
     return Plan(variant, fn, launcher, device, grid, block, variant.smem_bytes,
-                H, Sq, Sk, (B, H, Sq, D), (B, H, Sq), scale)
+                H, Sq, Sk, (B, H, Sq, D), (B, H, Sq), scale, ring)
 
 
 def reload():
@@ -209,7 +218,18 @@ class _CudaKind:
 
     def launch(self, plan: Plan, ptrs: tuple, scale: float):
         """Launch the plan with the five pointers (Q, K, V, O, LSE) on the current stream."""
-        plan.launcher(ptrs, scale, self.stream_ptr(plan.device))
+        stream = self.stream_ptr(plan.device)
+        if plan.ring is None:
+            plan.launcher(ptrs, scale, stream)
+            return
+        word, keep = self.counter_word(plan)
+        plan.launcher(ptrs, scale, stream, word)
+        del keep                  # a word from the caller's allocator: freed in stream order
+
+    def counter_word(self, plan: Plan) -> tuple:
+        """(address, owner) of this call's zeroed work-item word: the ring's next
+        (harness/toolchain/counter.py)."""
+        return plan.ring.take(), None
 
 
 class _CuPy(_CudaKind):
@@ -283,6 +303,15 @@ class _Torch(_CudaKind):
     def stream_ptr(self, device: int) -> int:
         """torch's current stream of the device, as a raw CUDA stream pointer."""
         return self.raw_stream(device) if self.raw_stream else self.torch.cuda.current_stream(device).cuda_stream
+
+    def counter_word(self, plan: Plan) -> tuple:
+        """The ring's next word, except under CUDA graph capture: a graph may be replayed beside
+        any later launch, so a captured launch's word comes from torch's allocator (the graph's
+        pool), zeroed by a memset captured with it."""
+        if self.torch.cuda.is_current_stream_capturing():
+            w = self.torch.zeros(counter.WORDS, dtype=self.torch.int32, device=f"cuda:{plan.device}")
+            return w.data_ptr(), w
+        return plan.ring.take(), None
 
     def traced_forward(self, q, k, v, causal: bool, scale, lse: bool):
         if lse:

@@ -312,13 +312,13 @@ __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ
 }
 
 #if TILE_COUNTER
-// Version 9's work-item counter: [0] the next item, [1] the blocks that found none left. A module
-// global, zero at load; the last block to finish taking items sets both back to zero, so the next
-// launch of this module starts at item 0 with no argument for it. (Two launches of one module at
-// once, on two streams, would share it: the harness launches one at a time, and forward() may not
-// launch this version until the word comes per launch. A launch that traps leaves it dirty, but
-// the trap kills the context, and the module with it.)
-__device__ unsigned int tile_counter[2];
+// Version 9's work-item counter: tile_counter[0] the next item, [1] the blocks that found none
+// left. A trailing parameter, one pair of words per launch (the launch paths give each launch
+// its own: harness/api.py's ring, harness/run/gpu.py's fresh zeros), zero when the launch starts;
+// the last block to finish taking items sets both back to zero, so a word handed on to a later
+// launch on the same stream is zero again when it starts. (A module global, zero at load, was
+// version 9's first build: two launches on two streams would have shared it.) A launch that traps
+// leaves its word dirty, but the trap kills the context, and the word with it.
 // The item handoff in every mode: the Q tile where Q.K^T runs, else a bare arrival on bar_q.
 __device__ __forceinline__ void issue_q_or_arrive(half* sQ, u64* bar_q, const TmaDesc* tmQ, int q0, int bh) {
 #if USES_QK
@@ -330,7 +330,7 @@ __device__ __forceinline__ void issue_q_or_arrive(half* sQ, u64* bar_q, const Tm
 }
 // Called once per block, by the producer thread, after its last take (which found no item):
 // every block's takes are done when the done count reaches the grid, and only then is it reset.
-__device__ __forceinline__ void release_tile_counter(unsigned int blocks) {
+__device__ __forceinline__ void release_tile_counter(unsigned int* tile_counter, unsigned int blocks) {
     __threadfence();                                // this block's last take before its done
     if (atomicAdd(&tile_counter[1], 1u) == blocks - 1) {
         atomicExch(&tile_counter[0], 0u);
@@ -507,7 +507,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
               float* __restrict__ M_out, float* __restrict__ L_out,
               int H, int Sq, int Sk, float scale, int row0, int n_rows,
               const __grid_constant__ TmaDesc tmQ, const __grid_constant__ TmaDesc tmK,
-              const __grid_constant__ TmaDesc tmV) {
+              const __grid_constant__ TmaDesc tmV
+#if TILE_COUNTER
+              , unsigned int* __restrict__ tile_counter   // version 9: this launch's two words, zero
+#endif
+              ) {
     // Q, K, V arrive through the tensor maps; the pointers stay in the signature (the contract).
     (void)Q; (void)K; (void)V;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -654,7 +658,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
             }
 #if TILE_COUNTER
-            release_tile_counter(gridDim.x * gridDim.y);
+            release_tile_counter(tile_counter, gridDim.x * gridDim.y);
 #endif
 #else
             issue_q(sQ, &bar_q, &tmQ, q0, bh);

@@ -48,7 +48,8 @@ class KernelSpec:
     head_dims: tuple = (64, 128)
     # The signature, the one place it is spelled: pointer parameters in order (null where a mode
     # does not use one), then the scalars, each with its C type, then arguments the launch
-    # derives from the buffers ("tma:Q": a TMA tensor map of Q). The harness path (run/gpu.py)
+    # derives from the buffers ("tma:Q": a TMA tensor map of Q; "counter": a zeroed work-item
+    # word of the launch's own, harness/toolchain/counter.py). The harness path (run/gpu.py)
     # and the product path (api.py) both build their arguments from these.
     pointer_params: tuple = ("Q", "K", "V", "O", "LSE", "S_in", "P_in", "S_out", "P_out", "M_out", "L_out")
     scalar_params: tuple = (("H", "int32"), ("Sq", "int32"), ("Sk", "int32"), ("scale", "float32"),
@@ -248,8 +249,10 @@ FLASHCORE_HOPPER_PS = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ps", ("PERS
 # 2,16,8192,128 (561-562), 376-380 at 4,16,2048,64 (374-375), 338 at 16,16,1024,64 (334-335),
 # 407-409 causal (388-390), 17.2-17.4 us at 1,8,1024,64 (17.7-17.8): forward() launches it where
 # version 4 was launched, in work B*H*Sq*Sk.
+# Where version 9 is launched instead (DYN_WHEN below), it is not. (No `not` in the expressions.)
 FLASHCORE_HOPPER_OVPP = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ovpp", ("PINGPONG=1",), PINGPONG_ASSERTS,
-                                product_when="B * H * Sq * Sk >= 4 * 1024 * 1024")
+                                product_when="B * H * Sq * Sk >= 4 * 1024 * 1024 and "
+                                             "(causal == 1 or Sk > 1024 or B * H * Sq * Sk < 64 * 1024 * 1024)")
 
 # Part 2, version 7 (kernels/NOTES.md): version 6 with the softmax's row max and row sum in four
 # independent chains each (SOFTMAX_ILP=4, common/softmax.cuh) instead of one serial chain.
@@ -275,11 +278,14 @@ FLASHCORE_HOPPER_DS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ds", ("DE
 # (results/logs/dyn-944eb16-h200.log, poly-a5b85cf-h200.log): +4.2 and +5.1 % at 16,16,1024,64
 # (355-356 TFLOP/s against 339-341), even at 4,16,2048 (-0.8 to +0.2 %), -1.3 to -2.1 % at
 # 2,16,8192,128, and slower at the mission shapes (13.0-13.6 us against 11.6-12.5 at 1,8,512,64).
-# forward() does not launch it yet: a condition for the short key sweeps needs the whole GPU suite
-# run with it, and its module-global counter must first become a per-launch word (two forward()
-# calls on two streams would share it; kernels/NOTES.md, version 9).
+# The counter is a word of each launch's own, the last parameter (harness/toolchain/counter.py).
+# forward() launches it at the short key sweeps of large non-causal problems, where it was
+# measured faster (16,16,1024,64: B*H*Sq*Sk = 256M); version 6 stays at 2048 keys and more (even
+# or faster there) and below 64M (the mission shapes, where version 9 was slower).
+DYN_WHEN = "causal == 0 and Sk <= 1024 and B * H * Sq * Sk >= 64 * 1024 * 1024"
 FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("PERSISTENT=1", "TILE_COUNTER=1"),
-                               persistent=True, tile_counter=True)
+                               product_when=DYN_WHEN, persistent=True, tile_counter=True,
+                               trailing_params=FLASHCORE_HOPPER_OVPP.trailing_params + ("counter",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
@@ -292,7 +298,8 @@ ENV_KERNEL = "FLASHCORE_REGISTRY_KERNEL"
 
 def product_kernel(device_arch: str, B: int, H: int, Sq: int, Sk: int, D: int, causal: bool) -> KernelSpec:
     """The entry forward() launches on a device of this arch for this problem: the first other
-    entry that runs there, takes D and whose product_when holds, else DEFAULT."""
+    entry that runs there, takes D and whose product_when holds, else DEFAULT (the conditions
+    are disjoint, tests/test_registry.py, so "first" never decides)."""
     names = dict(B=B, H=H, Sq=Sq, Sk=Sk, D=D, causal=int(bool(causal)))
     for k in KERNELS.values():
         if (k is not DEFAULT and k.product_when and D in k.head_dims and k.arch_on(device_arch)

@@ -21,7 +21,7 @@ import pytest
 
 from debug_modes.registry import KERNEL_PARAMS
 from harness import api
-from harness.toolchain import compiler, loader, tma
+from harness.toolchain import compiler, counter, loader, tma
 from harness.toolchain import device as _device
 from harness.toolchain.launcher import Launcher
 from harness.toolchain.variant import Variant, tiles_for
@@ -70,7 +70,19 @@ class FakeKind(api._CudaKind):
 
     def launch(self, plan, ptrs, scale):
         # what the real launcher's argument block holds for this call, read back as the driver reads it
-        self.launches.append((plan, plan.launcher.values(ptrs, scale)))
+        word = self.counter_word(plan)[0] if plan.ring is not None else 0
+        self.launches.append((plan, plan.launcher.values(ptrs, scale, word)))
+
+
+class FakeRing:
+    """counter.Ring's take() over a made-up base address: no device memory."""
+
+    def __init__(self, device):
+        self.device, self.base, self.taken = device, 0x7000_0000 + 0x10_0000 * device, 0
+
+    def take(self):
+        self.taken += 1
+        return self.base + 8 * ((self.taken - 1) % counter.RING_SLOTS)
 
 
 @pytest.fixture
@@ -88,7 +100,7 @@ def fake(monkeypatch):
 
     def device_facts(device_id):
         kind.facts.append(device_id)
-        return {"arch": kind.arch}
+        return {"arch": kind.arch, "sms": 132}
 
     def encode_into(self, addr, ptr):
         # a stand-in map: the tensor's address and the geometry, where the driver writes its 128 bytes
@@ -97,7 +109,10 @@ def fake(monkeypatch):
         ctypes.memmove(addr, raw, 128)
 
     kind.encodes = []
+    kind.rings = {}
     kind.arch = "sm_90"
+    monkeypatch.setattr(counter, "ring", lambda cp, device: kind.rings.setdefault(device, FakeRing(device)))
+    monkeypatch.setattr(_device, "cupy", lambda: None)
     monkeypatch.setattr(loader, "compile_function", compile_function)
     monkeypatch.setattr(_device, "device_facts", device_facts)
     monkeypatch.setattr(tma.TiledMap, "encode_into", encode_into)
@@ -259,6 +274,66 @@ def test_launch_block_is_kernel_args_call_after_call(fake):
         assert packed == want
         assert [np.asarray(x).dtype for x in packed[-6:]] == [np.asarray(x).dtype for x in want[-6:]]
     assert len({id(p) for p, _ in fake.launches}) == 1    # one plan, its block rewritten per call
+
+
+def test_counter_kernel_gets_a_word_of_its_own_per_call(fake):
+    """Version 9 (forward()'s at the short key sweeps) takes a work-item counter after its maps:
+    each call writes the device ring's next word into that slot, so calls that may run at once
+    (two streams) never share one; the other entries' blocks have no such slot."""
+    q, k, v = qkv(B=16, H=16, Sq=1024, D=64)
+    words = []
+    for _ in range(3):
+        api.forward(q, k, v)
+        plan, args = fake.launches[-1]
+        assert plan.variant.kernel == "flashcore_hopper_dyn" and plan.variant.persistent
+        n = len(api.kernel_args(0, 0, 0, 0, 0, 16, 1024, 1024, 0.1))
+        assert len(args) == n + 4       # three maps, then the counter
+        words.append(args[-1])
+    ring = fake.rings[0]
+    assert words == [ring.base, ring.base + 8, ring.base + 16]
+    api.forward(q, k, v, causal=True)   # causal: version 6, no counter
+    plan, args = fake.launches[-1]
+    assert plan.variant.kernel == "flashcore_hopper_ovpp" and plan.ring is None and len(args) == n + 3
+    with pytest.raises(ValueError, match="work-item counter"):   # a call that forgot its word
+        fake.launches[0][0].launcher.values((1, 2, 3, 4, 0), 0.1)
+
+
+def test_counter_ring_hands_out_each_word_in_turn():
+    """counter.Ring over a stand-in CuPy: RING_SLOTS distinct zeroed 8-byte words, in turn, then
+    from the first again; allocated once per device and zero before any launch reads it."""
+    made = []
+
+    class Buf:
+        def __init__(self, n):
+            self.n, self.data = n, type("D", (), {"ptr": 0x1000})()
+
+    class FakeCp:
+        uint32 = "uint32"
+
+        class cuda:
+            class Device:
+                def __init__(self, *a):
+                    pass
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *a):
+                    return False
+
+                def synchronize(self):
+                    made.append("sync")
+
+        @staticmethod
+        def zeros(n, dtype):
+            made.append((n, dtype))
+            return Buf(n)
+
+    r = counter.Ring(FakeCp)
+    assert made == [(counter.RING_SLOTS * counter.WORDS, "uint32"), "sync"]
+    got = [r.take() for _ in range(counter.RING_SLOTS + 2)]
+    assert len(set(got[:counter.RING_SLOTS])) == counter.RING_SLOTS
+    assert got[:3] == [0x1000, 0x1008, 0x1010] and got[-2:] == got[:2]
 
 
 def test_launcher_refuses_a_float_slot_that_is_not_float32():

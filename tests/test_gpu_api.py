@@ -204,6 +204,85 @@ def test_cuda_graph_capture_and_replay(shape):
     assert torch.equal(o_graph, api.forward(q2, k2, v2, causal=True))
 
 
+# Version 9's shapes (kernels/registry.py DYN_WHEN): a short key sweep of a large non-causal problem
+DYN = Shape(8, 8, 1024, 1000, 64)
+
+
+def _dyn_expected(torch, q, k, v):
+    """forward()'s output alone on the device, after checking it launched version 9 (on an H200)
+    and against float64 attention by SDPA's rule (float64 on the GPU: 64 heads)."""
+    from harness.check import metrics as met
+    from harness.toolchain.device import require_gpu
+    o = api.forward(q, k, v)
+    kind = api._KINDS[type(q)]
+    plan = api._plan(kind, *(kind.meta(x) for x in (q, k, v)), False)
+    if require_gpu()["arch"] == "sm_90":
+        assert plan.variant.kernel == "flashcore_hopper_dyn" and plan.ring is not None
+    p = torch.softmax((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)
+    exact = p @ v.double()
+    err_k = (o.double() - exact).abs().max().item()
+    err_s = (_sdpa(torch, q, k, v).double() - exact).abs().max().item()
+    assert err_k <= 2 * err_s + met.ATOL_REL * exact.abs().max().item(), (err_k, err_s)
+    torch.cuda.synchronize()
+    return o
+
+
+def _poison_cache(torch, like, n=16):
+    """Leave torch's cached blocks of this size full of NaN, so that an output row a launch
+    never wrote reads NaN (not an earlier call's right answer)."""
+    junk = [torch.full_like(like, float("nan")) for _ in range(n)]
+    torch.cuda.synchronize()
+    del junk
+
+
+def test_counter_kernel_calls_on_two_streams_at_once_each_take_all_their_items():
+    """Version 9 takes work items from a counter: forward() gives each call a word of its own, so
+    calls running at once on two streams never take each other's items. Eight calls alternate
+    between two streams with no wait between them; each output must equal, bitwise, its inputs'
+    output computed alone (a shared counter would leave some rows unwritten: NaN here)."""
+    torch = _torch()
+    inputs = [_inputs(torch, DYN) for _ in range(2)]
+    expected = [_dyn_expected(torch, *x) for x in inputs]
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    _poison_cache(torch, expected[0])
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    outs = []
+    for i in range(8):
+        with torch.cuda.stream(streams[i % 2]):
+            outs.append((i % 2, api.forward(*inputs[i % 2])))
+    torch.cuda.synchronize()
+    bad = [(i, w) for i, (w, o) in enumerate(outs) if not torch.equal(o, expected[w])]
+    assert bad == []
+
+
+def test_counter_kernel_graph_replays_beside_eager_calls():
+    """A captured call takes its word from the graph's memory, not the ring: replaying the graph
+    on one stream while eager calls of the same plan run on another gives both their outputs."""
+    torch = _torch()
+    q, k, v = _inputs(torch, DYN)
+    q2, k2, v2 = _inputs(torch, DYN)
+    expected, expected2 = _dyn_expected(torch, q, k, v), _dyn_expected(torch, q2, k2, v2)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        o_graph = api.forward(q, k, v)
+    o_graph.fill_(float("nan"))                 # the graph's own output buffer, before any replay
+    torch.cuda.synchronize()
+    _poison_cache(torch, expected)
+    a, b = torch.cuda.Stream(), torch.cuda.Stream()
+    a.wait_stream(torch.cuda.current_stream())
+    b.wait_stream(torch.cuda.current_stream())
+    eager = []
+    for _ in range(4):
+        with torch.cuda.stream(a):
+            g.replay()
+        with torch.cuda.stream(b):
+            eager.append(api.forward(q2, k2, v2))
+    torch.cuda.synchronize()
+    assert torch.equal(o_graph, expected)
+    assert all(torch.equal(o, expected2) for o in eager)
+
+
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
 def test_torch_compile_fullgraph(mode):
     """torch.compile traces forward() into flashcore::attention with no graph break (fullgraph);

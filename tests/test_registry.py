@@ -132,7 +132,31 @@ def test_product_kernel_is_the_measured_fastest_entry_for_the_device_and_shape()
     assert pk("sm_90", 1, 8, 512, 512, 64, False) is registry.FLASHCORE_FUSED        # the mission shape
     assert pk("sm_90", 1, 8, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_OVPP
     assert pk("sm_90", 4, 16, 2048, 2048, 128, True) is registry.FLASHCORE_HOPPER_OVPP
+    # version 9 at the short key sweeps of large non-causal problems, where it was measured faster
+    assert pk("sm_90", 16, 16, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_DYN
+    assert pk("sm_90", 16, 16, 1024, 1024, 64, True) is registry.FLASHCORE_HOPPER_OVPP
+    assert pk("sm_90", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_HOPPER_OVPP
+    assert pk("sm_90", 2, 16, 8192, 8192, 128, False) is registry.FLASHCORE_HOPPER_OVPP
     assert pk("sm_80", 4, 16, 2048, 2048, 128, False) is registry.FLASHCORE_FUSED     # no wgmma on an A100
     assert pk("sm_89", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_FUSED
     assert registry.FLASHCORE_HOPPER.arch_on("sm_90") == "sm_90a" and registry.FLASHCORE_HOPPER.arch_on("sm_80") is None
     assert registry.FLASHCORE_FUSED.arch_on("sm_90") == "sm_90"
+
+
+def test_product_conditions_are_disjoint():
+    """At most one entry's product_when holds for any problem, so the registry's order never
+    decides what forward() launches (over powers of two and their neighbours, both masks)."""
+    from kernels.spec import evaluate
+    entries = [k for k in registry.KERNELS.values() if k.product_when]
+    sizes = (1, 2, 3, 8, 16, 64, 127, 128, 512, 1000, 1024, 1025, 2048, 8192)
+    held = 0
+    for B in (1, 2, 4, 16, 64):
+        for H in (1, 8, 16):
+            for Sq in sizes:
+                for Sk in sizes:
+                    for causal in (0, 1):
+                        names = dict(B=B, H=H, Sq=Sq, Sk=Sk, D=64, causal=causal)
+                        hold = [k.name for k in entries if evaluate(k.product_when, names)]
+                        assert len(hold) <= 1, (names, hold)
+                        held += len(hold)
+    assert held > 0

@@ -91,10 +91,12 @@ def _launch_spec(variant: Variant, shape: Shape, bufs: dict, scale: float, windo
 def trailing_args(variant: Variant, bufs: dict) -> tuple:
     """The arguments a registry entry derives from the buffers, after the scalars: "tma:X", the
     TMA tensor map of buffer X (boxes of block_m rows for Q, block_n for K and V), or an
-    all-zero map where the mode does not pass X (harness/toolchain/tma.py)."""
+    all-zero map where the mode does not pass X (harness/toolchain/tma.py); then "counter", a
+    fresh zeroed work-item word (harness/toolchain/counter.py), which every launch of the
+    returned tuple shares: the kernel leaves it zero, and the harness launches one at a time."""
     if not variant.entry.trailing_params:
         return ()
-    from harness.toolchain import tma
+    from harness.toolchain import counter, tma
     out = []
     for name in tma.mapped_buffers(variant.entry):
         x = bufs.get(name)
@@ -103,6 +105,8 @@ def trailing_args(variant: Variant, bufs: dict) -> tuple:
             continue
         B, H, S, D = x.shape
         out.append(tma.encode_bhsd(int(x.data.ptr), B * H, S, D, tma.box_rows(name, variant.block_m, variant.block_n)))
+    if counter.takes_counter(variant.entry):
+        out.append(counter.fresh(_cupy()))
     return tuple(out)
 
 

@@ -12,7 +12,8 @@ first bytes: the driver reads as many bytes as the parameter has; a 128-byte TMA
 a call then writes only the first `n_ptrs` slots (the pointers that change per call), when it
 changes, one float32 slot (the scale), and, for a kernel that takes TMA maps (the sm_90a one),
 re-encodes in place the map of each pointer that differs from the last call's (a map holds its
-tensor's address; a loop over the same buffers encodes nothing).
+tensor's address; a loop over the same buffers encodes nothing), and, for a kernel that takes a
+work-item counter (version 9), writes the call's own counter word into its slot.
 
 The driver call releases the GIL, so one block is guarded by a lock from the write to the
 launch: two threads launching one plan never mix their pointers.
@@ -52,10 +53,11 @@ class Launcher:
     entries are placeholders that every call overwrites; args[float_slot] is a np.float32).
     maps: (argument index, pointer index, encoder) per TMA map argument: the map of the call's
     pointer ptrs[pointer index], written by encoder.encode_into(address, pointer)
-    (tma.TiledMap) whenever that pointer changes."""
+    (tma.TiledMap) whenever that pointer changes. counter_slot: the argument index of a
+    work-item counter pointer, which every call passes (harness/toolchain/counter.py)."""
 
     def __init__(self, fn, grid: tuple, block: tuple, smem: int, args: tuple, n_ptrs: int, float_slot: int,
-                 maps: tuple = ()):
+                 maps: tuple = (), counter_slot: int | None = None):
         if not isinstance(args[float_slot], np.float32):
             raise TypeError(f"argument {float_slot} is {args[float_slot]!r}, not the float32 a call may rewrite")
         self.fn = fn                          # a compiled cupy RawKernel (resolved per device on first use)
@@ -86,12 +88,19 @@ class Launcher:
         self._float_offset = self._base + self._offsets[float_slot]
         self._float = float(args[float_slot])
         self._maps = tuple((base + self._offsets[i], p, enc) for i, p, enc in maps)
+        if counter_slot is not None and self.types[counter_slot] != "ptr":
+            raise TypeError(f"argument {counter_slot} is {args[counter_slot]!r}, not the counter pointer a call writes")
+        self._counter = None if counter_slot is None else self._base + self._offsets[counter_slot]
         self._mapped = [None] * len(self._maps)   # the pointer each map holds now
         self._lock = threading.Lock()
         self._function = None                 # the driver's handle, on first launch
 
-    def _write(self, ptrs: tuple, value: float):
+    def _write(self, ptrs: tuple, value: float, counter: int = 0):
         struct.pack_into(self._ptr_fmt, self._slots, self._base, *ptrs)
+        if self._counter is not None:
+            if not counter:
+                raise ValueError("this kernel takes a work-item counter: pass the call's word")
+            struct.pack_into("<Q", self._slots, self._counter, counter)
         if value != self._float:
             struct.pack_into("<f", self._slots, self._float_offset, value)
             self._float = value
@@ -101,12 +110,12 @@ class Launcher:
                 enc.encode_into(addr, ptrs[p])
                 self._mapped[j] = ptrs[p]
 
-    def values(self, ptrs: tuple, value: float) -> tuple:
-        """The arguments a launch with these pointers and float would pass, read back from the
-        block as the driver reads it (for tests; writes the block like a launch). A map reads
-        back as its 128 bytes."""
+    def values(self, ptrs: tuple, value: float, counter: int = 0) -> tuple:
+        """The arguments a launch with these pointers and float (and counter word) would pass,
+        read back from the block as the driver reads it (for tests; writes the block like a
+        launch). A map reads back as its 128 bytes."""
         with self._lock:
-            self._write(ptrs, value)
+            self._write(ptrs, value, counter)
             raw = bytes(self._slots)[self._base:]
         out = []
         for o, t in zip(self._offsets, self.types):
@@ -117,10 +126,11 @@ class Launcher:
             out.append(struct.unpack("<Q", slot)[0] if t == "ptr" else np.frombuffer(slot, t, count=1)[0])
         return tuple(out)
 
-    def __call__(self, ptrs: tuple, value: float, stream: int):
-        """Launch on the stream (a raw CUDA stream pointer) with these pointers and float."""
+    def __call__(self, ptrs: tuple, value: float, stream: int, counter: int = 0):
+        """Launch on the stream (a raw CUDA stream pointer) with these pointers and float, and,
+        for a kernel that takes one, this call's counter word (an address)."""
         with self._lock:
-            self._write(ptrs, value)
+            self._write(ptrs, value, counter)
             if self._function is None:
                 self._resolve()
             try:

@@ -138,10 +138,13 @@ def encode_bhsd(ptr: int, BH: int, S: int, D: int, box_rows: int) -> np.ndarray:
 
 
 def mapped_buffers(entry) -> tuple:
-    """The buffers a registry entry's trailing parameters map ("tma:Q" -> "Q"), in order; both
+    """The buffers a registry entry's trailing parameters map ("tma:Q" -> "Q"), in order (a
+    "counter" after them is no map); both
     launch paths (harness/run/gpu.py, harness/api.py) derive the maps from this and box_rows."""
     out = []
     for p in entry.trailing_params:
+        if p == "counter":            # not a map: harness/toolchain/counter.py
+            continue
         kind, _, name = p.partition(":")
         if kind != "tma" or not name:
             raise ValueError(f"{entry.name}: unknown trailing parameter {p!r}")
