@@ -59,7 +59,7 @@ def test_bench_against_times_two_entries_in_turns_and_records_them(results_tmp):
                                  "--shape", "mission", "--rounds", "4"])
     assert r.exit_code == 0, r.output
     assert "t_B / t_A" in r.output
-    rec = [x for x in records.read().records if x.get("kind") == "bench_ab"][-1]
+    rec = [x.data for x in records.read().records if x.get("kind") == "bench_ab"][-1]
     assert rec["kernel"] == "flashcore_hopper_ovpp" and rec["against"] == "flashcore_hopper_ws"
     us = rec["ab"]["us"]
     assert all(len(v) == 4 and min(v) > 0 for v in us.values())
