@@ -187,6 +187,22 @@
 // The overlapped schedule runs where one warpgroup computes both GEMMs and the softmax: full and
 // FP32_P. The debug modes run one GEMM (or none) per tile and keep the plain schedule.
 #define OVERLAP_SCHEDULE (OVERLAP_QK && USES_QK && USES_PV)
+// PHASE_CLOCKS (a measuring build, not a debug mode; scripts/phase_clocks.py): lane 0 of each
+// consumer warp reads the SM clock at PHASE_N points of each key-loop iteration j (tile j's P
+// packed and tile j+1's GEMMs issued, softmax and P.V wait) and stores them, for j < PHASE_TILES,
+// at L_out viewed as u32 [block][warp][j][PHASE_N]: where a warp's time goes, tile by tile, and
+// how the two warpgroups' turns interleave. Only the overlapped non-persistent schedule (the
+// loop below) has the markers; full mode only (it writes no L_out of its own).
+#ifdef PHASE_CLOCKS
+#if !OVERLAP_SCHEDULE || PERSISTENT_SCHEDULE
+#error "PHASE_CLOCKS marks the overlapped, non-persistent key loop only"
+#endif
+#define PHASE_N 8
+#define PHASE_TILES 64
+#define PHASE_MARK(k) asm volatile("mov.u32 %0, %%clock;" : "=r"(ph_clk[k]) :: "memory")
+#else
+#define PHASE_MARK(k) ((void)0)
+#endif
 #define BLOCK_M (64 * CONSUMER_WGS)         // query rows per block
 #define CONSUMER_THREADS (128 * CONSUMER_WGS)
 #define NWARPS (CONSUMER_THREADS / 32)      // consumer warps (the producer's come after them)
@@ -779,23 +795,32 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // spilled: 80 bytes at D = 128, 128 keys).
         int j = 0;
         for (; j + 1 < n_iter; ++j) {
+#ifdef PHASE_CLOCKS
+            unsigned ph_clk[PHASE_N];
+#endif
+            PHASE_MARK(0);                          // 0: the iteration starts (tile j's P to pack)
             const int slot = KV_G(j) % KV_STAGES, slot_n = KV_G(j + 1) % KV_STAGES;
             PFrags f;
             pack_p_frags(f, s);
             reg_fence(o);                           // the alpha rescale lands before the fence
+            PHASE_MARK(1);                          // 1: P(j) packed
             if (!mbar_wait_bounded(&bar_full[slot_n], (u32)(KV_G(j + 1) / KV_STAGES) & 1u)) {
                 stuck = true;
                 break;
             }
+            PHASE_MARK(2);                          // 2: K/V tile j+1 has landed
             float s_next[N_FRAG][4];
             // PINGPONG (version 6, FA3's schedule): both GEMMs in one turn, so that this
             // warpgroup's softmax of tile j+1 runs while the other's two GEMMs are issued and run
             turn_begin(wg);
+            PHASE_MARK(3);                          // 3: the turn is this warpgroup's
             qk_issue<false>(s_next, sQw, sK + slot_n * KV_TILE_HALVES, wg);
             pv_issue<false>(o, f, sV + slot * KV_TILE_HALVES, wg);
             turn_end(wg);
+            PHASE_MARK(4);                          // 4: both GEMMs issued, the turn handed on
             wgmma_wait<1>();                        // S(j+1) has landed; P(j).V(j) may still run
             reg_fence(s_next);
+            PHASE_MARK(5);                          // 5: S(j+1) has landed
             mask_scores(s_next, j + 1, ctx);
             float alpha_n[2];
             softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
@@ -805,8 +830,18 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             // max ran under P(j).V(j) (kernels/NOTES.md, version 4 second build).
             reg_fence(s_next);
             hold_wait_below(l[0], l[1], &wait_pin);
+            PHASE_MARK(6);                          // 6: the softmax of tile j+1 is done
             wgmma_wait<0>();
             reg_fence(o);
+            PHASE_MARK(7);                          // 7: P(j).V(j) has retired
+#ifdef PHASE_CLOCKS
+            if (lane == 0 && j < PHASE_TILES) {
+                const size_t blk = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
+                unsigned* dst = reinterpret_cast<unsigned*>(L_out) + ((blk * NWARPS + warp) * PHASE_TILES + j) * PHASE_N;
+#pragma unroll
+                for (int k = 0; k < PHASE_N; ++k) dst[k] = ph_clk[k];
+            }
+#endif
             keep_p_frags(f);                        // P(j)'s registers stay P(j)'s until P.V retired
             // This warp's wgmma reads of stage j are complete: release it.
             warp_arrive(&bar_empty[slot], lane);

@@ -228,15 +228,17 @@ def _nvrtc():
         raise UsageError(f"NVRTC is not available ({type(e).__name__}: {e}); install flashcore[cuda13] or [cuda12]") from None
 
 
-def compile_cubin(variant: Variant, path: Path | None = None) -> tuple:
+def compile_cubin(variant: Variant, path: Path | None = None, extra_options: tuple = ()) -> tuple:
     """(Resources, cubin bytes) of one variant compiled for variant.arch with NVRTC, with the
-    run time's options (no GPU needed): the cubin is the code the harness runs."""
+    run time's options (no GPU needed): the cubin is the code the harness runs. extra_options:
+    appended (a measuring build's -D, scripts/phase_clocks.py)."""
     nvrtc = _nvrtc()
     path = kernel_file(path, variant.kernel)
     sources = kernel_sources(path)
     main_src = sources[Path(path).resolve()]
     opts = [f"--gpu-architecture={variant.arch}", "--ptxas-options=-v", "-ftz=true"]
     opts += [o for o in runtime_options(variant, path) if not o.startswith("-arch=")]
+    opts += list(extra_options)
     prog = nvrtc.createProgram(main_src, Path(path).name, [], [])
     try:
         try:
