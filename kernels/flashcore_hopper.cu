@@ -187,6 +187,24 @@
 // The overlapped schedule runs where one warpgroup computes both GEMMs and the softmax: full and
 // FP32_P. The debug modes run one GEMM (or none) per tile and keep the plain schedule.
 #define OVERLAP_SCHEDULE (OVERLAP_QK && USES_QK && USES_PV)
+// Version 11 (kernels/NOTES.md), two moves off a warpgroup's chain in the overlapped loop, from
+// PHASE_CLOCKS at d7f093a (the chain: pack, K/V wait, turn, softmax, rescale; no turn waits):
+// RESCALE_IN_TURN=1: O's rescale by tile j's alpha runs inside the turn, between Q.K(j+1)^T's
+//   issue and P(j).V(j)'s, where the warp otherwise waits for the tensor pipe to take the HGMMAs,
+//   instead of after P(j-1).V(j-1) retired (O is not in flight there either);
+// KV_PROBE_EARLY=1: the K/V(j+1) barrier is probed before P(j) is packed, so the probe's latency
+//   (91 clocks of the chain, constant) runs under the pack; a miss falls back to the wait.
+#ifndef RESCALE_IN_TURN
+#define RESCALE_IN_TURN 0
+#endif
+#ifndef KV_PROBE_EARLY
+#define KV_PROBE_EARLY 0
+#endif
+#if defined(BUG_RESCALE_AFTER_PV)
+#define RESCALE_IN_TURN_ON 0                // the seeded bug keeps its own rescale order
+#else
+#define RESCALE_IN_TURN_ON RESCALE_IN_TURN
+#endif
 // PHASE_CLOCKS (a measuring build, not a debug mode; scripts/phase_clocks.py): lane 0 of each
 // consumer warp reads the SM clock at PHASE_N points of each key-loop iteration j (tile j's P
 // packed and tile j+1's GEMMs issued, softmax and P.V wait) and stores them, for j < PHASE_TILES,
@@ -800,11 +818,19 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
             PHASE_MARK(0);                          // 0: the iteration starts (tile j's P to pack)
             const int slot = KV_G(j) % KV_STAGES, slot_n = KV_G(j + 1) % KV_STAGES;
+            const u32 parity_n = (u32)(KV_G(j + 1) / KV_STAGES) & 1u;
+#if KV_PROBE_EARLY
+            const bool kv_ready = mbar_try_wait(&bar_full[slot_n], parity_n);   // answered under the pack
+#endif
             PFrags f;
             pack_p_frags(f, s);
             reg_fence(o);                           // the alpha rescale lands before the fence
             PHASE_MARK(1);                          // 1: P(j) packed
-            if (!mbar_wait_bounded(&bar_full[slot_n], (u32)(KV_G(j + 1) / KV_STAGES) & 1u)) {
+#if KV_PROBE_EARLY
+            if (!kv_ready && !mbar_wait_bounded(&bar_full[slot_n], parity_n)) {
+#else
+            if (!mbar_wait_bounded(&bar_full[slot_n], parity_n)) {
+#endif
                 stuck = true;
                 break;
             }
@@ -815,6 +841,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             turn_begin(wg);
             PHASE_MARK(3);                          // 3: the turn is this warpgroup's
             qk_issue<false>(s_next, sQw, sK + slot_n * KV_TILE_HALVES, wg);
+#if RESCALE_IN_TURN_ON
+            rescale_o(o, alpha);                    // tile j's alpha, under Q.K(j+1)^T (O is not in flight)
+            reg_fence(o);                           // before pv_issue's wgmma fence
+#endif
             pv_issue<false>(o, f, sV + slot * KV_TILE_HALVES, wg);
             turn_end(wg);
             PHASE_MARK(4);                          // 4: both GEMMs issued, the turn handed on
@@ -851,6 +881,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             // tile j+1's before P(j+1).V(j+1); the first tile's product (alpha = 0) is lost.
             rescale_o(o, alpha);
             alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];
+#elif RESCALE_IN_TURN_ON
+            alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];   // applied in the next turn (or before the last P.V)
 #else
             rescale_o(o, alpha_n);
 #endif
@@ -864,6 +896,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             warp_arrive(&bar_q_free, lane);         // every Q.K^T of the item is done: the next Q may load now
 #endif
             const int slot = KV_G(j) % KV_STAGES;
+#if RESCALE_IN_TURN_ON
+            rescale_o(o, alpha);                    // the last tile's alpha (the loop left it unapplied)
+#endif
             pv_tile(o, s, sV + slot * KV_TILE_HALVES, wg);
             warp_arrive(&bar_empty[slot], lane);
 #ifdef BUG_RESCALE_AFTER_PV

@@ -287,9 +287,17 @@ FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("
                                product_when=DYN_WHEN, persistent=True, tile_counter=True,
                                trailing_params=FLASHCORE_HOPPER_OVPP.trailing_params + ("counter",))
 
+# Part 2, version 11 (kernels/NOTES.md): version 6 with O's rescale moved into the turn, under
+# Q.K(j+1)^T's issue (RESCALE_IN_TURN=1), and the next tile's barrier probed under the pack of P
+# (KV_PROBE_EARLY=1). PHASE_CLOCKS at d7f093a (results/logs/clocks-d7f093a-h200.log): a warp's
+# iteration is pack, K/V wait (91 clocks), turn (never waited for), issue (725-919, the HGMMAs
+# taken as the tensor pipe frees), softmax (1183-1557) and rescale, one after another.
+FLASHCORE_HOPPER_RT = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_rt", ("RESCALE_IN_TURN=1", "KV_PROBE_EARLY=1"))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
-                               FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN)}
+                               FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
+                               FLASHCORE_HOPPER_RT)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

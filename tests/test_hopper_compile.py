@@ -320,7 +320,8 @@ OVPP = "flashcore_hopper_ovpp"              # version 6: version 4 with version 
 ILP = "flashcore_hopper_ilp"                # version 7: version 6 with four max/sum chains
 DS = "flashcore_hopper_ds"                  # version 8: version 6 with stepped wgmma descriptors
 DYN = "flashcore_hopper_dyn"                # version 9: version 6, persistent, items from a counter
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN]  # version 3: version 2 with ping-pong turns
+RT = "flashcore_hopper_rt"                  # version 11: version 6, O's rescale in the turn, early K/V probe
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN, RT]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -422,7 +423,7 @@ def _ex2_under_pv(text: str):
     return between, total, 1
 
 
-@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS, DYN])
+@pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS, DYN, RT])
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
@@ -517,7 +518,7 @@ def _turn_bounds(lines):
     return sync, arv, wait[0]
 
 
-@pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN])
+@pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN, RT])
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
 def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d, entry):
@@ -605,3 +606,35 @@ def test_stepped_descriptors_leave_the_turn_to_the_hgmmas(mode, d):
     assert count[OVPP]["ULOP3"] >= hg and count[OVPP]["R2UR"] > 0, count
     assert count[DS]["ULOP3"] + count[DS]["USHF"] <= 8 and count[DS]["R2UR"] == 0, count
     assert count[DS]["all"] < count[OVPP]["all"] * 0.75, count
+
+
+# ---------------------------------------------------------------- version 11: the rescale in the turn
+@pytest.mark.parametrize("d", (64, 128))
+def test_version_11_rescales_o_inside_the_turn_and_probes_k_v_before_the_pack(d):
+    """RESCALE_IN_TURN=1: at least half of O's rescale (one FMUL per accumulator element, D / 2
+    per thread) lies between the loop turn's BAR.SYNC and BAR.ARV, among the HGMMAs, where
+    version 6 has no FMUL at all. KV_PROBE_EARLY=1: P's packing (F2FP, BLOCK_N / 4 per thread)
+    runs between the K/V barrier's probe (TRYWAIT) and the branch on its answer, where version 6
+    branches right after the probe."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    counts = {}
+    for entry in (RT, OVPP):
+        lines = _disassemble(compiler.compile_cubin(Variant("full", d, False, kernel=entry))[1]).splitlines()
+        sync, arv, wait = _turn_bounds(lines)
+        counts[entry] = sum("FMUL" in l for l in lines[sync:arv])
+        # the pack's F2FPs between a barrier probe (TRYWAIT) and the branch on its answer
+        under = 0
+        for i, l in enumerate(lines[:sync]):
+            if "TRYWAIT" in l:
+                n = 0
+                for m in lines[i + 1:sync]:
+                    if "BRA" in m:
+                        break
+                    n += "F2FP" in m
+                under = max(under, n)
+        counts[entry, "f2fp_under_probe"] = under
+    assert counts[OVPP] == 0 and counts[RT] >= d // 4, counts
+    assert counts[RT, "f2fp_under_probe"] >= d // 16 and counts[OVPP, "f2fp_under_probe"] == 0, counts
