@@ -292,12 +292,19 @@ FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("
 # (KV_PROBE_EARLY=1). PHASE_CLOCKS at d7f093a (results/logs/clocks-d7f093a-h200.log): a warp's
 # iteration is pack, K/V wait (91 clocks), turn (never waited for), issue (725-919, the HGMMAs
 # taken as the tensor pipe frees), softmax (1183-1557) and rescale, one after another.
+# Measured at ff8a4a0 beside version 6 (results/logs/rt-ff8a4a0-h200.log): 2.5-3.7 % slower at
+# every suite shape. The probe took 70-78 clocks off the K/V wait, but the first warpgroup's
+# softmax grew by 237 (the other's rescale FMULs now run beside it). forward() does not launch it.
 FLASHCORE_HOPPER_RT = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_rt", ("RESCALE_IN_TURN=1", "KV_PROBE_EARLY=1"))
+
+# Part 2, version 12 (kernels/NOTES.md): version 6 with the early K/V probe alone (KV_PROBE_EARLY=1),
+# version 11's half that shortened the chain without adding work beside the other softmax.
+FLASHCORE_HOPPER_KP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_kp", ("KV_PROBE_EARLY=1",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
-                               FLASHCORE_HOPPER_RT)}
+                               FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -321,7 +321,8 @@ ILP = "flashcore_hopper_ilp"                # version 7: version 6 with four max
 DS = "flashcore_hopper_ds"                  # version 8: version 6 with stepped wgmma descriptors
 DYN = "flashcore_hopper_dyn"                # version 9: version 6, persistent, items from a counter
 RT = "flashcore_hopper_rt"                  # version 11: version 6, O's rescale in the turn, early K/V probe
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN, RT]  # version 3: version 2 with ping-pong turns
+KP = "flashcore_hopper_kp"                  # version 12: version 6 with the early K/V probe alone
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN, RT, KP]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -518,7 +519,7 @@ def _turn_bounds(lines):
     return sync, arv, wait[0]
 
 
-@pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN, RT])
+@pytest.mark.parametrize("entry", [OVPP, ILP, DS, DYN, RT, KP])
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
 def test_ping_pong_overlap_issues_both_gemms_in_one_turn(mode, d, entry):
@@ -621,7 +622,7 @@ def test_version_11_rescales_o_inside_the_turn_and_probes_k_v_before_the_pack(d)
     if not sass.disassembler():
         pytest.skip("no nvdisasm/cuobjdump")
     counts = {}
-    for entry in (RT, OVPP):
+    for entry in (RT, OVPP, KP):
         lines = _disassemble(compiler.compile_cubin(Variant("full", d, False, kernel=entry))[1]).splitlines()
         sync, arv, wait = _turn_bounds(lines)
         counts[entry] = sum("FMUL" in l for l in lines[sync:arv])
@@ -638,3 +639,4 @@ def test_version_11_rescales_o_inside_the_turn_and_probes_k_v_before_the_pack(d)
         counts[entry, "f2fp_under_probe"] = under
     assert counts[OVPP] == 0 and counts[RT] >= d // 4, counts
     assert counts[RT, "f2fp_under_probe"] >= d // 16 and counts[OVPP, "f2fp_under_probe"] == 0, counts
+    assert counts[KP] == 0 and counts[KP, "f2fp_under_probe"] >= d // 16, counts   # version 12: the probe alone
