@@ -299,6 +299,8 @@ FLASHCORE_HOPPER_RT = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_rt", ("RE
 
 # Part 2, version 12 (kernels/NOTES.md): version 6 with the early K/V probe alone (KV_PROBE_EARLY=1),
 # version 11's half that shortened the chain without adding work beside the other softmax.
+# Measured at d91f132 in turns with version 6 (results/logs/kp-d91f132-h200.log): even, 0.981-1.019;
+# the K/V wait fell by 70 clocks and the GEMM issue grew by as much. forward() does not launch it.
 FLASHCORE_HOPPER_KP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_kp", ("KV_PROBE_EARLY=1",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
