@@ -200,6 +200,15 @@
 #ifndef KV_PROBE_EARLY
 #define KV_PROBE_EARLY 0
 #endif
+// Version 13 (kernels/NOTES.md), cuDNN's order as its SASS shows it (ncu-src-d7f093a-cudnn-*):
+// SOFTMAX_TURNS=1 with PINGPONG=1 in the plain schedule: the two warpgroups take turns at the
+// softmax (exp2s, row sums, O's rescale), not at the GEMM issue, so that one warpgroup's exp2s
+// never share the SMSPs with the other's, and each one's GEMMs and waits run beside the other's
+// softmax. Full and fp32_p only (the modes that run both GEMMs and the softmax).
+#ifndef SOFTMAX_TURNS
+#define SOFTMAX_TURNS 0
+#endif
+#define SOFTMAX_TURNS_ON (SOFTMAX_TURNS && PINGPONG && USES_QK && USES_PV && !OVERLAP_SCHEDULE)
 #if defined(BUG_RESCALE_AFTER_PV)
 #define RESCALE_IN_TURN_ON 0                // the seeded bug keeps its own rescale order
 #else
@@ -403,8 +412,9 @@ __device__ __forceinline__ void qk_issue(float (&s)[N_FRAG][4], const half* sQw,
     wgmma_commit();
     if (TURN) turn_end(wg);
 }
+template <bool TURN = true>
 __device__ __forceinline__ void qk_tile(float (&s)[N_FRAG][4], const half* sQw, const half* sKj, int wg) {
-    qk_issue(s, sQw, sKj, wg);
+    qk_issue<TURN>(s, sQw, sKj, wg);
     wgmma_wait<0>();
     reg_fence(s);                           // no read of S above the wait
 }
@@ -476,11 +486,12 @@ __device__ __forceinline__ void pv_issue(float (&o)[D_FRAG][4], const PFrags& f,
     wgmma_commit();
     if (TURN) turn_end(wg);
 }
+template <bool TURN = true>
 __device__ __forceinline__ void pv_tile(float (&o)[D_FRAG][4], const float (&p)[N_FRAG][4], const half* sVj, int wg) {
     PFrags f;
     pack_p_frags(f, p);
     reg_fence(o);                           // the alpha rescale lands before the fence
-    pv_issue(o, f, sVj, wg);
+    pv_issue<TURN>(o, f, sVj, wg);
     wgmma_wait<0>();
     reg_fence(o);
 }
@@ -616,6 +627,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE && TILE_COUNTER
     __shared__ int item_slot;                       // the item the producer took; -1: none left
 #endif
+#if SOFTMAX_TURNS_ON
+    __shared__ float turn_pin;                      // version 13: a zero that pins the softmax in its turn
+#endif
 
     if (tid == 0) {
 #if USES_QK
@@ -626,6 +640,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         tma_prefetch_desc(&tmV);
 #endif
         mbar_init(&bar_q, 1);
+#if SOFTMAX_TURNS_ON
+        turn_pin = 0.f;
+#endif
 #if PERSISTENT_SCHEDULE
         mbar_init(&bar_q_free, NWARPS);             // one arrival per consumer warp
 #endif
@@ -921,7 +938,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
         float s[N_FRAG][4];
 #if USES_QK
-        qk_tile(s, sQw, sK + slot * KV_TILE_HALVES, wg);
+        qk_tile<!SOFTMAX_TURNS_ON>(s, sQw, sK + slot * KV_TILE_HALVES, wg);   // version 13: no GEMM turn
         mask_scores(s, j, ctx);
 #endif
 #if defined(BUG_RESCALE_AFTER_PV) && USES_QK && USES_PV
@@ -943,6 +960,21 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         for (int i = 0; i < D_FRAG; ++i)
 #pragma unroll
             for (int e = 0; e < 4; ++e) o[i][e] *= alpha_o[i][e];
+#elif SOFTMAX_TURNS_ON
+        // Version 13: the softmax is the turn. Registers move freely across bar.sync/bar.arrive in
+        // ptxas, so the softmax is pinned inside: a score reads a shared zero loaded after the
+        // sync (every exp2 waits on the row max, which reads it), and the row sums are stored
+        // (never, in fact: hold_wait_below's NaN test) before the arrival.
+        turn_begin(wg);
+        {
+            float z;
+            asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(z) : "r"(smem_u32(&turn_pin)) : "memory");
+            s[0][0] += z;
+        }
+        scores_to_p(s, o, m, l, j, ctx);
+        hold_wait_below(l[0], l[1], &turn_pin);
+        turn_end(wg);
+        pv_tile<false>(o, s, sV + slot * KV_TILE_HALVES, wg);
 #else
         scores_to_p(s, o, m, l, j, ctx);
 #if USES_PV

@@ -303,10 +303,15 @@ FLASHCORE_HOPPER_RT = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_rt", ("RE
 # the K/V wait fell by 70 clocks and the GEMM issue grew by as much. forward() does not launch it.
 FLASHCORE_HOPPER_KP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_kp", ("KV_PROBE_EARLY=1",))
 
+# Part 2, version 13 (kernels/NOTES.md): cuDNN's order, read from its SASS at d7f093a: version 3's
+# ping-pong with the turn around the softmax (exp2s, sums, O's rescale) instead of the GEMM
+# issues (SOFTMAX_TURNS=1), no intra-warpgroup overlap.
+FLASHCORE_HOPPER_ST = derived(FLASHCORE_HOPPER_PP, "flashcore_hopper_st", ("SOFTMAX_TURNS=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
-                               FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP)}
+                               FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP, FLASHCORE_HOPPER_ST)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -322,7 +322,8 @@ DS = "flashcore_hopper_ds"                  # version 8: version 6 with stepped 
 DYN = "flashcore_hopper_dyn"                # version 9: version 6, persistent, items from a counter
 RT = "flashcore_hopper_rt"                  # version 11: version 6, O's rescale in the turn, early K/V probe
 KP = "flashcore_hopper_kp"                  # version 12: version 6 with the early K/V probe alone
-WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN, RT, KP]  # version 3: version 2 with ping-pong turns
+ST = "flashcore_hopper_st"                  # version 13: version 3 with the turn around the softmax
+WS_ENTRIES = [WS, "flashcore_hopper_pp", OV, PS, OVPP, ILP, DS, DYN, RT, KP, ST]  # version 3: version 2 with ping-pong turns
 
 
 @pytest.mark.parametrize("entry", WS_ENTRIES)
@@ -640,3 +641,34 @@ def test_version_11_rescales_o_inside_the_turn_and_probes_k_v_before_the_pack(d)
     assert counts[OVPP] == 0 and counts[RT] >= d // 4, counts
     assert counts[RT, "f2fp_under_probe"] >= d // 16 and counts[OVPP, "f2fp_under_probe"] == 0, counts
     assert counts[KP] == 0 and counts[KP, "f2fp_under_probe"] >= d // 16, counts   # version 12: the probe alone
+
+
+# ---------------------------------------------------------------- version 13: the softmax is the turn
+@pytest.mark.parametrize("d", (64, 128))
+def test_version_13_takes_turns_at_the_softmax_not_at_the_gemms(d):
+    """SOFTMAX_TURNS=1 (cuDNN's order): in full mode every turn (BAR.SYNC .. BAR.ARV) holds exp2s
+    and no HGMMA (pinned there: ptxas moves register code across named barriers), where every
+    one of version 3's turns holds HGMMAs (ptxas sank its exp2s into the P.V turn); in qk_only
+    (no softmax) the entry keeps version 3's GEMM turns."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+
+    def turns(entry, mode):
+        lines = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=entry))[1]).splitlines()
+        out, start = [], None
+        for i, l in enumerate(lines):
+            if "BAR.SYNC" in l and "0x100" in l:
+                start = i
+            elif "BAR.ARV" in l and start is not None:
+                body = lines[start:i]
+                out.append((sum("MUFU.EX2" in b for b in body), sum("HGMMA" in b for b in body)))
+                start = None
+        return out
+
+    st = [t for t in turns(ST, "full") if t != (0, 0)]
+    assert st and all(ex2 > 0 and hgmma == 0 for ex2, hgmma in st), st
+    pp = [t for t in turns("flashcore_hopper_pp", "full") if t != (0, 0)]
+    assert pp and all(hgmma > 0 for _, hgmma in pp), pp
+    assert all(hgmma > 0 for _, hgmma in turns(ST, "qk_only") if _ or hgmma)
