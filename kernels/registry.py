@@ -305,7 +305,9 @@ FLASHCORE_HOPPER_KP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_kp", ("KV
 
 # Part 2, version 13 (kernels/NOTES.md): cuDNN's order, read from its SASS at d7f093a: version 3's
 # ping-pong with the turn around the softmax (exp2s, sums, O's rescale) instead of the GEMM
-# issues (SOFTMAX_TURNS=1), no intra-warpgroup overlap.
+# issues (SOFTMAX_TURNS=1), no intra-warpgroup overlap. Measured at ab11721 in turns
+# (results/logs/st-ab11721-h200.log): 1.063x version 3 at 4,16,2048,128 (495 against 468 TFLOP/s),
+# but 0.935x and 0.941x version 6 at 4,16,2048 D = 128 and 64. forward() does not launch it.
 FLASHCORE_HOPPER_ST = derived(FLASHCORE_HOPPER_PP, "flashcore_hopper_st", ("SOFTMAX_TURNS=1",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
