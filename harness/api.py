@@ -126,7 +126,7 @@ class Plan:
 # Hopper GPU, flashcore_fused elsewhere), whatever kernel the harness has in use (--kernel).
 _SOURCES: dict = {}     # kernel name -> loader.KernelSource, read and hashed once
 _FUNCTIONS: dict = {}   # (device, kernel, D, causal, tiles) -> (Variant, compiled function)
-_ARCHS: dict = {}       # device -> (its arch "sm_90", its SM count), asked once: each plan needs them
+_DEVICE_FACTS: dict = {}  # device -> (its arch "sm_90", its SM count), asked once: each plan needs them
 
 
 def _function(kind, device: int, entry, arch: str, D: int, causal: bool, tiles: dict):
@@ -165,10 +165,10 @@ def _plan(kind, qm, km, vm, causal: bool) -> Plan:
     call neither validates nor looks a variant up again (a bad input raises every time)."""
     device, B, H, Sq, Sk, D = check_inputs(kind, qm, km, vm)
     shape = Shape(B, H, Sq, Sk, D)
-    if device not in _ARCHS:
+    if device not in _DEVICE_FACTS:
         facts = _device.device_facts(device)
-        _ARCHS[device] = (facts["arch"], facts["sms"])
-    device_arch, sms = _ARCHS[device]
+        _DEVICE_FACTS[device] = (facts["arch"], facts["sms"])
+    device_arch, sms = _DEVICE_FACTS[device]
     entry, arch = product_entry(device_arch, shape, causal)
     variant, fn = _function(kind, device, entry, arch, D, causal, tiles_for(shape, entry.name))
     # a persistent variant's grid is per SM of the plan's device, not of the current one
@@ -191,7 +191,7 @@ def reload():
     the kernel in a long-lived process; a new process reads the file anyway."""
     _SOURCES.clear()
     _FUNCTIONS.clear()
-    _ARCHS.clear()
+    _DEVICE_FACTS.clear()
     _plan.cache_clear()
 
 

@@ -838,16 +838,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             const u32 parity_n = (u32)(KV_G(j + 1) / KV_STAGES) & 1u;
 #if KV_PROBE_EARLY
             const bool kv_ready = mbar_try_wait(&bar_full[slot_n], parity_n);   // answered under the pack
+#else
+            const bool kv_ready = false;            // the wait below polls from the start
 #endif
             PFrags f;
             pack_p_frags(f, s);
             reg_fence(o);                           // the alpha rescale lands before the fence
             PHASE_MARK(1);                          // 1: P(j) packed
-#if KV_PROBE_EARLY
             if (!kv_ready && !mbar_wait_bounded(&bar_full[slot_n], parity_n)) {
-#else
-            if (!mbar_wait_bounded(&bar_full[slot_n], parity_n)) {
-#endif
                 stuck = true;
                 break;
             }

@@ -72,7 +72,7 @@ def _run(shape, kernel: str):
     if variant.persistent:
         raise click.UsageError(f"{kernel} is persistent: PHASE_CLOCKS marks the non-persistent loop only")
     src = loader.KernelSource.read(kernel=kernel)
-    fn = loader._compile(variant, src.text, src.options(variant) + ("-DPHASE_CLOCKS=1",), src.path)
+    fn = loader.compile_function(variant, src, extra_options=("-DPHASE_CLOCKS=1",))
     rng = np.random.default_rng(0)
     q, k, v = (cp.asarray(rng.standard_normal((shp.B, shp.H, s, shp.D)).astype(np.float16))
                for s in (shp.Sq, shp.Sk, shp.Sk))

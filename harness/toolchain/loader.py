@@ -84,10 +84,11 @@ class KernelSource:
         return cls(Path(path), Path(path).read_text(), opts[:len(opts) - len(tail)])
 
 
-def compile_function(variant: Variant, source: KernelSource):
+def compile_function(variant: Variant, source: KernelSource, extra_options: tuple = ()):
     """The compiled flashcore_fwd for a variant from a source snapshot, for the current device
-    (uncached here: the caller keeps it)."""
-    return _compile(variant, source.text, source.options(variant), source.path)
+    (uncached here: the caller keeps it). extra_options: appended (a measuring build's -D,
+    scripts/phase_clocks.py), as compiler.compile_cubin takes them."""
+    return _compile(variant, source.text, source.options(variant) + tuple(extra_options), source.path)
 
 
 def kernel_resources(variant: Variant) -> dict:

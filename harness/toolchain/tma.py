@@ -22,6 +22,8 @@ import functools
 
 import numpy as np
 
+from harness.toolchain import counter
+
 # cuda.h enum values (CUDA 12/13)
 _DT_FLOAT16 = 6                      # CU_TENSOR_MAP_DATA_TYPE_FLOAT16
 _INTERLEAVE_NONE = 0
@@ -143,7 +145,7 @@ def mapped_buffers(entry) -> tuple:
     launch paths (harness/run/gpu.py, harness/api.py) derive the maps from this and box_rows."""
     out = []
     for p in entry.trailing_params:
-        if p == "counter":            # not a map: harness/toolchain/counter.py
+        if p == counter.PARAM:        # not a map: harness/toolchain/counter.py
             continue
         kind, _, name = p.partition(":")
         if kind != "tma" or not name:
