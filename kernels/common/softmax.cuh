@@ -25,47 +25,60 @@
 #ifndef SOFTMAX_ILP
 #define SOFTMAX_ILP 1
 #endif
+// The update in two halves per row half h, so that a caller can put a barrier between the row
+// max and the exp2s (the sm_90a kernel's SOFTMAX_TURNS=2, kernels/flashcore_hopper.cu): the max of
+// tile and running max, then P, the sums and alpha from it. softmax_update runs the two per h in
+// the order it always had.
+template <int NF>
+__device__ __forceinline__ float softmax_row_max(const float (&s)[NF][4], const float (&m)[2], int h,
+                                                 bool first_tile) {
+    float mxk[SOFTMAX_ILP];
+#pragma unroll
+    for (int k = 0; k < SOFTMAX_ILP; ++k) mxk[k] = m[h];
+#pragma unroll
+    for (int nt = 0; nt < NF; ++nt)
+        mxk[nt % SOFTMAX_ILP] = fmaxf(mxk[nt % SOFTMAX_ILP], fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+    float mx = mxk[0];
+#pragma unroll
+    for (int k = 1; k < SOFTMAX_ILP; ++k) mx = fmaxf(mx, mxk[k]);
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+#ifdef BUG_P_OVERFLOW
+    // BUG_P_OVERFLOW (softmax, sm_80 kernel): the row max frozen after the first tile (alpha
+    // = 1), so P = exp(S - m_first) overflows fp16 once a later logit is 11 larger.
+    if (!first_tile) mx = m[h];
+#endif
+    (void)first_tile;
+    return mx;
+}
+template <int NF>
+__device__ __forceinline__ void softmax_exp(float (&s)[NF][4], float (&m)[2], float (&l)[2],
+                                            float (&alpha)[2], float mx, int h, float sl2) {
+    const float m_use = (mx == NEG_INF) ? 0.f : mx;   // a row with no key yet: keep exp finite
+    alpha[h] = fast_exp2((m[h] - m_use) * sl2);        // m[h] = -inf on the first tile -> 0
+    const float ms = m_use * sl2;
+    float sumk[SOFTMAX_ILP];
+#pragma unroll
+    for (int k = 0; k < SOFTMAX_ILP; ++k) sumk[k] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NF; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
+            s[nt][2 * h + e] = p;
+            sumk[(2 * nt + e) % SOFTMAX_ILP] += p;
+        }
+    float sum = sumk[0];
+#pragma unroll
+    for (int k = 1; k < SOFTMAX_ILP; ++k) sum += sumk[k];
+    l[h] = l[h] * alpha[h] + sum;
+    m[h] = mx;
+}
 template <int NF>
 __device__ __forceinline__ void softmax_update(float (&s)[NF][4], float (&m)[2], float (&l)[2],
                                                float (&alpha)[2], float sl2, bool first_tile) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float mxk[SOFTMAX_ILP];
-#pragma unroll
-        for (int k = 0; k < SOFTMAX_ILP; ++k) mxk[k] = m[h];
-#pragma unroll
-        for (int nt = 0; nt < NF; ++nt)
-            mxk[nt % SOFTMAX_ILP] = fmaxf(mxk[nt % SOFTMAX_ILP], fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-        float mx = mxk[0];
-#pragma unroll
-        for (int k = 1; k < SOFTMAX_ILP; ++k) mx = fmaxf(mx, mxk[k]);
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-#ifdef BUG_P_OVERFLOW
-        // BUG_P_OVERFLOW (softmax, sm_80 kernel): the row max frozen after the first tile (alpha
-        // = 1), so P = exp(S - m_first) overflows fp16 once a later logit is 11 larger.
-        if (!first_tile) mx = m[h];
-#endif
-        const float m_use = (mx == NEG_INF) ? 0.f : mx;   // a row with no key yet: keep exp finite
-        alpha[h] = fast_exp2((m[h] - m_use) * sl2);        // m[h] = -inf on the first tile -> 0
-        const float ms = m_use * sl2;
-        float sumk[SOFTMAX_ILP];
-#pragma unroll
-        for (int k = 0; k < SOFTMAX_ILP; ++k) sumk[k] = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < NF; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
-                s[nt][2 * h + e] = p;
-                sumk[(2 * nt + e) % SOFTMAX_ILP] += p;
-            }
-        float sum = sumk[0];
-#pragma unroll
-        for (int k = 1; k < SOFTMAX_ILP; ++k) sum += sumk[k];
-        l[h] = l[h] * alpha[h] + sum;
-        m[h] = mx;
-    }
+    for (int h = 0; h < 2; ++h) softmax_exp(s, m, l, alpha, softmax_row_max(s, m, h, first_tile), h, sl2);
 }
 
 // O_acc *= alpha: row half h (elements 2h, 2h+1) of each n8 tile of O by alpha[h].
