@@ -205,10 +205,17 @@
 // softmax (exp2s, row sums, O's rescale), not at the GEMM issue, so that one warpgroup's exp2s
 // never share the SMSPs with the other's, and each one's GEMMs and waits run beside the other's
 // softmax. Full and fp32_p only (the modes that run both GEMMs and the softmax).
+// Version 14: the same turns in the overlapped schedule (OVERLAP_QK=1): Q.K(j+1)^T and P(j).V(j)
+// are issued outside any turn, and the turn holds softmax(j+1) while P(j).V(j) runs (O's rescale
+// stays after P.V's wait, O being in flight during the turn). SOFTMAX_TURNS=2 there: only the exp2s
+// and sums take the turn; the row max runs before it, as in cuDNN's loop.
 #ifndef SOFTMAX_TURNS
 #define SOFTMAX_TURNS 0
 #endif
-#define SOFTMAX_TURNS_ON (SOFTMAX_TURNS && PINGPONG && USES_QK && USES_PV && !OVERLAP_SCHEDULE)
+#if SOFTMAX_TURNS < 0 || SOFTMAX_TURNS > 2 || (SOFTMAX_TURNS == 2 && !OVERLAP_QK)
+#error "SOFTMAX_TURNS is 0, 1, or 2 with OVERLAP_QK=1"
+#endif
+#define SOFTMAX_TURNS_ON (SOFTMAX_TURNS && PINGPONG && USES_QK && USES_PV)
 #if defined(BUG_RESCALE_AFTER_PV)
 #define RESCALE_IN_TURN_ON 0                // the seeded bug keeps its own rescale order
 #else
@@ -227,8 +234,10 @@
 #define PHASE_N 8
 #define PHASE_TILES 64
 #define PHASE_MARK(k) asm volatile("mov.u32 %0, %%clock;" : "=r"(ph_clk[k]) :: "memory")
+#define PHASE_SLOT(k) (&ph_clk[k])          // a mark taken inside a callee
 #else
 #define PHASE_MARK(k) ((void)0)
+#define PHASE_SLOT(k) ((unsigned*)nullptr)
 #endif
 #define BLOCK_M (64 * CONSUMER_WGS)         // query rows per block
 #define CONSUMER_THREADS (128 * CONSUMER_WGS)
@@ -542,6 +551,45 @@ __device__ __forceinline__ void scores_to_p(float (&s)[N_FRAG][4], float (&o)[D_
 #endif
 }
 
+// ---------------------------------------------------------------- the softmax as the turn
+#if SOFTMAX_TURNS_ON
+// Registers move freely across bar.sync/bar.arrive in ptxas, so a softmax that must lie inside its
+// turn is pinned there: it reads a shared zero loaded after the sync (every exp2 waits on the row
+// max, which reads it), and its row sums are stored (never, in fact: hold_wait_below's NaN test;
+// a NaN row's goes to a sink that nothing reads) before the arrival.
+__device__ __forceinline__ float turn_zero(const float* pin) {
+    float z;
+    asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(z) : "r"(smem_u32(pin)) : "memory");
+    return z;
+}
+#endif
+#if SOFTMAX_TURNS_ON && OVERLAP_SCHEDULE
+// Version 14: the online softmax of one tile in this warpgroup's turn (SOFTMAX_TURNS=2: the row
+// max before it). clk (PHASE_CLOCKS): the SM clock once the turn is taken.
+__device__ __forceinline__ void softmax_in_turn(float (&s)[N_FRAG][4], float (&m)[2], float (&l)[2],
+                                                float (&alpha)[2], float sl2, bool first, int wg,
+                                                const float* pin, float* sink, unsigned* clk) {
+#if SOFTMAX_TURNS == 2
+    float mx[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) mx[h] = softmax_row_max(s, m, h, first);
+    hold_wait_below(mx[0], mx[1], sink);    // the max before the sync (ptxas sank it into the turn)
+    turn_begin(wg);
+    if (clk) asm volatile("mov.u32 %0, %%clock;" : "=r"(*clk) :: "memory");
+    const float z = turn_zero(pin);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) softmax_exp(s, m, l, alpha, mx[h] + z, h, sl2);
+#else
+    turn_begin(wg);
+    if (clk) asm volatile("mov.u32 %0, %%clock;" : "=r"(*clk) :: "memory");
+    s[0][0] += turn_zero(pin);
+    softmax_update(s, m, l, alpha, sl2, first);
+#endif
+    hold_wait_below(l[0], l[1], sink);
+    turn_end(wg);
+}
+#endif
+
 // ---------------------------------------------------------------- the kernel
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
@@ -628,7 +676,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     __shared__ int item_slot;                       // the item the producer took; -1: none left
 #endif
 #if SOFTMAX_TURNS_ON
-    __shared__ float turn_pin;                      // version 13: a zero that pins the softmax in its turn
+    __shared__ float turn_pin;                      // versions 13, 14: a zero that pins the softmax in its turn
+    __shared__ float turn_sink;                     // their hold_wait_below's store target, never read (a NaN
+                                                    // stored at turn_pin would reach every row of the block)
 #endif
 
     if (tid == 0) {
@@ -817,13 +867,18 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             stuck = true;
             break;                                  // out of the item loop: the trap is after it
         }
-        qk_tile(s, sQw, sK + slot0 * KV_TILE_HALVES, wg);
+        qk_tile<!SOFTMAX_TURNS_ON>(s, sQw, sK + slot0 * KV_TILE_HALVES, wg);
 #else
         mbar_wait(&bar_full[0], 0);                 // before the loop: a trap here costs nothing
-        qk_tile(s, sQw, sK, wg);
+        qk_tile<!SOFTMAX_TURNS_ON>(s, sQw, sK, wg);    // version 14: the turns are the softmaxes
 #endif
         mask_scores(s, 0, ctx);
-        softmax_update(s, m, l, alpha, ctx.sl2, true);   // alpha = 0 and O = 0: no rescale needed
+        // alpha = 0 and O = 0: no rescale needed
+#if SOFTMAX_TURNS_ON
+        softmax_in_turn(s, m, l, alpha, ctx.sl2, true, wg, &turn_pin, &turn_sink, nullptr);
+#else
+        softmax_update(s, m, l, alpha, ctx.sl2, true);
+#endif
         // Tiles 0 .. n_iter-2 overlap with the next tile's QK; the last tile (below) runs P.V alone.
         // The loop body has no condition on "is there a next tile", so s_next always replaces s and
         // both share registers (with the condition inside, ptxas kept s alive beside s_next and
@@ -851,6 +906,15 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             }
             PHASE_MARK(2);                          // 2: K/V tile j+1 has landed
             float s_next[N_FRAG][4];
+#if SOFTMAX_TURNS_ON
+            // Version 14: both GEMMs issued outside any turn; the turn is the softmax, below.
+            // Its marks 3-6 (scripts/phase_clocks.py names them by the entry): 3 both GEMMs
+            // issued, 4 S(j+1) landed, 5 the turn taken (in softmax_in_turn), 6 the softmax done
+            // and the turn handed on.
+            qk_issue<false>(s_next, sQw, sK + slot_n * KV_TILE_HALVES, wg);
+            pv_issue<false>(o, f, sV + slot * KV_TILE_HALVES, wg);
+            PHASE_MARK(3);                          // 3 (version 14): both GEMMs issued
+#else
             // PINGPONG (version 6, FA3's schedule): both GEMMs in one turn, so that this
             // warpgroup's softmax of tile j+1 runs while the other's two GEMMs are issued and run
             turn_begin(wg);
@@ -863,19 +927,30 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             pv_issue<false>(o, f, sV + slot * KV_TILE_HALVES, wg);
             turn_end(wg);
             PHASE_MARK(4);                          // 4: both GEMMs issued, the turn handed on
+#endif
             wgmma_wait<1>();                        // S(j+1) has landed; P(j).V(j) may still run
             reg_fence(s_next);
+#if SOFTMAX_TURNS_ON
+            PHASE_MARK(4);                          // 4 (version 14): S(j+1) has landed
+#else
             PHASE_MARK(5);                          // 5: S(j+1) has landed
+#endif
             mask_scores(s_next, j + 1, ctx);
             float alpha_n[2];
-            softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
             // P(j+1) and its row sums are done before the wait in NVVM's order (the fence) and in
             // ptxas's (hold_wait_below: l reads every exp2 of the tile). Without the second, ptxas
             // issued the wait in the first stall of the row max, so only the mask and part of the
             // max ran under P(j).V(j) (kernels/NOTES.md, version 4 second build).
+#if SOFTMAX_TURNS_ON
+            softmax_in_turn(s_next, m, l, alpha_n, ctx.sl2, false, wg, &turn_pin, &turn_sink, PHASE_SLOT(5));
+            reg_fence(s_next);                      // (softmax_in_turn holds the wait below its sums)
+            PHASE_MARK(6);                          // 6 (version 14): the softmax done, the turn handed on
+#else
+            softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
             reg_fence(s_next);
             hold_wait_below(l[0], l[1], &wait_pin);
             PHASE_MARK(6);                          // 6: the softmax of tile j+1 is done
+#endif
             wgmma_wait<0>();
             reg_fence(o);
             PHASE_MARK(7);                          // 7: P(j).V(j) has retired
@@ -914,7 +989,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if RESCALE_IN_TURN_ON
             rescale_o(o, alpha);                    // the last tile's alpha (the loop left it unapplied)
 #endif
-            pv_tile(o, s, sV + slot * KV_TILE_HALVES, wg);
+            pv_tile<!SOFTMAX_TURNS_ON>(o, s, sV + slot * KV_TILE_HALVES, wg);   // version 14: turns are softmaxes
             warp_arrive(&bar_empty[slot], lane);
 #ifdef BUG_RESCALE_AFTER_PV
             rescale_o(o, alpha);
@@ -959,18 +1034,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #pragma unroll
             for (int e = 0; e < 4; ++e) o[i][e] *= alpha_o[i][e];
 #elif SOFTMAX_TURNS_ON
-        // Version 13: the softmax is the turn. Registers move freely across bar.sync/bar.arrive in
-        // ptxas, so the softmax is pinned inside: a score reads a shared zero loaded after the
-        // sync (every exp2 waits on the row max, which reads it), and the row sums are stored
-        // (never, in fact: hold_wait_below's NaN test) before the arrival.
+        // Version 13: the softmax is the turn, pinned inside it (turn_zero, hold_wait_below).
         turn_begin(wg);
-        {
-            float z;
-            asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(z) : "r"(smem_u32(&turn_pin)) : "memory");
-            s[0][0] += z;
-        }
+        s[0][0] += turn_zero(&turn_pin);
         scores_to_p(s, o, m, l, j, ctx);
-        hold_wait_below(l[0], l[1], &turn_pin);
+        hold_wait_below(l[0], l[1], &turn_sink);
         turn_end(wg);
         pv_tile<false>(o, s, sV + slot * KV_TILE_HALVES, wg);
 #else

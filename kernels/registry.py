@@ -310,10 +310,19 @@ FLASHCORE_HOPPER_KP = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_kp", ("KV
 # but 0.935x and 0.941x version 6 at 4,16,2048 D = 128 and 64. forward() does not launch it.
 FLASHCORE_HOPPER_ST = derived(FLASHCORE_HOPPER_PP, "flashcore_hopper_st", ("SOFTMAX_TURNS=1",))
 
+# Part 2, version 14 (kernels/NOTES.md): version 13's order on version 6's overlap: Q.K(j+1)^T and
+# P(j).V(j) are issued outside any turn and the turn holds softmax(j+1) while P(j).V(j) runs, so the
+# two warpgroups' exp2 phases never share the SMSPs (PHASE_CLOCKS at d7f093a: version 6's overlap,
+# and warpgroup 0's softmax 32 % longer than warpgroup 1's). SOFTMAX_TURNS=1: the whole softmax in
+# the turn; =2 (flashcore_hopper_ovst2): the row max before it, as in cuDNN's loop.
+FLASHCORE_HOPPER_OVST = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ovst", ("SOFTMAX_TURNS=1",))
+FLASHCORE_HOPPER_OVST2 = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ovst2", ("SOFTMAX_TURNS=2",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
-                               FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP, FLASHCORE_HOPPER_ST)}
+                               FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP, FLASHCORE_HOPPER_ST,
+                               FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -12,6 +12,9 @@ Marks (per iteration j, which issues tile j+1's Q.K^T and tile j's P.V):
   0 start, 1 P(j) packed, 2 K/V(j+1) landed, 3 turn taken, 4 GEMMs issued and turn handed on,
   5 S(j+1) landed, 6 softmax(j+1) done, 7 P(j).V(j) retired; the next iteration's 0 closes it
   (7 -> next 0: O's rescale and the S copy).
+In the entries whose turn is the softmax (SOFTMAX_TURNS, version 14): 3 GEMMs issued (no turn),
+  4 S(j+1) landed, 5 the softmax's turn taken (after the mask; with SOFTMAX_TURNS=2 the row max
+  too), 6 softmax(j+1) done and the turn handed on.
 The instrumented kernel's output is checked against a float32 reference of two heads, so a
 reading comes from a kernel that still computes attention.
 """
@@ -28,6 +31,16 @@ import numpy as np
 PHASE_N, PHASE_TILES = 8, 64          # kernels/flashcore_hopper.cu's PHASE_N and PHASE_TILES
 PHASES = ("pack P(j)", "wait K/V(j+1)", "wait for the turn", "issue QK(j+1)+PV(j)",
           "wait S(j+1)", "softmax(j+1)", "wait PV(j)", "rescale O, copy S")
+SOFTMAX_TURN_PHASES = ("pack P(j)", "wait K/V(j+1)", "issue QK(j+1)+PV(j)", "wait S(j+1)",
+                       "mask (+max), wait for the turn", "softmax(j+1) in the turn", "wait PV(j)",
+                       "rescale O, copy S")
+
+
+def phases_of(kernel: str) -> tuple:
+    """The names of the eight phases, by where the entry's turn lies (kernels/flashcore_hopper.cu)."""
+    from kernels.registry import KERNELS
+    turns = any(d.startswith("SOFTMAX_TURNS=") and d != "SOFTMAX_TURNS=0" for d in KERNELS[kernel].tile_defines)
+    return SOFTMAX_TURN_PHASES if turns else PHASES
 
 
 def intervals(clk: np.ndarray, n_iter: int) -> np.ndarray:
@@ -46,14 +59,14 @@ def intervals(clk: np.ndarray, n_iter: int) -> np.ndarray:
     return d[:, :, 1:n - 1, :]
 
 
-def summary(d: np.ndarray, warps_per_wg: int = 4) -> dict:
+def summary(d: np.ndarray, warps_per_wg: int = 4, phases: tuple = PHASES) -> dict:
     """Per warpgroup: median, p10, p90 of each phase and of the whole iteration (clocks)."""
     out = {}
     for wg in range(d.shape[1] // warps_per_wg):
         x = d[:, wg * warps_per_wg:(wg + 1) * warps_per_wg].reshape(-1, PHASE_N)
         it = x.sum(axis=1)
         out[f"wg{wg}"] = {
-            "phases": {name: [float(np.percentile(x[:, k], q)) for q in (50, 10, 90)] for k, name in enumerate(PHASES)},
+            "phases": {name: [float(np.percentile(x[:, k], q)) for q in (50, 10, 90)] for k, name in enumerate(phases)},
             "iteration": [float(np.percentile(it, q)) for q in (50, 10, 90)],
             "samples": int(x.shape[0]),
         }
@@ -107,7 +120,8 @@ def main(shape, kernel, json_out):
     from rich.table import Table
     variant, clk, n_iter, err = _run(shape, kernel)
     d = intervals(clk, n_iter)
-    s = summary(d)
+    phases = phases_of(kernel)
+    s = summary(d, phases=phases)
     ok = err < 2e-2
     print(f"{kernel} {variant.label} at {shape}: {n_iter} key tiles, {d.shape[0]} blocks; "
           f"max |O - float32 reference| over two heads {err:.2e} ({'ok' if ok else 'WRONG'})")
@@ -116,7 +130,7 @@ def main(shape, kernel, json_out):
     for wg in s:
         t.add_column(wg, justify="right")
         t.add_column("share", justify="right")
-    for name in PHASES + ("iteration",):
+    for name in phases + ("iteration",):
         row = [name]
         for wg, v in s.items():
             m, lo, hi = v["iteration"] if name == "iteration" else v["phases"][name]

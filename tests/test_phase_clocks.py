@@ -38,12 +38,20 @@ def test_intervals_refuse_a_sweep_too_short_to_read():
         pc.intervals(np.zeros((1, 8, 64, 8), np.uint32), 4)
 
 
-@pytest.mark.parametrize("D", [64, 128])
-def test_phase_clocks_build_reads_the_clock_eight_times_with_no_spill(D):
+def test_phases_are_named_by_where_the_entry_takes_its_turn():
+    assert pc.phases_of("flashcore_hopper_ovpp") == pc.PHASES
+    assert pc.phases_of("flashcore_hopper_ovst2") == pc.SOFTMAX_TURN_PHASES
+    assert len(pc.SOFTMAX_TURN_PHASES) == len(pc.PHASES) == pc.PHASE_N
+
+
+@pytest.mark.parametrize("D,kernel", [(64, "flashcore_hopper_ovpp"), (128, "flashcore_hopper_ovpp"),
+                                      (128, "flashcore_hopper_ovst"), (64, "flashcore_hopper_ovst2")])
+def test_phase_clocks_build_reads_the_clock_eight_times_with_no_spill(D, kernel):
+    """Version 14 takes one of its marks inside softmax_in_turn (PHASE_SLOT): still eight."""
     from harness.toolchain import compiler
     from harness.toolchain.variant import Variant
     from tests.test_hopper_compile import _disassemble
-    v = Variant("full", D, False, kernel="flashcore_hopper_ovpp")
+    v = Variant("full", D, False, kernel=kernel)
     res, cubin = compiler.compile_cubin(v, extra_options=("-DPHASE_CLOCKS=1",))
     assert res.spill_stores == res.spill_loads == 0 and res.wgmma_warnings == ()
     assert _disassemble(cubin).count("SR_CLOCKLO") == 8
