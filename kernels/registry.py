@@ -318,11 +318,16 @@ FLASHCORE_HOPPER_ST = derived(FLASHCORE_HOPPER_PP, "flashcore_hopper_st", ("SOFT
 FLASHCORE_HOPPER_OVST = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ovst", ("SOFTMAX_TURNS=1",))
 FLASHCORE_HOPPER_OVST2 = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ovst2", ("SOFTMAX_TURNS=2",))
 
+# Part 2, version 15 (kernels/NOTES.md): version 6 with FA4's lazy rescale (LAZY_RESCALE=1): a row's
+# max moves only when a tile raises it by more than 2^8, and a warp whose rows all kept theirs skips
+# O's rescale, the 64 FMULs (D = 128) between P(j).V(j)'s retirement and P(j+1).V(j+1)'s issue.
+FLASHCORE_HOPPER_LZ = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_lz", ("LAZY_RESCALE=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
                                FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP, FLASHCORE_HOPPER_ST,
-                               FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2)}
+                               FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_LZ)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
