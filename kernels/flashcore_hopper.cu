@@ -216,21 +216,6 @@
 #error "SOFTMAX_TURNS is 0, 1, or 2 with OVERLAP_QK=1"
 #endif
 #define SOFTMAX_TURNS_ON (SOFTMAX_TURNS && PINGPONG && USES_QK && USES_PV)
-// Version 15 (kernels/NOTES.md), FA4's lazy rescale: in the overlapped loop a row's running max
-// moves only when the tile's max exceeds it by more than LAZY_SLACK in exp2 units (a factor 2^8);
-// otherwise the exp2s keep the stale max, P <= 2^8 (fp16's range is 2^16), alpha is exactly 1, and
-// a warp whose 16 rows all kept theirs skips O's rescale (64 FMULs at D = 128 on the chain between
-// P(j).V(j)'s retirement and P(j+1).V(j+1)'s issue; PHASE_CLOCKS: that phase is 350-470 clocks).
-// O / l and LSE = scale * m + ln(l) are the same for any m the exp2s and l share.
-#ifndef LAZY_RESCALE
-#define LAZY_RESCALE 0
-#endif
-#if LAZY_RESCALE && !defined(BUG_RESCALE_AFTER_PV)     // the seeded bug keeps its own rescale order
-#define LAZY_RESCALE_ON (OVERLAP_SCHEDULE && !RESCALE_IN_TURN)
-#else
-#define LAZY_RESCALE_ON 0
-#endif
-#define LAZY_SLACK 8.f
 #if defined(BUG_RESCALE_AFTER_PV)
 #define RESCALE_IN_TURN_ON 0                // the seeded bug keeps its own rescale order
 #else
@@ -565,25 +550,6 @@ __device__ __forceinline__ void scores_to_p(float (&s)[N_FRAG][4], float (&o)[D_
     rescale_o(o, alpha);
 #endif
 }
-
-// ---------------------------------------------------------------- version 15: the lazy max
-#if LAZY_RESCALE_ON
-// softmax_update with the stale max kept where the tile's rises by LAZY_SLACK or less (in exp2
-// units); true where some row of the warp moved its max, so that O needs its rescale.
-__device__ __forceinline__ bool softmax_update_lazy(float (&s)[N_FRAG][4], float (&m)[2], float (&l)[2],
-                                                    float (&alpha)[2], float sl2) {
-    bool moved = false;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float mx = softmax_row_max(s, m, h, false);
-        // mx >= m; m = -inf (no key yet) always moves; mx = m = -inf keeps (NaN compares false)
-        if ((mx - m[h]) * sl2 <= LAZY_SLACK) mx = m[h];
-        else moved = true;
-        softmax_exp(s, m, l, alpha, mx, h, sl2);
-    }
-    return __any_sync(0xffffffffu, moved);
-}
-#endif
 
 // ---------------------------------------------------------------- the softmax as the turn
 #if SOFTMAX_TURNS_ON
@@ -980,11 +946,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             reg_fence(s_next);                      // (softmax_in_turn holds the wait below its sums)
             PHASE_MARK(6);                          // 6 (version 14): the softmax done, the turn handed on
 #else
-#if LAZY_RESCALE_ON
-            const bool rescale = softmax_update_lazy(s_next, m, l, alpha_n, ctx.sl2);
-#else
             softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
-#endif
             reg_fence(s_next);
             hold_wait_below(l[0], l[1], &wait_pin);
             PHASE_MARK(6);                          // 6: the softmax of tile j+1 is done
@@ -1011,8 +973,6 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];
 #elif RESCALE_IN_TURN_ON
             alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];   // applied in the next turn (or before the last P.V)
-#elif LAZY_RESCALE_ON
-            if (rescale) rescale_o(o, alpha_n);     // warp-uniform: alpha = 1 in every row otherwise
 #else
             rescale_o(o, alpha_n);
 #endif

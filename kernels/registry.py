@@ -318,16 +318,23 @@ FLASHCORE_HOPPER_ST = derived(FLASHCORE_HOPPER_PP, "flashcore_hopper_st", ("SOFT
 FLASHCORE_HOPPER_OVST = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ovst", ("SOFTMAX_TURNS=1",))
 FLASHCORE_HOPPER_OVST2 = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ovst2", ("SOFTMAX_TURNS=2",))
 
-# Part 2, version 15 (kernels/NOTES.md): version 6 with FA4's lazy rescale (LAZY_RESCALE=1): a row's
-# max moves only when a tile raises it by more than 2^8, and a warp whose rows all kept theirs skips
-# O's rescale, the 64 FMULs (D = 128) between P(j).V(j)'s retirement and P(j+1).V(j+1)'s issue.
-FLASHCORE_HOPPER_LZ = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_lz", ("LAZY_RESCALE=1",))
+# Part 2, version 15 (kernels/NOTES.md), FA4's lazy rescale, measured at c6038e4 and taken out:
+# +0.6-1.5 % at the large shapes, but O's error 1.07-2.67x the floor at the mission shape (2 of 6
+# seeds fail the floor rule): P up to 2^8 rounds where the kernel-precision reference does not.
+
+# Part 2, version 16 (kernels/NOTES.md): version 14 (the turn around the softmax, on the overlap)
+# with the row max and sum in four chains (SOFTMAX_ILP=4, version 7's). scripts/softmax_rate.py at
+# d8bb63a: the softmax alone on an SMSP takes ~860 clocks per tile with one warp (latency-bound:
+# the max, then the exp2s, then the sum tail) and 694 per tile with two (the MUFU 76 % busy).
+# Version 7 changed nothing in version 6, whose two softmaxes overlap (the second regime); in
+# version 14's turn one softmax runs alone (the first), where shorter chains should tell.
+FLASHCORE_HOPPER_OVSTI = derived(FLASHCORE_HOPPER_OVST, "flashcore_hopper_ovsti", ("SOFTMAX_ILP=4",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
                                FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP, FLASHCORE_HOPPER_ST,
-                               FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_LZ)}
+                               FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_OVSTI)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
