@@ -14,6 +14,12 @@ Each step first makes fresh scores from the last P (one FFMA per score, counted 
 (64 FMUL at D = 128) and PACK=1 P's fp16 packing (32 F2FP), the work version 6 runs in phases
 of their own; the last two builds split the row max and sum into SOFTMAX_ILP chains (version 7).
 
+The second table puts the same softmax (warpgroup 0, one warp per SMSP) beside warpgroup 1 of
+the same block (the other warp on each SMSP, as the kernel's other consumer warpgroup), which is
+idle, issues FFMAs, or issues the kernel's GEMM pattern: a group of eight m64n128k16 HGMMAs from
+shared memory, committed, with the previous group waited for (wait_group 1), so that the HGMMAs
+queue for a busy tensor pipe as the kernel's "issue QK(j+1)+PV(j)" phase does (600-1,000 clocks).
+
     python scripts/softmax_rate.py
 """
 
@@ -74,6 +80,93 @@ extern "C" __global__ void softmax_rate(float* out, long long* clocks, int iters
     if (threadIdx.x % 32 == 0) clocks[blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32] = t1 - t0;
 }
 """
+BESIDE = r"""
+#include "softmax.cuh"
+#include "wgmma.cuh"
+#define NF 16
+// Warpgroup 0: the softmax loop, timed. Warpgroup 1: COMPANION 0 nothing, 1 FFMAs, 2 HGMMA groups,
+// until warpgroup 0 is done (a shared flag).
+extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, long long* clocks, int iters, float sl2) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned char* smem = (unsigned char*)(((size_t)smem_raw + 1023) & ~(size_t)1023);
+    __shared__ volatile int done;
+    for (int i = threadIdx.x; i < (64 + 128) * 64 / 2; i += blockDim.x) ((u32*)smem)[i] = 0x3c003c00u;  // fp16 ones
+    if (threadIdx.x == 0) done = 0;
+    __syncthreads();
+    const int wg = threadIdx.x / 128;
+    const float lane = 0.01f * (threadIdx.x % 32);
+    if (wg == 0) {
+        float s[NF][4];
+#pragma unroll
+        for (int i = 0; i < NF; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[i][e] = lane + 0.07f * i - 0.3f * e;
+        float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+        long long t0 = clock64();
+        for (int it = 0; it < iters; ++it) {
+#pragma unroll
+            for (int i = 0; i < NF; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[i][e] = fmaf(s[i][e], -0.75f, lane - 0.11f * e);
+            float alpha[2];
+            softmax_update(s, m, l, alpha, sl2, it == 0);
+        }
+        long long t1 = clock64();
+        asm volatile("bar.sync 1, 128;" ::: "memory");     // warpgroup 0 only
+        if (threadIdx.x == 0) done = 1;
+        float acc = l[0] + l[1] + m[0] + m[1];
+#pragma unroll
+        for (int i = 0; i < NF; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc += s[i][e];
+        out[blockIdx.x * 256 + threadIdx.x] = acc;
+        if (threadIdx.x % 32 == 0) clocks[blockIdx.x * 4 + threadIdx.x / 32] = t1 - t0;
+    } else {
+        float acc = 0.f;
+#if COMPANION == 1
+        float x[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] = lane + i;
+        while (!done) {
+#pragma unroll
+            for (int r = 0; r < 16; ++r)
+#pragma unroll
+                for (int i = 0; i < 8; ++i) x[i] = fmaf(x[i], 0.999f, 0.001f);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc += x[i];
+#elif COMPANION == 2
+        float d[NF][4];
+        const u64 da = smem_desc(smem, 16, 1024), db = smem_desc(smem + 64 * 128, 16, 1024);
+        wgmma_fence();
+        wgmma_ss_zero(d, da, db);
+        wgmma_commit();
+        for (;;) {
+            // the exit must be the whole warpgroup's (wgmma is warpgroup-collective)
+            u32 stop;
+            asm volatile("{\n.reg .pred p, q;\nsetp.ne.u32 q, %1, 0;\nbarrier.red.or.pred p, 2, 128, q;\n"
+                         "selp.u32 %0, 1, 0, p;\n}" : "=r"(stop) : "r"((u32)done) : "memory");
+            if (stop) break;
+            wgmma_fence();
+#pragma unroll
+            for (int k = 0; k < 8; ++k) wgmma_ss_acc(d, smem_desc_plus(da, 32 * (k % 4)), smem_desc_plus(db, 32 * (k % 4)));
+            wgmma_commit();
+            wgmma_wait<1>();
+        }
+        wgmma_wait<0>();
+        reg_fence(d);
+#pragma unroll
+        for (int i = 0; i < NF; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc += d[i][e];
+#endif
+        out[blockIdx.x * 256 + threadIdx.x] = acc;
+    }
+}
+"""
+BESIDE_SMEM = 1024 + (64 + 128) * 64 * 2
+COMPANIONS = ((0, "idle"), (1, "FFMA stream"), (2, "HGMMA groups (8 x m64n128k16, wait_group 1)"))
+
 # (name, UPDATE, RESCALE, PACK, SOFTMAX_ILP)
 BUILDS = (("FFMA only (fresh scores)", 0, 0, 0, 1), ("+ softmax_update", 1, 0, 0, 1),
           ("+ O rescale (64 FMUL)", 1, 1, 0, 1), ("+ P pack (32 F2FP)", 1, 1, 1, 1),
@@ -84,6 +177,25 @@ def options(update: int, rescale: int, pack: int, ilp: int = 1) -> tuple:
     from harness.toolchain.compiler import find_cuda_include
     return (f"-I{find_cuda_include()}", f"-I{COMMON}", "-std=c++17",
             f"-DUPDATE={update}", f"-DRESCALE={rescale}", f"-DPACK={pack}", f"-DSOFTMAX_ILP={ilp}")
+
+
+def beside_options(companion: int) -> tuple:
+    from harness.toolchain.compiler import find_cuda_include
+    hopper = COMMON.parent / "hopper"
+    return (f"-I{find_cuda_include()}", f"-I{COMMON}", f"-I{hopper}", "-std=c++17", f"-DCOMPANION={companion}")
+
+
+def measure_beside(cp, fn, sms: int) -> float:
+    """Median clocks per step of warpgroup 0's warps, one block of two warpgroups per SM."""
+    out = cp.empty(sms * 256, dtype=cp.float32)
+    clocks = cp.zeros(sms * 4, dtype=cp.int64)
+    sl2 = np.float32(1.4426950408889634 / np.sqrt(128.0))
+    fn.max_dynamic_shared_size_bytes = BESIDE_SMEM
+    for _ in range(2):
+        fn((sms,), (256,), (out, clocks, np.int32(ITERS), sl2), shared_mem=BESIDE_SMEM)
+    cp.cuda.Device().synchronize()
+    assert bool(cp.isfinite(out).all()), "the timed loop produced non-finite values"
+    return float(np.median(cp.asnumpy(clocks))) / ITERS
 
 
 def measure(cp, fn, sms: int, warps_per_smsp: int) -> float:
@@ -110,6 +222,11 @@ def main() -> int:
         fn = cp.RawModule(code=SOURCE, options=options(*build) + ("-ftz=true",)).get_function("softmax_rate")
         row = [f"{measure(cp, fn, sms, w):.0f}" for w in (1, 2)]
         print(f"  {label:26s} 1, 2 warps per SMSP: {', '.join(row)}")
+    print("softmax_update (warpgroup 0) beside warpgroup 1 of the same block, clocks per tile:")
+    for companion, label in COMPANIONS:
+        fn = cp.RawModule(code=BESIDE, options=beside_options(companion) + ("-ftz=true", "-arch=sm_90a"),
+                          ).get_function("softmax_beside")
+        print(f"  beside {label:45s} {measure_beside(cp, fn, sms):.0f}")
     return 0
 
 

@@ -32,3 +32,14 @@ def test_softmax_rate_runs():
     fn = cp.RawModule(code=m.SOURCE, options=m.options(1, 0, 0) + ("-ftz=true",)).get_function("softmax_rate")
     t = m.measure(cp, fn, sms, 1)
     assert t > 0, t
+
+
+@pytest.mark.parametrize("companion", [0, 1, 2])
+def test_beside_builds_compile_clean_and_the_gemm_companion_issues_hgmma(companion):
+    from harness.toolchain import compiler
+    from tests.test_hopper_compile import _disassemble
+    text = _disassemble(compiler.compile_source(m.BESIDE, "beside.cu", "sm_90a", m.beside_options(companion)))
+    assert text.count("MUFU.EX2") >= 66                 # (ptxas may peel the first step)
+    assert ("HGMMA" in text) == (companion == 2)
+    if companion == 2:
+        assert text.count("HGMMA") == 9 and "WARPGROUP.DEPBAR.LE gsb0, 0x1" in text
