@@ -135,7 +135,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, 
         }
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc += x[i];
-#elif COMPANION == 2
+#elif COMPANION >= 2
         float d[NF][4];
         const u64 da = smem_desc(smem, 16, 1024), db = smem_desc(smem + 64 * 128, 16, 1024);
         wgmma_fence();
@@ -149,9 +149,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, 
             if (stop) break;
             wgmma_fence();
 #pragma unroll
-            for (int k = 0; k < 8; ++k) wgmma_ss_acc(d, smem_desc_plus(da, 32 * (k % 4)), smem_desc_plus(db, 32 * (k % 4)));
+            for (int k = 0; k < GROUP; ++k) wgmma_ss_acc(d, smem_desc_plus(da, 32 * (k % 4)), smem_desc_plus(db, 32 * (k % 4)));
             wgmma_commit();
-            wgmma_wait<1>();
+            wgmma_wait<IN_FLIGHT>();
         }
         wgmma_wait<0>();
         reg_fence(d);
@@ -165,7 +165,11 @@ extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, 
 }
 """
 BESIDE_SMEM = 1024 + (64 + 128) * 64 * 2
-COMPANIONS = ((0, "idle"), (1, "FFMA stream"), (2, "HGMMA groups (8 x m64n128k16, wait_group 1)"))
+# (COMPANION, HGMMAs per group, groups left in flight at each wait, label)
+COMPANIONS = ((0, 8, 1, "idle"), (1, 8, 1, "FFMA stream"),
+              (2, 8, 1, "HGMMA groups (8 x m64n128k16, wait_group 1)"),
+              (3, 8, 0, "HGMMA groups (8 x m64n128k16, wait_group 0)"),
+              (4, 2, 0, "HGMMA groups (2 x m64n128k16, wait_group 0)"))
 
 # (name, UPDATE, RESCALE, PACK, SOFTMAX_ILP)
 BUILDS = (("FFMA only (fresh scores)", 0, 0, 0, 1), ("+ softmax_update", 1, 0, 0, 1),
@@ -179,10 +183,11 @@ def options(update: int, rescale: int, pack: int, ilp: int = 1) -> tuple:
             f"-DUPDATE={update}", f"-DRESCALE={rescale}", f"-DPACK={pack}", f"-DSOFTMAX_ILP={ilp}")
 
 
-def beside_options(companion: int) -> tuple:
+def beside_options(companion: int, group: int = 8, in_flight: int = 1) -> tuple:
     from harness.toolchain.compiler import find_cuda_include
     hopper = COMMON.parent / "hopper"
-    return (f"-I{find_cuda_include()}", f"-I{COMMON}", f"-I{hopper}", "-std=c++17", f"-DCOMPANION={companion}")
+    return (f"-I{find_cuda_include()}", f"-I{COMMON}", f"-I{hopper}", "-std=c++17", f"-DCOMPANION={companion}",
+            f"-DGROUP={group}", f"-DIN_FLIGHT={in_flight}")
 
 
 def measure_beside(cp, fn, sms: int) -> float:
@@ -223,8 +228,8 @@ def main() -> int:
         row = [f"{measure(cp, fn, sms, w):.0f}" for w in (1, 2)]
         print(f"  {label:26s} 1, 2 warps per SMSP: {', '.join(row)}")
     print("softmax_update (warpgroup 0) beside warpgroup 1 of the same block, clocks per tile:")
-    for companion, label in COMPANIONS:
-        fn = cp.RawModule(code=BESIDE, options=beside_options(companion) + ("-ftz=true", "-arch=sm_90a"),
+    for companion, group, in_flight, label in COMPANIONS:
+        fn = cp.RawModule(code=BESIDE, options=beside_options(companion, group, in_flight) + ("-ftz=true", "-arch=sm_90a"),
                           ).get_function("softmax_beside")
         print(f"  beside {label:45s} {measure_beside(cp, fn, sms):.0f}")
     return 0
