@@ -141,6 +141,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, 
         wgmma_fence();
         wgmma_ss_zero(d, da, db);
         wgmma_commit();
+        int groups = 0;
         for (;;) {
             // the exit must be the whole warpgroup's (wgmma is warpgroup-collective)
             u32 stop;
@@ -152,9 +153,11 @@ extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, 
             for (int k = 0; k < GROUP; ++k) wgmma_ss_acc(d, smem_desc_plus(da, 32 * (k % 4)), smem_desc_plus(db, 32 * (k % 4)));
             wgmma_commit();
             wgmma_wait<IN_FLIGHT>();
+            ++groups;
         }
         wgmma_wait<0>();
         reg_fence(d);
+        if (threadIdx.x == 128) clocks[gridDim.x * 4 + blockIdx.x] = (long long)groups * GROUP;   // HGMMAs issued
 #pragma unroll
         for (int i = 0; i < NF; ++i)
 #pragma unroll
@@ -169,7 +172,9 @@ BESIDE_SMEM = 1024 + (64 + 128) * 64 * 2
 COMPANIONS = ((0, 8, 1, "idle"), (1, 8, 1, "FFMA stream"),
               (2, 8, 1, "HGMMA groups (8 x m64n128k16, wait_group 1)"),
               (3, 8, 0, "HGMMA groups (8 x m64n128k16, wait_group 0)"),
-              (4, 2, 0, "HGMMA groups (2 x m64n128k16, wait_group 0)"))
+              (4, 2, 0, "HGMMA groups (2 x m64n128k16, wait_group 0)"),
+              (5, 1, 0, "HGMMA groups (1 x m64n128k16, wait_group 0)"),
+              (6, 16, 1, "HGMMA groups (16 x m64n128k16, wait_group 1)"))
 
 # (name, UPDATE, RESCALE, PACK, SOFTMAX_ILP)
 BUILDS = (("FFMA only (fresh scores)", 0, 0, 0, 1), ("+ softmax_update", 1, 0, 0, 1),
@@ -190,17 +195,20 @@ def beside_options(companion: int, group: int = 8, in_flight: int = 1) -> tuple:
             f"-DGROUP={group}", f"-DIN_FLIGHT={in_flight}")
 
 
-def measure_beside(cp, fn, sms: int) -> float:
-    """Median clocks per step of warpgroup 0's warps, one block of two warpgroups per SM."""
+def measure_beside(cp, fn, sms: int) -> tuple:
+    """(median clocks per step of warpgroup 0's warps, HGMMAs warpgroup 1 issued per 1,000 of
+    those clocks), one block of two warpgroups per SM."""
     out = cp.empty(sms * 256, dtype=cp.float32)
-    clocks = cp.zeros(sms * 4, dtype=cp.int64)
+    clocks = cp.zeros(sms * 5, dtype=cp.int64)
     sl2 = np.float32(1.4426950408889634 / np.sqrt(128.0))
     fn.max_dynamic_shared_size_bytes = BESIDE_SMEM
     for _ in range(2):
         fn((sms,), (256,), (out, clocks, np.int32(ITERS), sl2), shared_mem=BESIDE_SMEM)
     cp.cuda.Device().synchronize()
     assert bool(cp.isfinite(out).all()), "the timed loop produced non-finite values"
-    return float(np.median(cp.asnumpy(clocks))) / ITERS
+    c = cp.asnumpy(clocks)
+    loop = float(np.median(c[:sms * 4]))
+    return loop / ITERS, 1000.0 * float(np.median(c[sms * 4:])) / loop
 
 
 def measure(cp, fn, sms: int, warps_per_smsp: int) -> float:
@@ -227,11 +235,14 @@ def main() -> int:
         fn = cp.RawModule(code=SOURCE, options=options(*build) + ("-ftz=true",)).get_function("softmax_rate")
         row = [f"{measure(cp, fn, sms, w):.0f}" for w in (1, 2)]
         print(f"  {label:26s} 1, 2 warps per SMSP: {', '.join(row)}")
-    print("softmax_update (warpgroup 0) beside warpgroup 1 of the same block, clocks per tile:")
+    print("softmax_update (warpgroup 0) beside warpgroup 1 of the same block, clocks per tile "
+          "(one m64n128k16 HGMMA is 64 clocks of the SM's tensor pipe at 4,096 FLOP per clock: "
+          "15.6 per 1,000 clocks keep it busy):")
     for companion, group, in_flight, label in COMPANIONS:
         fn = cp.RawModule(code=BESIDE, options=beside_options(companion, group, in_flight) + ("-ftz=true", "-arch=sm_90a"),
                           ).get_function("softmax_beside")
-        print(f"  beside {label:45s} {measure_beside(cp, fn, sms):.0f}")
+        per_tile, rate = measure_beside(cp, fn, sms)
+        print(f"  beside {label:45s} {per_tile:5.0f}   (warpgroup 1: {rate:5.1f} HGMMAs per 1,000 clocks)")
     return 0
 
 
