@@ -166,6 +166,16 @@
 #ifndef PERSISTENT
 #define PERSISTENT 0                        // 1: a block runs work item after work item (version 5)
 #endif
+// Version 17 (kernels/NOTES.md): K and V in pipelines of their own (FA3's), KV_SPLIT=1. Each stage
+// keeps its K and V tiles, but each has its own full and empty barriers: K(j) is released once
+// Q.K(j)^T has retired and V(j) once P(j).V(j) has, and the producer runs K one tile ahead of V.
+// The overlap then needs two stages, not three, and 176-key tiles fit at D = 128 (212 KB).
+#ifndef KV_SPLIT
+#define KV_SPLIT 0
+#endif
+#if KV_SPLIT && (!PRODUCER_WG || PERSISTENT || KV_STAGES < 2)
+#error "KV_SPLIT needs the producer warpgroup, the non-persistent schedule and two stages or more"
+#endif
 #if PERSISTENT && !PRODUCER_WG
 #error "PERSISTENT needs the producer warpgroup (PRODUCER_WG=1)"
 #endif
@@ -288,6 +298,7 @@
 
 // Transaction bytes of one K/V stage (the tensors this mode reads) and of the Q tile.
 #define KV_STAGE_TX ((USES_QK + USES_PV) * KV_TILE_HALVES * 2)
+#define KV_TILE_TX (KV_TILE_HALVES * 2)       // one K or V tile (KV_SPLIT's barriers count one each)
 #define Q_TX (Q_TILE_HALVES * 2)
 
 // ---------------------------------------------------------------- turns (PINGPONG)
@@ -323,6 +334,22 @@ __device__ __forceinline__ void warp_arrive(u64* bar, int lane) {
 }
 
 // ---------------------------------------------------------------- loads (thread 0 only)
+// The first V row of tile t's box.
+__device__ __forceinline__ int v_row(int t, int Sk) {
+#ifdef BUG_V_TAIL_COORD
+    // BUG_V_TAIL_COORD (PV; shows when Sk % BLOCK_N != 0): the tail tile's V box is pulled back
+    // so that it ends at the head's last row (a 2-D-map habit, where a box past the end reads
+    // the next head). Stage s then holds rows Sk-BLOCK_N.. while P's columns are keys
+    // t*BLOCK_N..: the valid keys of the tail multiply the wrong V rows (Sk < BLOCK_N: a
+    // negative start, rows zero-filled ahead of the keys). K is loaded right (qk_only and
+    // softmax_only compile to the clean cubins and pass); pv_only and uniform_p read V through
+    // this box and fail at a key tail: stage bisection must place it in PV.
+    return min(t * BLOCK_N, Sk - BLOCK_N);
+#else
+    (void)Sk;
+    return t * BLOCK_N;
+#endif
+}
 // Tile t of K and/or V into stage `slot`: PANELS boxes of (64 columns x BLOCK_N rows) each,
 // panel p at +p*BLOCK_N*64 halves, every box 1024-aligned (BLOCK_N*128 bytes, BLOCK_N % 8 == 0).
 __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const TmaDesc* tmK, const TmaDesc* tmV,
@@ -335,21 +362,26 @@ __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const Tm
         tma_load_3d(sK + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmK, full, p * 64, t * BLOCK_N, bh);
 #endif
 #if USES_PV
-#ifdef BUG_V_TAIL_COORD
-        // BUG_V_TAIL_COORD (PV; shows when Sk % BLOCK_N != 0): the tail tile's V box is pulled back
-        // so that it ends at the head's last row (a 2-D-map habit, where a box past the end reads
-        // the next head). Stage s then holds rows Sk-BLOCK_N.. while P's columns are keys
-        // t*BLOCK_N..: the valid keys of the tail multiply the wrong V rows (Sk < BLOCK_N: a
-        // negative start, rows zero-filled ahead of the keys). K is loaded right (qk_only and
-        // softmax_only compile to the clean cubins and pass); pv_only and uniform_p read V through
-        // this box and fail at a key tail: stage bisection must place it in PV.
-        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, min(t * BLOCK_N, Sk - BLOCK_N), bh);
-#else
-        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, t * BLOCK_N, bh);
-#endif
+        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, v_row(t, Sk), bh);
 #endif
     }
 }
+#if KV_SPLIT
+// KV_SPLIT: K and V of tile t each on their own barrier (the modes that read them).
+__device__ __forceinline__ void issue_k(half* sK, u64* full, const TmaDesc* tmK, int slot, int t, int bh) {
+    mbar_arrive_expect_tx(full, KV_TILE_TX);
+#pragma unroll
+    for (int p = 0; p < PANELS; ++p)
+        tma_load_3d(sK + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmK, full, p * 64, t * BLOCK_N, bh);
+}
+__device__ __forceinline__ void issue_v(half* sV, u64* full, const TmaDesc* tmV, int slot, int t, int bh, int Sk) {
+    (void)Sk;
+    mbar_arrive_expect_tx(full, KV_TILE_TX);
+#pragma unroll
+    for (int p = 0; p < PANELS; ++p)
+        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, v_row(t, Sk), bh);
+}
+#endif
 
 // The Q tile of rows q0.. (PANELS boxes), in the modes that run Q.K^T.
 __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ, int q0, int bh) {
@@ -669,6 +701,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     __shared__ __align__(8) u64 bar_q;
     __shared__ __align__(8) u64 bar_full[KV_STAGES];
     __shared__ __align__(8) u64 bar_empty[KV_STAGES];
+#if KV_SPLIT
+    // bar_full / bar_empty are K's, these V's
+    __shared__ __align__(8) u64 bar_full_v[KV_STAGES];
+    __shared__ __align__(8) u64 bar_empty_v[KV_STAGES];
+#endif
 #if PERSISTENT_SCHEDULE
     __shared__ __align__(8) u64 bar_q_free;         // every consumer warp's Q.K^T of an item is done
 #endif
@@ -711,6 +748,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             mbar_init(&bar_empty[st], CONSUMER_THREADS);
 #else
             mbar_init(&bar_empty[st], NWARPS);      // one arrival per consumer warp
+#endif
+#if KV_SPLIT
+            mbar_init(&bar_full_v[st], 1);
+            mbar_init(&bar_empty_v[st], NWARPS);
 #endif
         }
         mbar_fence_init();
@@ -761,6 +802,25 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if TILE_COUNTER
             release_tile_counter(tile_counter, gridDim.x * gridDim.y);
 #endif
+#elif KV_SPLIT
+            // K runs one tile ahead of V: K(t+1) is wanted with V(t) (Q.K(t+1)^T beside P(t).V(t))
+            issue_q(sQ, &bar_q, &tmQ, q0, bh);
+            for (int t = 0; t <= n_iter; ++t) {
+#if USES_QK
+                if (t < n_iter) {
+                    const int slot = t % KV_STAGES;
+                    if (t >= KV_STAGES) mbar_wait(&bar_empty[slot], (u32)(t / KV_STAGES - 1) & 1u);
+                    issue_k(sK, &bar_full[slot], &tmK, slot, t, bh);
+                }
+#endif
+#if USES_PV
+                if (t >= 1) {
+                    const int tv = t - 1, slot = tv % KV_STAGES;
+                    if (tv >= KV_STAGES) mbar_wait(&bar_empty_v[slot], (u32)(tv / KV_STAGES - 1) & 1u);
+                    issue_v(sV, &bar_full_v[slot], &tmV, slot, tv, bh, Sk);
+                }
+#endif
+            }
 #else
             issue_q(sQ, &bar_q, &tmQ, q0, bh);
             for (int t = 0; t < n_iter; ++t) {
@@ -871,6 +931,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
         mbar_wait(&bar_full[0], 0);                 // before the loop: a trap here costs nothing
         qk_tile<!SOFTMAX_TURNS_ON>(s, sQw, sK, wg);    // version 14: the turns are the softmaxes
+#if KV_SPLIT
+        warp_arrive(&bar_empty[0], lane);           // K(0) is read
+#endif
 #endif
         mask_scores(s, 0, ctx);
         // alpha = 0 and O = 0: no rescale needed
@@ -904,6 +967,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 stuck = true;
                 break;
             }
+#if KV_SPLIT
+            // bar_full[slot_n] above is K(j+1)'s; P(j).V(j) waits for V(j) too
+            if (!mbar_wait_bounded(&bar_full_v[slot], (u32)(KV_G(j) / KV_STAGES) & 1u)) {
+                stuck = true;
+                break;
+            }
+#endif
             PHASE_MARK(2);                          // 2: K/V tile j+1 has landed
             float s_next[N_FRAG][4];
 #if SOFTMAX_TURNS_ON
@@ -964,7 +1034,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
             keep_p_frags(f);                        // P(j)'s registers stay P(j)'s until P.V retired
             // This warp's wgmma reads of stage j are complete: release it.
+#if KV_SPLIT
+            warp_arrive(&bar_empty_v[slot], lane);  // V(j), and K(j+1), whose Q.K^T retired at wait_group 1
+            warp_arrive(&bar_empty[slot_n], lane);
+#else
             warp_arrive(&bar_empty[slot], lane);
+#endif
 #ifdef BUG_RESCALE_AFTER_PV
             // BUG_RESCALE_AFTER_PV in this schedule (the plain schedule's glue bug, below): tile j's
             // alpha applied after P(j).V(j) retired, O_j = alpha_j (O_{j-1} + P_j V_j), instead of
@@ -989,8 +1064,17 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if RESCALE_IN_TURN_ON
             rescale_o(o, alpha);                    // the last tile's alpha (the loop left it unapplied)
 #endif
+#if KV_SPLIT
+            if (!mbar_wait_bounded(&bar_full_v[slot], (u32)(KV_G(j) / KV_STAGES) & 1u)) stuck = true;
+            if (!stuck) {
+#endif
             pv_tile<!SOFTMAX_TURNS_ON>(o, s, sV + slot * KV_TILE_HALVES, wg);   // version 14: turns are softmaxes
+#if KV_SPLIT
+            warp_arrive(&bar_empty_v[slot], lane);
+            }
+#else
             warp_arrive(&bar_empty[slot], lane);
+#endif
 #ifdef BUG_RESCALE_AFTER_PV
             rescale_o(o, alpha);
 #endif
@@ -1001,7 +1085,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     for (int j = 0; j < n_iter; ++j) {
         const int slot = KV_G(j) % KV_STAGES;
         const u32 parity = (u32)(KV_G(j) / KV_STAGES) & 1u;   // the (j / KV_STAGES)-th use of this stage
-#if PRODUCER_WG
+#if KV_SPLIT
+        // K(j) and V(j) on barriers of their own, each where the mode reads it
+        if ((USES_QK && !mbar_wait_bounded(&bar_full[slot], parity)) ||
+            (USES_PV && !mbar_wait_bounded(&bar_full_v[slot], parity))) {
+            stuck = true;
+            break;
+        }
+#elif PRODUCER_WG
         if (!mbar_wait_bounded(&bar_full[slot], parity)) {   // tile j's bytes have landed
             stuck = true;
             break;
@@ -1048,7 +1139,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 #endif
         // This warp's wgmma reads of the stage are complete (wait_group 0 above): release it.
+#if KV_SPLIT
+        if (USES_QK) warp_arrive(&bar_empty[slot], lane);
+        if (USES_PV) warp_arrive(&bar_empty_v[slot], lane);
+#else
         warp_arrive(&bar_empty[slot], lane);
+#endif
 #if !PRODUCER_WG
         // Thread 0 refills the stage with tile j + KV_STAGES once every warp has released it.
         if (tid == 0 && j + KV_STAGES < n_iter) {
