@@ -123,6 +123,11 @@ def test_the_sm90a_kernel_is_a_second_entry_compiled_through_the_harness():
 def test_ptxas_wgmma_serialisation_warnings_are_read():
     log = "ptxas info    : Used 168 registers\nptxas warning : (C7513) wgmma.mma_async instructions are serialized"
     assert compiler.parse_ptxas(log)["wgmma_warnings"] == ("C7513",)
+    # too few registers: ptxas serialises every wgmma and names no C7513 (160-key tiles, version 17)
+    log = ("ptxas info    : (C7512) Potential Performance Loss: wgmma.mma_async instructions are serialized "
+           "due to insufficient register resources for the function 'flashcore_fwd'\nptxas info    : Used 168 registers")
+    assert compiler.parse_ptxas(log)["wgmma_warnings"] == ("C7512",)
+    assert compiler.parse_ptxas("ptxas info    : (C7999) something else")["wgmma_warnings"] == ()
 
 
 def test_product_kernel_is_the_measured_fastest_entry_for_the_device_and_shape():

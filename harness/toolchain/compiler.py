@@ -173,7 +173,9 @@ class Resources:
     spill_loads: int
     cubin_bytes: int
     # ptxas warnings that mean lost speed on sm_90a (../shared/hopper/NOTES.md): C7513, wgmma
-    # serialised by a register write; C7519, warpgroup.arrive injected. A compile check fails on them.
+    # serialised by a register write; C7519, warpgroup.arrive injected; and any other note that
+    # the wgmmas are serialised (C7512: too few registers, seen at 160-key tiles, where ptxas
+    # serialised every wgmma of the function and printed no C7513). A compile check fails on them.
     wgmma_warnings: tuple = ()
 
     @property
@@ -189,6 +191,10 @@ def _int(pattern: str, log: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+# "(C75nn) ... wgmma.mma_async instructions are serialized due to ...": every such reason, by code
+_WGMMA_SERIALISED = re.compile(r"\((C75\d\d)\)[^\n]*serialized")
+
+
 def parse_ptxas(log: str) -> dict:
     return {
         "registers": _int(r"Used (\d+) registers", log),
@@ -196,7 +202,8 @@ def parse_ptxas(log: str) -> dict:
         "stack_bytes": _int(r"(\d+) bytes stack frame", log),
         "spill_stores": _int(r"(\d+) bytes spill stores", log),
         "spill_loads": _int(r"(\d+) bytes spill loads", log),
-        "wgmma_warnings": tuple(sorted(set(re.findall(r"\b(C75(?:13|19))\b", log)))),
+        "wgmma_warnings": tuple(sorted(set(re.findall(r"\b(C75(?:13|19))\b", log))
+                                       | set(_WGMMA_SERIALISED.findall(log)))),
     }
 
 
