@@ -169,7 +169,8 @@
 // Version 17 (kernels/NOTES.md): K and V in pipelines of their own (FA3's), KV_SPLIT=1. Each stage
 // keeps its K and V tiles, but each has its own full and empty barriers: K(j) is released once
 // Q.K(j)^T has retired and V(j) once P(j).V(j) has, and the producer runs K one tile ahead of V.
-// The overlap then needs two stages, not three, and 176-key tiles fit at D = 128 (212 KB).
+// The overlap then needs two stages, not three, and 144-key tiles fit at D = 128 (181 KB; 160 and
+// 176 keys run out of registers, kernels/NOTES.md).
 #ifndef KV_SPLIT
 #define KV_SPLIT 0
 #endif
@@ -350,8 +351,16 @@ __device__ __forceinline__ int v_row(int t, int Sk) {
     return t * BLOCK_N;
 #endif
 }
-// Tile t of K and/or V into stage `slot`: PANELS boxes of (64 columns x BLOCK_N rows) each,
-// panel p at +p*BLOCK_N*64 halves, every box 1024-aligned (BLOCK_N*128 bytes, BLOCK_N % 8 == 0).
+// Panel p of tile t of K (V) into stage `slot`: a box of 64 columns x BLOCK_N rows at
+// +p*BLOCK_N*64 halves, every box 1024-aligned (BLOCK_N*128 bytes, BLOCK_N % 8 == 0).
+__device__ __forceinline__ void load_k_panel(half* sK, const TmaDesc* tmK, u64* full, int slot, int p, int t, int bh) {
+    tma_load_3d(sK + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmK, full, p * 64, t * BLOCK_N, bh);
+}
+__device__ __forceinline__ void load_v_panel(half* sV, const TmaDesc* tmV, u64* full, int slot, int p, int t, int bh,
+                                             int Sk) {
+    tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, v_row(t, Sk), bh);
+}
+// Tile t of K and/or V into stage `slot` (PANELS boxes each), on one barrier.
 __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const TmaDesc* tmK, const TmaDesc* tmV,
                                          int slot, int t, int bh, int Sk) {
     (void)Sk;
@@ -359,10 +368,10 @@ __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const Tm
 #pragma unroll
     for (int p = 0; p < PANELS; ++p) {
 #if USES_QK
-        tma_load_3d(sK + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmK, full, p * 64, t * BLOCK_N, bh);
+        load_k_panel(sK, tmK, full, slot, p, t, bh);
 #endif
 #if USES_PV
-        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, v_row(t, Sk), bh);
+        load_v_panel(sV, tmV, full, slot, p, t, bh, Sk);
 #endif
     }
 }
@@ -371,15 +380,12 @@ __device__ __forceinline__ void issue_kv(half* sK, half* sV, u64* full, const Tm
 __device__ __forceinline__ void issue_k(half* sK, u64* full, const TmaDesc* tmK, int slot, int t, int bh) {
     mbar_arrive_expect_tx(full, KV_TILE_TX);
 #pragma unroll
-    for (int p = 0; p < PANELS; ++p)
-        tma_load_3d(sK + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmK, full, p * 64, t * BLOCK_N, bh);
+    for (int p = 0; p < PANELS; ++p) load_k_panel(sK, tmK, full, slot, p, t, bh);
 }
 __device__ __forceinline__ void issue_v(half* sV, u64* full, const TmaDesc* tmV, int slot, int t, int bh, int Sk) {
-    (void)Sk;
     mbar_arrive_expect_tx(full, KV_TILE_TX);
 #pragma unroll
-    for (int p = 0; p < PANELS; ++p)
-        tma_load_3d(sV + slot * KV_TILE_HALVES + p * BLOCK_N * 64, tmV, full, p * 64, v_row(t, Sk), bh);
+    for (int p = 0; p < PANELS; ++p) load_v_panel(sV, tmV, full, slot, p, t, bh, Sk);
 }
 #endif
 
@@ -606,15 +612,15 @@ __device__ __forceinline__ void softmax_in_turn(float (&s)[N_FRAG][4], float (&m
 #pragma unroll
     for (int h = 0; h < 2; ++h) mx[h] = softmax_row_max(s, m, h, first);
     hold_wait_below(mx[0], mx[1], sink);    // the max before the sync (ptxas sank it into the turn)
+#endif
     turn_begin(wg);
     if (clk) asm volatile("mov.u32 %0, %%clock;" : "=r"(*clk) :: "memory");
     const float z = turn_zero(pin);
+#if SOFTMAX_TURNS == 2
 #pragma unroll
     for (int h = 0; h < 2; ++h) softmax_exp(s, m, l, alpha, mx[h] + z, h, sl2);
 #else
-    turn_begin(wg);
-    if (clk) asm volatile("mov.u32 %0, %%clock;" : "=r"(*clk) :: "memory");
-    s[0][0] += turn_zero(pin);
+    s[0][0] += z;
     softmax_update(s, m, l, alpha, sl2, first);
 #endif
     hold_wait_below(l[0], l[1], sink);
