@@ -84,8 +84,8 @@ BESIDE = r"""
 #include "softmax.cuh"
 #include "wgmma.cuh"
 #define NF 16
-// Warpgroup 0: the softmax loop, timed. Warpgroup 1: COMPANION 0 nothing, 1 FFMAs, 2 HGMMA groups,
-// until warpgroup 0 is done (a shared flag).
+// Warpgroup 0: the softmax loop, timed. Warpgroup 1: COMPANION 0 nothing, 1 FFMAs, 2 groups of
+// GROUP HGMMAs (IN_FLIGHT left at each wait), until warpgroup 0 is done (a shared flag).
 extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, long long* clocks, int iters, float sl2) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char* smem = (unsigned char*)(((size_t)smem_raw + 1023) & ~(size_t)1023);
@@ -135,7 +135,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, 
         }
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc += x[i];
-#elif COMPANION >= 2
+#elif COMPANION == 2
         float d[NF][4];
         const u64 da = smem_desc(smem, 16, 1024), db = smem_desc(smem + 64 * 128, 16, 1024);
         wgmma_fence();
@@ -168,13 +168,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) softmax_beside(float* out, 
 }
 """
 BESIDE_SMEM = 1024 + (64 + 128) * 64 * 2
-# (COMPANION, HGMMAs per group, groups left in flight at each wait, label)
-COMPANIONS = ((0, 8, 1, "idle"), (1, 8, 1, "FFMA stream"),
-              (2, 8, 1, "HGMMA groups (8 x m64n128k16, wait_group 1)"),
-              (3, 8, 0, "HGMMA groups (8 x m64n128k16, wait_group 0)"),
-              (4, 2, 0, "HGMMA groups (2 x m64n128k16, wait_group 0)"),
-              (5, 1, 0, "HGMMA groups (1 x m64n128k16, wait_group 0)"),
-              (6, 16, 1, "HGMMA groups (16 x m64n128k16, wait_group 1)"))
+# (COMPANION: 0 idle, 1 FFMAs, 2 HGMMAs; HGMMAs per group; groups left in flight at each wait)
+COMPANIONS = ((0, 8, 1), (1, 8, 1), (2, 8, 1), (2, 8, 0), (2, 2, 0), (2, 1, 0), (2, 16, 1))
+SL2 = np.float32(1.4426950408889634 / np.sqrt(128.0))   # the exp2 multiplier at D = 128
+
+
+def companion_label(companion: int, group: int, in_flight: int) -> str:
+    if companion < 2:
+        return ("idle", "FFMA stream")[companion]
+    return f"HGMMA groups ({group} x m64n128k16, wait_group {in_flight})"
 
 # (name, UPDATE, RESCALE, PACK, SOFTMAX_ILP)
 BUILDS = (("FFMA only (fresh scores)", 0, 0, 0, 1), ("+ softmax_update", 1, 0, 0, 1),
@@ -182,31 +184,35 @@ BUILDS = (("FFMA only (fresh scores)", 0, 0, 0, 1), ("+ softmax_update", 1, 0, 0
           ("softmax_update, 2 chains", 1, 0, 0, 2), ("softmax_update, 4 chains", 1, 0, 0, 4))
 
 
-def options(update: int, rescale: int, pack: int, ilp: int = 1) -> tuple:
+def _includes() -> tuple:
     from harness.toolchain.compiler import find_cuda_include
-    return (f"-I{find_cuda_include()}", f"-I{COMMON}", "-std=c++17",
-            f"-DUPDATE={update}", f"-DRESCALE={rescale}", f"-DPACK={pack}", f"-DSOFTMAX_ILP={ilp}")
+    return (f"-I{find_cuda_include()}", f"-I{COMMON}", f"-I{COMMON.parent / 'hopper'}", "-std=c++17")
+
+
+def options(update: int, rescale: int, pack: int, ilp: int = 1) -> tuple:
+    return _includes() + (f"-DUPDATE={update}", f"-DRESCALE={rescale}", f"-DPACK={pack}", f"-DSOFTMAX_ILP={ilp}")
 
 
 def beside_options(companion: int, group: int = 8, in_flight: int = 1) -> tuple:
-    from harness.toolchain.compiler import find_cuda_include
-    hopper = COMMON.parent / "hopper"
-    return (f"-I{find_cuda_include()}", f"-I{COMMON}", f"-I{hopper}", "-std=c++17", f"-DCOMPANION={companion}",
-            f"-DGROUP={group}", f"-DIN_FLIGHT={in_flight}")
+    return _includes() + (f"-DCOMPANION={companion}", f"-DGROUP={group}", f"-DIN_FLIGHT={in_flight}")
+
+
+def _run(cp, fn, sms: int, threads: int, clock_words: int, shared_mem: int = 0):
+    """Two launches of one block per SM (the second is read); the clocks array, on the host."""
+    out = cp.empty(sms * threads, dtype=cp.float32)
+    clocks = cp.zeros(clock_words, dtype=cp.int64)
+    for _ in range(2):
+        fn((sms,), (threads,), (out, clocks, np.int32(ITERS), SL2), shared_mem=shared_mem)
+    cp.cuda.Device().synchronize()
+    assert bool(cp.isfinite(out).all()), "the timed loop produced non-finite values"
+    return cp.asnumpy(clocks)
 
 
 def measure_beside(cp, fn, sms: int) -> tuple:
     """(median clocks per step of warpgroup 0's warps, HGMMAs warpgroup 1 issued per 1,000 of
     those clocks), one block of two warpgroups per SM."""
-    out = cp.empty(sms * 256, dtype=cp.float32)
-    clocks = cp.zeros(sms * 5, dtype=cp.int64)
-    sl2 = np.float32(1.4426950408889634 / np.sqrt(128.0))
     fn.max_dynamic_shared_size_bytes = BESIDE_SMEM
-    for _ in range(2):
-        fn((sms,), (256,), (out, clocks, np.int32(ITERS), sl2), shared_mem=BESIDE_SMEM)
-    cp.cuda.Device().synchronize()
-    assert bool(cp.isfinite(out).all()), "the timed loop produced non-finite values"
-    c = cp.asnumpy(clocks)
+    c = _run(cp, fn, sms, 256, sms * 5, BESIDE_SMEM)
     loop = float(np.median(c[:sms * 4]))
     return loop / ITERS, 1000.0 * float(np.median(c[sms * 4:])) / loop
 
@@ -214,14 +220,7 @@ def measure_beside(cp, fn, sms: int) -> tuple:
 def measure(cp, fn, sms: int, warps_per_smsp: int) -> float:
     """Median clocks per step of one warp, with warps_per_smsp warps on each SMSP of every SM."""
     threads = 128 * warps_per_smsp
-    out = cp.empty(sms * threads, dtype=cp.float32)
-    clocks = cp.zeros(sms * threads // 32, dtype=cp.int64)
-    sl2 = np.float32(1.4426950408889634 / np.sqrt(128.0))
-    for _ in range(2):                          # the second launch is read
-        fn((sms,), (threads,), (out, clocks, np.int32(ITERS), sl2))
-    cp.cuda.Device().synchronize()
-    assert bool(cp.isfinite(out).all()), "the timed loop produced non-finite values"
-    return float(np.median(cp.asnumpy(clocks))) / ITERS
+    return float(np.median(_run(cp, fn, sms, threads, sms * threads // 32))) / ITERS
 
 
 def main() -> int:
@@ -238,11 +237,11 @@ def main() -> int:
     print("softmax_update (warpgroup 0) beside warpgroup 1 of the same block, clocks per tile "
           "(one m64n128k16 HGMMA is 64 clocks of the SM's tensor pipe at 4,096 FLOP per clock: "
           "15.6 per 1,000 clocks keep it busy):")
-    for companion, group, in_flight, label in COMPANIONS:
-        fn = cp.RawModule(code=BESIDE, options=beside_options(companion, group, in_flight) + ("-ftz=true", "-arch=sm_90a"),
+    for companion in COMPANIONS:
+        fn = cp.RawModule(code=BESIDE, options=beside_options(*companion) + ("-ftz=true", "-arch=sm_90a"),
                           ).get_function("softmax_beside")
         per_tile, rate = measure_beside(cp, fn, sms)
-        print(f"  beside {label:45s} {per_tile:5.0f}   (warpgroup 1: {rate:5.1f} HGMMAs per 1,000 clocks)")
+        print(f"  beside {companion_label(*companion):45s} {per_tile:5.0f}   (warpgroup 1: {rate:5.1f} HGMMAs per 1,000 clocks)")
     return 0
 
 
