@@ -334,10 +334,11 @@ FLASHCORE_HOPPER_OVSTI = derived(FLASHCORE_HOPPER_OVST, "flashcore_hopper_ovsti"
 # (KV_SPLIT=1, FA3's): K(j) released once Q.K(j)^T retired, V(j) once P(j).V(j) did, K loaded one
 # tile ahead of V, so that the overlap runs on two stages where version 6 holds three.
 # flashcore_hopper_kv144: the same with 144-key tiles at D = 128 (181,248 bytes of shared memory;
-# three shared stages would take 254,976). FA3's 176 and 160 spill 2.5 KB here (ptxas, every
-# full-mode build at D = 128), 144 compiles at 0 spills. scripts/softmax_rate.py (kernels/NOTES.md, "What slows the softmax"): a tile's softmax
-# takes ~1,310 clocks beside a full tensor pipe whatever the issue order, so more keys per tile
-# spread its fixed costs. Built and compile-tested; not yet run on a GPU.
+# three shared stages would take 254,976). FA3's 176 and 160 spill 2.5 KB here and ptxas serialises
+# every wgmma (C7512, every full-mode build at D = 128); 144 compiles at 0 spills.
+# scripts/softmax_rate.py (kernels/NOTES.md, "What slows the softmax"): a tile's softmax takes
+# ~1,310 clocks beside a full tensor pipe whatever the issue order, so more keys per tile spread
+# its fixed costs. Built and compile-tested; not yet run on a GPU.
 KV_SPLIT_ASSERTS = (("kv_stages >= 2", "K and V in pipelines of their own take two stages or more"),)
 FLASHCORE_HOPPER_KV = derived(
     FLASHCORE_HOPPER_OVPP, "flashcore_hopper_kv", ("KV_SPLIT=1",), KV_SPLIT_ASSERTS,
@@ -346,8 +347,7 @@ FLASHCORE_HOPPER_KV = derived(
 )
 FLASHCORE_HOPPER_KV144 = derived(
     FLASHCORE_HOPPER_KV, "flashcore_hopper_kv144", (),
-    tiles={64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2),
-           128: dict(m_frags=1, nwarps=8, block_n=144, kv_stages=2)},
+    tiles={**FLASHCORE_HOPPER_KV.tiles, 128: dict(FLASHCORE_HOPPER_KV.tiles[128], block_n=144)},
 )
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
