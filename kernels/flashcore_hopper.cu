@@ -283,6 +283,11 @@
 // 104 bytes at D = 128 (NVRTC 13.0; 0 with any bound): 2^32 - 1 polls, about 5.7 h at the ~4.8 us
 // per poll of the default bound's 2^21 in ~10 s, is as good as none against that deadline.
 #define MBAR_SPIN_LIMIT 0xFFFFFFFFu
+#elif BLOCK_N > 128
+// Version 17's 144-key tiles (flashcore_hopper_kv144) spilled 248 bytes with unbounded waits and
+// 592 (and C7512) with the bound above; 2^24 polls (~80 s, 8x the default's ~10 s, far past the
+// HANG deadline) compiles at 0 (NVRTC 13.0).
+#define MBAR_SPIN_LIMIT 0x1000000u
 #else
 #define MBAR_SPIN_LIMIT 0
 #endif

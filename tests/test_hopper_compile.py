@@ -734,7 +734,7 @@ def test_version_13_takes_turns_at_the_softmax_not_at_the_gemms(d):
 def test_version_17_at_144_keys_compiles_clean(mode, causal):
     """KV_SPLIT=1 with 144-key tiles at D = 128: 0 spills and no C7513/C7519 in every mode with a
     pipeline, within the arch's shared memory, where version 6's three shared stages of 144 keys
-    would not fit. (Its HANG build, EMPTY_COUNT, spills 248 bytes: kernels/NOTES.md, version 17.)"""
+    would not fit."""
     from harness.toolchain.variant import Variant
     from kernels.registry import KERNELS
     v = Variant(mode, 128, causal, kernel=KV144)
@@ -744,6 +744,16 @@ def test_version_17_at_144_keys_compiles_clean(mode, causal):
     if mode != "fp32_p":                                  # fp32_p keeps 64-key tiles (mode_tiles)
         assert v.block_n == 144 and v.smem_bytes <= limit
         assert 1024 + 128 * 128 * 2 + 3 * 2 * 144 * 128 * 2 > limit
+
+
+def test_version_17_at_144_keys_takes_its_hang_bug_without_spills():
+    """BUG_EMPTY_COUNT at 144 keys spilled 248 bytes with unbounded waits and 592 with 2^32 - 1
+    polls; its 2^24-poll bound (~80 s, far past the HANG deadline) compiles at 0 spills, and the
+    bug still changes the code."""
+    from harness.toolchain.variant import Variant
+    clean = compiler.compile_cubin(Variant("full", 128, False, kernel=KV144))[1]
+    res, cubin = compiler.compile_cubin(Variant("full", 128, False, ("EMPTY_COUNT",), kernel=KV144))
+    assert res.spill_bytes == 0 and not res.wgmma_warnings and cubin != clean, res
 
 
 def test_version_17_waits_on_k_and_v_apart():
