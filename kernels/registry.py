@@ -338,7 +338,9 @@ FLASHCORE_HOPPER_OVSTI = derived(FLASHCORE_HOPPER_OVST, "flashcore_hopper_ovsti"
 # every wgmma (C7512, every full-mode build at D = 128); 144 compiles at 0 spills.
 # scripts/softmax_rate.py (kernels/NOTES.md, "What slows the softmax"): a tile's softmax takes
 # ~1,310 clocks beside a full tensor pipe whatever the issue order, so more keys per tile spread
-# its fixed costs. Built and compile-tested; not yet run on a GPU.
+# its fixed costs. Measured at b1b8105 (H200, in turns with version 6): _kv 0.95-0.98x, _kv144
+# 0.94-0.98x at the large shapes (the K and V waits, +90-120 clocks an iteration); forward()
+# launches neither.
 KV_SPLIT_ASSERTS = (("kv_stages >= 2", "K and V in pipelines of their own take two stages or more"),)
 FLASHCORE_HOPPER_KV = derived(
     FLASHCORE_HOPPER_OVPP, "flashcore_hopper_kv", ("KV_SPLIT=1",), KV_SPLIT_ASSERTS,
