@@ -302,6 +302,42 @@
 #include "common/epilogue.cuh"
 #include "hopper/wgmma.cuh"
 
+// BLOCK_CLOCKS (a measuring build, not a debug mode; scripts/block_clocks.py): where a block's
+// time goes outside the key loop. PHASE_CLOCKS cuts a block's first and last iterations, its
+// prologue (Q's load, S(0) and its softmax) and its epilogue, and the gaps between one block and
+// the next on an SM are in no block at all. Lane 0 of each consumer warp stores the SM clock at
+// [k] and the global timer (ns, comparable across SMs) at [8 + k] of its row of L_out, seen as
+// u64 [block][consumer warp][BLOCK_WORDS], at five marks: 0 the warp starts, 1 Q has landed, 2 the
+// prologue's softmax is done (the loop starts), 3 the last P.V has retired, 4 O is stored. Mark 0
+// also stores the SM's id at [5]. Full mode, the overlapped non-persistent schedule only.
+#ifdef BLOCK_CLOCKS
+#if !OVERLAP_SCHEDULE || PERSISTENT_SCHEDULE
+#error "BLOCK_CLOCKS marks the overlapped, non-persistent schedule only"
+#endif
+#ifdef PHASE_CLOCKS
+#error "BLOCK_CLOCKS and PHASE_CLOCKS both write L_out: one measuring build at a time"
+#endif
+#define BLOCK_WORDS 16
+__device__ __forceinline__ void block_mark(float* L_out, int k, int warp, int lane) {
+    if (lane != 0) return;
+    u64 clk, gt;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(clk) :: "memory");
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt) :: "memory");
+    const size_t blk = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
+    u64* row = reinterpret_cast<u64*>(L_out) + (blk * NWARPS + warp) * BLOCK_WORDS;
+    row[k] = clk;
+    row[8 + k] = gt;
+    if (k == 0) {
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        row[5] = sm;
+    }
+}
+#define BLOCK_MARK(k) block_mark(L_out, k, warp, lane)
+#else
+#define BLOCK_MARK(k) ((void)0)
+#endif
+
 // Transaction bytes of one K/V stage (the tensors this mode reads) and of the Q tile.
 #define KV_STAGE_TX ((USES_QK + USES_PV) * KV_TILE_HALVES * 2)
 #define KV_TILE_TX (KV_TILE_HALVES * 2)       // one K or V tile (KV_SPLIT's barriers count one each)
@@ -729,6 +765,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                                                     // stored at turn_pin would reach every row of the block)
 #endif
 
+#ifdef BLOCK_CLOCKS
+    if (warp < NWARPS) BLOCK_MARK(0);               // 0: this consumer warp starts
+#endif
     if (tid == 0) {
 #if USES_QK
         tma_prefetch_desc(&tmQ);
@@ -905,6 +944,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     }
 #else
     mbar_wait(&bar_q, 0);
+    BLOCK_MARK(1);                                  // 1: Q has landed
 #endif
 #endif
 #if !PERSISTENT_SCHEDULE
@@ -957,6 +997,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // The loop body has no condition on "is there a next tile", so s_next always replaces s and
         // both share registers (with the condition inside, ptxas kept s alive beside s_next and
         // spilled: 80 bytes at D = 128, 128 keys).
+        BLOCK_MARK(2);                              // 2: the prologue's softmax is done
         int j = 0;
         for (; j + 1 < n_iter; ++j) {
 #ifdef PHASE_CLOCKS
@@ -1090,6 +1131,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             rescale_o(o, alpha);
 #endif
         }
+        BLOCK_MARK(3);                              // 3: the last P.V has retired
         (void)alpha;
     }
 #else
@@ -1197,6 +1239,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         const int row_w = row_base + 8 * h;
         if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
     }
+    BLOCK_MARK(4);                                  // 4: O is stored (issued)
 #endif
 #if PERSISTENT_SCHEDULE
     }   // the next work item

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU script: install (no network), GPU test suite, mission table, bug walk-through,
 # benchmark. Everything lands under $OUT (logs, BENCHMARKS.md, the heat map, the records).
-# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|hopper|ws|ab|clocks|kernels|bench|loop|probes|profile|all]
+# Usage on the lent machine:  FLASHCORE_GIT_COMMIT=... bash scripts/gpu_suite.sh [tests|timing|demo|hopper|ws|ab|clocks|blocks|kernels|bench|loop|probes|profile|all]
 # (the lent copy has no .git: FLASHCORE_GIT_COMMIT, _SUBJECT and _DATE (ISO time) name the commit in the records)
 # (each part fits one 10-minute device call; `all` runs them in sequence; never two parts at
 #  once: they share $OUT/run, and the first to finish packs and removes it)
@@ -57,6 +57,15 @@ if [[ $what == clocks ]]; then
   for shape in ${CLOCK_SHAPES:-4,16,2048,128 4,16,2048,64 16,16,1024,64}; do
     python3 scripts/phase_clocks.py $shape --kernel ${HOPPER_ENTRY:-flashcore_hopper_ovpp} \
         --json "$OUT/clocks_${shape//,/x}.json" 2>&1 | tee -a "$OUT/phase_clocks.log"
+    [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
+  done
+fi
+if [[ $what == blocks ]]; then
+  # where the SMs' time goes outside the key loop: prologue, tail, gaps between blocks, the last
+  # wave (scripts/block_clocks.py): the Hopper entry built with -DBLOCK_CLOCKS at CLOCK_SHAPES
+  for shape in ${CLOCK_SHAPES:-4,16,2048,128 4,16,2048,64 16,16,1024,64 2,16,8192,128}; do
+    python3 scripts/block_clocks.py $shape --kernel ${HOPPER_ENTRY:-flashcore_hopper_ovpp} \
+        --json "$OUT/blocks_${shape//,/x}.json" 2>&1 | tee -a "$OUT/block_clocks.log"
     [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
   done
 fi

@@ -73,7 +73,11 @@ def summary(d: np.ndarray, warps_per_wg: int = 4, phases: tuple = PHASES) -> dic
     return out
 
 
-def _run(shape, kernel: str):
+def launch(shape, kernel: str, define: str, row: tuple, dtype):
+    """Build `kernel` in full mode with `define` (a measuring build that writes L_out), launch it
+    three times on random inputs with L_out seen as dtype [blocks, consumer warps, *row], and
+    return the variant, the last launch's L_out, the key tiles and max |O - float32 reference|
+    over two heads."""
     import cupy as cp
     from harness.check.shapes import parse_shape
     from harness.run import gpu
@@ -85,7 +89,7 @@ def _run(shape, kernel: str):
     if variant.persistent:
         raise click.UsageError(f"{kernel} is persistent: PHASE_CLOCKS marks the non-persistent loop only")
     src = loader.KernelSource.read(kernel=kernel)
-    fn = loader.compile_function(variant, src, extra_options=("-DPHASE_CLOCKS=1",))
+    fn = loader.compile_function(variant, src, extra_options=(define,))
     rng = np.random.default_rng(0)
     q, k, v = (cp.asarray(rng.standard_normal((shp.B, shp.H, s, shp.D)).astype(np.float16))
                for s in (shp.Sq, shp.Sk, shp.Sk))
@@ -94,7 +98,7 @@ def _run(shape, kernel: str):
     grid = variant.grid(shp)
     blocks = grid[0] * grid[1] * grid[2]
     warps = variant.tiles["nwarps"]                   # the kernel's NWARPS: consumer warps only
-    clk = cp.zeros((blocks, warps, PHASE_TILES, PHASE_N), dtype=cp.uint32)
+    clk = cp.zeros((blocks, warps) + tuple(row), dtype=dtype)
     bufs = {"Q": q, "K": k, "V": v, "O": o, "LSE": lse, "L_out": clk}
     scale = 1.0 / math.sqrt(shp.D)
     args = gpu.kernel_args(shp, bufs, scale) + gpu.trailing_args(variant, bufs)
@@ -109,6 +113,10 @@ def _run(shape, kernel: str):
         err = max(err, float(cp.abs(o[b, h].astype(cp.float32) - ref).max()))
     n_iter = -(-shp.Sk // variant.block_n)
     return variant, cp.asnumpy(clk), n_iter, err
+
+
+def _run(shape, kernel: str):
+    return launch(shape, kernel, "-DPHASE_CLOCKS=1", (PHASE_TILES, PHASE_N), np.uint32)
 
 
 @click.command()

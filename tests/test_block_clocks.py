@@ -1,0 +1,86 @@
+"""scripts/block_clocks.py and the kernel's BLOCK_CLOCKS build: the launch's SM time is split
+into parts that add up to it, from marks whose values are known, and the build adds its five
+clock and timer reads and nothing else (no spills, no wgmma serialisation; the plain build has
+none)."""
+
+import numpy as np
+import pytest
+
+from tests.scripts import load_script
+
+bc = load_script("block_clocks")
+
+
+def _rows(blocks_on_sm, phases_ns, warps=8, ghz=1.5, gap=700, first=10**6):
+    """Rows of blocks run back to back on each SM, each warp's phases `phases_ns` (4 values, ns)
+    long, `gap` ns between blocks; SM s starts at first + 100 s ns. The SM clock runs at ghz."""
+    rows = []
+    for s, n in enumerate(blocks_on_sm):
+        t = first + 100 * s
+        for _ in range(n):
+            r = np.zeros((warps, bc.BLOCK_WORDS), np.uint64)
+            marks = t + np.concatenate([[0], np.cumsum(phases_ns)])
+            r[:, bc.GT:bc.GT + bc.MARKS] = marks
+            r[:, :bc.MARKS] = (marks * ghz).astype(np.int64) + 10**9
+            r[:, bc.SMID] = s
+            rows.append(r)
+            t = marks[-1] + gap
+    return np.stack(rows)
+
+
+def test_parts_add_up_to_the_sms_time_and_name_each_phase():
+    ph = np.array([1000, 1500, 20000, 2500])
+    r = bc.decompose(_rows([3, 3, 2], ph), n_iter=16)
+    assert r["sms"] == 3 and r["blocks"] == 8 and r["blocks_per_sm"] == [2, 3]
+    assert r["sum_share"] == pytest.approx(1.0)
+    p = r["parts"]
+    assert p["Q wait"]["us_per_sm"] == pytest.approx(8 * 1.0 / 3)
+    assert p["key loop"]["us_per_sm"] == pytest.approx(8 * 20.0 / 3)
+    assert p["gaps between blocks on an SM"]["us_per_sm"] == pytest.approx(5 * 0.7 / 3)
+    assert p["warp skew in a block"]["us_per_sm"] == pytest.approx(0)
+    assert r["span_us"] == pytest.approx((100 + 3 * ph.sum() + 2 * 700) / 1e3)   # SM 1's third block ends last
+    assert p["idle after the SM's last block"]["us_per_sm"] == pytest.approx((100 + 0 + 25600) / 3 / 1e3)
+    assert p["idle before the SM's first block"]["us_per_sm"] == pytest.approx(300 / 3 / 1e3)
+    assert r["clock_ghz"] == pytest.approx(1.5, rel=1e-6)
+    assert r["block_clocks"]["key loop"] == pytest.approx(30000, abs=2)
+    assert r["loop_clocks_per_tile"] == pytest.approx(2000, abs=1)
+
+
+def test_overlapping_blocks_on_one_sm_are_refused():
+    r = _rows([2], np.array([100, 100, 100, 100]), gap=-250)
+    with pytest.raises(ValueError, match="overlap"):
+        bc.decompose(r, 4)
+
+
+def test_unwritten_rows_are_refused():
+    r = _rows([2], np.array([100, 100, 100, 100]))
+    r[1, 3, bc.GT + 2:bc.GT + bc.MARKS] = 0              # a warp that stopped after mark 1
+    with pytest.raises(ValueError, match="1 warps left marks unwritten"):
+        bc.decompose(r, 4)
+    r = _rows([2], np.array([100, 100, 100, 100]))
+    r[0, 0, 2] = r[0, 0, 1] - 1                          # a clock that ran backwards
+    with pytest.raises(ValueError, match="out of order"):
+        bc.decompose(r, 4)
+
+
+@pytest.mark.parametrize("D,kernel", [(64, "flashcore_hopper_ovpp"), (128, "flashcore_hopper_ovpp"),
+                                      (128, "flashcore_hopper_kv")])
+def test_block_clocks_build_reads_the_clock_and_timer_five_times_with_no_spill(D, kernel):
+    from harness.toolchain import compiler
+    from harness.toolchain.variant import Variant
+    from tests.test_hopper_compile import _disassemble
+    v = Variant("full", D, False, kernel=kernel)
+    res, cubin = compiler.compile_cubin(v, extra_options=("-DBLOCK_CLOCKS=1",))
+    assert res.spill_stores == res.spill_loads == 0 and res.wgmma_warnings == ()
+    text = _disassemble(cubin)
+    assert text.count("SR_CLOCKLO") == 5 and text.count("SR_GLOBALTIMER") == 5
+    plain = _disassemble(compiler.compile_cubin(v)[1])
+    assert "SR_CLOCKLO" not in plain and "SR_GLOBALTIMER" not in plain
+
+
+def test_block_clocks_refuses_a_persistent_entry():
+    from harness.toolchain import compiler
+    from harness.toolchain.variant import Variant
+    v = Variant("full", 128, False, kernel="flashcore_hopper_dyn")
+    with pytest.raises(Exception, match="BLOCK_CLOCKS"):
+        compiler.compile_cubin(v, extra_options=("-DBLOCK_CLOCKS=1",))
