@@ -306,34 +306,47 @@
 // time goes outside the key loop. PHASE_CLOCKS cuts a block's first and last iterations, its
 // prologue (Q's load, S(0) and its softmax) and its epilogue, and the gaps between one block and
 // the next on an SM are in no block at all. Lane 0 of each consumer warp stores the SM clock at
-// [k] and the global timer (ns, comparable across SMs) at [8 + k] of its row of L_out, seen as
-// u64 [block][consumer warp][BLOCK_WORDS], at five marks: 0 the warp starts, 1 Q has landed, 2 the
-// prologue's softmax is done (the loop starts), 3 the last P.V has retired, 4 O is stored. Mark 0
-// also stores the SM's id at [5]. Full mode, the overlapped non-persistent schedule only.
+// [k] and the global timer (ns, comparable across SMs) at [8 + k] of a row of L_out, seen as
+// u64 [block][consumer warp][BLOCK_ITEMS][BLOCK_WORDS], at five marks per work item: 0 the item
+// starts (the warp, where a block runs one item), 1 Q has landed, 2 the prologue's softmax is
+// done (the loop starts), 3 the last P.V has retired, 4 O is stored. Mark 0 also stores the SM's
+// id at [5]. A persistent block's items past the BLOCK_ITEMS-th are not marked. Full mode, the
+// overlapped schedule only.
 #ifdef BLOCK_CLOCKS
-#if !OVERLAP_SCHEDULE || PERSISTENT_SCHEDULE
-#error "BLOCK_CLOCKS marks the overlapped, non-persistent schedule only"
+#if !OVERLAP_SCHEDULE
+#error "BLOCK_CLOCKS marks the overlapped schedule only"
 #endif
 #ifdef PHASE_CLOCKS
 #error "BLOCK_CLOCKS and PHASE_CLOCKS both write L_out: one measuring build at a time"
 #endif
 #define BLOCK_WORDS 16
-__device__ __forceinline__ void block_mark(float* L_out, int k, int warp, int lane) {
-    if (lane != 0) return;
+#define BLOCK_ITEMS (PERSISTENT_SCHEDULE ? 32 : 1)
+struct BlockMark {
     u64 clk, gt;
-    asm volatile("mov.u64 %0, %%clock64;" : "=l"(clk) :: "memory");
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt) :: "memory");
+};
+__device__ __forceinline__ BlockMark block_now() {
+    BlockMark t;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(t.clk) :: "memory");
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t.gt) :: "memory");
+    return t;
+}
+__device__ __forceinline__ void block_put(float* L_out, int k, BlockMark t, int warp, int lane, int item) {
+    if (lane != 0 || item >= BLOCK_ITEMS) return;
     const size_t blk = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
-    u64* row = reinterpret_cast<u64*>(L_out) + (blk * NWARPS + warp) * BLOCK_WORDS;
-    row[k] = clk;
-    row[8 + k] = gt;
+    u64* row = reinterpret_cast<u64*>(L_out) + ((blk * NWARPS + warp) * BLOCK_ITEMS + item) * BLOCK_WORDS;
+    row[k] = t.clk;
+    row[8 + k] = t.gt;
     if (k == 0) {
         u32 sm;
         asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
         row[5] = sm;
     }
 }
-#define BLOCK_MARK(k) block_mark(L_out, k, warp, lane)
+#if PERSISTENT_SCHEDULE
+#define BLOCK_MARK(k) block_put(L_out, k, block_now(), warp, lane, it)
+#else
+#define BLOCK_MARK(k) block_put(L_out, k, block_now(), warp, lane, 0)
+#endif
 #else
 #define BLOCK_MARK(k) ((void)0)
 #endif
@@ -765,7 +778,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                                                     // stored at turn_pin would reach every row of the block)
 #endif
 
-#ifdef BLOCK_CLOCKS
+#if defined(BLOCK_CLOCKS) && !PERSISTENT_SCHEDULE
     if (warp < NWARPS) BLOCK_MARK(0);               // 0: this consumer warp starts
 #endif
     if (tid == 0) {
@@ -903,15 +916,23 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     if (wg == 1) turn_end(1);
 #if TILE_COUNTER
     for (;; ++it, kv_base += n_iter) {
+#ifdef BLOCK_CLOCKS
+    const BlockMark item_start = block_now();       // mark 0, stored once the item is known to be one
+#endif
     if (!mbar_wait_bounded(&bar_q, (u32)it & 1u)) {   // the producer's item (and its Q) is in
         stuck = true;
         break;
     }
     const int item = *(volatile int*)&item_slot;
     if (item < 0) break;
+#ifdef BLOCK_CLOCKS
+    block_put(L_out, 0, item_start, warp, lane, it);   // 0: the item starts
+    BLOCK_MARK(1);                                  // 1: its Q has landed
+#endif
     WORK_ITEM(item)
 #else
     for (int item = item0; item < n_items; item += item_stride, ++it, kv_base += n_iter) {
+    BLOCK_MARK(0);                                  // 0: the item starts
     WORK_ITEM(item)
 #endif
 #define KV_G(j) (kv_base + (j))
@@ -942,6 +963,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         stuck = true;
         break;
     }
+    BLOCK_MARK(1);                                  // 1: Q has landed
 #else
     mbar_wait(&bar_q, 0);
     BLOCK_MARK(1);                                  // 1: Q has landed

@@ -1,19 +1,21 @@
-"""Where a launch's SM time goes outside the key loop: each block's prologue and epilogue, and the
-gaps between blocks on an SM, read from the SM clock and the global timer.
+"""Where a launch's SM time goes outside the key loop: each work item's prologue and epilogue,
+and the gaps between items on an SM, read from the SM clock and the global timer.
 
-Builds the sm_90a kernel's overlapped, non-persistent schedule (default flashcore_hopper_ovpp) in
-full mode with -DBLOCK_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer warp stores
-the SM clock and the global timer at five marks (0 the warp starts, 1 Q has landed, 2 the loop
-starts, 3 the last P.V has retired, 4 O is stored) and its SM's id. PHASE_CLOCKS
-(scripts/phase_clocks.py) reads the middle iterations of the key loop; this reads the rest.
+Builds an sm_90a entry's overlapped schedule (default flashcore_hopper_ovpp; persistent entries
+too) in full mode with -DBLOCK_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer
+warp stores the SM clock and the global timer at five marks per work item (0 the item starts, 1
+Q has landed, 2 the loop starts, 3 the last P.V has retired, 4 O is stored) and its SM's id. A
+non-persistent block is one item and its mark 0 is the warp's start; a persistent block's items
+follow one another (the first 32 are marked). PHASE_CLOCKS (scripts/phase_clocks.py) reads the
+middle iterations of the key loop; this reads the rest.
 
     python scripts/block_clocks.py 4,16,2048,128 [--kernel flashcore_hopper_ovpp] [--json out.json]
 
-The SMs' time from the launch's first mark to its last, summed over the SMs that ran a block, is
-split into: idle before an SM's first block, each block's Q wait, prologue (S(0) and its softmax),
-key loop and tail (the last P.V and the epilogue), the warps' skew within a block, the gaps
-between one block's last mark and the next block's first on the same SM, and idle after an SM's
-last block. The parts add up to the whole: one block per SM at a time, so an SM's blocks do not
+The SMs' time from the launch's first mark to its last, summed over the SMs that ran an item, is
+split into: idle before an SM's first item, each item's Q wait, prologue (S(0) and its softmax),
+key loop and tail (the last P.V and the epilogue), the warps' skew within an item, the gaps
+between one item's last mark and the next item's first on the same SM, and idle after an SM's
+last item. The parts add up to the whole: one block per SM at a time, so an SM's items do not
 overlap (checked). The kernel's output is checked against a float32 reference of two heads.
 """
 
@@ -30,26 +32,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phase_clocks import launch  # noqa: E402  (scripts/ is not a package)
 
 BLOCK_WORDS, MARKS, GT, SMID = 16, 5, 8, 5   # kernels/flashcore_hopper.cu's BLOCK_CLOCKS row
-PARTS = ("idle before the SM's first block", "Q wait", "prologue: S(0), softmax(0)", "key loop",
-         "tail: last P.V, epilogue", "warp skew in a block", "gaps between blocks on an SM",
-         "idle after the SM's last block")
+PERSISTENT_ITEMS = 32                        # its BLOCK_ITEMS in a persistent build
+PARTS = ("idle before the SM's first item", "Q wait", "prologue: S(0), softmax(0)", "key loop",
+         "tail: last P.V, epilogue", "warp skew in an item", "gaps between items on an SM",
+         "idle after the SM's last item")
+
+
+def items_of(rows: np.ndarray) -> np.ndarray:
+    """u64 [blocks, warps, items, BLOCK_WORDS] -> [marked items, warps, BLOCK_WORDS]: the items
+    that ran (a persistent block marks as many as it took; the rest stay zero)."""
+    x = np.moveaxis(rows, 2, 1).reshape(-1, rows.shape[1], rows.shape[3])
+    written = (x[:, :, GT] != 0).any(axis=1)
+    return x[written]
 
 
 def decompose(rows: np.ndarray, n_iter: int) -> dict:
-    """rows u64 [blocks, warps, BLOCK_WORDS] -> the launch's SM time by part (PARTS, in ns summed
-    over SMs, and as shares), the clock rate, and per-block phases in clocks (medians)."""
+    """rows u64 [items, warps, BLOCK_WORDS] (items_of) -> the launch's SM time by part (PARTS,
+    in ns summed over SMs, and as shares), the clock rate, and per-item phases in clocks
+    (medians)."""
     rows = rows.astype(np.int64)
     clk, gt = rows[:, :, :MARKS], rows[:, :, GT:GT + MARKS]
     sm = rows[:, 0, SMID]
     if not (rows[:, :, SMID] == sm[:, None]).all():
-        raise ValueError("a block's warps report different SMs")
+        raise ValueError("an item's warps report different SMs")
     if (gt == 0).any():
         raise ValueError(f"{int((gt == 0).any(axis=2).sum())} warps left marks unwritten")
     if (np.diff(clk, axis=2) < 0).any() or (np.diff(gt, axis=2) < 0).any():
         raise ValueError("marks out of order: a warp's clock ran backwards (unwritten rows?)")
     start, end = gt[:, :, 0].min(axis=1), gt[:, :, -1].max(axis=1)
     t0, t1 = start.min(), end.max()
-    phase_ns = np.diff(gt, axis=2).mean(axis=1)                     # [blocks, 4], mean over warps
+    phase_ns = np.diff(gt, axis=2).mean(axis=1)                     # [items, 4], mean over warps
     skew = (end - start) - phase_ns.sum(axis=1)
     before = after = gaps = 0
     sms = np.unique(sm)
@@ -58,22 +70,22 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
         idx = idx[np.argsort(start[idx])]
         g = start[idx[1:]] - end[idx[:-1]]
         if (g < 0).any():
-            raise ValueError(f"SM {s}: two blocks overlap; the decomposition assumes one at a time")
+            raise ValueError(f"SM {s}: two items overlap; the decomposition assumes one at a time")
         gaps += int(g.sum())
         before += int(start[idx[0]] - t0)
         after += int(t1 - end[idx[-1]])
     ns = [before, *phase_ns.sum(axis=0).tolist(), float(skew.sum()), gaps, after]
     total = float(len(sms) * (t1 - t0))
-    d_clk = np.diff(clk, axis=2)                                     # [blocks, warps, 4]
+    d_clk = np.diff(clk, axis=2)                                     # [items, warps, 4]
     rate = float((clk[:, :, -1] - clk[:, :, 0]).sum() / (gt[:, :, -1] - gt[:, :, 0]).sum())   # GHz
     return {
-        "span_us": (t1 - t0) / 1e3, "sms": int(len(sms)), "blocks": int(rows.shape[0]),
-        "blocks_per_sm": [int(np.bincount(np.searchsorted(sms, sm)).min()),
+        "span_us": (t1 - t0) / 1e3, "sms": int(len(sms)), "items": int(rows.shape[0]),
+        "items_per_sm": [int(np.bincount(np.searchsorted(sms, sm)).min()),
                           int(np.bincount(np.searchsorted(sms, sm)).max())],
         "clock_ghz": rate, "n_iter": int(n_iter),
         "parts": {name: {"us_per_sm": v / len(sms) / 1e3, "share": v / total} for name, v in zip(PARTS, ns)},
         "sum_share": sum(ns) / total,
-        "block_clocks": {name: float(np.median(d_clk[:, :, k])) for k, name in enumerate(PARTS[1:5])},
+        "item_clocks": {name: float(np.median(d_clk[:, :, k])) for k, name in enumerate(PARTS[1:5])},
         "loop_clocks_per_tile": float(np.median(d_clk[:, :, 2])) / max(n_iter - 1, 1),
     }
 
@@ -85,25 +97,27 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
 def main(shape, kernel, json_out):
     from rich.console import Console
     from rich.table import Table
-    variant, rows, n_iter, err = launch(shape, kernel, "-DBLOCK_CLOCKS=1", (BLOCK_WORDS,), np.uint64)
+    variant, rows, n_iter, err = launch(
+        shape, kernel, "-DBLOCK_CLOCKS=1",
+        lambda v: (PERSISTENT_ITEMS if v.persistent else 1, BLOCK_WORDS), np.uint64)
     try:
-        r = decompose(rows, n_iter)
+        r = decompose(items_of(rows), n_iter)
     except ValueError as e:
         raise click.ClickException(str(e))
     ok = err < 2e-2
-    print(f"{kernel} {variant.label} at {shape}: {r['blocks']} blocks on {r['sms']} SMs "
-          f"({r['blocks_per_sm'][0]}-{r['blocks_per_sm'][1]} each), {n_iter} key tiles, span "
+    print(f"{kernel} {variant.label} at {shape}: {r['items']} items marked on {r['sms']} SMs "
+          f"({r['items_per_sm'][0]}-{r['items_per_sm'][1]} each), {n_iter} key tiles, span "
           f"{r['span_us']:.1f} us at {r['clock_ghz']:.2f} GHz; max |O - float32 reference| over two "
           f"heads {err:.2e} ({'ok' if ok else 'WRONG'})")
     t = Table(title="the SMs' time, from the launch's first mark to its last")
-    for c in ("part", "us per SM", "share", "median clocks per block"):
+    for c in ("part", "us per SM", "share", "median clocks per item"):
         t.add_column(c, justify="left" if c == "part" else "right")
     for name, v in r["parts"].items():
-        c = r["block_clocks"].get(name)
+        c = r["item_clocks"].get(name)
         t.add_row(name, f"{v['us_per_sm']:.2f}", f"{v['share']:.1%}", "" if c is None else f"{c:.0f}")
     t.add_row("sum", f"{r['span_us'] * r['sum_share']:.2f}", f"{r['sum_share']:.1%}", "")
     Console(width=140).print(t)
-    print(f"key loop: {r['loop_clocks_per_tile']:.0f} clocks per tile (median block, {n_iter - 1} iterations)")
+    print(f"key loop: {r['loop_clocks_per_tile']:.0f} clocks per tile (median item, {n_iter - 1} iterations)")
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"kernel": kernel, "shape": shape, "label": variant.label, "max_err": err, **r}, f, indent=1)

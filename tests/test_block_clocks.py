@@ -1,7 +1,7 @@
 """scripts/block_clocks.py and the kernel's BLOCK_CLOCKS build: the launch's SM time is split
-into parts that add up to it, from marks whose values are known, and the build adds its five
-clock and timer reads and nothing else (no spills, no wgmma serialisation; the plain build has
-none)."""
+into parts that add up to it, from marks whose values are known; a persistent block's items are
+read one by one; and the build adds its five clock and timer reads and nothing else (no spills,
+no wgmma serialisation; the plain build has none), in the persistent entries too."""
 
 import numpy as np
 import pytest
@@ -12,8 +12,9 @@ bc = load_script("block_clocks")
 
 
 def _rows(blocks_on_sm, phases_ns, warps=8, ghz=1.5, gap=700, first=10**6):
-    """Rows of blocks run back to back on each SM, each warp's phases `phases_ns` (4 values, ns)
-    long, `gap` ns between blocks; SM s starts at first + 100 s ns. The SM clock runs at ghz."""
+    """Rows [items, warps, BLOCK_WORDS] of items run back to back on each SM, each warp's phases
+    `phases_ns` (4 values, ns) long, `gap` ns between items; SM s starts at first + 100 s ns. The
+    SM clock runs at ghz."""
     rows = []
     for s, n in enumerate(blocks_on_sm):
         t = first + 100 * s
@@ -31,22 +32,36 @@ def _rows(blocks_on_sm, phases_ns, warps=8, ghz=1.5, gap=700, first=10**6):
 def test_parts_add_up_to_the_sms_time_and_name_each_phase():
     ph = np.array([1000, 1500, 20000, 2500])
     r = bc.decompose(_rows([3, 3, 2], ph), n_iter=16)
-    assert r["sms"] == 3 and r["blocks"] == 8 and r["blocks_per_sm"] == [2, 3]
+    assert r["sms"] == 3 and r["items"] == 8 and r["items_per_sm"] == [2, 3]
     assert r["sum_share"] == pytest.approx(1.0)
     p = r["parts"]
     assert p["Q wait"]["us_per_sm"] == pytest.approx(8 * 1.0 / 3)
     assert p["key loop"]["us_per_sm"] == pytest.approx(8 * 20.0 / 3)
-    assert p["gaps between blocks on an SM"]["us_per_sm"] == pytest.approx(5 * 0.7 / 3)
-    assert p["warp skew in a block"]["us_per_sm"] == pytest.approx(0)
+    assert p["gaps between items on an SM"]["us_per_sm"] == pytest.approx(5 * 0.7 / 3)
+    assert p["warp skew in an item"]["us_per_sm"] == pytest.approx(0)
     assert r["span_us"] == pytest.approx((100 + 3 * ph.sum() + 2 * 700) / 1e3)   # SM 1's third block ends last
-    assert p["idle after the SM's last block"]["us_per_sm"] == pytest.approx((100 + 0 + 25600) / 3 / 1e3)
-    assert p["idle before the SM's first block"]["us_per_sm"] == pytest.approx(300 / 3 / 1e3)
+    assert p["idle after the SM's last item"]["us_per_sm"] == pytest.approx((100 + 0 + 25600) / 3 / 1e3)
+    assert p["idle before the SM's first item"]["us_per_sm"] == pytest.approx(300 / 3 / 1e3)
     assert r["clock_ghz"] == pytest.approx(1.5, rel=1e-6)
-    assert r["block_clocks"]["key loop"] == pytest.approx(30000, abs=2)
+    assert r["item_clocks"]["key loop"] == pytest.approx(30000, abs=2)
     assert r["loop_clocks_per_tile"] == pytest.approx(2000, abs=1)
 
 
-def test_overlapping_blocks_on_one_sm_are_refused():
+def test_a_persistent_blocks_items_are_read_one_by_one_and_the_unrun_left_out():
+    ph = np.array([300, 1500, 20000, 2500])
+    items = _rows([3, 2], ph)                            # SM 0: items 0-2, SM 1: items 3-4
+    rows = np.zeros((2, 8, bc.PERSISTENT_ITEMS, bc.BLOCK_WORDS), np.uint64)   # two blocks
+    rows[0, :, :3] = np.moveaxis(items[:3], 0, 1)
+    rows[1, :, :2] = np.moveaxis(items[3:], 0, 1)
+    x = bc.items_of(rows)
+    assert x.shape == (5, 8, bc.BLOCK_WORDS)
+    assert sorted(x[:, 0, bc.GT].tolist()) == sorted(items[:, 0, bc.GT].tolist())
+    r = bc.decompose(x, 16)
+    assert r["items"] == 5 and r["sum_share"] == pytest.approx(1.0)
+    assert r["parts"]["gaps between items on an SM"]["us_per_sm"] == pytest.approx(3 * 0.7 / 2)
+
+
+def test_overlapping_items_on_one_sm_are_refused():
     r = _rows([2], np.array([100, 100, 100, 100]), gap=-250)
     with pytest.raises(ValueError, match="overlap"):
         bc.decompose(r, 4)
@@ -64,7 +79,8 @@ def test_unwritten_rows_are_refused():
 
 
 @pytest.mark.parametrize("D,kernel", [(64, "flashcore_hopper_ovpp"), (128, "flashcore_hopper_ovpp"),
-                                      (128, "flashcore_hopper_kv")])
+                                      (128, "flashcore_hopper_kv"), (64, "flashcore_hopper_dyn"),
+                                      (128, "flashcore_hopper_ps")])
 def test_block_clocks_build_reads_the_clock_and_timer_five_times_with_no_spill(D, kernel):
     from harness.toolchain import compiler
     from harness.toolchain.variant import Variant
@@ -78,9 +94,9 @@ def test_block_clocks_build_reads_the_clock_and_timer_five_times_with_no_spill(D
     assert "SR_CLOCKLO" not in plain and "SR_GLOBALTIMER" not in plain
 
 
-def test_block_clocks_refuses_a_persistent_entry():
+def test_block_clocks_refuses_the_plain_schedule():
     from harness.toolchain import compiler
     from harness.toolchain.variant import Variant
-    v = Variant("full", 128, False, kernel="flashcore_hopper_dyn")
+    v = Variant("full", 128, False, kernel="flashcore_hopper_ws")
     with pytest.raises(Exception, match="BLOCK_CLOCKS"):
         compiler.compile_cubin(v, extra_options=("-DBLOCK_CLOCKS=1",))
