@@ -307,11 +307,12 @@
 // prologue (Q's load, S(0) and its softmax) and its epilogue, and the gaps between one block and
 // the next on an SM are in no block at all. Lane 0 of each consumer warp stores the SM clock at
 // [k] and the global timer (ns, comparable across SMs) at [8 + k] of a row of L_out, seen as
-// u64 [block][consumer warp][BLOCK_ITEMS][BLOCK_WORDS], at five marks per work item: 0 the item
+// u64 [block][consumer warp][BLOCK_ITEMS][BLOCK_WORDS], at six marks per work item: 0 the item
 // starts (the warp, where a block runs one item), 1 Q has landed, 2 the prologue's softmax is
-// done (the loop starts), 3 the last P.V has retired, 4 O is stored. Mark 0 also stores the SM's
-// id at [5]. A persistent block's items past the BLOCK_ITEMS-th are not marked. Full mode, the
-// overlapped schedule only.
+// done (the loop starts), 3 the last P.V has retired, 4 the epilogue starts (after warpgroup 0's
+// last turn, where a block runs one item), 5 O is stored. Mark 0 also stores the SM's id at [6].
+// A persistent block's items past the BLOCK_ITEMS-th are not marked. Full mode, the overlapped
+// schedule only.
 #ifdef BLOCK_CLOCKS
 #if !OVERLAP_SCHEDULE
 #error "BLOCK_CLOCKS marks the overlapped schedule only"
@@ -339,7 +340,7 @@ __device__ __forceinline__ void block_put(float* L_out, int k, BlockMark t, int 
     if (k == 0) {
         u32 sm;
         asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-        row[5] = sm;
+        row[6] = sm;
     }
 }
 #if PERSISTENT_SCHEDULE
@@ -1248,6 +1249,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 
 #if USES_PV
+    BLOCK_MARK(4);                                  // 4: the epilogue starts (warpgroup 0: the last turn taken)
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), LSE = scale*m + ln(l)
     // (m is the max of the raw scores)
     out_t* Ob = O + (size_t)bh * Sq * HEAD_DIM;
@@ -1261,7 +1263,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         const int row_w = row_base + 8 * h;
         if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
     }
-    BLOCK_MARK(4);                                  // 4: O is stored (issued)
+    BLOCK_MARK(5);                                  // 5: O is stored (issued)
 #endif
 #if PERSISTENT_SCHEDULE
     }   // the next work item

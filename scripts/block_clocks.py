@@ -3,8 +3,9 @@ and the gaps between items on an SM, read from the SM clock and the global timer
 
 Builds an sm_90a entry's overlapped schedule (default flashcore_hopper_ovpp; persistent entries
 too) in full mode with -DBLOCK_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer
-warp stores the SM clock and the global timer at five marks per work item (0 the item starts, 1
-Q has landed, 2 the loop starts, 3 the last P.V has retired, 4 O is stored) and its SM's id. A
+warp stores the SM clock and the global timer at six marks per work item (0 the item starts, 1 Q has
+landed, 2 the loop starts, 3 the last P.V has retired, 4 the epilogue starts, 5 O is stored) and
+its SM's id. A
 non-persistent block is one item and its mark 0 is the warp's start; a persistent block's items
 follow one another (the first 32 are marked). PHASE_CLOCKS (scripts/phase_clocks.py) reads the
 middle iterations of the key loop; this reads the rest.
@@ -13,7 +14,7 @@ middle iterations of the key loop; this reads the rest.
 
 The SMs' time from the launch's first mark to its last, summed over the SMs that ran an item, is
 split into: idle before an SM's first item, each item's Q wait, prologue (S(0) and its softmax),
-key loop and tail (the last P.V and the epilogue), the warps' skew within an item, the gaps
+key loop, last P.V and epilogue, the gaps
 between one item's last mark and the next item's first on the same SM, and idle after an SM's
 last item. The parts add up to the whole: one block per SM at a time, so an SM's items do not
 overlap (checked). The kernel's output is checked against a float32 reference of two heads.
@@ -31,11 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phase_clocks import launch  # noqa: E402  (scripts/ is not a package)
 
-BLOCK_WORDS, MARKS, GT, SMID = 16, 5, 8, 5   # kernels/flashcore_hopper.cu's BLOCK_CLOCKS row
+BLOCK_WORDS, MARKS, GT, SMID = 16, 6, 8, 6   # kernels/flashcore_hopper.cu's BLOCK_CLOCKS row
 PERSISTENT_ITEMS = 32                        # its BLOCK_ITEMS in a persistent build
 PARTS = ("idle before the SM's first item", "Q wait", "prologue: S(0), softmax(0)", "key loop",
-         "tail: last P.V, epilogue", "warp skew in an item", "gaps between items on an SM",
+         "last P.V (+ warpgroup 0's last turn)", "epilogue: l, LSE, O stores", "gaps between items on an SM",
          "idle after the SM's last item")
+WARPS_PER_WG = 4
 
 
 def items_of(rows: np.ndarray) -> np.ndarray:
@@ -49,7 +51,13 @@ def items_of(rows: np.ndarray) -> np.ndarray:
 def decompose(rows: np.ndarray, n_iter: int) -> dict:
     """rows u64 [items, warps, BLOCK_WORDS] (items_of) -> the launch's SM time by part (PARTS,
     in ns summed over SMs, and as shares), the clock rate, and per-item phases in clocks
-    (medians)."""
+    (medians, per consumer warpgroup).
+
+    The time is split per warp: consumer warp w of every item on an SM forms one timeline (the
+    items one after another; one block per SM at a time), from the launch's first mark to its
+    last, and the SM's parts are the mean over its warps' timelines. Per warp, not per item:
+    a persistent block's warpgroups run half an iteration apart, so one starts its next item
+    before the other has finished this one."""
     rows = rows.astype(np.int64)
     clk, gt = rows[:, :, :MARKS], rows[:, :, GT:GT + MARKS]
     sm = rows[:, 0, SMID]
@@ -59,33 +67,36 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
         raise ValueError(f"{int((gt == 0).any(axis=2).sum())} warps left marks unwritten")
     if (np.diff(clk, axis=2) < 0).any() or (np.diff(gt, axis=2) < 0).any():
         raise ValueError("marks out of order: a warp's clock ran backwards (unwritten rows?)")
-    start, end = gt[:, :, 0].min(axis=1), gt[:, :, -1].max(axis=1)
-    t0, t1 = start.min(), end.max()
-    phase_ns = np.diff(gt, axis=2).mean(axis=1)                     # [items, 4], mean over warps
-    skew = (end - start) - phase_ns.sum(axis=1)
-    before = after = gaps = 0
+    t0, t1 = gt[:, :, 0].min(), gt[:, :, -1].max()
+    warps = rows.shape[1]
+    phase_ns = np.diff(gt, axis=2).sum(axis=(0, 1)) / warps         # [5], summed over items, mean over warps
+    before = after = gaps = 0.0
     sms = np.unique(sm)
     for s in sms:
         idx = np.flatnonzero(sm == s)
-        idx = idx[np.argsort(start[idx])]
-        g = start[idx[1:]] - end[idx[:-1]]
-        if (g < 0).any():
-            raise ValueError(f"SM {s}: two items overlap; the decomposition assumes one at a time")
-        gaps += int(g.sum())
-        before += int(start[idx[0]] - t0)
-        after += int(t1 - end[idx[-1]])
-    ns = [before, *phase_ns.sum(axis=0).tolist(), float(skew.sum()), gaps, after]
+        for w in range(warps):
+            order = idx[np.argsort(gt[idx, w, 0])]
+            g = gt[order[1:], w, 0] - gt[order[:-1], w, -1]
+            if (g < 0).any():
+                raise ValueError(f"SM {s}, warp {w}: two items overlap; one block per SM at a time was assumed")
+            gaps += g.sum() / warps
+            before += (gt[order[0], w, 0] - t0) / warps
+            after += (t1 - gt[order[-1], w, -1]) / warps
+    ns = [before, *phase_ns.tolist(), gaps, after]
     total = float(len(sms) * (t1 - t0))
-    d_clk = np.diff(clk, axis=2)                                     # [items, warps, 4]
+    d_clk = np.diff(clk, axis=2)                                     # [items, warps, 5]
     rate = float((clk[:, :, -1] - clk[:, :, 0]).sum() / (gt[:, :, -1] - gt[:, :, 0]).sum())   # GHz
+    per_sm = np.bincount(np.searchsorted(sms, sm))
     return {
         "span_us": (t1 - t0) / 1e3, "sms": int(len(sms)), "items": int(rows.shape[0]),
-        "items_per_sm": [int(np.bincount(np.searchsorted(sms, sm)).min()),
-                          int(np.bincount(np.searchsorted(sms, sm)).max())],
+        "items_per_sm": [int(per_sm.min()), int(per_sm.max())],
         "clock_ghz": rate, "n_iter": int(n_iter),
-        "parts": {name: {"us_per_sm": v / len(sms) / 1e3, "share": v / total} for name, v in zip(PARTS, ns)},
-        "sum_share": sum(ns) / total,
-        "item_clocks": {name: float(np.median(d_clk[:, :, k])) for k, name in enumerate(PARTS[1:5])},
+        "parts": {name: {"us_per_sm": float(v) / len(sms) / 1e3, "share": float(v) / total}
+                  for name, v in zip(PARTS, ns)},
+        "sum_share": float(sum(ns)) / total,
+        "item_clocks": {f"wg{g}": {name: float(np.median(d_clk[:, g * WARPS_PER_WG:(g + 1) * WARPS_PER_WG, k]))
+                                   for k, name in enumerate(PARTS[1:5])}
+                        for g in range(warps // WARPS_PER_WG)},
         "loop_clocks_per_tile": float(np.median(d_clk[:, :, 2])) / max(n_iter - 1, 1),
     }
 
@@ -94,14 +105,18 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
 @click.argument("shape")
 @click.option("--kernel", default="flashcore_hopper_ovpp", show_default=True)
 @click.option("--json", "json_out", default=None, help="write the decomposition here")
-def main(shape, kernel, json_out):
+@click.option("--raw", "raw_out", default=None, help="write the marked items (u64 [items, warps, words]) here, .npy")
+def main(shape, kernel, json_out, raw_out):
     from rich.console import Console
     from rich.table import Table
     variant, rows, n_iter, err = launch(
         shape, kernel, "-DBLOCK_CLOCKS=1",
         lambda v: (PERSISTENT_ITEMS if v.persistent else 1, BLOCK_WORDS), np.uint64)
+    items = items_of(rows)
+    if raw_out:
+        np.save(raw_out, items)
     try:
-        r = decompose(items_of(rows), n_iter)
+        r = decompose(items, n_iter)
     except ValueError as e:
         raise click.ClickException(str(e))
     ok = err < 2e-2
@@ -109,13 +124,14 @@ def main(shape, kernel, json_out):
           f"({r['items_per_sm'][0]}-{r['items_per_sm'][1]} each), {n_iter} key tiles, span "
           f"{r['span_us']:.1f} us at {r['clock_ghz']:.2f} GHz; max |O - float32 reference| over two "
           f"heads {err:.2e} ({'ok' if ok else 'WRONG'})")
-    t = Table(title="the SMs' time, from the launch's first mark to its last")
-    for c in ("part", "us per SM", "share", "median clocks per item"):
+    t = Table(title="the SMs' time, from the launch's first mark to its last (mean over consumer warps)")
+    wgs = list(r["item_clocks"])
+    for c in ("part", "us per SM", "share", *(f"median clocks per item, {g}" for g in wgs)):
         t.add_column(c, justify="left" if c == "part" else "right")
     for name, v in r["parts"].items():
-        c = r["item_clocks"].get(name)
-        t.add_row(name, f"{v['us_per_sm']:.2f}", f"{v['share']:.1%}", "" if c is None else f"{c:.0f}")
-    t.add_row("sum", f"{r['span_us'] * r['sum_share']:.2f}", f"{r['sum_share']:.1%}", "")
+        c = [r["item_clocks"][g].get(name) for g in wgs]
+        t.add_row(name, f"{v['us_per_sm']:.2f}", f"{v['share']:.1%}", *("" if x is None else f"{x:.0f}" for x in c))
+    t.add_row("sum", f"{r['span_us'] * r['sum_share']:.2f}", f"{r['sum_share']:.1%}", *("" for _ in wgs))
     Console(width=140).print(t)
     print(f"key loop: {r['loop_clocks_per_tile']:.0f} clocks per tile (median item, {n_iter - 1} iterations)")
     if json_out:

@@ -65,7 +65,7 @@ if [[ $what == blocks ]]; then
   # wave (scripts/block_clocks.py): the Hopper entry built with -DBLOCK_CLOCKS at CLOCK_SHAPES
   for shape in ${CLOCK_SHAPES:-4,16,2048,128 4,16,2048,64 16,16,1024,64 2,16,8192,128}; do
     python3 scripts/block_clocks.py $shape --kernel ${HOPPER_ENTRY:-flashcore_hopper_ovpp} \
-        --json "$OUT/blocks_${shape//,/x}.json" 2>&1 | tee -a "$OUT/block_clocks.log"
+        --json "$OUT/blocks_${shape//,/x}.json" --raw "$OUT/blocks_${shape//,/x}.npy" 2>&1 | tee -a "$OUT/block_clocks.log"
     [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
   done
 fi
