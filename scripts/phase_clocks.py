@@ -29,6 +29,7 @@ import click
 import numpy as np
 
 PHASE_N, PHASE_TILES = 8, 64          # kernels/flashcore_hopper.cu's PHASE_N and PHASE_TILES
+WARPS_PER_WG = 4                      # consumer warps per warpgroup
 PHASES = ("pack P(j)", "wait K/V(j+1)", "wait for the turn", "issue QK(j+1)+PV(j)",
           "wait S(j+1)", "softmax(j+1)", "wait PV(j)", "rescale O, copy S")
 SOFTMAX_TURN_PHASES = ("pack P(j)", "wait K/V(j+1)", "issue QK(j+1)+PV(j)", "wait S(j+1)",
@@ -59,7 +60,7 @@ def intervals(clk: np.ndarray, n_iter: int) -> np.ndarray:
     return d[:, :, 1:n - 1, :]
 
 
-def summary(d: np.ndarray, warps_per_wg: int = 4, phases: tuple = PHASES) -> dict:
+def summary(d: np.ndarray, warps_per_wg: int = WARPS_PER_WG, phases: tuple = PHASES) -> dict:
     """Per warpgroup: median, p10, p90 of each phase and of the whole iteration (clocks)."""
     out = {}
     for wg in range(d.shape[1] // warps_per_wg):
