@@ -93,7 +93,7 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
                   for name, v in zip(PARTS, ns)},
         "sum_share": float(sum(ns)) / total,
         "item_clocks": {f"wg{g}": {name: float(np.median(d_clk[:, g * WARPS_PER_WG:(g + 1) * WARPS_PER_WG, k]))
-                                   for k, name in enumerate(PARTS[1:5])}
+                                   for k, name in enumerate(PARTS[1:MARKS])}
                         for g in range(warps // WARPS_PER_WG)},
         "loop_clocks_per_tile": float(np.median(d_clk[:, :, 2])) / max(n_iter - 1, 1),
     }

@@ -43,6 +43,8 @@ def test_parts_add_up_to_the_sms_time_and_name_each_phase():
     assert p["idle before the SM's first item"]["us_per_sm"] == pytest.approx(300 / 3 / 1e3)
     assert r["clock_ghz"] == pytest.approx(1.5, rel=1e-6)
     assert r["item_clocks"]["wg0"]["key loop"] == r["item_clocks"]["wg1"]["key loop"] == pytest.approx(30000, abs=2)
+    assert r["item_clocks"]["wg0"]["epilogue: l, LSE, O stores"] == pytest.approx(1500, abs=2)   # every part has its clocks
+    assert list(r["item_clocks"]["wg1"]) == list(bc.PARTS[1:bc.MARKS])
     assert r["loop_clocks_per_tile"] == pytest.approx(2000, abs=1)
 
 
