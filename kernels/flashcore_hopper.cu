@@ -42,6 +42,8 @@
 //                 work items (query tile, b, h) one after another, the K/V ring running on across
 //                 them, so the next item's loads overlap this one's last P.V and epilogue
 //                 (version 5, flashcore_hopper_ps; non-causal, not softmax_only: PERSISTENT_SCHEDULE)
+//   WIDE_O_STORE  1: the epilogue stores O 16 bytes per thread after a quad transpose
+//                 (common/epilogue.cuh store_o_half_wide; version 18, flashcore_hopper_wo)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -162,6 +164,9 @@
 #define OPERAND_DESC(base, off, lbo, sbo) smem_desc_plus(smem_desc((base), (lbo), (sbo)), (u32)(off) * 2u)
 #else
 #define OPERAND_DESC(base, off, lbo, sbo) smem_desc((base) + (off), (lbo), (sbo))
+#endif
+#ifndef WIDE_O_STORE
+#define WIDE_O_STORE 0                      // 1: O stored 16 bytes per thread after a quad transpose (version 18)
 #endif
 #ifndef PERSISTENT
 #define PERSISTENT 0                        // 1: a block runs work item after work item (version 5)
@@ -1261,7 +1266,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         const float inv = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
 #endif
         const int row_w = row_base + 8 * h;
+#if WIDE_O_STORE
+        store_o_half_wide(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane, row_w < ROW_END);
+#else
         if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
+#endif
     }
     BLOCK_MARK(5);                                  // 5: O is stored (issued)
 #endif

@@ -352,12 +352,21 @@ FLASHCORE_HOPPER_KV144 = derived(
     tiles={**FLASHCORE_HOPPER_KV.tiles, 128: dict(FLASHCORE_HOPPER_KV.tiles[128], block_n=144)},
 )
 
+# Part 2, version 18 (kernels/NOTES.md): version 6 (_wo) and version 9 (_dynwo) with O stored 16
+# bytes per thread (WIDE_O_STORE=1, common/epilogue.cuh store_o_half_wide: a quad transpose of the
+# packed half2 words, then one 16-byte store per n8 tile group). BLOCK_CLOCKS at 8478ff8
+# (results/logs/blocks-8478ff8-*): version 6's epilogue, two columns per store, is 6.6 % of the
+# SMs' time at 4,16,2048,128 (~3,400 clocks a block) and 3.4 % at D = 64.
+FLASHCORE_HOPPER_WO = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_wo", ("WIDE_O_STORE=1",))
+FLASHCORE_HOPPER_DYNWO = derived(FLASHCORE_HOPPER_DYN, "flashcore_hopper_dynwo", ("WIDE_O_STORE=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
                                FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP, FLASHCORE_HOPPER_ST,
                                FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_OVSTI,
-                               FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144)}
+                               FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144, FLASHCORE_HOPPER_WO,
+                               FLASHCORE_HOPPER_DYNWO)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

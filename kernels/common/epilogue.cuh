@@ -33,4 +33,47 @@ __device__ __forceinline__ void store_o_half(T* orow, const float (&o)[DF][4], i
         store_out2(orow + i * 8 + (lane & 3) * 2, o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
 }
 
+// The same row half in 16-byte stores (the Hopper kernel's WIDE_O_STORE, version 18). Two columns
+// per thread make each warp-wide store 8 rows x 4 bytes x 4 lanes: 8 lines touched for 128 bytes,
+// and BLOCK_CLOCKS measured the epilogue at ~3,400 clocks per block at D = 128 (kernels/NOTES.md).
+// Here the quad's four lanes first trade their words so that lane q holds all eight columns of
+// n8 tile 4g+q (a 4 x 4 transpose of packed half2 words in two shuffle rounds, xor 1 then xor 2),
+// and a warp's store covers 8 rows x 64 contiguous bytes. Every lane shuffles whether or not its
+// row is stored (a quad shares its row, so `store` is quad-uniform, but the shuffles are
+// warp-wide); `store` says whether this lane's row is inside the window. fp16 output only (the
+// float output of FP32_P keeps the two-column form, store_o_half_wide's overload below).
+template <int DF>
+__device__ __forceinline__ void store_o_half_wide(half* orow, const float (&o)[DF][4], int h, float inv, int lane,
+                                                  bool store) {
+    static_assert(DF % 4 == 0, "the quad transpose takes n8 tiles four at a time");
+    const bool odd = lane & 1, high = lane & 2;
+#pragma unroll
+    for (int g = 0; g < DF / 4; ++g) {
+        u32 w[4];                                   // w[k]: this lane's two columns of tile 4g+k
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const __half2 x = __floats2half2_rn(o[4 * g + k][2 * h] * inv, o[4 * g + k][2 * h + 1] * inv);
+            w[k] = *reinterpret_cast<const u32*>(&x);
+        }
+        // round 1 (xor 1): the words whose index differs from the lane in bit 0 change lanes
+        {
+            const u32 y0 = __shfl_xor_sync(0xffffffffu, odd ? w[0] : w[1], 1);
+            const u32 y1 = __shfl_xor_sync(0xffffffffu, odd ? w[2] : w[3], 1);
+            if (odd) { w[0] = y0; w[2] = y1; } else { w[1] = y0; w[3] = y1; }
+        }
+        // round 2 (xor 2): the same in bit 1; now w[k] is lane k's two columns of tile 4g+q
+        {
+            const u32 y0 = __shfl_xor_sync(0xffffffffu, high ? w[0] : w[2], 2);
+            const u32 y1 = __shfl_xor_sync(0xffffffffu, high ? w[1] : w[3], 2);
+            if (high) { w[0] = y0; w[1] = y1; } else { w[2] = y0; w[3] = y1; }
+        }
+        if (store) *reinterpret_cast<uint4*>(orow + (4 * g + (lane & 3)) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+template <int DF>
+__device__ __forceinline__ void store_o_half_wide(float* orow, const float (&o)[DF][4], int h, float inv, int lane,
+                                                  bool store) {
+    if (store) store_o_half(orow, o, h, inv, lane);
+}
+
 #endif  // FLASHCORE_COMMON_EPILOGUE_CUH
