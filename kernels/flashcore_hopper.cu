@@ -44,6 +44,8 @@
 //                 (version 5, flashcore_hopper_ps; non-causal, not softmax_only: PERSISTENT_SCHEDULE)
 //   WIDE_O_STORE  1: the epilogue stores O 16 bytes per thread after a quad transpose
 //                 (common/epilogue.cuh store_o_half_wide; version 18, flashcore_hopper_wo)
+//   EARLY_LOADS   1: thread 0 issues Q and K/V tiles 0 .. KV_STAGES-1 right after the barriers'
+//                 init, before __syncthreads (version 19, flashcore_hopper_woel; non-persistent)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -168,6 +170,9 @@
 #ifndef WIDE_O_STORE
 #define WIDE_O_STORE 0                      // 1: O stored 16 bytes per thread after a quad transpose (version 18)
 #endif
+#ifndef EARLY_LOADS
+#define EARLY_LOADS 0                       // 1: thread 0 issues Q and the first K/V stages before __syncthreads (version 19)
+#endif
 #ifndef PERSISTENT
 #define PERSISTENT 0                        // 1: a block runs work item after work item (version 5)
 #endif
@@ -181,6 +186,9 @@
 #endif
 #if KV_SPLIT && (!PRODUCER_WG || PERSISTENT || KV_STAGES < 2)
 #error "KV_SPLIT needs the producer warpgroup, the non-persistent schedule and two stages or more"
+#endif
+#if EARLY_LOADS && (!PRODUCER_WG || PERSISTENT || KV_SPLIT)
+#error "EARLY_LOADS is for the non-persistent producer schedule with shared K/V stages"
 #endif
 #if PERSISTENT && !PRODUCER_WG
 #error "PERSISTENT needs the producer warpgroup (PRODUCER_WG=1)"
@@ -824,6 +832,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
         }
         mbar_fence_init();
+#if EARLY_LOADS
+        // Version 19: Q and the first KV_STAGES tiles are issued here, by the thread that set up
+        // the barriers, instead of by the producer after __syncthreads and setmaxnreg: BLOCK_CLOCKS
+        // put ~2,700 clocks between a block's start and its Q landing (kernels/NOTES.md).
+        fence_proxy_async_smem();
+        issue_q(sQ, &bar_q, &tmQ, q0, bh);
+        for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh, Sk);
+#endif
     }
     __syncthreads();                                // barriers initialised before anyone waits
 #if PRODUCER_WG
@@ -891,8 +907,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
             }
 #else
+#if EARLY_LOADS
+            for (int t = KV_STAGES; t < n_iter; ++t) {     // Q and tiles 0 .. KV_STAGES-1 were issued by thread 0
+#else
             issue_q(sQ, &bar_q, &tmQ, q0, bh);
             for (int t = 0; t < n_iter; ++t) {
+#endif
                 const int slot = t % KV_STAGES;
                 if (t >= KV_STAGES) mbar_wait(&bar_empty[slot], (u32)(t / KV_STAGES - 1) & 1u);
                 issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, t, bh, Sk);

@@ -331,13 +331,28 @@ KV = "flashcore_hopper_kv"                  # version 17: version 6, K and V in 
 KV144 = "flashcore_hopper_kv144"            # version 17 with 144-key tiles at D = 128
 WO = "flashcore_hopper_wo"                  # version 18: version 6 with O stored 16 bytes per thread
 DYNWO = "flashcore_hopper_dynwo"            # version 18 on version 9
+WOEL = "flashcore_hopper_woel"              # version 19: version 18 with the first loads before __syncthreads
 # Every mode and every seeded bug: the bases of the versions (2, 3) and what forward() launches
 # (6, 9). The versions measured and left in the registry
 # unlaunched (MEASURED_ENTRIES) passed this matrix at their own commits and on the device; they
 # share every line of the file with these, so each is held to its full-mode builds here (the
 # matrix grew by 18 compiles per entry, and CI's 20 minutes do not hold them all).
 WS_ENTRIES = [WS, "flashcore_hopper_pp", OVPP, DYN]   # pp: version 3, version 2 with ping-pong turns
-MEASURED_ENTRIES = [OV, PS, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO]
+MEASURED_ENTRIES = [OV, PS, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO, WOEL]
+
+
+@pytest.mark.parametrize("mode,d,causal", [("full", 128, False), ("full", 64, True), ("qk_only", 64, False),
+                                           ("pv_only", 128, False), ("fp32_p", 128, False)])
+def test_early_loads_issue_the_first_copies_before_the_blocks_first_barrier(mode, d, causal):
+    """Version 19 (EARLY_LOADS): thread 0's first TMA copy (UTMALDG) comes before the block's
+    __syncthreads (the first BAR.SYNC), behind a proxy fence; in version 18 it comes after."""
+    from harness.toolchain.variant import Variant
+    first = {}
+    for e in (WO, WOEL):
+        text = _disassemble(compiler.compile_cubin(Variant(mode, d, causal, kernel=e))[1])
+        ops = re.findall(r"\b(UTMALDG|BAR\.SYNC)\b", text)
+        first[e] = ops.index("UTMALDG") < ops.index("BAR.SYNC")
+    assert first == {WO: False, WOEL: True}, first
 
 
 @pytest.mark.parametrize("base,wide", [(OVPP, WO), (DYN, DYNWO)])

@@ -42,6 +42,11 @@ __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
 __device__ __forceinline__ void mbar_fence_init() {
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
+// Generic-proxy writes to shared memory (the barriers' init) ordered before the async proxy's
+// (TMA) accesses that this thread issues next: EARLY_LOADS issues copies before __syncthreads.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
 // One arrival that also announces `bytes` of transaction the TMA copies will complete.
 __device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
