@@ -44,6 +44,8 @@
 //                 (version 5, flashcore_hopper_ps; non-causal, not softmax_only: PERSISTENT_SCHEDULE)
 //   WIDE_O_STORE  1: the epilogue stores O 16 bytes per thread after a quad transpose
 //                 (common/epilogue.cuh store_o_half_wide; version 18, flashcore_hopper_wo)
+//   STAGED_O_STORE 1: the epilogue writes O into the shared memory of its warpgroup's Q rows and
+//                 stores whole rows from there (version 20, flashcore_hopper_wos; non-persistent)
 //   EARLY_LOADS   1: thread 0 issues Q and K/V tiles 0 .. KV_STAGES-1 right after the barriers'
 //                 init, before __syncthreads (version 19, flashcore_hopper_woel; non-persistent)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
@@ -169,6 +171,12 @@
 #endif
 #ifndef WIDE_O_STORE
 #define WIDE_O_STORE 0                      // 1: O stored 16 bytes per thread after a quad transpose (version 18)
+#endif
+#ifndef STAGED_O_STORE
+#define STAGED_O_STORE 0                    // 1: O through shared memory, whole rows per store (version 20)
+#endif
+#if STAGED_O_STORE && (PERSISTENT || !PRODUCER_WG || CONSUMER_WGS != 2)
+#error "STAGED_O_STORE reuses Q's shared memory: non-persistent, two consumer warpgroups"
 #endif
 #ifndef EARLY_LOADS
 #define EARLY_LOADS 0                       // 1: thread 0 issues Q and the first K/V stages before __syncthreads (version 19)
@@ -314,6 +322,16 @@
 #include "common/debug_stages.cuh"
 #include "common/epilogue.cuh"
 #include "hopper/wgmma.cuh"
+
+#if STAGED_O_STORE
+// Where warp i (0..3) of warpgroup wg stages its 16 output rows (16 * HEAD_DIM halves): in the
+// bytes of its warpgroup's own Q rows, rows 64wg.. of each 64-column panel (8 KB a panel; two
+// warps to a panel at D = 128, four at D = 64), which only this warpgroup's wgmmas read.
+__device__ __forceinline__ half* staging_rows(half* sQ, int wg, int i) {
+    constexpr int per_panel = 64 * 64 / (16 * HEAD_DIM);
+    return sQ + (i / per_panel) * BLOCK_M * 64 + wg * 64 * 64 + (i % per_panel) * 16 * HEAD_DIM;
+}
+#endif
 
 // BLOCK_CLOCKS (a measuring build, not a debug mode; scripts/block_clocks.py): where a block's
 // time goes outside the key loop. PHASE_CLOCKS cuts a block's first and last iterations, its
@@ -1275,6 +1293,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 
 #if USES_PV
     BLOCK_MARK(4);                                  // 4: the epilogue starts (warpgroup 0: the last turn taken)
+#if STAGED_O_STORE && !defined(FP32_P)
+    // Version 20: O goes through the shared memory of this warpgroup's own Q rows (free once all
+    // four of its warps are past their last wgmma: the named barrier), so that each global store
+    // writes whole rows (common/epilogue.cuh stage_o_half, store_staged_rows).
+    named_bar_sync(3 + wg, 128);
+    half* sOw = staging_rows(sQ, wg, warp & 3);
+#endif
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), LSE = scale*m + ln(l)
     // (m is the max of the raw scores)
     out_t* Ob = O + (size_t)bh * Sq * HEAD_DIM;
@@ -1286,12 +1311,21 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         const float inv = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
 #endif
         const int row_w = row_base + 8 * h;
+#if STAGED_O_STORE && !defined(FP32_P)
+        stage_o_half(sOw, o, h, inv, lane);         // this warp's 16 rows, in shared memory (below)
+        (void)row_w;
+        continue;
+#endif
 #if WIDE_O_STORE
         store_o_half_wide(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane, row_w < ROW_END);
 #else
         if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
 #endif
     }
+#if STAGED_O_STORE && !defined(FP32_P)                // (FP32_P's float O keeps the direct stores)
+    __syncwarp();                                   // the warp's 16 staged rows, read back whole
+    store_staged_rows<HEAD_DIM>(Ob, sOw, q0 + 16 * warp, ROW_END, lane);
+#endif
     BLOCK_MARK(5);                                  // 5: O is stored (issued)
 #endif
 #if PERSISTENT_SCHEDULE

@@ -366,13 +366,19 @@ FLASHCORE_HOPPER_DYNWO = derived(FLASHCORE_HOPPER_DYN, "flashcore_hopper_dynwo",
 # D = 128 (2,005 at D = 64), 5 % of the SMs' time at 4,16,2048.
 FLASHCORE_HOPPER_WOEL = derived(FLASHCORE_HOPPER_WO, "flashcore_hopper_woel", ("EARLY_LOADS=1",))
 
+# Part 2, version 20 (kernels/NOTES.md): version 6 with O staged in the shared memory of each
+# warpgroup's own Q rows and stored whole rows at a time (STAGED_O_STORE=1: 512 contiguous bytes
+# per warp-wide store, where version 18 writes 8 rows x 64 bytes and version 6 8 rows x 16).
+FLASHCORE_HOPPER_WOS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_wos", ("STAGED_O_STORE=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
                                FLASHCORE_HOPPER_RT, FLASHCORE_HOPPER_KP, FLASHCORE_HOPPER_ST,
                                FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_OVSTI,
                                FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144, FLASHCORE_HOPPER_WO,
-                               FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL)}
+                               FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
+                               FLASHCORE_HOPPER_WOS)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -332,13 +332,14 @@ KV144 = "flashcore_hopper_kv144"            # version 17 with 144-key tiles at D
 WO = "flashcore_hopper_wo"                  # version 18: version 6 with O stored 16 bytes per thread
 DYNWO = "flashcore_hopper_dynwo"            # version 18 on version 9
 WOEL = "flashcore_hopper_woel"              # version 19: version 18 with the first loads before __syncthreads
+WOS = "flashcore_hopper_wos"                # version 20: version 6 with O staged in shared memory, whole rows stored
 # Every mode and every seeded bug: the bases of the versions (2, 3) and what forward() launches
 # (6, 9). The versions measured and left in the registry
 # unlaunched (MEASURED_ENTRIES) passed this matrix at their own commits and on the device; they
 # share every line of the file with these, so each is held to its full-mode builds here (the
 # matrix grew by 18 compiles per entry, and CI's 20 minutes do not hold them all).
 WS_ENTRIES = [WS, "flashcore_hopper_pp", OVPP, DYN]   # pp: version 3, version 2 with ping-pong turns
-MEASURED_ENTRIES = [OV, PS, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO, WOEL]
+MEASURED_ENTRIES = [OV, PS, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO, WOEL, WOS]
 
 
 @pytest.mark.parametrize("mode,d,causal", [("full", 128, False), ("full", 64, True), ("qk_only", 64, False),
@@ -355,24 +356,28 @@ def test_early_loads_issue_the_first_copies_before_the_blocks_first_barrier(mode
     assert first == {WO: False, WOEL: True}, first
 
 
-@pytest.mark.parametrize("base,wide", [(OVPP, WO), (DYN, DYNWO)])
+@pytest.mark.parametrize("base,wide", [(OVPP, WO), (DYN, DYNWO), (OVPP, WOS)])
 @pytest.mark.parametrize("mode,d", [("full", 64), ("full", 128), ("pv_only", 128), ("uniform_p", 64),
                                     ("fp32_p", 128)])
 def test_wide_o_store_stores_o_in_16_bytes_where_it_is_fp16(mode, d, base, wide):
-    """Version 18 (WIDE_O_STORE): where O is fp16, its two-column 32-bit stores (STG.E) are gone
-    and 16-byte stores (STG.E.128) write it; what is left of STG.E is the LSE's, as in the base.
-    FP32_P's float O keeps the base's stores."""
+    """Versions 18 (WIDE_O_STORE) and 20 (STAGED_O_STORE): where O is fp16, its two-column 32-bit
+    stores (STG.E) are gone and 16-byte stores (STG.E.128) write it; what is left of STG.E is the
+    LSE's, as in the base. Version 20 reads its staged rows back in 16-byte shared loads (LDS.128),
+    one per global store. FP32_P's float O keeps the base's stores."""
     from harness.toolchain.variant import Variant
     count = {}
     for e in (base, wide):
         text = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=e))[1])
-        count[e] = {op: len(re.findall(rf"\b{re.escape(op)}\s", text)) for op in ("STG.E", "STG.E.64", "STG.E.128")}
+        count[e] = {op: len(re.findall(rf"\b{re.escape(op)}\s", text))
+                    for op in ("STG.E", "STG.E.64", "STG.E.128", "LDS.128")}
     lse = 2 if mode in ("full", "fp32_p") else 0         # finish_row's LSE store, once per row half
     if mode == "fp32_p":
         assert count[wide] == count[base] and count[base]["STG.E.64"] > 0, count
     else:
         assert count[base]["STG.E.128"] == 0 and count[base]["STG.E"] >= d // 8 * 2, count
         assert count[wide]["STG.E"] == lse and count[wide]["STG.E.128"] >= d // 32 * 2, count
+        if wide == WOS:
+            assert count[wide]["LDS.128"] == count[wide]["STG.E.128"] and count[base]["LDS.128"] == 0, count
 
 
 @pytest.mark.parametrize("entry", MEASURED_ENTRIES)

@@ -76,4 +76,43 @@ __device__ __forceinline__ void store_o_half_wide(float* orow, const float (&o)[
     if (store) store_o_half(orow, o, h, inv, lane);
 }
 
+// Staged rows (the Hopper kernel's STAGED_O_STORE, version 20): a warp's 16 rows x D halves in
+// shared memory, row r at r*D halves, its 16-byte chunk c at chunk (c & ~7) | ((c ^ r) & 7). The
+// XOR swizzle puts the two-column writes of one warp-wide store (8 rows, one chunk each) on 32
+// distinct banks and keeps the whole-row reads at the fewest wavefronts.
+template <int D>
+__device__ __forceinline__ int staged_offset(int r, int chunk) {
+    return r * D + ((chunk & ~7) | ((chunk ^ r) & 7)) * 8;
+}
+// Row half h of one fragment's O accumulator (DF n8 tiles) times inv, into the warp's staged rows
+// (shared-space stores: the kernel's aligned shared pointer is a generic one to the compiler).
+template <int DF>
+__device__ __forceinline__ void stage_o_half(half* s, const float (&o)[DF][4], int h, float inv, int lane) {
+    const int r = (lane >> 2) + 8 * h;
+    const u32 base = smem_u32(s) + (lane & 3) * 4;
+#pragma unroll
+    for (int i = 0; i < DF; ++i) {
+        const __half2 x = __floats2half2_rn(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+        asm volatile("st.shared.b32 [%0], %1;" :: "r"(base + staged_offset<DF * 8>(r, i) * 2),
+                     "r"(*reinterpret_cast<const u32*>(&x)) : "memory");
+    }
+}
+// The warp's 16 staged rows to output rows row0 .. row0+15 of O_bh (those below row_end), 16 bytes
+// per lane: a warp-wide store writes 512 contiguous bytes (two rows at D = 128, four at 64).
+template <int D>
+__device__ __forceinline__ void store_staged_rows(half* O_bh, const half* s, int row0, int row_end, int lane) {
+    constexpr int CHUNKS = D / 8, ROWS = 32 / CHUNKS;   // 16-byte chunks per row, rows per store
+#pragma unroll
+    for (int k = 0; k < 16 / ROWS; ++k) {
+        const int r = k * ROWS + lane / CHUNKS, c = lane % CHUNKS;
+        uint4 x;
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w)
+                     : "r"(smem_u32(s) + staged_offset<D>(r, c) * 2) : "memory");
+        // (in asm: from the shared loads' outputs NVVM split the 16-byte store into four)
+        if (row0 + r < row_end)
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" :: "l"(O_bh + (size_t)(row0 + r) * D + c * 8),
+                         "r"(x.x), "r"(x.y), "r"(x.z), "r"(x.w) : "memory");
+    }
+}
+
 #endif  // FLASHCORE_COMMON_EPILOGUE_CUH
