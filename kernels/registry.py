@@ -249,10 +249,11 @@ FLASHCORE_HOPPER_PS = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ps", ("PERS
 # 2,16,8192,128 (561-562), 376-380 at 4,16,2048,64 (374-375), 338 at 16,16,1024,64 (334-335),
 # 407-409 causal (388-390), 17.2-17.4 us at 1,8,1024,64 (17.7-17.8): forward() launches it where
 # version 4 was launched, in work B*H*Sq*Sk.
-# Where version 9 is launched instead (DYN_WHEN below), it is not. (No `not` in the expressions.)
-FLASHCORE_HOPPER_OVPP = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ovpp", ("PINGPONG=1",), PINGPONG_ASSERTS,
-                                product_when="B * H * Sq * Sk >= 4 * 1024 * 1024 and "
-                                             "(causal == 1 or Sk > 1024 or B * H * Sq * Sk < 64 * 1024 * 1024)")
+# forward() launched it there from 878c8c6 to bc57c76; version 19 (FLASHCORE_HOPPER_WOEL below),
+# measured faster at every suite shape, has its place (HOPPER_WHEN). (No `not` in the expressions.)
+HOPPER_WHEN = ("B * H * Sq * Sk >= 4 * 1024 * 1024 and "
+               "(causal == 1 or Sk > 1024 or B * H * Sq * Sk < 64 * 1024 * 1024)")
+FLASHCORE_HOPPER_OVPP = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ovpp", ("PINGPONG=1",), PINGPONG_ASSERTS)
 
 # Part 2, version 7 (kernels/NOTES.md): version 6 with the softmax's row max and row sum in four
 # independent chains each (SOFTMAX_ILP=4, common/softmax.cuh) instead of one serial chain.
@@ -364,7 +365,14 @@ FLASHCORE_HOPPER_DYNWO = derived(FLASHCORE_HOPPER_DYN, "flashcore_hopper_dynwo",
 # thread 0 right after the barriers' init (EARLY_LOADS=1), not by the producer after __syncthreads
 # and setmaxnreg. BLOCK_CLOCKS at 8478ff8: 2,686 clocks from a block's first mark to its Q at
 # D = 128 (2,005 at D = 64), 5 % of the SMs' time at 4,16,2048.
-FLASHCORE_HOPPER_WOEL = derived(FLASHCORE_HOPPER_WO, "flashcore_hopper_woel", ("EARLY_LOADS=1",))
+# Measured at bc57c76 on the H200 in turns with version 6 (results/logs/ab-bc57c76-*): 1.043x at
+# 4,16,2048,128, 1.008 at 4,16,2048,64, 1.017 at 2,16,8192,128, 1.040 at 16,16,1024,64, 1.053
+# causal, 1.01-1.03 at 1,8,512-1024,64; beside SDPA (results/logs/bench-bc57c76-woel-h200.md):
+# 0.98x cuDNN at 4,16,2048,128, 1.01 at 8192, 1.03 causal, 0.92 at 4,16,2048,64; its 28 GPU tests
+# passed. forward() launches it where version 6 was launched (HOPPER_WHEN); at 16,16,1024,64 it
+# is even with version 9 (0.995x), which stays there.
+FLASHCORE_HOPPER_WOEL = derived(FLASHCORE_HOPPER_WO, "flashcore_hopper_woel", ("EARLY_LOADS=1",),
+                                product_when=HOPPER_WHEN)
 
 # Part 2, version 20 (kernels/NOTES.md): version 6 with O staged in the shared memory of each
 # warpgroup's own Q rows and stored whole rows at a time (STAGED_O_STORE=1: 512 contiguous bytes

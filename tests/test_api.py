@@ -218,7 +218,7 @@ def test_dispatch_by_device_and_shape(fake):
         api.forward(*c)
         api.forward(*c, causal=True)
     kernels = [(plan.variant.kernel, plan.variant.arch) for plan, _ in fake.launches]
-    assert kernels == [("flashcore_fused", "sm_90")] * 2 + [("flashcore_hopper_ovpp", "sm_90a")] * 4, kernels
+    assert kernels == [("flashcore_fused", "sm_90")] * 2 + [("flashcore_hopper_woel", "sm_90a")] * 4, kernels
     fake.arch = "sm_80"          # an A100: the sm_90a kernel does not run there
     api.reload()
     fake.launches.clear()
@@ -230,7 +230,7 @@ def test_hopper_launch_carries_maps_of_q_k_v_reencoded_only_when_a_pointer_chang
     q, k, v = qkv(B=2, H=3, Sq=1500, Sk=1700, D=128)
     o = api.forward(q, k, v, causal=True)
     plan, args = fake.launches[-1]
-    assert plan.variant.kernel == "flashcore_hopper_ovpp"
+    assert plan.variant.kernel == "flashcore_hopper_woel"
     n = len(api.kernel_args(0, 0, 0, 0, 0, 3, 1500, 1700, 0.1))
     assert args[:n] == api.kernel_args(id(q), id(k), id(v), id(o), 0, 3, 1500, 1700, plan.scale)
     maps = [struct.unpack_from("<5Q", m) for m in args[n:]]
@@ -291,9 +291,9 @@ def test_counter_kernel_gets_a_word_of_its_own_per_call(fake):
         words.append(args[-1])
     ring = fake.rings[0]
     assert words == [ring.base, ring.base + 8, ring.base + 16]
-    api.forward(q, k, v, causal=True)   # causal: version 6, no counter
+    api.forward(q, k, v, causal=True)   # causal: version 19, no counter
     plan, args = fake.launches[-1]
-    assert plan.variant.kernel == "flashcore_hopper_ovpp" and plan.ring is None and len(args) == n + 3
+    assert plan.variant.kernel == "flashcore_hopper_woel" and plan.ring is None and len(args) == n + 3
     with pytest.raises(ValueError, match="work-item counter"):   # a call that forgot its word
         fake.launches[0][0].launcher.values((1, 2, 3, 4, 0), 0.1)
 

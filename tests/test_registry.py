@@ -135,15 +135,15 @@ def test_product_kernel_is_the_measured_fastest_entry_for_the_device_and_shape()
     holds on a Hopper GPU, flashcore_fused for small problems and on GPUs it cannot run on."""
     pk = registry.product_kernel
     assert pk("sm_90", 1, 8, 512, 512, 64, False) is registry.FLASHCORE_FUSED        # the mission shape
-    assert pk("sm_90", 1, 8, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_OVPP
-    assert pk("sm_90", 4, 16, 2048, 2048, 128, True) is registry.FLASHCORE_HOPPER_OVPP
+    assert pk("sm_90", 1, 8, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_WOEL
+    assert pk("sm_90", 4, 16, 2048, 2048, 128, True) is registry.FLASHCORE_HOPPER_WOEL
     # version 9 at the short key sweeps of large non-causal problems, where it was measured faster
     assert pk("sm_90", 16, 16, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_DYN
-    assert pk("sm_90", 16, 16, 1024, 1024, 64, True) is registry.FLASHCORE_HOPPER_OVPP
+    assert pk("sm_90", 16, 16, 1024, 1024, 64, True) is registry.FLASHCORE_HOPPER_WOEL
     assert pk("sm_90", 8, 8, 1100, 1000, 64, False) is registry.FLASHCORE_HOPPER_DYN   # tests/test_gpu_api.py's DYN
-    assert pk("sm_90", 8, 8, 1024, 1000, 64, False) is registry.FLASHCORE_HOPPER_OVPP  # 65.5M: below 64 Mi
-    assert pk("sm_90", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_HOPPER_OVPP
-    assert pk("sm_90", 2, 16, 8192, 8192, 128, False) is registry.FLASHCORE_HOPPER_OVPP
+    assert pk("sm_90", 8, 8, 1024, 1000, 64, False) is registry.FLASHCORE_HOPPER_WOEL  # 65.5M: below 64 Mi
+    assert pk("sm_90", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_HOPPER_WOEL
+    assert pk("sm_90", 2, 16, 8192, 8192, 128, False) is registry.FLASHCORE_HOPPER_WOEL
     assert pk("sm_80", 4, 16, 2048, 2048, 128, False) is registry.FLASHCORE_FUSED     # no wgmma on an A100
     assert pk("sm_89", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_FUSED
     assert registry.FLASHCORE_HOPPER.arch_on("sm_90") == "sm_90a" and registry.FLASHCORE_HOPPER.arch_on("sm_80") is None
