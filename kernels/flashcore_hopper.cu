@@ -338,10 +338,11 @@ __device__ __forceinline__ half* staging_rows(half* sQ, int wg, int i) {
 // prologue (Q's load, S(0) and its softmax) and its epilogue, and the gaps between one block and
 // the next on an SM are in no block at all. Lane 0 of each consumer warp stores the SM clock at
 // [k] and the global timer (ns, comparable across SMs) at [8 + k] of a row of L_out, seen as
-// u64 [block][consumer warp][BLOCK_ITEMS][BLOCK_WORDS], at six marks per work item: 0 the item
+// u64 [block][consumer warp][BLOCK_ITEMS][BLOCK_WORDS], at seven marks per work item: 0 the item
 // starts (the warp, where a block runs one item), 1 Q has landed, 2 the prologue's softmax is
 // done (the loop starts), 3 the last P.V has retired, 4 the epilogue starts (after warpgroup 0's
-// last turn, where a block runs one item), 5 O is stored. Mark 0 also stores the SM's id at [6].
+// last turn, where a block runs one item), 5 both row halves' l and LSE are done (finish_row),
+// 6 O is stored. Mark 0 also stores the SM's id at [7].
 // A persistent block's items past the BLOCK_ITEMS-th are not marked. Full mode, the overlapped
 // schedule only.
 #ifdef BLOCK_CLOCKS
@@ -371,7 +372,7 @@ __device__ __forceinline__ void block_put(float* L_out, int k, BlockMark t, int 
     if (k == 0) {
         u32 sm;
         asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-        row[6] = sm;
+        row[7] = sm;
     }
 }
 #if PERSISTENT_SCHEDULE
@@ -1303,10 +1304,21 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), LSE = scale*m + ln(l)
     // (m is the max of the raw scores)
     out_t* Ob = O + (size_t)bh * Sq * HEAD_DIM;
+#ifdef BLOCK_CLOCKS
+    // The measuring build finishes both row halves (l, LSE) before either half's stores, so that
+    // mark 5 falls between them; the entries interleave them (finish, store, finish, store),
+    // and their SASS differs when reordered, so the reorder is this build's alone.
+    float inv_pre[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) inv_pre[h] = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
+    BLOCK_MARK(5);                                  // 5: l and LSE are done
+#endif
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
 #if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
         const float inv = 1.f;
+#elif defined(BLOCK_CLOCKS)
+        const float inv = inv_pre[h];               // (BLOCK_CLOCKS runs full mode only)
 #else
         const float inv = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
 #endif
@@ -1326,7 +1338,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     __syncwarp();                                   // the warp's 16 staged rows, read back whole
     store_staged_rows<HEAD_DIM>(Ob, sOw, q0 + 16 * warp, ROW_END, lane);
 #endif
-    BLOCK_MARK(5);                                  // 5: O is stored (issued)
+    BLOCK_MARK(6);                                  // 6: O is stored (issued)
 #endif
 #if PERSISTENT_SCHEDULE
     }   // the next work item

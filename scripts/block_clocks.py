@@ -3,8 +3,9 @@ and the gaps between items on an SM, read from the SM clock and the global timer
 
 Builds an sm_90a entry's overlapped schedule (default flashcore_hopper_ovpp; persistent entries
 too) in full mode with -DBLOCK_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer
-warp stores the SM clock and the global timer at six marks per work item (0 the item starts, 1 Q
-has landed, 2 the loop starts, 3 the last P.V has retired, 4 the epilogue starts, 5 O is stored)
+warp stores the SM clock and the global timer at seven marks per work item (0 the item starts,
+1 Q has landed, 2 the loop starts, 3 the last P.V has retired, 4 the epilogue starts, 5 l and LSE
+are done, 6 O is stored)
 and its SM's id. A non-persistent block is one item and its mark 0 is the warp's start; a
 persistent block's items follow one another (the first 32 are marked). PHASE_CLOCKS
 (scripts/phase_clocks.py) reads the middle iterations of the key loop; this reads the rest.
@@ -13,7 +14,7 @@ persistent block's items follow one another (the first 32 are marked). PHASE_CLO
 
 The SMs' time from the launch's first mark to its last, summed over the SMs that ran an item, is
 split into: idle before an SM's first item, each item's Q wait, prologue (S(0) and its softmax),
-key loop, last P.V, epilogue, the gaps between one item's last mark and the next item's first on
+key loop, last P.V, epilogue (l and LSE, then O's stores), the gaps between one item's last mark and the next item's first on
 the same SM, and idle after an SM's last item. The split is per consumer warp (decompose): one
 block per SM at a time, so a warp's items on an SM do not overlap (checked), and the parts add up
 to the whole. The kernel's output is checked against a float32 reference of two heads.
@@ -31,10 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phase_clocks import WARPS_PER_WG, launch  # noqa: E402  (scripts/ is not a package)
 
-BLOCK_WORDS, MARKS, GT, SMID = 16, 6, 8, 6   # kernels/flashcore_hopper.cu's BLOCK_CLOCKS row
+BLOCK_WORDS, MARKS, GT, SMID = 16, 7, 8, 7   # kernels/flashcore_hopper.cu's BLOCK_CLOCKS row
 PERSISTENT_ITEMS = 32                        # its BLOCK_ITEMS in a persistent build
 PARTS = ("idle before the SM's first item", "Q wait", "prologue: S(0), softmax(0)", "key loop",
-         "last P.V (+ warpgroup 0's last turn)", "epilogue: l, LSE, O stores", "gaps between items on an SM",
+         "last P.V (+ warpgroup 0's last turn)", "epilogue: l, LSE", "epilogue: O stores", "gaps between items on an SM",
          "idle after the SM's last item")
 
 
