@@ -86,6 +86,15 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
     d_clk = np.diff(clk, axis=2)                                     # [items, warps, 5]
     rate = float((clk[:, :, -1] - clk[:, :, 0]).sum() / (gt[:, :, -1] - gt[:, :, 0]).sum())   # GHz
     per_sm = np.bincount(np.searchsorted(sms, sm))
+    # Each SM's first item beside its later ones: a cost paid once per SM (cold instruction or
+    # constant caches, the first loads of a launch) shows in the first only.
+    first = np.zeros(rows.shape[0], bool)
+    for s in sms:
+        idx = np.flatnonzero(sm == s)
+        first[idx[np.argmin(gt[idx, 0, 0])]] = True
+    def medians(sel):
+        return {name: float(np.median(d_clk[sel][:, :, k])) if sel.any() else None
+                for k, name in enumerate(PARTS[1:MARKS])}
     return {
         "span_us": (t1 - t0) / 1e3, "sms": int(len(sms)), "items": int(rows.shape[0]),
         "items_per_sm": [int(per_sm.min()), int(per_sm.max())],
@@ -97,6 +106,7 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
                                    for k, name in enumerate(PARTS[1:MARKS])}
                         for g in range(warps // WARPS_PER_WG)},
         "loop_clocks_per_tile": float(np.median(d_clk[:, :, 2])) / max(n_iter - 1, 1),
+        "first_vs_later_clocks": {"first": medians(first), "later": medians(~first)},
     }
 
 
@@ -133,6 +143,10 @@ def main(shape, kernel, json_out, raw_out):
     t.add_row("sum", f"{r['span_us'] * r['sum_share']:.2f}", f"{r['sum_share']:.1%}", *("" for _ in wgs))
     Console(width=140).print(t)
     print(f"key loop: {r['loop_clocks_per_tile']:.0f} clocks per tile (median item, {n_iter - 1} iterations)")
+    fl = r["first_vs_later_clocks"]
+    print("each SM's first item / its later ones, median clocks (all warps): " + ", ".join(
+        f"{name.split(':')[0] if name.startswith('prologue') else name}: {fl['first'][name]:.0f} / "
+        + ("-" if fl["later"][name] is None else f"{fl['later'][name]:.0f}") for name in PARTS[1:MARKS]))
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"kernel": kernel, "shape": shape, "label": variant.label, "max_err": err, **r}, f, indent=1)

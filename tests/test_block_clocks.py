@@ -49,6 +49,18 @@ def test_parts_add_up_to_the_sms_time_and_name_each_phase():
     assert r["loop_clocks_per_tile"] == pytest.approx(2000, abs=1)
 
 
+def test_each_sms_first_item_is_told_apart_from_its_later_ones():
+    ph = np.array([1000, 1500, 20000, 1500, 400, 600])
+    x = _rows([3, 3], ph, gap=2000)
+    first = [0, 3]                                        # _rows: SM 0's items 0-2, SM 1's 3-5
+    x[first, :, bc.GT + 6] += 1000                        # the first items' stores take 1 us more
+    x[first, :, 6] += 1500
+    r = bc.decompose(x, 16)["first_vs_later_clocks"]
+    assert r["first"]["epilogue: O stores"] == pytest.approx(900 + 1500, abs=2)
+    assert r["later"]["epilogue: O stores"] == pytest.approx(900, abs=2)
+    assert r["first"]["key loop"] == r["later"]["key loop"] == pytest.approx(30000, abs=2)
+
+
 def test_a_persistent_blocks_items_are_read_one_by_one_and_the_unrun_left_out():
     ph = np.array([300, 1500, 20000, 1500, 400, 600])
     items = _rows([3, 2], ph)                            # SM 0: items 0-2, SM 1: items 3-4
