@@ -488,6 +488,15 @@ __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ
 #endif
 }
 
+// Q and K/V tiles 0 .. KV_STAGES-1 into stages 0 .., each on its own barrier: what thread 0
+// issues before any consumer waits, in version 1 (no producer) and with EARLY_LOADS (version 19).
+__device__ __forceinline__ void issue_first_loads(half* sQ, half* sK, half* sV, u64* bar_q, u64* bar_full,
+                                                  const TmaDesc* tmQ, const TmaDesc* tmK, const TmaDesc* tmV,
+                                                  int q0, int bh, int n_iter, int Sk) {
+    issue_q(sQ, bar_q, tmQ, q0, bh);
+    for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], tmK, tmV, t, t, bh, Sk);
+}
+
 #if TILE_COUNTER
 // Version 9's work-item counter: tile_counter[0] the next item, [1] the blocks that found none
 // left. A trailing parameter, one pair of words per launch (the launch paths give each launch
@@ -856,8 +865,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // the barriers, instead of by the producer after __syncthreads and setmaxnreg: BLOCK_CLOCKS
         // put ~2,700 clocks between a block's start and its Q landing (kernels/NOTES.md).
         fence_proxy_async_smem();
-        issue_q(sQ, &bar_q, &tmQ, q0, bh);
-        for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh, Sk);
+        issue_first_loads(sQ, sK, sV, &bar_q, bar_full, &tmQ, &tmK, &tmV, q0, bh, n_iter, Sk);
 #endif
     }
     __syncthreads();                                // barriers initialised before anyone waits
@@ -942,10 +950,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     }
     setmaxnreg_inc<CONSUMER_REGS>();
 #else
-    if (tid == 0) {
-        issue_q(sQ, &bar_q, &tmQ, q0, bh);
-        for (int t = 0; t < KV_STAGES && t < n_iter; ++t) issue_kv(sK, sV, &bar_full[t], &tmK, &tmV, t, t, bh, Sk);
-    }
+    if (tid == 0) issue_first_loads(sQ, sK, sV, &bar_q, bar_full, &tmQ, &tmK, &tmV, q0, bh, n_iter, Sk);
     __syncwarp();                                   // warp 0 reconverges before warp-collective code
 #endif
 
@@ -1326,9 +1331,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if STAGED_O_STORE && !defined(FP32_P)
         stage_o_half(sOw, o, h, inv, lane);         // this warp's 16 rows, in shared memory (below)
         (void)row_w;
-        continue;
-#endif
-#if WIDE_O_STORE
+#elif WIDE_O_STORE
         store_o_half_wide(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane, row_w < ROW_END);
 #else
         if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
