@@ -5,17 +5,17 @@ Builds an sm_90a entry's overlapped schedule (default flashcore_hopper_ovpp; per
 too) in full mode with -DBLOCK_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer
 warp stores the SM clock and the global timer at seven marks per work item (0 the item starts,
 1 Q has landed, 2 the loop starts, 3 the last P.V has retired, 4 the epilogue starts, 5 l and LSE
-are done, 6 O is stored)
-and its SM's id. A non-persistent block is one item and its mark 0 is the warp's start; a
-persistent block's items follow one another (the first 32 are marked). PHASE_CLOCKS
-(scripts/phase_clocks.py) reads the middle iterations of the key loop; this reads the rest.
+are done, 6 O is stored) and its SM's id. A non-persistent block is one item and its mark 0 is
+the warp's start; a persistent block's items follow one another (the first 32 are marked).
+PHASE_CLOCKS (scripts/phase_clocks.py) reads the middle iterations of the key loop; this reads
+the rest.
 
     python scripts/block_clocks.py 4,16,2048,128 [--kernel flashcore_hopper_ovpp] [--json out.json]
 
 The SMs' time from the launch's first mark to its last, summed over the SMs that ran an item, is
 split into: idle before an SM's first item, each item's Q wait, prologue (S(0) and its softmax),
-key loop, last P.V, epilogue (l and LSE, then O's stores), the gaps between one item's last mark and the next item's first on
-the same SM, and idle after an SM's last item. The split is per consumer warp (decompose): one
+key loop, last P.V, epilogue (l and LSE, then O's stores), the gaps between one item's last
+mark and the next item's first on the same SM, and idle after an SM's last item. The split is per consumer warp (decompose): one
 block per SM at a time, so a warp's items on an SM do not overlap (checked), and the parts add up
 to the whole. The kernel's output is checked against a float32 reference of two heads.
 """
@@ -68,13 +68,18 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
         raise ValueError("marks out of order: a warp's clock ran backwards (unwritten rows?)")
     t0, t1 = gt[:, :, 0].min(), gt[:, :, -1].max()
     warps = rows.shape[1]
-    phase_ns = np.diff(gt, axis=2).sum(axis=(0, 1)) / warps         # [5], summed over items, mean over warps
+    phase_ns = np.diff(gt, axis=2).sum(axis=(0, 1)) / warps         # [MARKS - 1], summed over items, mean over warps
     before = after = gaps = 0.0
     sms = np.unique(sm)
+    # Each SM's first item (by warp 0's start), told apart below from its later ones: a cost paid
+    # once per SM (cold instruction or constant caches, the first loads of a launch) shows in it only.
+    first = np.zeros(rows.shape[0], bool)
     for s in sms:
         idx = np.flatnonzero(sm == s)
         for w in range(warps):
             order = idx[np.argsort(gt[idx, w, 0])]
+            if w == 0:
+                first[order[0]] = True
             g = gt[order[1:], w, 0] - gt[order[:-1], w, -1]
             if (g < 0).any():
                 raise ValueError(f"SM {s}, warp {w}: two items overlap; one block per SM at a time was assumed")
@@ -83,18 +88,12 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
             after += (t1 - gt[order[-1], w, -1]) / warps
     ns = [before, *phase_ns.tolist(), gaps, after]
     total = float(len(sms) * (t1 - t0))
-    d_clk = np.diff(clk, axis=2)                                     # [items, warps, 5]
+    d_clk = np.diff(clk, axis=2)                                     # [items, warps, MARKS - 1]
     rate = float((clk[:, :, -1] - clk[:, :, 0]).sum() / (gt[:, :, -1] - gt[:, :, 0]).sum())   # GHz
     per_sm = np.bincount(np.searchsorted(sms, sm))
-    # Each SM's first item beside its later ones: a cost paid once per SM (cold instruction or
-    # constant caches, the first loads of a launch) shows in the first only.
-    first = np.zeros(rows.shape[0], bool)
-    for s in sms:
-        idx = np.flatnonzero(sm == s)
-        first[idx[np.argmin(gt[idx, 0, 0])]] = True
-    def medians(sel):
-        return {name: float(np.median(d_clk[sel][:, :, k])) if sel.any() else None
-                for k, name in enumerate(PARTS[1:MARKS])}
+
+    def medians(d):                                                  # d: d_clk of some items and warps
+        return {name: float(np.median(d[:, :, k])) if d.size else None for k, name in enumerate(PARTS[1:MARKS])}
     return {
         "span_us": (t1 - t0) / 1e3, "sms": int(len(sms)), "items": int(rows.shape[0]),
         "items_per_sm": [int(per_sm.min()), int(per_sm.max())],
@@ -102,11 +101,10 @@ def decompose(rows: np.ndarray, n_iter: int) -> dict:
         "parts": {name: {"us_per_sm": float(v) / len(sms) / 1e3, "share": float(v) / total}
                   for name, v in zip(PARTS, ns)},
         "sum_share": float(sum(ns)) / total,
-        "item_clocks": {f"wg{g}": {name: float(np.median(d_clk[:, g * WARPS_PER_WG:(g + 1) * WARPS_PER_WG, k]))
-                                   for k, name in enumerate(PARTS[1:MARKS])}
+        "item_clocks": {f"wg{g}": medians(d_clk[:, g * WARPS_PER_WG:(g + 1) * WARPS_PER_WG])
                         for g in range(warps // WARPS_PER_WG)},
         "loop_clocks_per_tile": float(np.median(d_clk[:, :, 2])) / max(n_iter - 1, 1),
-        "first_vs_later_clocks": {"first": medians(first), "later": medians(~first)},
+        "first_vs_later_clocks": {"first": medians(d_clk[first]), "later": medians(d_clk[~first])},
     }
 
 
