@@ -726,6 +726,64 @@ __device__ __forceinline__ void softmax_in_turn(float (&s)[N_FRAG][4], float (&m
 
 // ---------------------------------------------------------------- the kernel
 
+// Rows >= min(Sq, row0 + n_rows) are computed, never stored (formed where it is used).
+#define ROW_END min(Sq, row0 + n_rows)
+
+#if USES_PV
+// ---------------------------------------------------------------- epilogue
+// One work item's end for this warp's 16 rows: O = O_acc / l (l = 1 where no softmax ran), LSE =
+// scale*m + ln(l) (m is the max of the raw scores), with BLOCK_CLOCKS' marks 4-6. The kernel calls
+// it once per item; version 21 (ITEM_OVERLAP) also at each item boundary inside its key loop.
+__device__ __forceinline__ void store_item(const float (&o)[D_FRAG][4], float (&m)[2], float (&l)[2], out_t* O,
+                                           float* LSE, float* L_out, half* sQ, int bh, int q0, int row_base,
+                                           int row0, int n_rows, int Sq, float scale, DebugRows w, int warp, int lane,
+                                           int it) {
+    (void)m; (void)l; (void)L_out; (void)sQ; (void)q0; (void)it; (void)scale; (void)LSE;
+    BLOCK_MARK(4);                                  // 4: the epilogue starts (warpgroup 0: the last turn taken)
+#if STAGED_O_STORE && !defined(FP32_P)
+    // Version 20: O goes through the shared memory of this warpgroup's own Q rows (free once all
+    // four of its warps are past their last wgmma: the named barrier), so that each global store
+    // writes whole rows (common/epilogue.cuh stage_o_half, store_staged_rows).
+    named_bar_sync(3 + (warp >> 2), 128);
+    half* sOw = staging_rows(sQ, warp >> 2, warp & 3);
+#endif
+    out_t* Ob = O + (size_t)bh * Sq * HEAD_DIM;
+#ifdef BLOCK_CLOCKS
+    // The measuring build finishes both row halves (l, LSE) before either half's stores, so that
+    // mark 5 falls between them; the entries interleave them (finish, store, finish, store),
+    // and their SASS differs when reordered, so the reorder is this build's alone.
+    float inv_pre[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) inv_pre[h] = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
+    BLOCK_MARK(5);                                  // 5: l and LSE are done
+#endif
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
+        const float inv = 1.f;
+#elif defined(BLOCK_CLOCKS)
+        const float inv = inv_pre[h];               // (BLOCK_CLOCKS runs full mode only)
+#else
+        const float inv = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
+#endif
+        const int row_w = row_base + 8 * h;
+#if STAGED_O_STORE && !defined(FP32_P)
+        stage_o_half(sOw, o, h, inv, lane);         // this warp's 16 rows, in shared memory (below)
+        (void)row_w;
+#elif WIDE_O_STORE
+        store_o_half_wide(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane, row_w < ROW_END);
+#else
+        if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
+#endif
+    }
+#if STAGED_O_STORE && !defined(FP32_P)                // (FP32_P's float O keeps the direct stores)
+    __syncwarp();                                   // the warp's 16 staged rows, read back whole
+    store_staged_rows<HEAD_DIM>(Ob, sOw, q0 + 16 * warp, ROW_END, lane);
+#endif
+    BLOCK_MARK(6);                                  // 6: O is stored (issued)
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half* __restrict__ V,
               out_t* __restrict__ O, float* __restrict__ LSE,
@@ -746,7 +804,6 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     // Version 5: work item `item` is query tile item % n_qb of (b, h) = item / n_qb; this block
     // runs items item0, item0 + item_stride, ... (gridDim.y = B, so n_items needs no B argument).
     // q0, bh, row_base and debug_off are the item's (WORK_ITEM, in the loops below).
-#define ROW_END min(Sq, row0 + n_rows)
     const int n_tiles = (Sk + BLOCK_N - 1) / BLOCK_N;
     const DebugRows w{row0, n_rows, Sq, Sk};
     const int n_iter = n_tiles;                     // non-causal: every item sweeps every key tile
@@ -763,8 +820,6 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
     // Causal: the heaviest query tiles (last rows) start first for load balance.
     const int q0 = row0 + (IS_CAUSAL ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x) * BLOCK_M;   // row0 % BLOCK_M == 0
-    // Rows >= min(Sq, row0 + n_rows) are computed, never stored (recomputed where used).
-#define ROW_END min(Sq, row0 + n_rows)
     const int bh = blockIdx.z * H + blockIdx.y;
     // This thread's rows: row_base and row_base + 8. Warp `warp` is warp warp%4 of warpgroup
     // warp/4, whose 64 rows start at 64*(warp/4): 16*warp covers both.
@@ -986,8 +1041,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     WORK_ITEM(item)
 #endif
 #define KV_G(j) (kv_base + (j))
+#define ITEM_IT it                           // the block's item count (BLOCK_CLOCKS' row)
 #else
 #define KV_G(j) (j)
+#define ITEM_IT 0
 #endif
     float o[D_FRAG][4];
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
@@ -1298,50 +1355,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 
 #if USES_PV
-    BLOCK_MARK(4);                                  // 4: the epilogue starts (warpgroup 0: the last turn taken)
-#if STAGED_O_STORE && !defined(FP32_P)
-    // Version 20: O goes through the shared memory of this warpgroup's own Q rows (free once all
-    // four of its warps are past their last wgmma: the named barrier), so that each global store
-    // writes whole rows (common/epilogue.cuh stage_o_half, store_staged_rows).
-    named_bar_sync(3 + wg, 128);
-    half* sOw = staging_rows(sQ, wg, warp & 3);
-#endif
-    // ---- epilogue: O = O_acc / l (l = 1 where no softmax ran), LSE = scale*m + ln(l)
-    // (m is the max of the raw scores)
-    out_t* Ob = O + (size_t)bh * Sq * HEAD_DIM;
-#ifdef BLOCK_CLOCKS
-    // The measuring build finishes both row halves (l, LSE) before either half's stores, so that
-    // mark 5 falls between them; the entries interleave them (finish, store, finish, store),
-    // and their SASS differs when reordered, so the reorder is this build's alone.
-    float inv_pre[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) inv_pre[h] = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
-    BLOCK_MARK(5);                                  // 5: l and LSE are done
-#endif
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-#if defined(DEBUG_PV_ONLY) || defined(UNIFORM_P)
-        const float inv = 1.f;
-#elif defined(BLOCK_CLOCKS)
-        const float inv = inv_pre[h];               // (BLOCK_CLOCKS runs full mode only)
-#else
-        const float inv = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
-#endif
-        const int row_w = row_base + 8 * h;
-#if STAGED_O_STORE && !defined(FP32_P)
-        stage_o_half(sOw, o, h, inv, lane);         // this warp's 16 rows, in shared memory (below)
-        (void)row_w;
-#elif WIDE_O_STORE
-        store_o_half_wide(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane, row_w < ROW_END);
-#else
-        if (row_w < ROW_END) store_o_half(Ob + (size_t)row_w * HEAD_DIM, o, h, inv, lane);
-#endif
-    }
-#if STAGED_O_STORE && !defined(FP32_P)                // (FP32_P's float O keeps the direct stores)
-    __syncwarp();                                   // the warp's 16 staged rows, read back whole
-    store_staged_rows<HEAD_DIM>(Ob, sOw, q0 + 16 * warp, ROW_END, lane);
-#endif
-    BLOCK_MARK(6);                                  // 6: O is stored (issued)
+    store_item(o, m, l, O, LSE, L_out, sQ, bh, q0, row_base, row0, n_rows, Sq, scale, w, warp, lane, ITEM_IT);
 #endif
 #if PERSISTENT_SCHEDULE
     }   // the next work item
@@ -1349,5 +1363,6 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     if (wg == 0) turn_begin(0);                     // PINGPONG: warpgroup 1's last arrival, taken
 #endif
 #undef KV_G
+#undef ITEM_IT
 #endif  // !DEBUG_SOFTMAX_ONLY
 }
