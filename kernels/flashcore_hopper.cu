@@ -48,6 +48,10 @@
 //                 stores whole rows from there (version 20, flashcore_hopper_wos; non-persistent)
 //   EARLY_LOADS   1: thread 0 issues Q and K/V tiles 0 .. KV_STAGES-1 right after the barriers'
 //                 init, before __syncthreads (version 19, flashcore_hopper_woel; non-persistent)
+//   ITEM_OVERLAP  1: with PERSISTENT and TILE_COUNTER, the boundary between two work items runs as
+//                 one more key-loop iteration: the next item's S(0) and softmax(0) beside this
+//                 item's last P.V, in a second Q buffer (version 21, flashcore_hopper_io; full and
+//                 fp32_p, the overlapped schedule's modes; ITEM_OVERLAP_ON below)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -93,7 +97,7 @@
 // (scripts/hopper_selfcheck.py smem_bytes() is the same formula):
 //     SMEM_BYTES = 1024                                   (slack to align the base to 1024 B:
 //                                                          128-byte swizzle atoms)
-//                + 64*CONSUMER_WGS * HEAD_DIM * 2         (Q tile, fp16)
+//                + Q_BUFS * 64*CONSUMER_WGS * HEAD_DIM * 2 (Q tile, fp16; two with ITEM_OVERLAP)
 //                + KV_STAGES * 2 * BLOCK_N * HEAD_DIM * 2 (K and V stages, fp16)
 // (the same in every mode, so one number per tile config) plus 8*(1+2*KV_STAGES) bytes of static
 // shared memory for the mbarriers (+4 in OVERLAP_QK's full and fp32_p: hold_wait_below's word; +8 in the persistent schedule: bar_q_free). Opt-in limit on sm_90: 227 KB = 232448 bytes in all.
@@ -207,6 +211,12 @@
 #if TILE_COUNTER && !PERSISTENT
 #error "TILE_COUNTER needs PERSISTENT=1"
 #endif
+#ifndef ITEM_OVERLAP
+#define ITEM_OVERLAP 0                      // 1: the item boundary as one more loop iteration (version 21)
+#endif
+#if ITEM_OVERLAP && !TILE_COUNTER
+#error "ITEM_OVERLAP needs PERSISTENT=1 and TILE_COUNTER=1"
+#endif
 // The persistent schedule runs where the tiles are all alike: non-causal, and every mode with a
 // K/V pipeline (softmax_only has none). Causal keeps one block per query tile, heaviest first,
 // so that the hardware's block scheduler balances the unequal tiles. The host's grid follows
@@ -219,6 +229,25 @@
 // The overlapped schedule runs where one warpgroup computes both GEMMs and the softmax: full and
 // FP32_P. The debug modes run one GEMM (or none) per tile and keep the plain schedule.
 #define OVERLAP_SCHEDULE (OVERLAP_QK && USES_QK && USES_PV)
+// Version 21 (kernels/NOTES.md): where the persistent blocks run the overlapped schedule, the
+// item boundary is one more iteration of the key loop. The iteration that would run the last
+// tile's P.V alone issues the next item's Q'.K'(0)^T beside it (K'(0) is the ring's next stage:
+// the ring runs on across items), runs softmax(0) on it with fresh m, l while P.V runs, then
+// stores this item's O and carries on with the next item's tile 0, so that each item's
+// prologue (Q's wait, S(0), softmax(0)) runs under the previous item's last GEMM. Q.K'(0)^T is
+// issued right after this item's last Q.K^T retired, so the next Q has a buffer of its own
+// (Q_BUFS = 2): the producer loads it once the item before last is past its last Q.K^T.
+#if ITEM_OVERLAP && PERSISTENT_SCHEDULE && OVERLAP_SCHEDULE
+#define ITEM_OVERLAP_ON 1
+#else
+#define ITEM_OVERLAP_ON 0
+#endif
+#define Q_BUFS (ITEM_OVERLAP_ON ? 2 : 1)
+#if ITEM_OVERLAP_ON
+#define ITEM_CONST                          // the consumers move on to the next item inside the key loop
+#else
+#define ITEM_CONST const
+#endif
 // Version 11 (kernels/NOTES.md), two moves off a warpgroup's chain in the overlapped loop, from
 // PHASE_CLOCKS at d7f093a (the chain: pack, K/V wait, turn, softmax, rescale; no turn waits):
 // RESCALE_IN_TURN=1: O's rescale by tile j's alpha runs inside the turn, between Q.K(j+1)^T's
@@ -246,6 +275,9 @@
 #endif
 #if SOFTMAX_TURNS < 0 || SOFTMAX_TURNS > 2 || (SOFTMAX_TURNS == 2 && !OVERLAP_QK)
 #error "SOFTMAX_TURNS is 0, 1, or 2 with OVERLAP_QK=1"
+#endif
+#if ITEM_OVERLAP && (SOFTMAX_TURNS || RESCALE_IN_TURN)
+#error "ITEM_OVERLAP runs version 6's turns (the GEMMs'), with O rescaled after P.V"
 #endif
 #define SOFTMAX_TURNS_ON (SOFTMAX_TURNS && PINGPONG && USES_QK && USES_PV)
 #if defined(BUG_RESCALE_AFTER_PV)
@@ -293,7 +325,7 @@
 #define K_STEPS (HEAD_DIM / 16)             // k16 steps of Q.K^T
 #define Q_TILE_HALVES (BLOCK_M * HEAD_DIM)
 #define KV_TILE_HALVES (BLOCK_N * HEAD_DIM)
-#define SMEM_BYTES (1024 + 2 * Q_TILE_HALVES + KV_STAGES * 2 * 2 * KV_TILE_HALVES)
+#define SMEM_BYTES (1024 + Q_BUFS * 2 * Q_TILE_HALVES + KV_STAGES * 2 * 2 * KV_TILE_HALVES)
 
 #if defined(BUG_EMPTY_COUNT) && !defined(MBAR_SPIN_LIMIT)
 // BUG_EMPTY_COUNT (below, at the barrier init) deadlocks; its waits are unbounded so that the launch
@@ -734,6 +766,7 @@ __device__ __forceinline__ void softmax_in_turn(float (&s)[N_FRAG][4], float (&m
 // One work item's end for this warp's 16 rows: O = O_acc / l (l = 1 where no softmax ran), LSE =
 // scale*m + ln(l) (m is the max of the raw scores), with BLOCK_CLOCKS' marks 4-6. The kernel calls
 // it once per item; version 21 (ITEM_OVERLAP) also at each item boundary inside its key loop.
+template <bool FAST_INV = false>   // finish_row's: true where the call sits inside the key loop
 __device__ __forceinline__ void store_item(const float (&o)[D_FRAG][4], float (&m)[2], float (&l)[2], out_t* O,
                                            float* LSE, float* L_out, half* sQ, int bh, int q0, int row_base,
                                            int row0, int n_rows, int Sq, float scale, DebugRows w, int warp, int lane,
@@ -754,7 +787,7 @@ __device__ __forceinline__ void store_item(const float (&o)[D_FRAG][4], float (&
     // and their SASS differs when reordered, so the reorder is this build's alone.
     float inv_pre[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) inv_pre[h] = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
+    for (int h = 0; h < 2; ++h) inv_pre[h] = finish_row<FAST_INV>(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
     BLOCK_MARK(5);                                  // 5: l and LSE are done
 #endif
 #pragma unroll
@@ -764,7 +797,7 @@ __device__ __forceinline__ void store_item(const float (&o)[D_FRAG][4], float (&
 #elif defined(BLOCK_CLOCKS)
         const float inv = inv_pre[h];               // (BLOCK_CLOCKS runs full mode only)
 #else
-        const float inv = finish_row(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
+        const float inv = finish_row<FAST_INV>(m[h], l[h], scale, LSE, (size_t)bh, row_base, h, w, lane);
 #endif
         const int row_w = row_base + 8 * h;
 #if STAGED_O_STORE && !defined(FP32_P)
@@ -803,7 +836,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE
     // Version 5: work item `item` is query tile item % n_qb of (b, h) = item / n_qb; this block
     // runs items item0, item0 + item_stride, ... (gridDim.y = B, so n_items needs no B argument).
-    // q0, bh, row_base and debug_off are the item's (WORK_ITEM, in the loops below).
+    // q0, bh, row_base and debug_off are the item's (WORK_ITEM, in the loops below; ITEM_TILE the producer's).
     const int n_tiles = (Sk + BLOCK_N - 1) / BLOCK_N;
     const DebugRows w{row0, n_rows, Sq, Sk};
     const int n_iter = n_tiles;                     // non-causal: every item sweeps every key tile
@@ -811,11 +844,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     const int n_items = n_qb * H * (int)gridDim.y;
     const int item0 = (int)(blockIdx.y * gridDim.x + blockIdx.x), item_stride = (int)(gridDim.x * gridDim.y);
     (void)item0; (void)item_stride;                 // the static schedule's (TILE_COUNTER takes items from a counter)
-#define WORK_ITEM(item)                                                                  \
+#define ITEM_TILE(item)                           /* the producer's half of WORK_ITEM */ \
     const int q0 = row0 + ((item) % n_qb) * BLOCK_M;                                     \
-    const int bh = (item) / n_qb;                                                        \
-    const int row_base = q0 + 16 * warp + (lane >> 2);                                   \
-    const size_t debug_off = (size_t)bh * n_rows * w.Skp();                              \
+    const int bh = (item) / n_qb;
+#define WORK_ITEM(item)                                                                  \
+    ITEM_CONST int q0 = row0 + ((item) % n_qb) * BLOCK_M;                                \
+    ITEM_CONST int bh = (item) / n_qb;                                                   \
+    ITEM_CONST int row_base = q0 + 16 * warp + (lane >> 2);                              \
+    ITEM_CONST size_t debug_off = (size_t)bh * n_rows * w.Skp();                         \
     (void)row_base; (void)debug_off;
 #else
     // Causal: the heaviest query tiles (last rows) start first for load balance.
@@ -852,10 +888,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     // The 128-byte swizzle repeats every 1024 bytes and the wgmma descriptors assume atoms at
     // 1024-byte boundaries (base offset 0): align the base (the formula's 1024 bytes of slack).
     unsigned char* smem = (unsigned char*)(((size_t)smem_raw + 1023) & ~(size_t)1023);
-    half* sQ = reinterpret_cast<half*>(smem);       // [PANELS][BLOCK_M][64]
-    half* sK = sQ + Q_TILE_HALVES;                  // [KV_STAGES][PANELS][BLOCK_N][64]
+    half* sQ = reinterpret_cast<half*>(smem);       // [Q_BUFS][PANELS][BLOCK_M][64]
+    half* sK = sQ + Q_BUFS * Q_TILE_HALVES;         // [KV_STAGES][PANELS][BLOCK_N][64]
     half* sV = sK + KV_STAGES * KV_TILE_HALVES;     // [KV_STAGES][PANELS][BLOCK_N][64]
-    __shared__ __align__(8) u64 bar_q;
+    __shared__ __align__(8) u64 bar_q[Q_BUFS];     // Q buffer b landed (item it uses buffer it % Q_BUFS)
     __shared__ __align__(8) u64 bar_full[KV_STAGES];
     __shared__ __align__(8) u64 bar_empty[KV_STAGES];
 #if KV_SPLIT
@@ -864,10 +900,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     __shared__ __align__(8) u64 bar_empty_v[KV_STAGES];
 #endif
 #if PERSISTENT_SCHEDULE
-    __shared__ __align__(8) u64 bar_q_free;         // every consumer warp's Q.K^T of an item is done
+    __shared__ __align__(8) u64 bar_q_free[Q_BUFS]; // every consumer warp's Q.K^T of buffer b's item is done
 #endif
 #if PERSISTENT_SCHEDULE && TILE_COUNTER
-    __shared__ int item_slot;                       // the item the producer took; -1: none left
+    __shared__ int item_slot[Q_BUFS];               // the item the producer took into buffer b; -1: none left
 #endif
 #if SOFTMAX_TURNS_ON
     __shared__ float turn_pin;                      // versions 13, 14: a zero that pins the softmax in its turn
@@ -886,12 +922,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if USES_PV
         tma_prefetch_desc(&tmV);
 #endif
-        mbar_init(&bar_q, 1);
+#pragma unroll
+        for (int b = 0; b < Q_BUFS; ++b) mbar_init(&bar_q[b], 1);
 #if SOFTMAX_TURNS_ON
         turn_pin = 0.f;
 #endif
 #if PERSISTENT_SCHEDULE
-        mbar_init(&bar_q_free, NWARPS);             // one arrival per consumer warp
+#pragma unroll
+        for (int b = 0; b < Q_BUFS; ++b) mbar_init(&bar_q_free[b], NWARPS);   // one arrival per consumer warp
 #endif
 #pragma unroll
         for (int st = 0; st < KV_STAGES; ++st) {
@@ -920,7 +958,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // the barriers, instead of by the producer after __syncthreads and setmaxnreg: BLOCK_CLOCKS
         // put ~2,700 clocks between a block's start and its Q landing (kernels/NOTES.md).
         fence_proxy_async_smem();
-        issue_first_loads(sQ, sK, sV, &bar_q, bar_full, &tmQ, &tmK, &tmV, q0, bh, n_iter, Sk);
+        issue_first_loads(sQ, sK, sV, &bar_q[0], bar_full, &tmQ, &tmK, &tmV, q0, bh, n_iter, Sk);
 #endif
     }
     __syncthreads();                                // barriers initialised before anyone waits
@@ -942,20 +980,23 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             // (acquire). -1 and a bare arrival when none is left.
             int item = (int)atomicAdd(&tile_counter[0], 1u);
             for (;; ++it) {
-                if (it > 0) mbar_wait(&bar_q_free, (u32)(it - 1) & 1u);
-                *(volatile int*)&item_slot = item < n_items ? item : -1;
+                // item `it` goes to Q buffer it % Q_BUFS, free once the consumers are past the
+                // last Q.K^T of item it - Q_BUFS, the buffer's previous item
+                const int qb = it % Q_BUFS;
+                if (it >= Q_BUFS) mbar_wait(&bar_q_free[qb], (u32)((it - Q_BUFS) / Q_BUFS) & 1u);
+                *(volatile int*)&item_slot[qb] = item < n_items ? item : -1;
                 if (item >= n_items) {
-                    mbar_arrive(&bar_q);
+                    mbar_arrive(&bar_q[qb]);
                     break;
                 }
-                WORK_ITEM(item)
-                issue_q_or_arrive(sQ, &bar_q, &tmQ, q0, bh);
+                ITEM_TILE(item)
+                issue_q_or_arrive(sQ + qb * Q_TILE_HALVES, &bar_q[qb], &tmQ, q0, bh);
                 const int next = (int)atomicAdd(&tile_counter[0], 1u);
 #else
             for (int item = item0; item < n_items; item += item_stride, ++it) {
-                WORK_ITEM(item)
-                if (it > 0) mbar_wait(&bar_q_free, (u32)(it - 1) & 1u);
-                issue_q(sQ, &bar_q, &tmQ, q0, bh);
+                ITEM_TILE(item)
+                if (it > 0) mbar_wait(&bar_q_free[0], (u32)(it - 1) & 1u);
+                issue_q(sQ, &bar_q[0], &tmQ, q0, bh);
 #endif
                 for (int t = 0; t < n_iter; ++t, ++g) {
                     const int slot = g % KV_STAGES;
@@ -971,7 +1012,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 #elif KV_SPLIT
             // K runs one tile ahead of V: K(t+1) is wanted with V(t) (Q.K(t+1)^T beside P(t).V(t))
-            issue_q(sQ, &bar_q, &tmQ, q0, bh);
+            issue_q(sQ, &bar_q[0], &tmQ, q0, bh);
             for (int t = 0; t <= n_iter; ++t) {
 #if USES_QK
                 if (t < n_iter) {
@@ -992,7 +1033,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if EARLY_LOADS
             for (int t = KV_STAGES; t < n_iter; ++t) {     // Q and tiles 0 .. KV_STAGES-1 were issued by thread 0
 #else
-            issue_q(sQ, &bar_q, &tmQ, q0, bh);
+            issue_q(sQ, &bar_q[0], &tmQ, q0, bh);
             for (int t = 0; t < n_iter; ++t) {
 #endif
                 const int slot = t % KV_STAGES;
@@ -1005,7 +1046,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     }
     setmaxnreg_inc<CONSUMER_REGS>();
 #else
-    if (tid == 0) issue_first_loads(sQ, sK, sV, &bar_q, bar_full, &tmQ, &tmK, &tmV, q0, bh, n_iter, Sk);
+    if (tid == 0) issue_first_loads(sQ, sK, sV, &bar_q[0], bar_full, &tmQ, &tmK, &tmV, q0, bh, n_iter, Sk);
     __syncwarp();                                   // warp 0 reconverges before warp-collective code
 #endif
 
@@ -1024,11 +1065,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #ifdef BLOCK_CLOCKS
     const BlockMark item_start = block_now();       // mark 0, stored once the item is known to be one
 #endif
-    if (!mbar_wait_bounded(&bar_q, (u32)it & 1u)) {   // the producer's item (and its Q) is in
+    if (!mbar_wait_bounded(&bar_q[it % Q_BUFS], (u32)(it / Q_BUFS) & 1u)) {   // the producer's item (and its Q) is in
         stuck = true;
         break;
     }
-    const int item = *(volatile int*)&item_slot;
+    const int item = *(volatile int*)&item_slot[it % Q_BUFS];
     if (item < 0) break;
 #ifdef BLOCK_CLOCKS
     block_put(L_out, 0, item_start, warp, lane, it);   // 0: the item starts
@@ -1052,7 +1093,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     for (int i = 0; i < D_FRAG; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
-    const TileCtx ctx{lane, q0, row_base, Sk, scale, scale * LOG2E, w,
+    ITEM_CONST TileCtx ctx{lane, q0, row_base, Sk, scale, scale * LOG2E, w,
                       S_out ? S_out + debug_off : nullptr, P_in ? P_in + debug_off : nullptr};
 #if USES_QK
 #if DESC_STEP
@@ -1066,13 +1107,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE && TILE_COUNTER
     // this item's Q tile landed with bar_q's phase, waited for at the top of the item
 #elif PERSISTENT_SCHEDULE
-    if (!mbar_wait_bounded(&bar_q, (u32)it & 1u)) {   // this item's Q tile has landed
+    if (!mbar_wait_bounded(&bar_q[0], (u32)it & 1u)) {   // this item's Q tile has landed
         stuck = true;
         break;
     }
     BLOCK_MARK(1);                                  // 1: Q has landed
 #else
-    mbar_wait(&bar_q, 0);
+    mbar_wait(&bar_q[0], 0);
     BLOCK_MARK(1);                                  // 1: Q has landed
 #endif
 #endif
@@ -1128,7 +1169,42 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // spilled: 80 bytes at D = 128, 128 keys).
         BLOCK_MARK(2);                              // 2: the prologue's softmax is done
         int j = 0;
+#if ITEM_OVERLAP_ON
+        for (;; ++j) {
+            // Version 21: at the item's last tile, the next item's tile 0 takes tile j+1's place.
+            // Its Q is in the other buffer, its K/V in the ring's next stage; m and l start afresh
+            // (so alpha(0) = 0), and this item's m, l and rows are kept for its store below.
+            bool boundary = false;
+            int q0_d = q0, bh_d = bh, rb_d = row_base, it_d = it;
+            float m_d[2] = {m[0], m[1]}, l_d[2] = {l[0], l[1]};
+            if (j + 1 == n_iter) {
+                warp_arrive(&bar_q_free[it % Q_BUFS], lane);   // the item's last Q.K^T retired (wait_group 1 before)
+                const int qn = (it + 1) % Q_BUFS;
+                if (!mbar_wait_bounded(&bar_q[qn], (u32)((it + 1) / Q_BUFS) & 1u)) {
+                    stuck = true;
+                    break;
+                }
+                const int next = *(volatile int*)&item_slot[qn];
+                if (next < 0) break;                // the block's last tile: P.V alone, after the loop
+                boundary = true;
+                m[0] = m[1] = NEG_INF;
+                l[0] = l[1] = 0.f;
+                ++it;
+                kv_base += n_iter;                  // KV_G(j) stays this tile's, KV_G(j + 1) is the next item's 0
+                j = -1;
+                q0 = row0 + (next % n_qb) * BLOCK_M;
+                bh = next / n_qb;
+                row_base = q0 + 16 * warp + (lane >> 2);
+                debug_off = (size_t)bh * n_rows * w.Skp();
+                ctx.q0 = q0;
+                ctx.row_base = row_base;
+                ctx.S_out = S_out ? S_out + debug_off : nullptr;
+                ctx.P_in = P_in ? P_in + debug_off : nullptr;
+                sQw = sQ + qn * Q_TILE_HALVES + wg * 64 * 64;
+            }
+#else
         for (; j + 1 < n_iter; ++j) {
+#endif
 #ifdef PHASE_CLOCKS
             unsigned ph_clk[PHASE_N];
 #endif
@@ -1221,6 +1297,24 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
             warp_arrive(&bar_empty[slot], lane);
 #endif
+#if ITEM_OVERLAP_ON
+            if (boundary) {                         // the finished item's O, then O = 0 for the next
+#ifdef BLOCK_CLOCKS
+                block_put(L_out, 3, block_now(), warp, lane, it_d);   // 3: its last P.V has retired
+#endif
+                store_item<true>(o, m_d, l_d, O, LSE, L_out, sQ, bh_d, q0_d, rb_d, row0, n_rows, Sq, scale, w, warp,
+                           lane, it_d);
+#pragma unroll
+                for (int i = 0; i < D_FRAG; ++i)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+#ifdef BLOCK_CLOCKS
+                // 0, 1, 2 of the next item: its Q wait and prologue ran inside this iteration
+                const BlockMark t_next = block_now();
+                for (int k = 0; k < 3; ++k) block_put(L_out, k, t_next, warp, lane, it);
+#endif
+            }
+#endif
 #ifdef BUG_RESCALE_AFTER_PV
             // BUG_RESCALE_AFTER_PV in this schedule (the plain schedule's glue bug, below): tile j's
             // alpha applied after P(j).V(j) retired, O_j = alpha_j (O_{j-1} + P_j V_j), instead of
@@ -1238,8 +1332,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 for (int e = 0; e < 4; ++e) s[i][e] = s_next[i][e];
         }
         if (!stuck) {                               // the last tile: P.V with nothing to overlap
-#if PERSISTENT_SCHEDULE
-            warp_arrive(&bar_q_free, lane);         // every Q.K^T of the item is done: the next Q may load now
+#if PERSISTENT_SCHEDULE && !ITEM_OVERLAP_ON              // (version 21 arrived at the loop's last iteration)
+            warp_arrive(&bar_q_free[0], lane);         // every Q.K^T of the item is done: the next Q may load now
 #endif
             const int slot = KV_G(j) % KV_STAGES;
 #if RESCALE_IN_TURN_ON
@@ -1340,10 +1434,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE
     if (stuck) break;                               // the trap is after the item loop
 #if !OVERLAP_SCHEDULE
-    warp_arrive(&bar_q_free, lane);                 // every Q.K^T of the item has completed
+    warp_arrive(&bar_q_free[0], lane);                 // every Q.K^T of the item has completed
 #else
     if (n_iter == 0) {                              // no key tile: no Q.K^T was issued
-        warp_arrive(&bar_q_free, lane);
+        warp_arrive(&bar_q_free[0], lane);
     }
 #endif
 #elif PRODUCER_WG
@@ -1355,8 +1449,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 
 #if USES_PV
-    store_item(o, m, l, O, LSE, L_out, sQ, bh, q0, row_base, row0, n_rows, Sq, scale, w, warp, lane, ITEM_IT);
+    store_item<ITEM_OVERLAP_ON>(o, m, l, O, LSE, L_out, sQ, bh, q0, row_base, row0, n_rows, Sq, scale, w, warp, lane, ITEM_IT);
 #endif
+    // Version 21 leaves this loop at its top: its key loop ran every item of the block and read
+    // the producer's -1 in the next buffer, which the top reads again (the same barrier phase,
+    // complete). A `break` here instead made ptxas hold the key loop to the launch's 168
+    // registers (the trap after the loop then counts as inside it, hopper/ptx.cuh): 392 bytes of
+    // spills at D = 128, none this way.
 #if PERSISTENT_SCHEDULE
     }   // the next work item
     if (stuck) __trap();                            // the bounded wait's fault, outside the loops

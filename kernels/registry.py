@@ -379,6 +379,22 @@ FLASHCORE_HOPPER_WOEL = derived(FLASHCORE_HOPPER_WO, "flashcore_hopper_woel", ("
 # per warp-wide store, where version 18 writes 8 rows x 64 bytes and version 6 8 rows x 16).
 FLASHCORE_HOPPER_WOS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_wos", ("STAGED_O_STORE=1",))
 
+# Part 2, version 21 (kernels/NOTES.md): version 9 with O's 16-byte stores (_dynwo), the boundary
+# between two work items run as one more key-loop iteration (ITEM_OVERLAP=1): the next item's
+# S(0) = Q'.K'(0)^T and softmax(0) run beside this item's last P.V, and its O is stored after.
+# BLOCK_CLOCKS (kernels/NOTES.md): each block spends 5-10 % of the SMs' time on its prologue and
+# 2-5 % waiting for its first Q, outside the key loop, where cuDNN's persistent kernel has a GEMM
+# in flight. The next Q needs a buffer of its own: at D = 128 two Q tiles and three K/V stages
+# would take 263 KB, so two stages (194,560 bytes); at D = 64 three stages (132,096).
+ITEM_OVERLAP_TILES = {64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
+                      128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)}
+FLASHCORE_HOPPER_IO = derived(
+    FLASHCORE_HOPPER_DYNWO, "flashcore_hopper_io", ("ITEM_OVERLAP=1",),
+    tiles=ITEM_OVERLAP_TILES, small_tiles=ITEM_OVERLAP_TILES,
+    # two Q tiles (the modes without the overlapped schedule use one and leave the other idle)
+    smem="1024 + 2 * block_m * D * 2 + kv_stages * 2 * block_n * D * 2",
+)
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -386,7 +402,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_OVSTI,
                                FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144, FLASHCORE_HOPPER_WO,
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
-                               FLASHCORE_HOPPER_WOS)}
+                               FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -15,10 +15,15 @@
 // Row half h (row frag_row + 8h) of a fragment after the last key tile: l summed over the quad
 // and, where LSE is given and the row is inside the window w, LSE = scale*m + ln(l) (m is the max
 // of the raw scores) at bh * Sq + row. Returns 1/l, the O normaliser.
+// FAST_INV: 1/l by the approximate reciprocal (MUFU.RCP alone, within 1 ulp; l >= 1, as the row's
+// max contributes exp(0)), for a caller inside a key loop: 1.f / l is IEEE division, whose slow
+// path is a subroutine call, and a call in the Hopper kernel's loop holds the loop to the launch's
+// register count instead of setmaxnreg's (ptxas spilled 392 bytes at D = 128, version 21).
+template <bool FAST_INV = false>
 __device__ __forceinline__ float finish_row(float m, float& l, float scale, float* LSE, size_t bh, int frag_row,
                                             int h, DebugRows w, int lane) {
     l = quad_sum(l);
-    const float inv = 1.f / l;
+    const float inv = FAST_INV ? __fdividef(1.f, l) : 1.f / l;
     const int row = frag_row + 8 * h;
     if (LSE != nullptr && row < w.row_end() && (lane & 3) == 0) LSE[bh * w.Sq + row] = m * scale + logf(l);
     return inv;
