@@ -154,7 +154,7 @@ def _maps(variant: Variant, first: int, B: int, H: int, Sq: int, Sk: int, D: int
     the block when that pointer changes."""
     names = tma.mapped_buffers(variant.entry)
     rules = tuple((first + j, "QKV".index(n), tma.TiledMap(B * H, Sq if n == "Q" else Sk, D,
-                                                          tma.box_rows(n, variant.block_m, variant.block_n)))
+                                                          tma.box_rows(n, variant.q_box_rows, variant.block_n)))
                   for j, n in enumerate(names))
     return tuple(tma.null_desc() for _ in names), rules
 

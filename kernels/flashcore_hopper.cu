@@ -52,6 +52,10 @@
 //                 one more key-loop iteration: the next item's S(0) and softmax(0) beside this
 //                 item's last P.V, in a second Q buffer (version 21, flashcore_hopper_io; full and
 //                 fp32_p, the overlapped schedule's modes; ITEM_OVERLAP_ON below)
+//                 2: the same with one Q buffer, each warpgroup's 64 rows reloaded on a barrier of
+//                 their own once its last Q.K^T retired (version 22, flashcore_hopper_iow; needs
+//                 Q_BOX_ROWS = 64: the host's Q map then has 64-row boxes)
+//   Q_BOX_ROWS    rows of one TMA box of Q (default BLOCK_M; the registry's q_box_rows)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -217,6 +221,12 @@
 #if ITEM_OVERLAP && !TILE_COUNTER
 #error "ITEM_OVERLAP needs PERSISTENT=1 and TILE_COUNTER=1"
 #endif
+#ifndef Q_BOX_ROWS
+#define Q_BOX_ROWS (64 * CONSUMER_WGS)      // BLOCK_M: one box per panel
+#endif
+#if (64 * CONSUMER_WGS) % Q_BOX_ROWS != 0 || (ITEM_OVERLAP == 2 && Q_BOX_ROWS != 64)
+#error "Q_BOX_ROWS divides BLOCK_M (ITEM_OVERLAP=2: 64, one warpgroup's rows)"
+#endif
 // The persistent schedule runs where the tiles are all alike: non-causal, and every mode with a
 // K/V pipeline (softmax_only has none). Causal keeps one block per query tile, heaviest first,
 // so that the hardware's block scheduler balances the unequal tiles. The host's grid follows
@@ -242,7 +252,22 @@
 #else
 #define ITEM_OVERLAP_ON 0
 #endif
-#define Q_BUFS (ITEM_OVERLAP_ON ? 2 : 1)
+// The Q barriers: ITEM_OVERLAP=1 keeps two buffers (item k in k % 2, bar_q[k % 2]); =2 one
+// buffer whose warpgroup wg rows are reloaded on bar_q[wg] (Q_SPLIT); else one buffer, bar_q[0].
+// Q_BAR(k), Q_PAR(k): the barrier and parity of item k's Q for this warpgroup; Q_BUF(k) its buffer.
+#define Q_SPLIT (ITEM_OVERLAP_ON && ITEM_OVERLAP == 2)
+#define Q_BUFS (ITEM_OVERLAP_ON && !Q_SPLIT ? 2 : 1)
+#define Q_BARS (Q_SPLIT ? CONSUMER_WGS : Q_BUFS)
+#define ITEM_SLOTS (ITEM_OVERLAP_ON ? 2 : 1)       // item k's number in item_slot[k % ITEM_SLOTS]
+#if Q_SPLIT
+#define Q_BAR(k) (wg)
+#define Q_PAR(k) ((u32)(k) & 1u)
+#define Q_BUF(k) 0
+#else
+#define Q_BAR(k) ((k) % Q_BUFS)
+#define Q_PAR(k) ((u32)((k) / Q_BUFS) & 1u)
+#define Q_BUF(k) ((k) % Q_BUFS)
+#endif
 #if ITEM_OVERLAP_ON
 #define ITEM_CONST                          // the consumers move on to the next item inside the key loop
 #else
@@ -514,11 +539,23 @@ __device__ __forceinline__ void issue_q(half* sQ, u64* bar_q, const TmaDesc* tmQ
     mbar_arrive_expect_tx(bar_q, Q_TX);
 #pragma unroll
     for (int p = 0; p < PANELS; ++p)
-        tma_load_3d(sQ + p * BLOCK_M * 64, tmQ, bar_q, p * 64, q0, bh);
+#pragma unroll
+        for (int r = 0; r < BLOCK_M; r += Q_BOX_ROWS)
+            tma_load_3d(sQ + p * BLOCK_M * 64 + r * 64, tmQ, bar_q, p * 64, q0 + r, bh);
 #else
     (void)sQ; (void)bar_q; (void)tmQ; (void)q0; (void)bh;
 #endif
 }
+
+#if Q_SPLIT
+// Version 22: warpgroup wg's 64 rows of the Q tile at q0 (one 64-row box per panel) on its own barrier.
+__device__ __forceinline__ void issue_q_rows(half* sQ, u64* bar_q_wg, const TmaDesc* tmQ, int q0, int bh, int wg) {
+    mbar_arrive_expect_tx(bar_q_wg, Q_TX / CONSUMER_WGS);
+#pragma unroll
+    for (int p = 0; p < PANELS; ++p)
+        tma_load_3d(sQ + p * BLOCK_M * 64 + wg * 64 * 64, tmQ, bar_q_wg, p * 64, q0 + 64 * wg, bh);
+}
+#endif
 
 // Q and K/V tiles 0 .. KV_STAGES-1 into stages 0 .., each on its own barrier: what thread 0
 // issues before any consumer waits, in version 1 (no producer) and with EARLY_LOADS (version 19).
@@ -546,6 +583,31 @@ __device__ __forceinline__ void issue_q_or_arrive(half* sQ, u64* bar_q, const Tm
     mbar_arrive(bar_q);
 #endif
 }
+#if ITEM_OVERLAP_ON
+// Versions 21 and 22, the producer: item `it` (number `item`; -1: none left, a bare arrival) goes
+// to its Q buffer once the consumers of that buffer are past the last Q.K^T of the item it last
+// held (bar_q_free), and its number to item_slot[it % 2] after that wait: the consumers read a
+// slot at the boundary before that item (version 21: two items back; version 22: one item back,
+// on either warpgroup's barrier, the two warpgroups at most a turn apart), so the slot is free.
+__device__ __forceinline__ void issue_item_q(half* sQ, u64* bar_q, u64* bar_q_free, int* item_slot,
+                                             const TmaDesc* tmQ, int it, int item, int q0, int bh) {
+#if Q_SPLIT
+#pragma unroll
+    for (int wg = 0; wg < CONSUMER_WGS; ++wg) {
+        if (it > 0) mbar_wait(&bar_q_free[wg], (u32)(it - 1) & 1u);
+        if (wg == 0) *(volatile int*)&item_slot[it % ITEM_SLOTS] = item;
+        if (item < 0) mbar_arrive(&bar_q[wg]);
+        else issue_q_rows(sQ, &bar_q[wg], tmQ, q0, bh, wg);
+    }
+#else
+    const int qb = it % Q_BUFS;
+    if (it >= Q_BUFS) mbar_wait(&bar_q_free[qb], (u32)((it - Q_BUFS) / Q_BUFS) & 1u);
+    *(volatile int*)&item_slot[it % ITEM_SLOTS] = item;
+    if (item < 0) mbar_arrive(&bar_q[qb]);
+    else issue_q(sQ + qb * Q_TILE_HALVES, &bar_q[qb], tmQ, q0, bh);
+#endif
+}
+#endif
 // Called once per block, by the producer thread, after its last take (which found no item):
 // every block's takes are done when the done count reaches the grid, and only then is it reset.
 __device__ __forceinline__ void release_tile_counter(unsigned int* tile_counter, unsigned int blocks) {
@@ -891,7 +953,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     half* sQ = reinterpret_cast<half*>(smem);       // [Q_BUFS][PANELS][BLOCK_M][64]
     half* sK = sQ + Q_BUFS * Q_TILE_HALVES;         // [KV_STAGES][PANELS][BLOCK_N][64]
     half* sV = sK + KV_STAGES * KV_TILE_HALVES;     // [KV_STAGES][PANELS][BLOCK_N][64]
-    __shared__ __align__(8) u64 bar_q[Q_BUFS];     // Q buffer b landed (item it uses buffer it % Q_BUFS)
+    __shared__ __align__(8) u64 bar_q[Q_BARS];     // item k's Q landed on bar_q[Q_BAR(k)]
     __shared__ __align__(8) u64 bar_full[KV_STAGES];
     __shared__ __align__(8) u64 bar_empty[KV_STAGES];
 #if KV_SPLIT
@@ -900,10 +962,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     __shared__ __align__(8) u64 bar_empty_v[KV_STAGES];
 #endif
 #if PERSISTENT_SCHEDULE
-    __shared__ __align__(8) u64 bar_q_free[Q_BUFS]; // every consumer warp's Q.K^T of buffer b's item is done
+    __shared__ __align__(8) u64 bar_q_free[Q_BARS]; // the consumers of bar_q[b] are past that item's last Q.K^T
 #endif
 #if PERSISTENT_SCHEDULE && TILE_COUNTER
-    __shared__ int item_slot[Q_BUFS];               // the item the producer took into buffer b; -1: none left
+    __shared__ int item_slot[ITEM_SLOTS];           // item k's number (k % ITEM_SLOTS); -1: none left
 #endif
 #if SOFTMAX_TURNS_ON
     __shared__ float turn_pin;                      // versions 13, 14: a zero that pins the softmax in its turn
@@ -923,13 +985,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         tma_prefetch_desc(&tmV);
 #endif
 #pragma unroll
-        for (int b = 0; b < Q_BUFS; ++b) mbar_init(&bar_q[b], 1);
+        for (int b = 0; b < Q_BARS; ++b) mbar_init(&bar_q[b], 1);
 #if SOFTMAX_TURNS_ON
         turn_pin = 0.f;
 #endif
 #if PERSISTENT_SCHEDULE
 #pragma unroll
-        for (int b = 0; b < Q_BUFS; ++b) mbar_init(&bar_q_free[b], NWARPS);   // one arrival per consumer warp
+        for (int b = 0; b < Q_BARS; ++b) mbar_init(&bar_q_free[b], Q_SPLIT ? 4 : NWARPS);   // one arrival per warp it serves
 #endif
 #pragma unroll
         for (int st = 0; st < KV_STAGES; ++st) {
@@ -973,6 +1035,29 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             // K/V tile g of the block (over all its items) goes to stage g % KV_STAGES; the next
             // item's Q waits only for the consumers' last Q.K^T of this one (bar_q_free).
             int g = 0, it = 0;
+#if TILE_COUNTER && ITEM_OVERLAP_ON
+            // Versions 21 and 22: items from the counter as in version 9 (below); from the second
+            // item on, its Q follows its first K/V tile, whose stage frees earlier (KV_STAGES
+            // tiles back) than the Q buffer can (version 22: the previous item's last Q.K^T).
+            // issue_item_q waits for the buffer and hands the item over in item_slot.
+            int item = (int)atomicAdd(&tile_counter[0], 1u);
+            for (;; ++it) {
+                if (item >= n_items) {
+                    issue_item_q(sQ, bar_q, bar_q_free, item_slot, &tmQ, it, -1, 0, 0);
+                    break;
+                }
+                ITEM_TILE(item)
+                if (it == 0) issue_item_q(sQ, bar_q, bar_q_free, item_slot, &tmQ, it, item, q0, bh);
+                const int next = (int)atomicAdd(&tile_counter[0], 1u);
+                for (int t = 0; t < n_iter; ++t, ++g) {
+                    const int slot = g % KV_STAGES;
+                    if (g >= KV_STAGES) mbar_wait(&bar_empty[slot], (u32)(g / KV_STAGES - 1) & 1u);
+                    issue_kv(sK, sV, &bar_full[slot], &tmK, &tmV, slot, t, bh, Sk);
+                    if (t == 0 && it > 0) issue_item_q(sQ, bar_q, bar_q_free, item_slot, &tmQ, it, item, q0, bh);
+                }
+                item = next;
+            }
+#else
 #if TILE_COUNTER
             // Version 9: the next item is whichever the counter gives (taken one item ahead, so
             // that its latency hides behind this item's loads) and is handed to the consumers
@@ -980,17 +1065,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             // (acquire). -1 and a bare arrival when none is left.
             int item = (int)atomicAdd(&tile_counter[0], 1u);
             for (;; ++it) {
-                // item `it` goes to Q buffer it % Q_BUFS, free once the consumers are past the
-                // last Q.K^T of item it - Q_BUFS, the buffer's previous item
-                const int qb = it % Q_BUFS;
-                if (it >= Q_BUFS) mbar_wait(&bar_q_free[qb], (u32)((it - Q_BUFS) / Q_BUFS) & 1u);
-                *(volatile int*)&item_slot[qb] = item < n_items ? item : -1;
+                if (it > 0) mbar_wait(&bar_q_free[0], (u32)(it - 1) & 1u);
+                *(volatile int*)&item_slot[0] = item < n_items ? item : -1;
                 if (item >= n_items) {
-                    mbar_arrive(&bar_q[qb]);
+                    mbar_arrive(&bar_q[0]);
                     break;
                 }
                 ITEM_TILE(item)
-                issue_q_or_arrive(sQ + qb * Q_TILE_HALVES, &bar_q[qb], &tmQ, q0, bh);
+                issue_q_or_arrive(sQ, &bar_q[0], &tmQ, q0, bh);
                 const int next = (int)atomicAdd(&tile_counter[0], 1u);
 #else
             for (int item = item0; item < n_items; item += item_stride, ++it) {
@@ -1007,6 +1089,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 item = next;
 #endif
             }
+#endif  // TILE_COUNTER && ITEM_OVERLAP_ON
 #if TILE_COUNTER
             release_tile_counter(tile_counter, gridDim.x * gridDim.y);
 #endif
@@ -1065,11 +1148,11 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #ifdef BLOCK_CLOCKS
     const BlockMark item_start = block_now();       // mark 0, stored once the item is known to be one
 #endif
-    if (!mbar_wait_bounded(&bar_q[it % Q_BUFS], (u32)(it / Q_BUFS) & 1u)) {   // the producer's item (and its Q) is in
+    if (!mbar_wait_bounded(&bar_q[Q_BAR(it)], Q_PAR(it))) {   // the producer's item (and its Q) is in
         stuck = true;
         break;
     }
-    const int item = *(volatile int*)&item_slot[it % Q_BUFS];
+    const int item = *(volatile int*)&item_slot[it % ITEM_SLOTS];
     if (item < 0) break;
 #ifdef BLOCK_CLOCKS
     block_put(L_out, 0, item_start, warp, lane, it);   // 0: the item starts
@@ -1149,6 +1232,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             break;                                  // out of the item loop: the trap is after it
         }
         qk_tile<!SOFTMAX_TURNS_ON>(s, sQw, sK + slot0 * KV_TILE_HALVES, wg);
+#if ITEM_OVERLAP_ON
+        if (n_iter == 1) warp_arrive(&bar_q_free[Q_BAR(it)], lane);   // its only Q.K^T has retired
+#endif
 #else
         mbar_wait(&bar_full[0], 0);                 // before the loop: a trap here costs nothing
         qk_tile<!SOFTMAX_TURNS_ON>(s, sQw, sK, wg);    // version 14: the turns are the softmaxes
@@ -1178,13 +1264,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             int q0_d = q0, bh_d = bh, rb_d = row_base, it_d = it;
             float m_d[2] = {m[0], m[1]}, l_d[2] = {l[0], l[1]};
             if (j + 1 == n_iter) {
-                warp_arrive(&bar_q_free[it % Q_BUFS], lane);   // the item's last Q.K^T retired (wait_group 1 before)
-                const int qn = (it + 1) % Q_BUFS;
-                if (!mbar_wait_bounded(&bar_q[qn], (u32)((it + 1) / Q_BUFS) & 1u)) {
+                // (this item's bar_q_free arrival was made as its last Q.K^T landed, below)
+                if (!mbar_wait_bounded(&bar_q[Q_BAR(it + 1)], Q_PAR(it + 1))) {
                     stuck = true;
                     break;
                 }
-                const int next = *(volatile int*)&item_slot[qn];
+                const int next = *(volatile int*)&item_slot[(it + 1) % ITEM_SLOTS];
                 if (next < 0) break;                // the block's last tile: P.V alone, after the loop
                 boundary = true;
                 m[0] = m[1] = NEG_INF;
@@ -1200,7 +1285,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 ctx.row_base = row_base;
                 ctx.S_out = S_out ? S_out + debug_off : nullptr;
                 ctx.P_in = P_in ? P_in + debug_off : nullptr;
-                sQw = sQ + qn * Q_TILE_HALVES + wg * 64 * 64;
+                sQw = sQ + Q_BUF(it) * Q_TILE_HALVES + wg * 64 * 64;
             }
 #else
         for (; j + 1 < n_iter; ++j) {
@@ -1257,6 +1342,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
             wgmma_wait<1>();                        // S(j+1) has landed; P(j).V(j) may still run
             reg_fence(s_next);
+#if ITEM_OVERLAP_ON
+            // the item's last Q.K^T has retired: its Q buffer (version 22: this warpgroup's rows)
+            // may be refilled while tile j+1's softmax and P.V run (at a boundary, j = -1 and the
+            // item is the next one: its tile 0 is its last where it has one tile)
+            if (j + 2 == n_iter) warp_arrive(&bar_q_free[Q_BAR(it)], lane);
+#endif
 #if SOFTMAX_TURNS_ON
             PHASE_MARK(4);                          // 4 (version 14): S(j+1) has landed
 #else

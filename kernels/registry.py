@@ -55,6 +55,9 @@ class KernelSpec:
     scalar_params: tuple = (("H", "int32"), ("Sq", "int32"), ("Sk", "int32"), ("scale", "float32"),
                             ("row0", "int32"), ("n_rows", "int32"))
     trailing_params: tuple = ()
+    # The rows of one TMA box of Q (an expression, like block_m): a Q tile is block_m / q_box_rows
+    # boxes per 64-column panel (version 22 loads each warpgroup's 64 rows on its own barrier)
+    q_box_rows: str = "block_m"
     tensor_cores: str = "HMMA"    # the SASS opcode its matrix products compile to
     required_sass: tuple = ()     # opcodes every tensor-core variant must also contain (USETMAXREG)
     seeded_bugs: tuple | None = None   # the BUG_* switches it implements (None: every one of debug_modes/bugs.py)
@@ -93,12 +96,14 @@ class KernelSpec:
         n = dict(tiles, D=head_dim)
         n["block_m"] = int(evaluate(self.block_m, n))
         n["threads"] = int(evaluate(self.threads, n))
+        n["q_box_rows"] = int(evaluate(self.q_box_rows, n))
         return n
 
     def derived(self, tiles: dict, head_dim: int) -> dict:
-        """block_m, threads and smem_bytes of a tile choice."""
+        """block_m, threads, q_box_rows and smem_bytes of a tile choice."""
         n = self.names(tiles, head_dim)
-        return dict(block_m=n["block_m"], threads=n["threads"], smem_bytes=int(evaluate(self.smem, n)))
+        return dict(block_m=n["block_m"], threads=n["threads"], q_box_rows=n["q_box_rows"],
+                    smem_bytes=int(evaluate(self.smem, n)))
 
     def defines(self, tiles: dict, head_dim: int) -> list:
         n = self.names(tiles, head_dim)
@@ -395,6 +400,16 @@ FLASHCORE_HOPPER_IO = derived(
     smem="1024 + 2 * block_m * D * 2 + kv_stages * 2 * block_n * D * 2",
 )
 
+# Part 2, version 22 (kernels/NOTES.md): version 21 with one Q buffer, so that D = 128 keeps three
+# K/V stages (version 21 at D = 128 on two stages, 344.7 against version 19's 255.4 us at
+# 4,16,2048,128, f0f41df: the overlap needs the third stage). Each warpgroup's 64 Q rows are
+# reloaded on a barrier of their own (ITEM_OVERLAP=2) once that warpgroup's last Q.K^T of the item
+# retired, about one key tile before its boundary needs them; the host's Q map has 64-row boxes.
+FLASHCORE_HOPPER_IOW = derived(
+    FLASHCORE_HOPPER_DYNWO, "flashcore_hopper_iow", ("ITEM_OVERLAP=2", "Q_BOX_ROWS=q_box_rows"),
+    q_box_rows="64",
+)
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -402,7 +417,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_OVSTI,
                                FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144, FLASHCORE_HOPPER_WO,
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
-                               FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO)}
+                               FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -334,13 +334,14 @@ DYNWO = "flashcore_hopper_dynwo"            # version 18 on version 9
 WOEL = "flashcore_hopper_woel"              # version 19: version 18 with the first loads before __syncthreads
 WOS = "flashcore_hopper_wos"                # version 20: version 6 with O staged in shared memory, whole rows stored
 IO = "flashcore_hopper_io"                  # version 21: version 18 on 9, the item boundary as one more loop iteration
+IOW = "flashcore_hopper_iow"                # version 22: version 21 with one Q buffer, reloaded per warpgroup
 # Every mode and every seeded bug: the bases of the versions (2, 3) and what forward() launches
-# (19, 9; version 6 until bc57c76), and version 21, which rewrites the persistent loop's item
-# boundary (ITEM_OVERLAP) and is not yet measured. The versions measured and left in the registry
+# (19, 9; version 6 until bc57c76), and versions 21 and 22, which rewrite the persistent loop's
+# item boundary (ITEM_OVERLAP). The versions measured and left in the registry
 # unlaunched (MEASURED_ENTRIES) passed this matrix at their own commits and on the device; they
 # share every line of the file with these, so each is held to its full-mode builds here (the
 # matrix grew by 18 compiles per entry, and CI's 20 minutes do not hold them all).
-WS_ENTRIES = [WS, "flashcore_hopper_pp", WOEL, DYN, IO]   # pp: version 3, version 2 with ping-pong turns
+WS_ENTRIES = [WS, "flashcore_hopper_pp", WOEL, DYN, IO, IOW]   # pp: version 3, version 2 with ping-pong turns
 MEASURED_ENTRIES = [OV, PS, OVPP, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO, WOS]
 
 

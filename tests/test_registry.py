@@ -120,6 +120,23 @@ def test_the_sm90a_kernel_is_a_second_entry_compiled_through_the_harness():
         Variant("full", 64, arch="sm_90a", kernel="flashcore_hopper", nwarps=6)
 
 
+def test_item_overlap_entries_size_their_q_buffers_and_boxes():
+    """Versions 21 and 22 (ITEM_OVERLAP): 21 keeps two Q tiles (and two K/V stages at D = 128, so
+    that they fit), 22 one Q tile loaded one warpgroup's 64 rows at a time: its Q map has 64-row
+    boxes and the kernel is told so (Q_BOX_ROWS); every other entry's Q box is its block_m."""
+    from harness.toolchain import tma
+    io = Variant("full", 128, arch="sm_90a", kernel="flashcore_hopper_io")
+    iow = Variant("full", 128, arch="sm_90a", kernel="flashcore_hopper_iow")
+    q, kv = 128 * 128 * 2, 2 * 128 * 128 * 2                    # one Q tile, one K/V stage (bytes)
+    assert (io.kv_stages, io.smem_bytes, io.q_box_rows) == (2, 1024 + 2 * q + 2 * kv, 128)
+    assert (iow.kv_stages, iow.smem_bytes, iow.q_box_rows) == (3, 1024 + q + 3 * kv, 64)
+    assert io.smem_bytes <= 227 * 1024 and iow.smem_bytes <= 227 * 1024
+    assert "Q_BOX_ROWS=64" in iow.defines and not any(d.startswith("Q_BOX_ROWS") for d in io.defines)
+    assert tma.box_rows("Q", iow.q_box_rows, iow.block_n) == 64 and tma.box_rows("K", iow.q_box_rows, iow.block_n) == 128
+    assert Variant("full", 64, arch="sm_90a", kernel="flashcore_hopper_woel").q_box_rows == 128
+    assert Variant("full", 64).q_box_rows == Variant("full", 64).block_m
+
+
 def test_ptxas_wgmma_serialisation_warnings_are_read():
     log = "ptxas info    : Used 168 registers\nptxas warning : (C7513) wgmma.mma_async instructions are serialized"
     assert compiler.parse_ptxas(log)["wgmma_warnings"] == ("C7513",)

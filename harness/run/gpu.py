@@ -104,7 +104,7 @@ def trailing_args(variant: Variant, bufs: dict) -> tuple:
             out.append(tma.null_desc())
             continue
         B, H, S, D = x.shape
-        out.append(tma.encode_bhsd(int(x.data.ptr), B * H, S, D, tma.box_rows(name, variant.block_m, variant.block_n)))
+        out.append(tma.encode_bhsd(int(x.data.ptr), B * H, S, D, tma.box_rows(name, variant.q_box_rows, variant.block_n)))
     if counter.takes_counter(variant.entry):
         out.append(counter.fresh(_cupy()))
     return tuple(out)

@@ -154,9 +154,10 @@ def mapped_buffers(entry) -> tuple:
     return tuple(out)
 
 
-def box_rows(buffer: str, block_m: int, block_n: int) -> int:
-    """A map's box: a Q tile of block_m rows, a K or V tile of block_n."""
-    return block_m if buffer == "Q" else block_n
+def box_rows(buffer: str, q_rows: int, block_n: int) -> int:
+    """A map's box: q_rows rows of Q (the variant's q_box_rows: a whole block_m-row tile, or one
+    warpgroup's 64 rows where the entry loads them apart), block_n of K or V."""
+    return q_rows if buffer == "Q" else block_n
 
 
 def null_desc() -> np.ndarray:

@@ -81,6 +81,11 @@ class Variant:
         return self.entry.derived(self.tiles, self.head_dim)["block_m"]
 
     @property
+    def q_box_rows(self) -> int:
+        """The rows of one TMA box of Q (the entry's q_box_rows; block_m unless it says otherwise)."""
+        return self.entry.derived(self.tiles, self.head_dim)["q_box_rows"]
+
+    @property
     def warp_rows(self) -> int:
         return 16 * self.m_frags
 
