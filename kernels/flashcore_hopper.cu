@@ -56,6 +56,8 @@
 //                 their own once its last Q.K^T retired (version 22, flashcore_hopper_iow; needs
 //                 Q_BOX_ROWS = 64: the host's Q map then has 64-row boxes)
 //   Q_BOX_ROWS    rows of one TMA box of Q (default BLOCK_M; the registry's q_box_rows)
+//   Q_PREFETCH    1: with ITEM_OVERLAP, the producer prefetches the next item's Q into L2 as it
+//                 takes the item, an item before it loads it (flashcore_hopper_iowp)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -220,6 +222,9 @@
 #endif
 #if ITEM_OVERLAP && !TILE_COUNTER
 #error "ITEM_OVERLAP needs PERSISTENT=1 and TILE_COUNTER=1"
+#endif
+#ifndef Q_PREFETCH
+#define Q_PREFETCH 0                        // 1: the producer brings the next item's Q into L2 (version 22)
 #endif
 #ifndef Q_BOX_ROWS
 #define Q_BOX_ROWS (64 * CONSUMER_WGS)      // BLOCK_M: one box per panel
@@ -556,6 +561,15 @@ __device__ __forceinline__ void issue_q_rows(half* sQ, u64* bar_q_wg, const TmaD
         tma_load_3d(sQ + p * BLOCK_M * 64 + wg * 64 * 64, tmQ, bar_q_wg, p * 64, q0 + 64 * wg, bh);
 }
 #endif
+
+// The Q tile at q0 into L2 ahead of its load (Q_PREFETCH): the producer's prefetch, one item
+// early, of the Q that version 22 reloads only once the previous item's last Q.K^T retired.
+__device__ __forceinline__ void prefetch_q_l2(const TmaDesc* tmQ, int q0, int bh) {
+#pragma unroll
+    for (int p = 0; p < PANELS; ++p)
+#pragma unroll
+        for (int r = 0; r < BLOCK_M; r += Q_BOX_ROWS) tma_prefetch_l2_3d(tmQ, p * 64, q0 + r, bh);
+}
 
 // Q and K/V tiles 0 .. KV_STAGES-1 into stages 0 .., each on its own barrier: what thread 0
 // issues before any consumer waits, in version 1 (no producer) and with EARLY_LOADS (version 19).
@@ -1049,6 +1063,9 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 ITEM_TILE(item)
                 if (it == 0) issue_item_q(sQ, bar_q, bar_q_free, item_slot, &tmQ, it, item, q0, bh);
                 const int next = (int)atomicAdd(&tile_counter[0], 1u);
+#if Q_PREFETCH
+                if (next < n_items) prefetch_q_l2(&tmQ, row0 + (next % n_qb) * BLOCK_M, next / n_qb);
+#endif
                 for (int t = 0; t < n_iter; ++t, ++g) {
                     const int slot = g % KV_STAGES;
                     if (g >= KV_STAGES) mbar_wait(&bar_empty[slot], (u32)(g / KV_STAGES - 1) & 1u);

@@ -410,6 +410,12 @@ FLASHCORE_HOPPER_IOW = derived(
     q_box_rows="64",
 )
 
+# Version 22 with the next item's Q brought into L2 by the producer as it takes the item
+# (Q_PREFETCH=1), one item before the reload. Version 22 at b6ef2dcc (results/logs/ab-b6ef2dc-*):
+# 0.91-0.93x version 19 at D = 128, its key loop 3,282 clocks a tile against 2,615 (BLOCK_CLOCKS),
+# the reload's wait from DRAM inside each item's last tile.
+FLASHCORE_HOPPER_IOWP = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowp", ("Q_PREFETCH=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -417,7 +423,8 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_OVST, FLASHCORE_HOPPER_OVST2, FLASHCORE_HOPPER_OVSTI,
                                FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144, FLASHCORE_HOPPER_WO,
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
-                               FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW)}
+                               FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW,
+                               FLASHCORE_HOPPER_IOWP)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -107,6 +107,12 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const TmaDesc* map, u64* 
                  :: "r"(smem_u32(dst)), "l"((u64)map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
                  : "memory");
 }
+// The same box brought into L2 only (no shared memory, no barrier): a later tma_load_3d of it
+// then waits for L2, not DRAM (version 22's Q, reloaded a tile before it is needed).
+__device__ __forceinline__ void tma_prefetch_l2_3d(const TmaDesc* map, int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];"
+                 :: "l"((u64)map), "r"(c0), "r"(c1), "r"(c2) : "memory");
+}
 __device__ __forceinline__ void tma_prefetch_desc(const TmaDesc* map) {
     asm volatile("prefetch.tensormap [%0];" :: "l"((u64)map) : "memory");
 }
