@@ -256,8 +256,11 @@ FLASHCORE_HOPPER_PS = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ps", ("PERS
 # version 4 was launched, in work B*H*Sq*Sk.
 # forward() launched it there from 878c8c6 to bc57c76; version 19 (FLASHCORE_HOPPER_WOEL below),
 # measured faster at every suite shape, has its place (HOPPER_WHEN). (No `not` in the expressions.)
+# Since this commit version 21 (FLASHCORE_HOPPER_IO below) has its D = 64 share (IO_WHEN), and
+# version 19 every D = 128 problem, the short key sweeps included (version 9's before: measured
+# faster only at D = 64).
 HOPPER_WHEN = ("B * H * Sq * Sk >= 4 * 1024 * 1024 and "
-               "(causal == 1 or Sk > 1024 or B * H * Sq * Sk < 64 * 1024 * 1024)")
+               "(D == 128 or causal == 1 or Sk > 2048 or B * H * Sq * Sk < 64 * 1024 * 1024)")
 FLASHCORE_HOPPER_OVPP = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ovpp", ("PINGPONG=1",), PINGPONG_ASSERTS)
 
 # Part 2, version 7 (kernels/NOTES.md): version 6 with the softmax's row max and row sum in four
@@ -288,9 +291,10 @@ FLASHCORE_HOPPER_DS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_ds", ("DE
 # forward() launches it at the short key sweeps of large non-causal problems, where it was
 # measured faster (16,16,1024,64: B*H*Sq*Sk = 256M); version 6 stays at 2048 keys and more (even
 # or faster there) and below 64M (the mission shapes, where version 9 was slower).
-DYN_WHEN = "causal == 0 and Sk <= 1024 and B * H * Sq * Sk >= 64 * 1024 * 1024"
+# forward() launched it there from c79d13c to this commit; version 21 (FLASHCORE_HOPPER_IO below),
+# measured 3.5-6 % faster there, took its place (IO_WHEN).
 FLASHCORE_HOPPER_DYN = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_dyn", ("PERSISTENT=1", "TILE_COUNTER=1"),
-                               product_when=DYN_WHEN, persistent=True, tile_counter=True,
+                               persistent=True, tile_counter=True,
                                trailing_params=FLASHCORE_HOPPER_OVPP.trailing_params + ("counter",))
 
 # Part 2, version 11 (kernels/NOTES.md): version 6 with O's rescale moved into the turn, under
@@ -390,7 +394,14 @@ FLASHCORE_HOPPER_WOS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_wos", ("
 # BLOCK_CLOCKS (kernels/NOTES.md): each block spends 5-10 % of the SMs' time on its prologue and
 # 2-5 % waiting for its first Q, outside the key loop, where cuDNN's persistent kernel has a GEMM
 # in flight. The next Q needs a buffer of its own: at D = 128 two Q tiles and three K/V stages
-# would take 263 KB, so two stages (194,560 bytes); at D = 64 three stages (132,096).
+# would take 263 KB, so two stages (197,632 bytes); at D = 64 three stages (132,096).
+# Measured at f0f41df and b6ef2dc on the H200 in turns (results/logs/ab-f0f41df-*, ab-b6ef2dc-*):
+# at D = 64 1.043 and 1.062x version 19 at 4,16,2048,64 and 16,16,1024,64, 1.034 and 1.061x version
+# 9 (its Q wait and prologue, 11-19 % of the SMs' time there, gone: BLOCK_CLOCKS); at D = 128 0.73-
+# 0.78x (two K/V stages leave the overlap no load in flight), and slower at the mission shapes
+# (12.4-12.5 us against 10.9 at 1,8,512,64). forward() launches it at D = 64 where it was measured
+# faster: the large non-causal problems with up to 2048 keys (IO_WHEN); its 28 GPU tests passed.
+IO_WHEN = "D == 64 and causal == 0 and Sk <= 2048 and B * H * Sq * Sk >= 64 * 1024 * 1024"
 ITEM_OVERLAP_TILES = {64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
                       128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)}
 FLASHCORE_HOPPER_IO = derived(
@@ -398,6 +409,7 @@ FLASHCORE_HOPPER_IO = derived(
     tiles=ITEM_OVERLAP_TILES, small_tiles=ITEM_OVERLAP_TILES,
     # two Q tiles (the modes without the overlapped schedule use one and leave the other idle)
     smem="1024 + 2 * block_m * D * 2 + kv_stages * 2 * block_n * D * 2",
+    product_when=IO_WHEN,
 )
 
 # Part 2, version 22 (kernels/NOTES.md): version 21 with one Q buffer, so that D = 128 keeps three
@@ -410,10 +422,13 @@ FLASHCORE_HOPPER_IOW = derived(
     q_box_rows="64",
 )
 
-# Version 22 with the next item's Q brought into L2 by the producer as it takes the item
-# (Q_PREFETCH=1), one item before the reload. Version 22 at b6ef2dcc (results/logs/ab-b6ef2dc-*):
-# 0.91-0.93x version 19 at D = 128, its key loop 3,282 clocks a tile against 2,615 (BLOCK_CLOCKS),
-# the reload's wait from DRAM inside each item's last tile.
+# Measured at b6ef2dc in turns (results/logs/ab-b6ef2dc-*): 0.927 and 0.907x version 19 at
+# 4,16,2048,128 and 2,16,8192,128, 0.95x version 21 at D = 64; BLOCK_CLOCKS: its key loop 3,282
+# clocks a tile at 4,16,2048,128 against version 19's 2,615. forward() does not launch it.
+# flashcore_hopper_iowp: version 22 with the next item's Q brought into L2 by the producer as it
+# takes the item (Q_PREFETCH=1), an item before the reload, in case the reload's wait was DRAM's.
+# Measured at 67330f6 (results/logs/ab-67330f6-*): the same, 0.915 and 0.901x version 19, 3,303
+# clocks a tile: the wait is not DRAM's. forward() does not launch it.
 FLASHCORE_HOPPER_IOWP = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowp", ("Q_PREFETCH=1",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,

@@ -204,12 +204,13 @@ def test_cuda_graph_capture_and_replay(shape):
     assert torch.equal(o_graph, api.forward(q2, k2, v2, causal=True))
 
 
-# Version 9's shapes (kernels/registry.py DYN_WHEN): a short key sweep of a large non-causal problem
+# The counter kernel's shapes (kernels/registry.py IO_WHEN, version 21; version 9's DYN_WHEN until
+# this commit): a large non-causal D = 64 problem of up to 2048 keys
 DYN = Shape(8, 8, 1100, 1000, 64)   # B*H*Sq*Sk = 70.4M
 
 
 def _dyn_expected(torch, q, k, v):
-    """forward()'s output alone on the device, after checking it launched version 9 (on an H200)
+    """forward()'s output alone on the device, after checking it launched version 21 (on an H200)
     and against float64 attention by SDPA's rule (float64 on the GPU: 64 heads)."""
     from harness.check import metrics as met
     from harness.toolchain.device import require_gpu
@@ -217,7 +218,7 @@ def _dyn_expected(torch, q, k, v):
     kind = api._KINDS[type(q)]
     plan = api._plan(kind, *(kind.meta(x) for x in (q, k, v)), False)
     if require_gpu()["arch"] == "sm_90":
-        assert plan.variant.kernel == "flashcore_hopper_dyn" and plan.ring is not None
+        assert plan.variant.kernel == "flashcore_hopper_io" and plan.ring is not None
     p = torch.softmax((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)
     exact = p @ v.double()
     err_k = (o.double() - exact).abs().max().item()
@@ -236,7 +237,7 @@ def _poison_cache(torch, like, n=16):
 
 
 def test_counter_kernel_calls_on_two_streams_at_once_each_take_all_their_items():
-    """Version 9 takes work items from a counter: forward() gives each call a word of its own, so
+    """Version 21 takes work items from a counter: forward() gives each call a word of its own, so
     calls running at once on two streams never take each other's items. Eight calls alternate
     between two streams with no wait between them; each output must equal, bitwise, its inputs'
     output computed alone (a shared counter would leave some rows unwritten: NaN here)."""

@@ -154,12 +154,14 @@ def test_product_kernel_is_the_measured_fastest_entry_for_the_device_and_shape()
     assert pk("sm_90", 1, 8, 512, 512, 64, False) is registry.FLASHCORE_FUSED        # the mission shape
     assert pk("sm_90", 1, 8, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_WOEL
     assert pk("sm_90", 4, 16, 2048, 2048, 128, True) is registry.FLASHCORE_HOPPER_WOEL
-    # version 9 at the short key sweeps of large non-causal problems, where it was measured faster
-    assert pk("sm_90", 16, 16, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_DYN
+    # version 21 at D = 64 for large non-causal problems of up to 2048 keys, where it was measured faster
+    assert pk("sm_90", 16, 16, 1024, 1024, 64, False) is registry.FLASHCORE_HOPPER_IO
     assert pk("sm_90", 16, 16, 1024, 1024, 64, True) is registry.FLASHCORE_HOPPER_WOEL
-    assert pk("sm_90", 8, 8, 1100, 1000, 64, False) is registry.FLASHCORE_HOPPER_DYN   # tests/test_gpu_api.py's DYN
+    assert pk("sm_90", 8, 8, 1100, 1000, 64, False) is registry.FLASHCORE_HOPPER_IO   # tests/test_gpu_api.py's IO
     assert pk("sm_90", 8, 8, 1024, 1000, 64, False) is registry.FLASHCORE_HOPPER_WOEL  # 65.5M: below 64 Mi
-    assert pk("sm_90", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_HOPPER_WOEL
+    assert pk("sm_90", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_HOPPER_IO
+    assert pk("sm_90", 2, 16, 8192, 8192, 64, False) is registry.FLASHCORE_HOPPER_WOEL  # past 2048 keys: not measured
+    assert pk("sm_90", 16, 16, 1024, 1024, 128, False) is registry.FLASHCORE_HOPPER_WOEL  # D = 128: version 19
     assert pk("sm_90", 2, 16, 8192, 8192, 128, False) is registry.FLASHCORE_HOPPER_WOEL
     assert pk("sm_80", 4, 16, 2048, 2048, 128, False) is registry.FLASHCORE_FUSED     # no wgmma on an A100
     assert pk("sm_89", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_FUSED
@@ -179,8 +181,9 @@ def test_product_conditions_are_disjoint():
             for Sq in sizes:
                 for Sk in sizes:
                     for causal in (0, 1):
-                        names = dict(B=B, H=H, Sq=Sq, Sk=Sk, D=64, causal=causal)
-                        hold = [k.name for k in entries if evaluate(k.product_when, names)]
-                        assert len(hold) <= 1, (names, hold)
-                        held += len(hold)
+                        for D in (64, 128):
+                            names = dict(B=B, H=H, Sq=Sq, Sk=Sk, D=D, causal=causal)
+                            hold = [k.name for k in entries if evaluate(k.product_when, names)]
+                            assert len(hold) <= 1, (names, hold)
+                            held += len(hold)
     assert held > 0
