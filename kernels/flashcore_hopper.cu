@@ -406,7 +406,9 @@ __device__ __forceinline__ half* staging_rows(half* sQ, int wg, int i) {
 // last turn, where a block runs one item), 5 both row halves' l and LSE are done (finish_row),
 // 6 O is stored. Mark 0 also stores the SM's id at [7].
 // A persistent block's items past the BLOCK_ITEMS-th are not marked. Full mode, the overlapped
-// schedule only.
+// schedule only. Version 21 (ITEM_OVERLAP) marks an item's 0, 1 and 2 at one instant, after the
+// previous item's store: its Q wait and prologue ran inside that item's last iteration (the
+// block's first item keeps all three).
 #ifdef BLOCK_CLOCKS
 #if !OVERLAP_SCHEDULE
 #error "BLOCK_CLOCKS marks the overlapped schedule only"

@@ -383,6 +383,20 @@ def test_wide_o_store_stores_o_in_16_bytes_where_it_is_fp16(mode, d, base, wide)
             assert count[wide]["LDS.128"] == count[wide]["STG.E.128"] and count[base]["LDS.128"] == 0, count
 
 
+@pytest.mark.parametrize("entry", [IO, IOW])
+@pytest.mark.parametrize("mode,d", [("full", 64), ("full", 128), ("fp32_p", 64)])
+def test_item_overlap_loop_holds_no_call(mode, d, entry):
+    """Versions 21-22 store each item's O inside the key loop: a subroutine call there (IEEE
+    1/l's slow path) held the loop to the launch's 168 registers and spilled, so their epilogue's
+    1/l is the approximate reciprocal (finish_row<FAST_INV>). No CALL in their SASS, 0 spills; the
+    entries that store O after the loop keep the IEEE division, and its call."""
+    from harness.toolchain.variant import Variant
+    v = Variant(mode, d, False, kernel=entry)
+    assert compiler.compile_check(v).spill_bytes == 0
+    assert not re.search(r"\bCALL\b", _disassemble(compiler.compile_cubin(v)[1]))
+    assert re.search(r"\bCALL\b", _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=DYNWO))[1]))
+
+
 @pytest.mark.parametrize("entry", MEASURED_ENTRIES)
 @pytest.mark.parametrize("mode,d", [("full", 64), ("full", 128), ("fp32_p", 128)])
 def test_measured_entry_compiles_clean(mode, d, entry):
