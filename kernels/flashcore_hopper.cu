@@ -58,6 +58,9 @@
 //   Q_BOX_ROWS    rows of one TMA box of Q (default BLOCK_M; the registry's q_box_rows)
 //   Q_PREFETCH    1: with ITEM_OVERLAP, the producer prefetches the next item's Q into L2 as it
 //                 takes the item, an item before it loads it (flashcore_hopper_iowp)
+//   FAST_INV_EPILOGUE  1: the epilogue's 1/l by the approximate reciprocal (finish_row<true>, which
+//                 version 21 uses inside its loop) instead of IEEE division, whose slow path is a
+//                 call (version 23, flashcore_hopper_woelf)
 //   MBAR_SPIN_LIMIT  polls before a stuck mbarrier wait traps (default 2^21, ~10 s on an H200;
 //                    hopper/ptx.cuh says how it was measured)
 //   -- debug modes (kernels/flashcore_fused.cu, docs/DESIGN.md section 2): each changes only where
@@ -222,6 +225,9 @@
 #endif
 #if ITEM_OVERLAP && !TILE_COUNTER
 #error "ITEM_OVERLAP needs PERSISTENT=1 and TILE_COUNTER=1"
+#endif
+#ifndef FAST_INV_EPILOGUE
+#define FAST_INV_EPILOGUE 0                 // 1: the epilogue's 1/l by MUFU.RCP, as version 21's (version 23)
 #endif
 #ifndef Q_PREFETCH
 #define Q_PREFETCH 0                        // 1: the producer brings the next item's Q into L2 (version 22)
@@ -1155,7 +1161,16 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #if PERSISTENT_SCHEDULE
     // Version 5: the block's work items, one after another. Stage and parity come from the
     // block's running K/V tile count (KV_G), as in the producer's loop.
+#if Q_SPLIT
+    // Version 22 rebuilds sQw (wg's rows) and picks bar_q[wg] at each item boundary inside the
+    // key loop: from warp >> 2, ptxas took both for vector values and built every HGMMA's
+    // descriptors in vector registers, 48 R2UR in the loop against version 21's 16 (b6ef2dc: 3,282
+    // clocks a tile against version 19's 2,615). Shuffled from lane 0 it knows wg warp-uniform (as
+    // DESC_STEP's sQw below).
+    const int wg = __shfl_sync(0xFFFFFFFFu, warp >> 2, 0);
+#else
     const int wg = warp >> 2;                       // this consumer warpgroup
+#endif
     bool stuck = false;
     int kv_base = 0, it = 0;
     // PINGPONG: the turns run on across items (both warpgroups take n_iter + 1 per item), so
@@ -1559,7 +1574,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 
 #if USES_PV
-    store_item<ITEM_OVERLAP_ON>(o, m, l, O, LSE, L_out, sQ, bh, q0, row_base, row0, n_rows, Sq, scale, w, warp, lane, ITEM_IT);
+    store_item<ITEM_OVERLAP_ON || FAST_INV_EPILOGUE>(o, m, l, O, LSE, L_out, sQ, bh, q0, row_base, row0, n_rows, Sq, scale, w, warp, lane, ITEM_IT);
 #endif
     // Version 21 leaves this loop at its top: its key loop ran every item of the block and read
     // the producer's -1 in the next buffer, which the top reads again (the same barrier phase,

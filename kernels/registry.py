@@ -431,6 +431,12 @@ FLASHCORE_HOPPER_IOW = derived(
 # clocks a tile: the wait is not DRAM's. forward() does not launch it.
 FLASHCORE_HOPPER_IOWP = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowp", ("Q_PREFETCH=1",))
 
+# Part 2, version 23 (kernels/NOTES.md): version 19 with the epilogue's 1/l by the approximate
+# reciprocal (FAST_INV_EPILOGUE=1). BLOCK_CLOCKS' seventh mark at f0f41df: version 19's finish_row
+# (l's quad sums, 1/l, logf, the LSE store) takes ~930 clocks a block at D = 64 and ~1,070 at
+# D = 128, 1.9-4.0 % of the SMs' time; version 21's, with MUFU.RCP, 468-620 at D = 64.
+FLASHCORE_HOPPER_WOELF = derived(FLASHCORE_HOPPER_WOEL, "flashcore_hopper_woelf", ("FAST_INV_EPILOGUE=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -439,7 +445,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144, FLASHCORE_HOPPER_WO,
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
                                FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW,
-                               FLASHCORE_HOPPER_IOWP)}
+                               FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
