@@ -325,14 +325,22 @@
 // consumer warp reads the SM clock at PHASE_N points of each key-loop iteration j (tile j's P
 // packed and tile j+1's GEMMs issued, softmax and P.V wait) and stores them, for j < PHASE_TILES,
 // at L_out viewed as u32 [block][warp][j][PHASE_N]: where a warp's time goes, tile by tile, and
-// how the two warpgroups' turns interleave. Only the overlapped non-persistent schedule (the
-// loop below) has the markers; full mode only (it writes no L_out of its own).
+// how the two warpgroups' turns interleave. Only the overlapped schedule (the loop below) has the
+// markers; full mode only (it writes no L_out of its own). A persistent block marks one of its
+// items, its second (PHASE_ITEM: past the first item's cold start, before the last wave), and
+// version 21's boundary iteration (j = -1 once the next item is taken) is not stored.
 #ifdef PHASE_CLOCKS
-#if !OVERLAP_SCHEDULE || PERSISTENT_SCHEDULE
-#error "PHASE_CLOCKS marks the overlapped, non-persistent key loop only"
+#if !OVERLAP_SCHEDULE
+#error "PHASE_CLOCKS marks the overlapped key loop only"
 #endif
 #define PHASE_N 8
 #define PHASE_TILES 64
+#define PHASE_ITEM 1
+#if PERSISTENT_SCHEDULE
+#define PHASE_STORED(j) (it == PHASE_ITEM && (j) >= 0 && (j) < PHASE_TILES)
+#else
+#define PHASE_STORED(j) ((j) < PHASE_TILES)
+#endif
 #define PHASE_MARK(k) asm volatile("mov.u32 %0, %%clock;" : "=r"(ph_clk[k]) :: "memory")
 #define PHASE_SLOT(k) (&ph_clk[k])          // a mark taken inside a callee
 #else
@@ -1407,7 +1415,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             reg_fence(o);
             PHASE_MARK(7);                          // 7: P(j).V(j) has retired
 #ifdef PHASE_CLOCKS
-            if (lane == 0 && j < PHASE_TILES) {
+            if (lane == 0 && PHASE_STORED(j)) {
                 const size_t blk = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
                 unsigned* dst = reinterpret_cast<unsigned*>(L_out) + ((blk * NWARPS + warp) * PHASE_TILES + j) * PHASE_N;
 #pragma unroll

@@ -1,9 +1,10 @@
 """Where a consumer warp's key-loop time goes, tile by tile, read from the SM clock.
 
-Builds the sm_90a kernel's overlapped, non-persistent schedule (default flashcore_hopper_ovpp)
-in full mode with -DPHASE_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer warp
-stores the SM clock at eight points of each key-loop iteration j, into L_out seen as u32
-[block][warp][j][8]. Nsight Compute's sampling says which instructions a warp stalls on; this
+Builds the sm_90a kernel's overlapped schedule (default flashcore_hopper_ovpp) in full mode with
+-DPHASE_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer warp stores the SM clock
+at eight points of each key-loop iteration j, into L_out seen as u32 [block][warp][j][8]. A
+persistent block stores its second item's (PHASE_ITEM); blocks with fewer items are left out.
+Nsight Compute's sampling says which instructions a warp stalls on; this
 says how long each phase lasts, and how the two warpgroups' turns fall against each other.
 
     python scripts/phase_clocks.py 4,16,2048,128 [--kernel flashcore_hopper_ovpp] [--json out.json]
@@ -121,8 +122,17 @@ def launch(shape, kernel: str, define: str, row, dtype):
 
 
 def _run(shape, kernel: str):
-    return launch(shape, kernel, "-DPHASE_CLOCKS=1",
-                  lambda v: None if v.persistent else (PHASE_TILES, PHASE_N), np.uint32)
+    variant, clk, n_iter, err = launch(shape, kernel, "-DPHASE_CLOCKS=1", lambda v: (PHASE_TILES, PHASE_N),
+                                       np.uint32)
+    return variant, marked_blocks(clk), n_iter, err
+
+
+def marked_blocks(clk: np.ndarray) -> np.ndarray:
+    """The blocks that stored marks: a persistent block with no second item stores none."""
+    kept = clk[clk.reshape(clk.shape[0], -1).any(axis=1)]
+    if not len(kept):
+        raise click.UsageError("no block stored marks (a persistent grid with one item per block)")
+    return kept
 
 
 @click.command()

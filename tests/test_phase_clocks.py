@@ -38,6 +38,15 @@ def test_intervals_refuse_a_sweep_too_short_to_read():
         pc.intervals(np.zeros((1, 8, 64, 8), np.uint32), 4)
 
 
+def test_persistent_blocks_without_marks_are_left_out():
+    clk = _clocks(4, 8, 16, np.arange(1, 9))
+    clk[1] = 0                                                 # a block with no second item
+    kept = pc.marked_blocks(clk)
+    assert kept.shape[0] == 3 and (kept == clk[[0, 2, 3]]).all()
+    with pytest.raises(Exception, match="no block stored marks"):
+        pc.marked_blocks(np.zeros_like(clk))
+
+
 def test_phases_are_named_by_where_the_entry_takes_its_turn():
     assert pc.phases_of("flashcore_hopper_ovpp") == pc.PHASES
     assert pc.phases_of("flashcore_hopper_ovst2") == pc.SOFTMAX_TURN_PHASES
@@ -45,7 +54,8 @@ def test_phases_are_named_by_where_the_entry_takes_its_turn():
 
 
 @pytest.mark.parametrize("D,kernel", [(64, "flashcore_hopper_ovpp"), (128, "flashcore_hopper_ovpp"),
-                                      (128, "flashcore_hopper_ovst"), (64, "flashcore_hopper_ovst2")])
+                                      (128, "flashcore_hopper_ovst"), (64, "flashcore_hopper_ovst2"),
+                                      (128, "flashcore_hopper_woel"), (128, "flashcore_hopper_iow")])
 def test_phase_clocks_build_reads_the_clock_eight_times_with_no_spill(D, kernel):
     """Version 14 takes one of its marks inside softmax_in_turn (PHASE_SLOT): still eight."""
     from harness.toolchain import compiler
