@@ -1327,7 +1327,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 ctx.row_base = row_base;
                 ctx.S_out = S_out ? S_out + debug_off : nullptr;
                 ctx.P_in = P_in ? P_in + debug_off : nullptr;
+#if !Q_SPLIT
                 sQw = sQ + Q_BUF(it) * Q_TILE_HALVES + wg * 64 * 64;
+#endif
+                // (version 22's one buffer: sQw stays as it was set, loop-invariant, so ptxas
+                // builds its Q descriptors once, before the loop, as version 19's, and not from a
+                // pointer reassigned here before every Q.K^T: 4 more instructions a k-step)
             }
 #else
         for (; j + 1 < n_iter; ++j) {
