@@ -356,7 +356,13 @@
 // S and O accumulators): 128*PRODUCER_REGS + CONSUMER_THREADS*CONSUMER_REGS <= 65536, multiples
 // of 8 in [24, 256]. At 2 consumer warpgroups: 128*24 + 256*240 = 64512 (FA3's split).
 #ifndef PRODUCER_REGS
+#if ITEM_OVERLAP_ON && CONSUMER_WGS == 2
+// 128*32 + 256*240 = 65536, the consumers' 240 unchanged: version 21's producer, which also takes
+// the items and loads Q, spilled 8 bytes at 24 in its BUG_V_TAIL_COORD build (D = 64)
+#define PRODUCER_REGS 32
+#else
 #define PRODUCER_REGS 24
+#endif
 #endif
 #ifndef CONSUMER_REGS
 #define CONSUMER_REGS (CONSUMER_WGS == 1 ? 256 : CONSUMER_WGS == 2 ? 240 : CONSUMER_WGS == 3 ? 160 : 120)
@@ -1298,13 +1304,21 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         BLOCK_MARK(2);                              // 2: the prologue's softmax is done
         int j = 0;
 #if ITEM_OVERLAP_ON
+        // The boundary iteration leaves the key loop at its end, and the finished item's O is
+        // stored after it, in the pass loop: with the store inside the key loop (b6ef2dc to
+        // 0a17663), ptxas laid its ~600 instructions between the loop's hot paths, and every tile
+        // jumped over them (Nsight Compute: no_instruction stalls at both jumps' targets). O is
+        // then not rescaled in that iteration (alpha 1): it is stored, and zeroed for the next item.
+        int q0_d, bh_d, rb_d, it_d;                 // the finished item's rows, m and l, for its store
+        float m_d[2], l_d[2];
+        for (bool more = true; more;) {             // a pass: the key loop up to the next item boundary
+        bool boundary = false;
         for (;; ++j) {
             // Version 21: at the item's last tile, the next item's tile 0 takes tile j+1's place.
             // Its Q is in the other buffer, its K/V in the ring's next stage; m and l start afresh
             // (so alpha(0) = 0), and this item's m, l and rows are kept for its store below.
-            bool boundary = false;
-            int q0_d = q0, bh_d = bh, rb_d = row_base, it_d = it;
-            float m_d[2] = {m[0], m[1]}, l_d[2] = {l[0], l[1]};
+            q0_d = q0; bh_d = bh; rb_d = row_base; it_d = it;
+            m_d[0] = m[0]; m_d[1] = m[1]; l_d[0] = l[0]; l_d[1] = l[1];
             if (j + 1 == n_iter) {
                 // (this item's bar_q_free arrival was made as its last Q.K^T landed, below)
                 if (!mbar_wait_bounded(&bar_q[Q_BAR(it + 1)], Q_PAR(it + 1))) {
@@ -1436,22 +1450,13 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             warp_arrive(&bar_empty[slot], lane);
 #endif
 #if ITEM_OVERLAP_ON
-            if (boundary) {                         // the finished item's O, then O = 0 for the next
-#ifdef BLOCK_CLOCKS
-                block_put(L_out, 3, block_now(), warp, lane, it_d);   // 3: its last P.V has retired
+            // The boundary's O is stored as it is, after the loop: the rescale below leaves it
+            // (its alpha, the next item's first, is 0; O is zeroed after the store instead).
+#if defined(BUG_RESCALE_AFTER_PV)
+            if (boundary) alpha[0] = alpha[1] = 1.f;        // the bug's late rescale, by tile j's alpha
+#elif !RESCALE_IN_TURN_ON
+            if (boundary) alpha_n[0] = alpha_n[1] = 1.f;
 #endif
-                store_item<true>(o, m_d, l_d, O, LSE, L_out, sQ, bh_d, q0_d, rb_d, row0, n_rows, Sq, scale, w, warp,
-                           lane, it_d);
-#pragma unroll
-                for (int i = 0; i < D_FRAG; ++i)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
-#ifdef BLOCK_CLOCKS
-                // 0, 1, 2 of the next item: its Q wait and prologue ran inside this iteration
-                const BlockMark t_next = block_now();
-                for (int k = 0; k < 3; ++k) block_put(L_out, k, t_next, warp, lane, it);
-#endif
-            }
 #endif
 #ifdef BUG_RESCALE_AFTER_PV
             // BUG_RESCALE_AFTER_PV in this schedule (the plain schedule's glue bug, below): tile j's
@@ -1468,7 +1473,33 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             for (int i = 0; i < N_FRAG; ++i)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[i][e] = s_next[i][e];
+#if ITEM_OVERLAP_ON
+            if (boundary) break;                    // the finished item's store, below
+#endif
         }
+#if ITEM_OVERLAP_ON
+        // (no break out of this loop: the item loop's break made ptxas hold the key loop to the
+        // launch's 168 registers, below)
+        more = boundary && !stuck;                  // else stuck, or the block's last item: its last tile below
+        if (more) {                                 // the finished item's O, then O = 0 for the next
+#ifdef BLOCK_CLOCKS
+            block_put(L_out, 3, block_now(), warp, lane, it_d);   // 3: its last P.V has retired
+#endif
+            store_item<true>(o, m_d, l_d, O, LSE, L_out, sQ, bh_d, q0_d, rb_d, row0, n_rows, Sq, scale, w, warp,
+                             lane, it_d);
+#pragma unroll
+            for (int i = 0; i < D_FRAG; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+#ifdef BLOCK_CLOCKS
+            // 0, 1, 2 of the next item: its Q wait and prologue ran inside this iteration
+            const BlockMark t_next = block_now();
+            for (int k = 0; k < 3; ++k) block_put(L_out, k, t_next, warp, lane, it);
+#endif
+            ++j;                                    // (the key loop's increment, which the break skipped)
+        }
+        }   // the next pass
+#endif
         if (!stuck) {                               // the last tile: P.V with nothing to overlap
 #if PERSISTENT_SCHEDULE && !ITEM_OVERLAP_ON              // (version 21 arrived at the loop's last iteration)
             warp_arrive(&bar_q_free[0], lane);         // every Q.K^T of the item is done: the next Q may load now

@@ -387,7 +387,7 @@ def test_wide_o_store_stores_o_in_16_bytes_where_it_is_fp16(mode, d, base, wide)
 @pytest.mark.parametrize("entry", [IO, IOW])
 @pytest.mark.parametrize("mode,d", [("full", 64), ("full", 128), ("fp32_p", 64)])
 def test_item_overlap_loop_holds_no_call(mode, d, entry):
-    """Versions 21-22 store each item's O inside the key loop: a subroutine call there (IEEE
+    """Versions 21-22 store each item's O inside the item loop, between passes of the key loop: a subroutine call there (IEEE
     1/l's slow path) held the loop to the launch's 168 registers and spilled, so their epilogue's
     1/l is the approximate reciprocal (finish_row<FAST_INV>). No CALL in their SASS, 0 spills; the
     entries that store O after the loop keep the IEEE division, and its call."""
@@ -396,6 +396,47 @@ def test_item_overlap_loop_holds_no_call(mode, d, entry):
     assert compiler.compile_check(v).spill_bytes == 0
     assert not re.search(r"\bCALL\b", _disassemble(compiler.compile_cubin(v)[1]))
     assert re.search(r"\bCALL\b", _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=DYNWO))[1]))
+
+
+def _key_loop(text: str) -> list:
+    """The opcodes of the smallest loop (a backward branch to a label) that holds a tile's
+    GEMMs, Q.K^T's and P.V's HGMMAs (at least 12 at D = 64): the key loop's body as laid out."""
+    label_at, pending, ins = {}, [], []
+    for line in text.splitlines():
+        m = re.match(r"^\s*\.(L_x_\d+):", line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;", line)
+        if m:
+            addr = int(m.group(1), 16)
+            ins.append((addr, m.group(2)))
+            label_at.update((name, addr) for name in pending)
+            pending = []
+    best = None
+    for addr, instr in ins:
+        m = re.search(r"\bBRA\b.*?(L_x_\d+)", instr)
+        if m and label_at.get(m.group(1), addr) < addr:
+            body = [i for a, i in ins if label_at[m.group(1)] <= a <= addr]
+            if sum("HGMMA" in i for i in body) >= 12 and (best is None or len(body) < len(best)):
+                best = body
+    assert best, "no key loop found"
+    return [i.split()[1] if i.startswith("@") else i.split()[0] for i in best]
+
+
+@pytest.mark.parametrize("entry", [IO, IOW])
+@pytest.mark.parametrize("d", [64, 128])
+def test_item_overlap_key_loop_is_as_compact_as_version_19s(d, entry):
+    """Versions 21-22's key loop holds no store of O (the boundary leaves the loop and stores
+    after it: inside, ptxas laid the store between the loop's hot paths) and builds its HGMMA
+    descriptors as version 19's does, in uniform registers: no more R2UR moves than version 19's
+    loop (version 22's from warp >> 2 and a reassigned sQw had three times as many, b6ef2dc)."""
+    from harness.toolchain.variant import Variant
+    loops = {e: _key_loop(_disassemble(compiler.compile_cubin(Variant("full", d, False, kernel=e))[1]))
+             for e in (WOEL, entry)}
+    assert not any(op.startswith("STG") for op in loops[entry]), "O stored inside the key loop"
+    assert loops[entry].count("R2UR") <= loops[WOEL].count("R2UR"), {e: l.count("R2UR") for e, l in loops.items()}
+    assert len(loops[entry]) < 1.5 * len(loops[WOEL]), {e: len(l) for e, l in loops.items()}
 
 
 @pytest.mark.parametrize("entry", MEASURED_ENTRIES)
