@@ -356,17 +356,17 @@
 // S and O accumulators): 128*PRODUCER_REGS + CONSUMER_THREADS*CONSUMER_REGS <= 65536, multiples
 // of 8 in [24, 256]. At 2 consumer warpgroups: 128*24 + 256*240 = 64512 (FA3's split).
 #ifndef PRODUCER_REGS
-#if ITEM_OVERLAP_ON && CONSUMER_WGS == 2
-// 128*32 + 256*240 = 65536, the consumers' 240 unchanged: version 21's producer, which also takes
-// the items and loads Q, spilled 8 bytes at 24 in its BUG_V_TAIL_COORD build (D = 64)
-#define PRODUCER_REGS 32
-#else
 #define PRODUCER_REGS 24
-#endif
 #endif
 #ifndef CONSUMER_REGS
 #define CONSUMER_REGS (CONSUMER_WGS == 1 ? 256 : CONSUMER_WGS == 2 ? 240 : CONSUMER_WGS == 3 ? 160 : 120)
 #endif
+// The pool setmaxnreg redistributes is the block's launch allocation, NTHREADS times the launch
+// bound's registers (65536 / NTHREADS, in multiples of 8: 168 at 384 threads), not the SM's 65536:
+// a split past it leaves the consumers' setmaxnreg.inc waiting forever (5b2a979: 128*32 + 256*240
+// = 65536 > 64512, every launch hung).
+static_assert(128 * PRODUCER_REGS + CONSUMER_THREADS * CONSUMER_REGS <= (65536 / NTHREADS) / 8 * 8 * NTHREADS,
+              "setmaxnreg split exceeds the block's register allocation");
 #endif
 #define PANELS (HEAD_DIM / 64)              // 64-column (128-byte) swizzle panels per tile
 #define N_FRAG (BLOCK_N / 8)                // n8 tiles of S per thread
