@@ -435,6 +435,9 @@ FLASHCORE_HOPPER_IOWP = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowp", (
 # reciprocal (FAST_INV_EPILOGUE=1). BLOCK_CLOCKS' seventh mark at f0f41df: version 19's finish_row
 # (l's quad sums, 1/l, logf, the LSE store) takes ~930 clocks a block at D = 64 and ~1,070 at
 # D = 128, 1.9-4.0 % of the SMs' time; version 21's, with MUFU.RCP, 468-620 at D = 64.
+# Measured at b45363a in turns with version 19 (results/logs/ab-b45363a-woelf-woel-h200.log):
+# 1.010-1.014x at the D = 64 shapes (where forward() launches version 21), 0.996-1.001x at D = 128.
+# forward() does not launch it.
 FLASHCORE_HOPPER_WOELF = derived(FLASHCORE_HOPPER_WOEL, "flashcore_hopper_woelf", ("FAST_INV_EPILOGUE=1",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,

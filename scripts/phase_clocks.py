@@ -4,8 +4,8 @@ Builds the sm_90a kernel's overlapped schedule (default flashcore_hopper_ovpp) i
 -DPHASE_CLOCKS (kernels/flashcore_hopper.cu): lane 0 of every consumer warp stores the SM clock
 at eight points of each key-loop iteration j, into L_out seen as u32 [block][warp][j][8]. A
 persistent block stores its second item's (PHASE_ITEM); blocks with fewer items are left out.
-Nsight Compute's sampling says which instructions a warp stalls on; this
-says how long each phase lasts, and how the two warpgroups' turns fall against each other.
+Nsight Compute's sampling says which instructions a warp stalls on; this says how long each phase
+lasts, and how the two warpgroups' turns fall against each other.
 
     python scripts/phase_clocks.py 4,16,2048,128 [--kernel flashcore_hopper_ovpp] [--json out.json]
 

@@ -387,9 +387,9 @@ def test_wide_o_store_stores_o_in_16_bytes_where_it_is_fp16(mode, d, base, wide)
 @pytest.mark.parametrize("entry", [IO, IOW])
 @pytest.mark.parametrize("mode,d", [("full", 64), ("full", 128), ("fp32_p", 64)])
 def test_item_overlap_loop_holds_no_call(mode, d, entry):
-    """Versions 21-22 store each item's O inside the item loop, between passes of the key loop: a subroutine call there (IEEE
-    1/l's slow path) held the loop to the launch's 168 registers and spilled, so their epilogue's
-    1/l is the approximate reciprocal (finish_row<FAST_INV>). No CALL in their SASS, 0 spills; the
+    """Versions 21-22 store each item's O inside the item loop, between passes of the key loop:
+    a subroutine call there (IEEE 1/l's slow path) held the loop to the launch's 168 registers and
+    spilled, so their epilogue's 1/l is the approximate reciprocal (finish_row<FAST_INV>). No CALL in their SASS, 0 spills; the
     entries that store O after the loop keep the IEEE division, and its call."""
     from harness.toolchain.variant import Variant
     v = Variant(mode, d, False, kernel=entry)
@@ -401,27 +401,28 @@ def test_item_overlap_loop_holds_no_call(mode, d, entry):
 def _key_loop(text: str) -> list:
     """The opcodes of the smallest loop (a backward branch to a label) that holds a tile's
     GEMMs, Q.K^T's and P.V's HGMMAs (at least 12 at D = 64): the key loop's body as laid out."""
-    label_at, pending, ins = {}, [], []
+    from harness.toolchain.sass import _INSTR      # the opcode, past any predicate
+    label_at, pending, ins = {}, [], []             # ins: (address, opcode, the line)
     for line in text.splitlines():
         m = re.match(r"^\s*\.(L_x_\d+):", line)
         if m:
             pending.append(m.group(1))
             continue
-        m = re.match(r"\s*/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;", line)
-        if m:
-            addr = int(m.group(1), 16)
-            ins.append((addr, m.group(2)))
+        op = _INSTR.match(line)
+        if op:
+            addr = int(re.match(r"\s*/\*([0-9a-f]+)\*/", line).group(1), 16)
+            ins.append((addr, op.group(1), line))
             label_at.update((name, addr) for name in pending)
             pending = []
     best = None
-    for addr, instr in ins:
-        m = re.search(r"\bBRA\b.*?(L_x_\d+)", instr)
+    for addr, op, line in ins:
+        m = re.search(r"(L_x_\d+)", line) if op == "BRA" else None
         if m and label_at.get(m.group(1), addr) < addr:
-            body = [i for a, i in ins if label_at[m.group(1)] <= a <= addr]
-            if sum("HGMMA" in i for i in body) >= 12 and (best is None or len(body) < len(best)):
+            body = [o for a, o, _ in ins if label_at[m.group(1)] <= a <= addr]
+            if body.count("HGMMA") >= 12 and (best is None or len(body) < len(best)):
                 best = body
     assert best, "no key loop found"
-    return [i.split()[1] if i.startswith("@") else i.split()[0] for i in best]
+    return best
 
 
 @pytest.mark.parametrize("entry", [IO, IOW])
