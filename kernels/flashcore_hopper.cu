@@ -163,8 +163,8 @@
 #ifndef PINGPONG
 #define PINGPONG 0                          // 1: the two consumer warpgroups take turns at the tensor cores
 #endif
-#if PINGPONG && (CONSUMER_WGS != 2 || !PRODUCER_WG)
-#error "PINGPONG needs two consumer warpgroups and the producer warpgroup"
+#if PINGPONG && (CONSUMER_WGS < 2 || CONSUMER_WGS > 3 || !PRODUCER_WG)
+#error "PINGPONG needs two or three consumer warpgroups and the producer warpgroup"
 #endif
 #ifndef OVERLAP_QK
 #define OVERLAP_QK 0                        // 1: S(j+1) = Q.K(j+1)^T in flight during softmax(j) (version 4)
@@ -479,8 +479,10 @@ __device__ __forceinline__ void block_put(float* L_out, int k, BlockMark t, int 
 // warpgroups' GEMMs alternate, and each one's softmax runs while the other's GEMM is on the
 // tensor cores, instead of both meeting at the exp unit at once (FA3's inter-warpgroup
 // ping-pong). Both warpgroups of a block run the same tiles (n_iter is per block), so each takes
-// the same number of turns; warpgroup 1 grants warpgroup 0 the first turn, and warpgroup 0
-// takes one turn more at the end, so that no barrier is left with arrivals pending.
+// the same number of turns; the last warpgroup grants warpgroup 0 the first turn, and warpgroup 0
+// takes one turn more at the end, so that no barrier is left with arrivals pending. Three
+// consumer warpgroups (version 24) take their turns round robin, 0 -> 1 -> 2 -> 0 (FA3's order at
+// D = 64), so each softmax has two other warpgroups' GEMMs to run beside.
 #define TURN_THREADS 256
 __device__ __forceinline__ void turn_begin(int wg) {
 #if PINGPONG
@@ -491,7 +493,11 @@ __device__ __forceinline__ void turn_begin(int wg) {
 }
 __device__ __forceinline__ void turn_end(int wg) {
 #if PINGPONG
+#if CONSUMER_WGS == 2
     named_bar_arrive(1 + (wg ^ 1), TURN_THREADS);
+#else
+    named_bar_arrive(1 + (wg + 1 == CONSUMER_WGS ? 0 : wg + 1), TURN_THREADS);   // round robin (FA3's)
+#endif
 #else
     (void)wg;
 #endif
@@ -1190,7 +1196,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
     // PINGPONG: the turns run on across items (both warpgroups take n_iter + 1 per item), so
     // warpgroup 0's first turn is granted once, here, and warpgroup 1's last arrival is taken
     // once, after the item loop.
-    if (wg == 1) turn_end(1);
+    if (wg == CONSUMER_WGS - 1) turn_end(CONSUMER_WGS - 1);
 #if TILE_COUNTER
     for (;; ++it, kv_base += n_iter) {
 #ifdef BLOCK_CLOCKS
@@ -1250,7 +1256,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #endif
 #if !PERSISTENT_SCHEDULE
     const int wg = warp >> 2;                       // this consumer warpgroup
-    if (wg == 1) turn_end(1);                       // PINGPONG: warpgroup 0 takes the first turn
+    if (wg == CONSUMER_WGS - 1) turn_end(CONSUMER_WGS - 1);                       // PINGPONG: warpgroup 0 takes the first turn
 #endif
 
 #if PRODUCER_WG && !PERSISTENT_SCHEDULE
@@ -1309,16 +1315,16 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // 0a17663), ptxas laid its ~600 instructions between the loop's hot paths, and every tile
         // jumped over them (Nsight Compute: no_instruction stalls at both jumps' targets). O is
         // then not rescaled in that iteration (alpha 1): it is stored, and zeroed for the next item.
-        int q0_d, bh_d, rb_d, it_d;                 // the finished item's rows, m and l, for its store
-        float m_d[2], l_d[2];
         for (bool more = true; more;) {             // a pass: the key loop up to the next item boundary
         bool boundary = false;
+        // The finished item's rows, m and l, for its store after the pass: set at the boundary
+        // only, and declared in the pass, so that no other iteration holds them live.
+        int q0_d, bh_d, rb_d, it_d;
+        float m_d[2], l_d[2];
         for (;; ++j) {
             // Version 21: at the item's last tile, the next item's tile 0 takes tile j+1's place.
             // Its Q is in the other buffer, its K/V in the ring's next stage; m and l start afresh
             // (so alpha(0) = 0), and this item's m, l and rows are kept for its store below.
-            q0_d = q0; bh_d = bh; rb_d = row_base; it_d = it;
-            m_d[0] = m[0]; m_d[1] = m[1]; l_d[0] = l[0]; l_d[1] = l[1];
             if (j + 1 == n_iter) {
                 // (this item's bar_q_free arrival was made as its last Q.K^T landed, below)
                 if (!mbar_wait_bounded(&bar_q[Q_BAR(it + 1)], Q_PAR(it + 1))) {
@@ -1328,6 +1334,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 const int next = *(volatile int*)&item_slot[(it + 1) % ITEM_SLOTS];
                 if (next < 0) break;                // the block's last tile: P.V alone, after the loop
                 boundary = true;
+                q0_d = q0; bh_d = bh; rb_d = row_base; it_d = it;
+                m_d[0] = m[0]; m_d[1] = m[1]; l_d[0] = l[0]; l_d[1] = l[1];
                 m[0] = m[1] = NEG_INF;
                 l[0] = l[1] = 0.f;
                 ++it;

@@ -440,6 +440,25 @@ FLASHCORE_HOPPER_IOWP = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowp", (
 # forward() does not launch it.
 FLASHCORE_HOPPER_WOELF = derived(FLASHCORE_HOPPER_WOEL, "flashcore_hopper_woelf", ("FAST_INV_EPILOGUE=1",))
 
+# Part 2, version 24 (kernels/NOTES.md): version 21 with three consumer warpgroups (192 query rows)
+# at D = 64, FA3's tile there: the turns go round robin, so one warpgroup's softmax runs beside
+# two others' GEMMs, where at D = 64 a tile's GEMMs are half as long as at D = 128 and a turn of
+# two warpgroups hides half as much of the other softmax (Nsight Compute at 0ab3415: D = 64
+# idles the tensor pipe most). setmaxnreg gives the consumers 160 registers (24 the producer).
+# D = 128 keeps version 21's two warpgroups (three at 160 registers cannot hold O's 64).
+IO3_TILES = {64: dict(m_frags=1, nwarps=12, block_n=128, kv_stages=3),
+             128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)}
+FLASHCORE_HOPPER_IO3 = replace(
+    FLASHCORE_HOPPER_IO, name="flashcore_hopper_io3", tiles=IO3_TILES, small_tiles=IO3_TILES, product_when="",
+    asserts=tuple(a for a in FLASHCORE_HOPPER_IO.asserts if a not in PINGPONG_ASSERTS)
+    + (("nwarps == 8 or nwarps == 12", "the turns take two or three consumer warpgroups"),),
+)
+
+FLASHCORE_HOPPER_DYNWO3 = replace(
+    FLASHCORE_HOPPER_DYNWO, name="flashcore_hopper_dynwo3", tiles=IO3_TILES, small_tiles=IO3_TILES, product_when="",
+    asserts=FLASHCORE_HOPPER_IO3.asserts,
+)
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -448,7 +467,8 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_KV, FLASHCORE_HOPPER_KV144, FLASHCORE_HOPPER_WO,
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
                                FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW,
-                               FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF)}
+                               FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF,
+                               FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_DYNWO3)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
