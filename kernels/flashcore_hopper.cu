@@ -270,6 +270,12 @@
 #define Q_BUFS (ITEM_OVERLAP_ON && !Q_SPLIT ? 2 : 1)
 #define Q_BARS (Q_SPLIT ? CONSUMER_WGS : Q_BUFS)
 #define ITEM_SLOTS (ITEM_OVERLAP_ON ? 2 : 1)       // item k's number in item_slot[k % ITEM_SLOTS]
+// PACK_AT_END=1 (version 24): the overlapped key loop packs P(j+1) at the end of iteration j,
+// after its rescale (the same place in the instruction stream as the next iteration's top), so
+// the back edge carries P's 32 registers instead of S's 64.
+#ifndef PACK_AT_END
+#define PACK_AT_END 0
+#endif
 #if Q_SPLIT
 #define Q_BAR(k) (wg)
 #define Q_PAR(k) ((u32)(k) & 1u)
@@ -1308,6 +1314,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
         // both share registers (with the condition inside, ptxas kept s alive beside s_next and
         // spilled: 80 bytes at D = 128, 128 keys).
         BLOCK_MARK(2);                              // 2: the prologue's softmax is done
+#if PACK_AT_END
+        PFrags f;                                   // P(j), packed at the end of the iteration before
+        pack_p_frags(f, s);
+#endif
         int j = 0;
 #if ITEM_OVERLAP_ON
         // The boundary iteration leaves the key loop at its end, and the finished item's O is
@@ -1370,8 +1380,10 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
             const bool kv_ready = false;            // the wait below polls from the start
 #endif
+#if !PACK_AT_END
             PFrags f;
             pack_p_frags(f, s);
+#endif
             reg_fence(o);                           // the alpha rescale lands before the fence
             PHASE_MARK(1);                          // 1: P(j) packed
             if (!kv_ready && !mbar_wait_bounded(&bar_full[slot_n], parity_n)) {
@@ -1477,10 +1489,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
 #else
             rescale_o(o, alpha_n);
 #endif
+#if PACK_AT_END
+            pack_p_frags(f, s_next);                // P(j+1): the loop carries its 32 halves, not S's 64 floats
+#else
 #pragma unroll
             for (int i = 0; i < N_FRAG; ++i)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[i][e] = s_next[i][e];
+#endif
 #if ITEM_OVERLAP_ON
             if (boundary) break;                    // the finished item's store, below
 #endif
@@ -1520,7 +1536,14 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             if (!mbar_wait_bounded(&bar_full_v[slot], (u32)(KV_G(j) / KV_STAGES) & 1u)) stuck = true;
             if (!stuck) {
 #endif
+#if PACK_AT_END
+            reg_fence(o);                           // the last alpha rescale lands before the fence
+            pv_issue<!SOFTMAX_TURNS_ON>(o, f, sV + slot * KV_TILE_HALVES, wg);
+            wgmma_wait<0>();
+            reg_fence(o);
+#else
             pv_tile<!SOFTMAX_TURNS_ON>(o, s, sV + slot * KV_TILE_HALVES, wg);   // version 14: turns are softmaxes
+#endif
 #if KV_SPLIT
             warp_arrive(&bar_empty_v[slot], lane);
             }

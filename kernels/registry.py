@@ -450,6 +450,7 @@ IO3_TILES = {64: dict(m_frags=1, nwarps=12, block_n=128, kv_stages=3),
              128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)}
 FLASHCORE_HOPPER_IO3 = replace(
     FLASHCORE_HOPPER_IO, name="flashcore_hopper_io3", tiles=IO3_TILES, small_tiles=IO3_TILES, product_when="",
+    tile_defines=FLASHCORE_HOPPER_IO.tile_defines + ("PACK_AT_END=1",),
     asserts=tuple(a for a in FLASHCORE_HOPPER_IO.asserts if a not in PINGPONG_ASSERTS)
     + (("nwarps == 8 or nwarps == 12", "the turns take two or three consumer warpgroups"),),
 )
