@@ -259,8 +259,10 @@ FLASHCORE_HOPPER_PS = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ps", ("PERS
 # Since this commit version 21 (FLASHCORE_HOPPER_IO below) has its D = 64 share (IO_WHEN), and
 # version 19 every D = 128 problem, the short key sweeps included (version 9's before: measured
 # faster only at D = 64).
+# Since 2026-12-04 version 22 (FLASHCORE_HOPPER_IOW below) has the same share at D = 128 (IOW_WHEN),
+# so version 19 keeps the causal problems, the long key sweeps and the smaller problems.
 HOPPER_WHEN = ("B * H * Sq * Sk >= 4 * 1024 * 1024 and "
-               "(D == 128 or causal == 1 or Sk > 2048 or B * H * Sq * Sk < 64 * 1024 * 1024)")
+               "(causal == 1 or Sk > 2048 or B * H * Sq * Sk < 64 * 1024 * 1024)")
 FLASHCORE_HOPPER_OVPP = derived(FLASHCORE_HOPPER_OV, "flashcore_hopper_ovpp", ("PINGPONG=1",), PINGPONG_ASSERTS)
 
 # Part 2, version 7 (kernels/NOTES.md): version 6 with the softmax's row max and row sum in four
@@ -417,14 +419,21 @@ FLASHCORE_HOPPER_IO = derived(
 # 4,16,2048,128, f0f41df: the overlap needs the third stage). Each warpgroup's 64 Q rows are
 # reloaded on a barrier of their own (ITEM_OVERLAP=2) once that warpgroup's last Q.K^T of the item
 # retired, about one key tile before its boundary needs them; the host's Q map has 64-row boxes.
+# Its key loop found and fixed at b45363a, 0a17663 and cff7b6b (kernels/NOTES.md), and the boundary's
+# copies made at the boundary only at 0110267: measured in turns with version 19 at 4,16,2048,128
+# 1.011x (cff7b6b), 1.041x (0110267) and 1.015x (422b6d4); 0.988-0.992x at 2,16,8192,128 and
+# 0.93x at the 1,8,*,64 mission shapes (results/logs/ab-cff7b6b-*, ab-0110267-*, ab-422b6d4-*).
+# forward() launches it at D = 128 where it measured faster: the large non-causal problems of up
+# to 2048 keys (IOW_WHEN, IO_WHEN's bounds).
+IOW_WHEN = "D == 128 and causal == 0 and Sk <= 2048 and B * H * Sq * Sk >= 64 * 1024 * 1024"
 FLASHCORE_HOPPER_IOW = derived(
     FLASHCORE_HOPPER_DYNWO, "flashcore_hopper_iow", ("ITEM_OVERLAP=2", "Q_BOX_ROWS=q_box_rows"),
-    q_box_rows="64",
+    q_box_rows="64", product_when=IOW_WHEN,
 )
 
-# Measured at b6ef2dc in turns (results/logs/ab-b6ef2dc-*): 0.927 and 0.907x version 19 at
-# 4,16,2048,128 and 2,16,8192,128, 0.95x version 21 at D = 64; BLOCK_CLOCKS: its key loop 3,282
-# clocks a tile at 4,16,2048,128 against version 19's 2,615. forward() does not launch it.
+# (Before those fixes, at b6ef2dc in turns (results/logs/ab-b6ef2dc-*): 0.927 and 0.907x version 19
+# at 4,16,2048,128 and 2,16,8192,128, 0.95x version 21 at D = 64; BLOCK_CLOCKS: its key loop 3,282
+# clocks a tile at 4,16,2048,128 against version 19's 2,615.)
 # flashcore_hopper_iowp: version 22 with the next item's Q brought into L2 by the producer as it
 # takes the item (Q_PREFETCH=1), an item before the reload, in case the reload's wait was DRAM's.
 # Measured at 67330f6 (results/logs/ab-67330f6-*): the same, 0.915 and 0.901x version 19, 3,303
@@ -445,7 +454,15 @@ FLASHCORE_HOPPER_WOELF = derived(FLASHCORE_HOPPER_WOEL, "flashcore_hopper_woelf"
 # two others' GEMMs, where at D = 64 a tile's GEMMs are half as long as at D = 128 and a turn of
 # two warpgroups hides half as much of the other softmax (Nsight Compute at 0ab3415: D = 64
 # idles the tensor pipe most). setmaxnreg gives the consumers 160 registers (24 the producer).
-# D = 128 keeps version 21's two warpgroups (three at 160 registers cannot hold O's 64).
+# D = 128 keeps version 21's two warpgroups (three at 160 registers cannot hold O's 64). At 160
+# registers the loop spilled 272 bytes until P was packed at the end of each iteration
+# (PACK_AT_END=1: the back edge carries P's 32 registers, not S's 64); 0 in every build since.
+# Measured at 422b6d4 on the H200 (results/logs/ws-422b6d4-io3-h200.log, ab-422b6d4-io3-io-h200.log):
+# its 28 GPU tests passed; in turns with version 21 0.985x at 4,16,2048,64 and 0.987x at
+# 16,16,1024,64 (192-row items: 12.5 % of the last one idle), 0.988x at D = 128 (the same two
+# warpgroups, PACK_AT_END's cost). Without the item boundary (version 18's _dynwo with three
+# warpgroups, 32 bytes spilled, 0110267) it was 1.005x and 0.968x version 21: the third
+# warpgroup buys what version 21's boundary buys, not more. forward() does not launch it.
 IO3_TILES = {64: dict(m_frags=1, nwarps=12, block_n=128, kv_stages=3),
              128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)}
 FLASHCORE_HOPPER_IO3 = replace(
@@ -453,11 +470,6 @@ FLASHCORE_HOPPER_IO3 = replace(
     tile_defines=FLASHCORE_HOPPER_IO.tile_defines + ("PACK_AT_END=1",),
     asserts=tuple(a for a in FLASHCORE_HOPPER_IO.asserts if a not in PINGPONG_ASSERTS)
     + (("nwarps == 8 or nwarps == 12", "the turns take two or three consumer warpgroups"),),
-)
-
-FLASHCORE_HOPPER_DYNWO3 = replace(
-    FLASHCORE_HOPPER_DYNWO, name="flashcore_hopper_dynwo3", tiles=IO3_TILES, small_tiles=IO3_TILES, product_when="",
-    asserts=FLASHCORE_HOPPER_IO3.asserts,
 )
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
@@ -469,7 +481,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
                                FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW,
                                FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF,
-                               FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_DYNWO3)}
+                               FLASHCORE_HOPPER_IO3)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

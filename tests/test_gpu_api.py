@@ -204,21 +204,23 @@ def test_cuda_graph_capture_and_replay(shape):
     assert torch.equal(o_graph, api.forward(q2, k2, v2, causal=True))
 
 
-# The counter kernel's shapes (kernels/registry.py IO_WHEN, version 21; version 9's DYN_WHEN until
-# this commit): a large non-causal D = 64 problem of up to 2048 keys
+# The counter kernels' shapes: a large non-causal problem of up to 2048 keys, at D = 64 version 21's
+# (kernels/registry.py IO_WHEN), at D = 128 version 22's (IOW_WHEN)
 DYN = Shape(8, 8, 1100, 1000, 64)   # B*H*Sq*Sk = 70.4M
+IOW = Shape(4, 8, 1200, 1900, 128)  # 73.0M
+COUNTER_SHAPES = [(DYN, "flashcore_hopper_io"), (IOW, "flashcore_hopper_iow")]
 
 
-def _dyn_expected(torch, q, k, v):
-    """forward()'s output alone on the device, after checking it launched version 21 (on an H200)
-    and against float64 attention by SDPA's rule (float64 on the GPU: 64 heads)."""
+def _dyn_expected(torch, q, k, v, kernel="flashcore_hopper_io"):
+    """forward()'s output alone on the device, after checking it launched `kernel` (on an H200)
+    and against float64 attention by SDPA's rule (float64 on the GPU)."""
     from harness.check import metrics as met
     from harness.toolchain.device import require_gpu
     o = api.forward(q, k, v)
     kind = api._KINDS[type(q)]
     plan = api._plan(kind, *(kind.meta(x) for x in (q, k, v)), False)
     if require_gpu()["arch"] == "sm_90":
-        assert plan.variant.kernel == "flashcore_hopper_io" and plan.ring is not None
+        assert plan.variant.kernel == kernel and plan.ring is not None
     p = torch.softmax((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)
     exact = p @ v.double()
     err_k = (o.double() - exact).abs().max().item()
@@ -236,14 +238,15 @@ def _poison_cache(torch, like, n=16):
     del junk
 
 
-def test_counter_kernel_calls_on_two_streams_at_once_each_take_all_their_items():
-    """Version 21 takes work items from a counter: forward() gives each call a word of its own, so
+@pytest.mark.parametrize("shape,kernel", COUNTER_SHAPES, ids=["io", "iow"])
+def test_counter_kernel_calls_on_two_streams_at_once_each_take_all_their_items(shape, kernel):
+    """Versions 21 and 22 take work items from a counter: forward() gives each call a word of its own, so
     calls running at once on two streams never take each other's items. Eight calls alternate
     between two streams with no wait between them; each output must equal, bitwise, its inputs'
     output computed alone (a shared counter would leave some rows unwritten: NaN here)."""
     torch = _torch()
-    inputs = [_inputs(torch, DYN) for _ in range(2)]
-    expected = [_dyn_expected(torch, *x) for x in inputs]
+    inputs = [_inputs(torch, shape) for _ in range(2)]
+    expected = [_dyn_expected(torch, *x, kernel=kernel) for x in inputs]
     streams = [torch.cuda.Stream() for _ in range(2)]
     _poison_cache(torch, expected[0])
     for s in streams:

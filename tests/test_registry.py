@@ -161,8 +161,12 @@ def test_product_kernel_is_the_measured_fastest_entry_for_the_device_and_shape()
     assert pk("sm_90", 8, 8, 1024, 1000, 64, False) is registry.FLASHCORE_HOPPER_WOEL  # 65.5M: below 64 Mi
     assert pk("sm_90", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_HOPPER_IO
     assert pk("sm_90", 2, 16, 8192, 8192, 64, False) is registry.FLASHCORE_HOPPER_WOEL  # past 2048 keys: not measured
-    assert pk("sm_90", 16, 16, 1024, 1024, 128, False) is registry.FLASHCORE_HOPPER_WOEL  # D = 128: version 19
-    assert pk("sm_90", 2, 16, 8192, 8192, 128, False) is registry.FLASHCORE_HOPPER_WOEL
+    # version 22 at D = 128 for the same share, where it was measured faster (IOW_WHEN)
+    assert pk("sm_90", 4, 16, 2048, 2048, 128, False) is registry.FLASHCORE_HOPPER_IOW
+    assert pk("sm_90", 16, 16, 1024, 1024, 128, False) is registry.FLASHCORE_HOPPER_IOW
+    assert pk("sm_90", 4, 8, 1200, 1900, 128, False) is registry.FLASHCORE_HOPPER_IOW   # tests/test_gpu_api.py's IOW
+    assert pk("sm_90", 2, 4, 1000, 1300, 128, False) is registry.FLASHCORE_HOPPER_WOEL  # 10.4M: below 64 Mi
+    assert pk("sm_90", 2, 16, 8192, 8192, 128, False) is registry.FLASHCORE_HOPPER_WOEL  # past 2048 keys: 0.99x
     assert pk("sm_80", 4, 16, 2048, 2048, 128, False) is registry.FLASHCORE_FUSED     # no wgmma on an A100
     assert pk("sm_89", 4, 16, 2048, 2048, 64, False) is registry.FLASHCORE_FUSED
     assert registry.FLASHCORE_HOPPER.arch_on("sm_90") == "sm_90a" and registry.FLASHCORE_HOPPER.arch_on("sm_80") is None
