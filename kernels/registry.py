@@ -403,7 +403,9 @@ FLASHCORE_HOPPER_WOS = derived(FLASHCORE_HOPPER_OVPP, "flashcore_hopper_wos", ("
 # 0.78x (two K/V stages leave the overlap no load in flight), and slower at the mission shapes
 # (12.4-12.5 us against 10.9 at 1,8,512,64). forward() launches it at D = 64 where it was measured
 # faster: the large non-causal problems with up to 2048 keys (IO_WHEN); its 28 GPU tests passed.
-IO_WHEN = "D == 64 and causal == 0 and Sk <= 2048 and B * H * Sq * Sk >= 64 * 1024 * 1024"
+# the share of the item-boundary entries (version 21 at D = 64, version 22 at D = 128: IOW_WHEN)
+ITEM_OVERLAP_SHARE = "causal == 0 and Sk <= 2048 and B * H * Sq * Sk >= 64 * 1024 * 1024"
+IO_WHEN = "D == 64 and " + ITEM_OVERLAP_SHARE
 ITEM_OVERLAP_TILES = {64: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=3),
                       128: dict(m_frags=1, nwarps=8, block_n=128, kv_stages=2)}
 FLASHCORE_HOPPER_IO = derived(
@@ -425,7 +427,7 @@ FLASHCORE_HOPPER_IO = derived(
 # 0.93x at the 1,8,*,64 mission shapes (results/logs/ab-cff7b6b-*, ab-0110267-*, ab-422b6d4-*).
 # forward() launches it at D = 128 where it measured faster: the large non-causal problems of up
 # to 2048 keys (IOW_WHEN, IO_WHEN's bounds).
-IOW_WHEN = "D == 128 and causal == 0 and Sk <= 2048 and B * H * Sq * Sk >= 64 * 1024 * 1024"
+IOW_WHEN = "D == 128 and " + ITEM_OVERLAP_SHARE
 FLASHCORE_HOPPER_IOW = derived(
     FLASHCORE_HOPPER_DYNWO, "flashcore_hopper_iow", ("ITEM_OVERLAP=2", "Q_BOX_ROWS=q_box_rows"),
     q_box_rows="64", product_when=IOW_WHEN,
