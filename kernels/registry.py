@@ -474,6 +474,11 @@ FLASHCORE_HOPPER_IO3 = replace(
     + (("nwarps == 8 or nwarps == 12", "the turns take two or three consumer warpgroups"),),
 )
 
+# Part 2, version 25 (kernels/NOTES.md): version 22 with version 24's PACK_AT_END=1 (P packed at the
+# end of each key-loop iteration), where PHASE_CLOCKS at 206fe5f put version 22's "rescale O, copy
+# S" phase at 464 / 430 clocks against version 19's 294 / 352.
+FLASHCORE_HOPPER_IOWK = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowk", ("PACK_AT_END=1",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -483,7 +488,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
                                FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW,
                                FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF,
-                               FLASHCORE_HOPPER_IO3)}
+                               FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_IOWK)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
