@@ -479,6 +479,15 @@ FLASHCORE_HOPPER_IO3 = replace(
 # S" phase at 464 / 430 clocks against version 19's 294 / 352.
 FLASHCORE_HOPPER_IOWK = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowk", ("PACK_AT_END=1",))
 
+# Part 2, version 26 (kernels/NOTES.md): versions 21 and 22 with their key loop's straight path
+# kept short: the bounded mbarrier polls rolled (ROLLED_POLLS=1; unrolled, each wait is 32
+# try_wait/branch pairs) and the item boundary marked unlikely (COLD_BOUNDARY=1). Nsight Compute
+# at 6c13dfc (results/logs/ncu-src-6c13dfc-*): version 21's loop has 865 instructions to cuDNN's
+# 535, and its warps stall for instructions (no_instruction) at the loop head and at the targets of
+# the jumps over the boundary and the unrolled polls.
+FLASHCORE_HOPPER_IOR = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_ior", ("ROLLED_POLLS=1", "COLD_BOUNDARY=1"))
+FLASHCORE_HOPPER_IOWR = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowr", ("ROLLED_POLLS=1", "COLD_BOUNDARY=1"))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -488,7 +497,8 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_DYNWO, FLASHCORE_HOPPER_WOEL,
                                FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW,
                                FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF,
-                               FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_IOWK)}
+                               FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_IOWK,
+                               FLASHCORE_HOPPER_IOR, FLASHCORE_HOPPER_IOWR)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

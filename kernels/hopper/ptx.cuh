@@ -77,6 +77,18 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
     }
 #endif
 }
+// ROLLED_POLLS=1 (version 26): the bounded poll loops stay rolled. Unrolled, ptxas lays out 32
+// try_wait/branch pairs per wait (64 instructions), two of them inside the item-boundary key loop
+// (its K/V and next-Q waits), and every iteration jumps over them (Nsight Compute at 6c13dfc:
+// no_instruction stalls at the jump targets and the loop head).
+#ifndef ROLLED_POLLS
+#define ROLLED_POLLS 0
+#endif
+#if ROLLED_POLLS
+#define POLL_LOOP _Pragma("unroll 1")
+#else
+#define POLL_LOOP
+#endif
 // The same wait without the trap: false once MBAR_SPIN_LIMIT polls have failed (never with
 // MBAR_SPIN_LIMIT 0), and the caller traps where that costs nothing. A `trap` reachable inside
 // a loop whose live values exceed the launch's register count (65536 / NTHREADS) makes ptxas
@@ -86,10 +98,12 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 // register R199). kernels/NOTES.md (part 2, "the 168-register ceiling") has the measurements.
 __device__ __forceinline__ bool mbar_wait_bounded(u64* bar, u32 parity) {
 #if MBAR_SPIN_LIMIT == 0
+    POLL_LOOP
     while (!mbar_try_wait(bar, parity)) {
     }
 #else
     u32 polls = 0;
+    POLL_LOOP
     while (!mbar_try_wait(bar, parity)) {
         if (++polls == MBAR_SPIN_LIMIT) return false;
     }
