@@ -330,8 +330,11 @@
 #if SOFTMAX_TURNS < 0 || SOFTMAX_TURNS > 2 || (SOFTMAX_TURNS == 2 && !OVERLAP_QK)
 #error "SOFTMAX_TURNS is 0, 1, or 2 with OVERLAP_QK=1"
 #endif
-#if ITEM_OVERLAP && (SOFTMAX_TURNS || RESCALE_IN_TURN)
-#error "ITEM_OVERLAP runs version 6's turns (the GEMMs'), with O rescaled after P.V"
+// Version 27: ITEM_OVERLAP with SOFTMAX_TURNS (version 14's turns on version 21): each warpgroup
+// takes one turn per key-loop iteration, the boundary's included, and both warpgroups run the
+// same items, so the turns stay paired.
+#if ITEM_OVERLAP && RESCALE_IN_TURN
+#error "ITEM_OVERLAP rescales O after P.V"
 #endif
 #define SOFTMAX_TURNS_ON (SOFTMAX_TURNS && PINGPONG && USES_QK && USES_PV)
 #if defined(BUG_RESCALE_AFTER_PV)

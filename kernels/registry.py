@@ -488,6 +488,15 @@ FLASHCORE_HOPPER_IOWK = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowk", (
 FLASHCORE_HOPPER_IOR = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_ior", ("ROLLED_POLLS=1", "COLD_BOUNDARY=1"))
 FLASHCORE_HOPPER_IOWR = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowr", ("ROLLED_POLLS=1", "COLD_BOUNDARY=1"))
 
+# Part 2, version 27 (kernels/NOTES.md): version 21 with version 14's turns, the softmax in the
+# turn and the GEMMs issued outside it (SOFTMAX_TURNS=1; =2: the row max before the turn), the
+# order of cuDNN's D = 64 loop. Nsight Compute at 6c13dfc (results/logs/ncu-src-6c13dfc-*): at
+# 4,16,2048,64 version 21's softmax, pack and rescale take ~12 % more warp samples than cuDNN's
+# turn and row max for the same instructions; its exp2s wait on one another (MUFU `wait` 2,198
+# samples against cuDNN's 70), where the two warpgroups' softmaxes share the SMSPs.
+FLASHCORE_HOPPER_IOST = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iost", ("SOFTMAX_TURNS=1",))
+FLASHCORE_HOPPER_IOST2 = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iost2", ("SOFTMAX_TURNS=2",))
+
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -498,7 +507,8 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_WOS, FLASHCORE_HOPPER_IO, FLASHCORE_HOPPER_IOW,
                                FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF,
                                FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_IOWK,
-                               FLASHCORE_HOPPER_IOR, FLASHCORE_HOPPER_IOWR)}
+                               FLASHCORE_HOPPER_IOR, FLASHCORE_HOPPER_IOWR,
+                               FLASHCORE_HOPPER_IOST, FLASHCORE_HOPPER_IOST2)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
