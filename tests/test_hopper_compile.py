@@ -336,6 +336,12 @@ WOEL = "flashcore_hopper_woel"              # version 19: version 18 with the fi
 WOS = "flashcore_hopper_wos"                # version 20: version 6 with O staged in shared memory, whole rows stored
 IO = "flashcore_hopper_io"                  # version 21: version 18 on 9, the item boundary as one more loop iteration
 IOW = "flashcore_hopper_iow"                # version 22: version 21 with one Q buffer, reloaded per warpgroup
+IO3 = "flashcore_hopper_io3"                # version 24: version 21 with three consumer warpgroups at D = 64
+IOWK = "flashcore_hopper_iowk"              # version 25: version 22 with P packed at the end of each iteration
+IOR = "flashcore_hopper_ior"                # version 26: version 21 with rolled polls and a cold boundary
+IOWR = "flashcore_hopper_iowr"              # version 26 on version 22
+IOST = "flashcore_hopper_iost"              # version 27: version 21 with version 14's softmax turns
+IOST2 = "flashcore_hopper_iost2"            # version 27, the row max before the turn
 # Every mode and every seeded bug: the bases of the versions (2, 3) and what forward() launches
 # (19, 9; version 6 until bc57c76), and versions 21 and 22, which rewrite the persistent loop's
 # item boundary (ITEM_OVERLAP). The versions measured and left in the registry
@@ -343,7 +349,8 @@ IOW = "flashcore_hopper_iow"                # version 22: version 21 with one Q 
 # share every line of the file with these, so each is held to its full-mode builds here (the
 # matrix grew by 18 compiles per entry, and CI's 20 minutes do not hold them all).
 WS_ENTRIES = [WS, "flashcore_hopper_pp", WOEL, DYN, IO, IOW]   # pp: version 3, version 2 with ping-pong turns
-MEASURED_ENTRIES = [OV, PS, OVPP, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO, WOS]
+MEASURED_ENTRIES = [OV, PS, OVPP, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO, WOS,
+                    IO3, IOWK, IOR, IOWR, IOST, IOST2]
 
 
 @pytest.mark.parametrize("mode,d,causal", [("full", 128, False), ("full", 64, True), ("qk_only", 64, False),
@@ -438,6 +445,23 @@ def test_item_overlap_key_loop_is_as_compact_as_version_19s(d, entry):
     assert not any(op.startswith("STG") for op in loops[entry]), "O stored inside the key loop"
     assert loops[entry].count("R2UR") <= loops[WOEL].count("R2UR"), {e: l.count("R2UR") for e, l in loops.items()}
     assert len(loops[entry]) < 1.5 * len(loops[WOEL]), {e: len(l) for e, l in loops.items()}
+
+
+@pytest.mark.parametrize("base,rolled", [(IO, IOR), (IOW, IOWR)])
+@pytest.mark.parametrize("d", [64, 128])
+def test_version_26_key_loop_holds_no_unrolled_poll(d, base, rolled):
+    """ROLLED_POLLS: each bounded mbarrier wait in the key loop is one try_wait and its branches,
+    where ptxas unrolled it 32 times (versions 21-22: the K/V and next-Q waits, 64 SYNCS in the
+    loop at 6c13dfc); so the rolled loop has a handful of SYNCS and is over 100 instructions shorter."""
+    from harness.toolchain import sass
+    from harness.toolchain.variant import Variant
+    if not sass.disassembler():
+        pytest.skip("no nvdisasm/cuobjdump")
+    loops = {e: _key_loop(_disassemble(compiler.compile_cubin(Variant("full", d, False, kernel=e))[1]))
+             for e in (base, rolled)}
+    syncs = {e: loop.count("SYNCS") for e, loop in loops.items()}
+    assert syncs[base] >= 64 and syncs[rolled] <= 8, syncs
+    assert len(loops[rolled]) <= len(loops[base]) - 100, {e: len(loop) for e, loop in loops.items()}
 
 
 @pytest.mark.parametrize("entry", MEASURED_ENTRIES)
@@ -790,11 +814,12 @@ def _turn_contents(entry, mode, d):
 
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("mode", ["full", "fp32_p"])
-@pytest.mark.parametrize("entry", [OVST, OVST2, OVSTI])
+@pytest.mark.parametrize("entry", [OVST, OVST2, OVSTI, IOST, IOST2])
 def test_version_14_turns_hold_each_tile_softmax_and_no_gemm(entry, mode, d):
     """SOFTMAX_TURNS on the overlapped schedule: two turns in the code (the prologue tile's and the
     loop's), each holding one tile's exp2s (BLOCK_N / 2 scores per thread and the two alphas) and
-    no HGMMA; with SOFTMAX_TURNS=2 the row max (FMNMX) lies before the turn, with =1 inside it."""
+    no HGMMA; with SOFTMAX_TURNS=2 the row max (FMNMX) lies before the turn, with =1 inside it.
+    Version 27 is the same on version 21's loop, whose item boundary is one more iteration of it."""
     from harness.toolchain import sass
     from harness.toolchain.variant import Variant
     if not sass.disassembler():
@@ -803,7 +828,7 @@ def test_version_14_turns_hold_each_tile_softmax_and_no_gemm(entry, mode, d):
     got = [t for t in _turn_contents(entry, mode, d) if t != (0, 0, 0)]
     assert len(got) == 2, got
     assert all(ex2 == v.block_n // 2 + 2 and hgmma == 0 for ex2, hgmma, _ in got), got
-    if entry == OVST2:
+    if entry in (OVST2, IOST2):
         assert all(fmnmx == 0 for *_, fmnmx in got), got
     else:
         assert all(fmnmx > 0 for *_, fmnmx in got), got
