@@ -279,7 +279,8 @@
 #ifndef PACK_UNDER_PV
 #define PACK_UNDER_PV 0
 #endif
-#if PACK_UNDER_PV && (!PACK_AT_END || ITEM_OVERLAP || KV_SPLIT || SOFTMAX_TURNS || RESCALE_IN_TURN || !PINGPONG)
+// (its loop takes no PHASE_CLOCKS marks)
+#if PACK_UNDER_PV && (!PACK_AT_END || ITEM_OVERLAP || KV_SPLIT || SOFTMAX_TURNS || RESCALE_IN_TURN || KV_PROBE_EARLY || !PINGPONG)
 #error "PACK_UNDER_PV (version 28) is version 19's loop with PACK_AT_END=1"
 #endif
 // COLD_BOUNDARY=1 (version 26): the item boundary, one iteration of an item's n_iter, marked
@@ -1418,7 +1419,12 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             reg_fence(o);
             keep_p_frags(fc);
             warp_arrive(&bar_empty[slot], lane);
+#ifdef BUG_RESCALE_AFTER_PV
+            rescale_o(o, alpha);                    // the seeded bug as the loop below has it
+            alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];
+#else
             rescale_o(o, alpha_n);
+#endif
         };
         while (j + 1 < n_iter) {
             step(f, g);
