@@ -283,18 +283,6 @@
 #if PACK_UNDER_PV && (!PACK_AT_END || ITEM_OVERLAP || KV_SPLIT || SOFTMAX_TURNS || RESCALE_IN_TURN || KV_PROBE_EARLY || !PINGPONG)
 #error "PACK_UNDER_PV (version 28) is version 19's loop with PACK_AT_END=1"
 #endif
-// COLD_BOUNDARY=1 (version 26): the item boundary, one iteration of an item's n_iter, marked
-// unlikely (__builtin_expect), so that the compiler may lay it out of the key loop's straight
-// path (Nsight Compute at 6c13dfc: its ~160 instructions sit between the loop head and the K/V
-// wait, and every iteration branches over them).
-#ifndef COLD_BOUNDARY
-#define COLD_BOUNDARY 0
-#endif
-#if COLD_BOUNDARY
-#define BOUNDARY_EXPECT(c) __builtin_expect((c), 0)
-#else
-#define BOUNDARY_EXPECT(c) (c)
-#endif
 #if Q_SPLIT
 #define Q_BAR(k) (wg)
 #define Q_PAR(k) ((u32)(k) & 1u)
@@ -1357,7 +1345,7 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             // Version 21: at the item's last tile, the next item's tile 0 takes tile j+1's place.
             // Its Q is in the other buffer, its K/V in the ring's next stage; m and l start afresh
             // (so alpha(0) = 0), and this item's m, l and rows are kept for its store below.
-            if (BOUNDARY_EXPECT(j + 1 == n_iter)) {
+            if (j + 1 == n_iter) {
                 // (this item's bar_q_free arrival was made as its last Q.K^T landed, below)
                 if (!mbar_wait_bounded(&bar_q[Q_BAR(it + 1)], Q_PAR(it + 1))) {
                     stuck = true;
