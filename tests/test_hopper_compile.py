@@ -477,19 +477,8 @@ def test_version_28_packs_p_under_pv_among_the_exp2s(mode, d):
     assert res.spill_bytes == 0 and not res.wgmma_warnings, res
     if not sass.disassembler():
         pytest.skip("no nvdisasm/cuobjdump")
-    packs = {}
-    for e in (WOEL, WOELU):
-        lines = _disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=e))[1]).splitlines()
-        under, inside = [], False
-        for line in lines:
-            if "DEPBAR.LE gsb0, 0x1" in line:
-                inside, n = True, 0
-            elif "DEPBAR.LE gsb0, 0x0" in line and inside:
-                under.append(n)
-                inside = False
-            elif inside and "F2FP" in line:
-                n += 1
-        packs[e] = under
+    packs = {e: _under_pv(_disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=e))[1]), "F2FP")
+             for e in (WOEL, WOELU)}
     per_tile = (v.block_n // 16) * 4 * (2 if mode == "fp32_p" else 1)
     assert packs[WOEL] == [0], packs
     assert len(packs[WOELU]) == 2 and all(n >= per_tile for n in packs[WOELU]), packs
@@ -593,20 +582,31 @@ def test_overlap_schedule_waits_for_qk_before_pv(mode, d):
     assert "DEPBAR.LE gsb0, 0x1" not in qk
 
 
+def _under_pv(text: str, opcode: str) -> list:
+    """For each `DEPBAR.LE gsb0, 0x1` of a disassembly (S(j+1) landed, P(j).V(j) still in flight),
+    how many `opcode` instructions lie between it and the next `DEPBAR.LE gsb0, 0x0`."""
+    counts, n = [], None
+    for l in text.splitlines():
+        if "DEPBAR.LE gsb0, 0x1" in l:
+            if n is not None:                   # a window left open: one count per 0x1 wait
+                counts.append(n)
+            n = 0
+        elif n is not None and "DEPBAR.LE gsb0, 0x0" in l:
+            counts.append(n)
+            n = None
+        elif n is not None:
+            n += opcode in l
+    return counts + ([n] if n is not None else [])
+
+
 def _ex2_under_pv(text: str):
     """(MUFU.EX2 between the loop's `DEPBAR.LE gsb0, 0x1` and the next `DEPBAR.LE gsb0, 0x0`, every
     MUFU.EX2 of the kernel, how many 0x1 waits) of a disassembly."""
-    lines = text.splitlines()
-    ones = [i for i, l in enumerate(lines) if "DEPBAR.LE gsb0, 0x1" in l]
-    total = sum("MUFU.EX2" in l for l in lines)
-    if len(ones) != 1:
-        return 0, total, len(ones)
-    between = 0
-    for l in lines[ones[0] + 1:]:
-        if "DEPBAR.LE gsb0, 0x0" in l:
-            break
-        between += "MUFU.EX2" in l
-    return between, total, 1
+    windows = _under_pv(text, "MUFU.EX2")
+    total = sum("MUFU.EX2" in l for l in text.splitlines())
+    if len(windows) != 1:
+        return 0, total, len(windows)
+    return windows[0], total, 1
 
 
 @pytest.mark.parametrize("entry", [OV, PS, OVPP, ILP, DS, DYN, RT, OVST, OVST2, OVSTI, KV, KV144])
