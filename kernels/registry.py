@@ -503,13 +503,6 @@ FLASHCORE_HOPPER_IOST2 = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iost2", 
 # packed under P(j).V(j), among the exp2s, as cuDNN's D = 64 loop packs (Nsight Compute at 6c13dfc).
 FLASHCORE_HOPPER_WOELU = derived(FLASHCORE_HOPPER_WOEL, "flashcore_hopper_woelu", ("PACK_AT_END=1", "PACK_UNDER_PV=1"))
 
-# Part 2, version 29 (kernels/NOTES.md): version 21 with every 4th (8th) exp2 of a row taken on the
-# FMA pipe by a polynomial (EXP2_EMU, common/softmax.cuh), FlashAttention-4's lever: Nsight Compute
-# at 6c13dfc shows version 21's D = 64 exp2s waiting on one another (MUFU `wait` 2,230 samples
-# against cuDNN's 106) and cuDNN's interleaving other work between them.
-FLASHCORE_HOPPER_IOE4 = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_ioe4", ("EXP2_EMU=4",))
-FLASHCORE_HOPPER_IOE8 = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_ioe8", ("EXP2_EMU=8",))
-
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -521,8 +514,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF,
                                FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_IOWK,
                                FLASHCORE_HOPPER_IOR, FLASHCORE_HOPPER_IOWR,
-                               FLASHCORE_HOPPER_IOST, FLASHCORE_HOPPER_IOST2, FLASHCORE_HOPPER_WOELU,
-                               FLASHCORE_HOPPER_IOE4, FLASHCORE_HOPPER_IOE8)}
+                               FLASHCORE_HOPPER_IOST, FLASHCORE_HOPPER_IOST2, FLASHCORE_HOPPER_WOELU)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

@@ -25,31 +25,6 @@
 #ifndef SOFTMAX_ILP
 #define SOFTMAX_ILP 1
 #endif
-// EXP2_EMU = k > 0: every k-th score of a row half takes its exp2 from poly_exp2 on the FMA pipe
-// instead of MUFU.EX2 (FlashAttention-4's lever on Blackwell). At D = 64 on Hopper, a tile's 64
-// exp2s per thread keep the SMSP's MUFU busy (8 cycles each) about as long as the tile's two GEMMs
-// keep the tensor cores, and Nsight Compute at 6c13dfc shows the sm_90a kernel's exp2s waiting on
-// one another (kernels/NOTES.md, version 29). 0 (the default): every exp2 on MUFU.
-#ifndef EXP2_EMU
-#define EXP2_EMU 0
-#endif
-// 2^x for x <= 0 (and -inf) in FFMAs: x = r + f with r = round(x) (the 1.5 * 2^23 shift: no F2I,
-// which runs on MUFU's pipe), 2^f on [-1/2, 1/2] by a degree-3 fit of the relative error
-// (max 7.5e-5, below fp16's half ulp 2.4e-4; tests/test_exp2_emu.py runs this arithmetic in
-// float32), and r added to its exponent field. x is clamped at -126: -inf gives 2^-126, which
-// FTZ reads as 0 and fp16 rounds to 0.
-#define EXP2_EMU_C0 0.9999280571937561f
-#define EXP2_EMU_C1 0.6932609677314758f
-#define EXP2_EMU_C2 0.2426111251115799f
-#define EXP2_EMU_C3 0.05517164617776871f
-__device__ __forceinline__ float poly_exp2(float x) {
-    x = fmaxf(x, -126.f);
-    const float t = __fadd_rn(x, 12582912.f);      // round to nearest: r in t's low mantissa bits
-    const float r = __fadd_rn(t, -12582912.f);
-    const float f = __fadd_rn(x, -r);
-    const float p = fmaf(fmaf(fmaf(EXP2_EMU_C3, f, EXP2_EMU_C2), f, EXP2_EMU_C1), f, EXP2_EMU_C0);
-    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));   // one LEA
-}
 // The update in two halves per row half h, so that a caller can put a barrier between the row
 // max and the exp2s (the sm_90a kernel's SOFTMAX_TURNS=2, kernels/flashcore_hopper.cu): the max of
 // tile and running max, then P, the sums and alpha from it. softmax_update runs the two per h in
@@ -89,9 +64,7 @@ __device__ __forceinline__ void softmax_exp(float (&s)[NF][4], float (&m)[2], fl
     for (int nt = 0; nt < NF; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-            const float x = fmaf(s[nt][2 * h + e], sl2, -ms);
-            const float p = (EXP2_EMU > 0 && (2 * nt + e) % (EXP2_EMU > 0 ? EXP2_EMU : 1) == EXP2_EMU - 1)
-                                ? poly_exp2(x) : fast_exp2(x);
+            const float p = fast_exp2(fmaf(s[nt][2 * h + e], sl2, -ms));
             s[nt][2 * h + e] = p;
             sumk[(2 * nt + e) % SOFTMAX_ILP] += p;
         }
