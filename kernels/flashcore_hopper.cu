@@ -276,13 +276,6 @@
 #ifndef PACK_AT_END
 #define PACK_AT_END 0
 #endif
-#ifndef PACK_UNDER_PV
-#define PACK_UNDER_PV 0
-#endif
-// (its loop takes no PHASE_CLOCKS marks)
-#if PACK_UNDER_PV && (!PACK_AT_END || ITEM_OVERLAP || KV_SPLIT || SOFTMAX_TURNS || RESCALE_IN_TURN || KV_PROBE_EARLY || !PINGPONG)
-#error "PACK_UNDER_PV (version 28) is version 19's loop with PACK_AT_END=1"
-#endif
 #if Q_SPLIT
 #define Q_BAR(k) (wg)
 #define Q_PAR(k) ((u32)(k) & 1u)
@@ -1376,57 +1369,6 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
                 // builds its Q descriptors once, before the loop, as version 19's, and not from a
                 // pointer reassigned here before every Q.K^T: 4 more instructions a k-step)
             }
-#elif PACK_UNDER_PV
-        // Version 28 (a compile probe, kernels/NOTES.md): the key loop unrolled by two, with two P
-        // fragment sets, so that P(j+1) is packed right after its softmax, into the set that P(j).V(j)
-        // does not read, while P(j).V(j) is in flight, and the F2FPs can sit among the exp2s (cuDNN's
-        // order; FA3's packs after the wait, as PACK_AT_END does). f is P(j)'s set, g the other.
-        PFrags g;
-        bool last_in_g = false;
-        auto step = [&](PFrags& fc, PFrags& fn) {
-            const int slot = KV_G(j) % KV_STAGES, slot_n = KV_G(j + 1) % KV_STAGES;
-            const u32 parity_n = (u32)(KV_G(j + 1) / KV_STAGES) & 1u;
-            reg_fence(o);
-            if (!mbar_wait_bounded(&bar_full[slot_n], parity_n)) {
-                stuck = true;
-                return;
-            }
-            float s_next[N_FRAG][4];
-            turn_begin(wg);
-            qk_issue<false>(s_next, sQw, sK + slot_n * KV_TILE_HALVES, wg);
-            pv_issue<false>(o, fc, sV + slot * KV_TILE_HALVES, wg);
-            turn_end(wg);
-            wgmma_wait<1>();
-            reg_fence(s_next);
-            mask_scores(s_next, j + 1, ctx);
-            float alpha_n[2];
-            softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
-            pack_p_frags(fn, s_next);               // P(j+1), under P(j).V(j)
-            hold_wait_below(l[0], l[1], &wait_pin);
-            wgmma_wait<0>();
-            reg_fence(o);
-            keep_p_frags(fc);
-            warp_arrive(&bar_empty[slot], lane);
-#ifdef BUG_RESCALE_AFTER_PV
-            rescale_o(o, alpha);                    // the seeded bug as the loop below has it
-            alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];
-#else
-            rescale_o(o, alpha_n);
-#endif
-        };
-        while (j + 1 < n_iter) {
-            step(f, g);
-            ++j;
-            if (stuck || j + 1 >= n_iter) {
-                last_in_g = true;
-                break;
-            }
-            step(g, f);
-            ++j;
-            if (stuck) break;
-        }
-        if (last_in_g) f = g;                       // no wgmma in flight here
-        for (; false;) {                            // (the loop below is not this build's)
 #else
         for (; j + 1 < n_iter; ++j) {
 #endif

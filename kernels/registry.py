@@ -498,11 +498,6 @@ FLASHCORE_HOPPER_IOWR = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowr", (
 FLASHCORE_HOPPER_IOST = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iost", ("SOFTMAX_TURNS=1",))
 FLASHCORE_HOPPER_IOST2 = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iost2", ("SOFTMAX_TURNS=2",))
 
-# Part 2, version 28 (kernels/NOTES.md), a compile probe, not measured: version 19 with its key loop
-# unrolled by two and two P fragment sets (PACK_UNDER_PV=1 on PACK_AT_END=1), so that P(j+1) is
-# packed under P(j).V(j), among the exp2s, as cuDNN's D = 64 loop packs (Nsight Compute at 6c13dfc).
-FLASHCORE_HOPPER_WOELU = derived(FLASHCORE_HOPPER_WOEL, "flashcore_hopper_woelu", ("PACK_AT_END=1", "PACK_UNDER_PV=1"))
-
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
                                FLASHCORE_HOPPER_ILP, FLASHCORE_HOPPER_DS, FLASHCORE_HOPPER_DYN,
@@ -514,7 +509,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_IOWP, FLASHCORE_HOPPER_WOELF,
                                FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_IOWK,
                                FLASHCORE_HOPPER_IOR, FLASHCORE_HOPPER_IOWR,
-                               FLASHCORE_HOPPER_IOST, FLASHCORE_HOPPER_IOST2, FLASHCORE_HOPPER_WOELU)}
+                               FLASHCORE_HOPPER_IOST, FLASHCORE_HOPPER_IOST2)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.

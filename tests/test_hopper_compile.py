@@ -342,7 +342,6 @@ IOR = "flashcore_hopper_ior"                # version 26: version 21 with rolled
 IOWR = "flashcore_hopper_iowr"              # version 26 on version 22
 IOST = "flashcore_hopper_iost"              # version 27: version 21 with version 14's softmax turns
 IOST2 = "flashcore_hopper_iost2"            # version 27, the row max before the turn
-WOELU = "flashcore_hopper_woelu"            # version 28: version 19 unrolled by two, P packed under P.V
 # Every mode and every seeded bug: the bases of the versions (2, 3) and what forward() launches
 # (19, 9; version 6 until bc57c76), and versions 21 and 22, which rewrite the persistent loop's
 # item boundary (ITEM_OVERLAP). The versions measured and left in the registry
@@ -351,7 +350,7 @@ WOELU = "flashcore_hopper_woelu"            # version 28: version 19 unrolled by
 # matrix grew by 18 compiles per entry, and CI's 20 minutes do not hold them all).
 WS_ENTRIES = [WS, "flashcore_hopper_pp", WOEL, DYN, IO, IOW]   # pp: version 3, version 2 with ping-pong turns
 MEASURED_ENTRIES = [OV, PS, OVPP, ILP, DS, RT, KP, ST, OVST, OVST2, OVSTI, KV, WO, DYNWO, WOS,
-                    IO3, IOWK, IOR, IOWR, IOST, IOST2, WOELU]
+                    IO3, IOWK, IOR, IOWR, IOST, IOST2]
 
 
 @pytest.mark.parametrize("mode,d,causal", [("full", 128, False), ("full", 64, True), ("qk_only", 64, False),
@@ -463,25 +462,6 @@ def test_version_26_key_loop_holds_no_unrolled_poll(d, base, rolled):
     syncs = {e: loop.count("SYNCS") for e, loop in loops.items()}
     assert syncs[base] >= 64 and syncs[rolled] <= 8, syncs
     assert len(loops[rolled]) <= len(loops[base]) - 100, {e: len(loop) for e, loop in loops.items()}
-
-
-@pytest.mark.parametrize("mode,d", [("full", 64), ("full", 128), ("fp32_p", 64)])
-def test_version_28_packs_p_under_pv_among_the_exp2s(mode, d):
-    """PACK_UNDER_PV: the key loop, unrolled by two, packs P(j+1) between `DEPBAR.LE gsb0, 0x1` and
-    `DEPBAR.LE gsb0, 0x0`, that is, while P(j).V(j) runs, with the F2FPs among the exp2s, and ptxas
-    does not serialise the wgmmas for it (no C7513, 0 spills). Version 19 packs after the wait."""
-    from harness.toolchain import sass
-    from harness.toolchain.variant import Variant
-    v = Variant(mode, d, False, kernel=WOELU)
-    res = compiler.compile_check(v)
-    assert res.spill_bytes == 0 and not res.wgmma_warnings, res
-    if not sass.disassembler():
-        pytest.skip("no nvdisasm/cuobjdump")
-    packs = {e: _under_pv(_disassemble(compiler.compile_cubin(Variant(mode, d, False, kernel=e))[1]), "F2FP")
-             for e in (WOEL, WOELU)}
-    per_tile = (v.block_n // 16) * 4 * (2 if mode == "fp32_p" else 1)
-    assert packs[WOEL] == [0], packs
-    assert len(packs[WOELU]) == 2 and all(n >= per_tile for n in packs[WOELU]), packs
 
 
 @pytest.mark.parametrize("entry", MEASURED_ENTRIES)
