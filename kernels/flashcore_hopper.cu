@@ -325,6 +325,19 @@
 #error "ITEM_OVERLAP rescales O after P.V"
 #endif
 #define SOFTMAX_TURNS_ON (SOFTMAX_TURNS && PINGPONG && USES_QK && USES_PV)
+// Version 30 (kernels/NOTES.md): MID_WAIT=1 waits for P(j).V(j) between the two row halves of
+// softmax(j+1), after row half 0's exp2s instead of after both, so that O's 32 rescale FMULs (and,
+// with PACK_AT_END, P(j+1)'s F2FPs) are free to issue among row half 1's exp2s, as cuDNN's turn has
+// them, instead of in a serial tail after the last one. P(j).V(j) was issued right after
+// Q.K(j+1)^T, so it has had the mask, the row max and 32 exp2s' time to retire.
+#ifndef MID_WAIT
+#define MID_WAIT 0
+#endif
+#if defined(BUG_RESCALE_AFTER_PV)
+#define MID_WAIT_ON 0                       // the seeded bug keeps its own rescale order
+#else
+#define MID_WAIT_ON (MID_WAIT && !SOFTMAX_TURNS_ON && !RESCALE_IN_TURN)
+#endif
 #if defined(BUG_RESCALE_AFTER_PV)
 #define RESCALE_IN_TURN_ON 0                // the seeded bug keeps its own rescale order
 #else
@@ -1448,13 +1461,36 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             reg_fence(s_next);                      // (softmax_in_turn holds the wait below its sums)
             PHASE_MARK(6);                          // 6 (version 14): the softmax done, the turn handed on
 #else
+#if MID_WAIT_ON
+            // Version 30: row half 0's max and exp2s, then the wait (held below their sum), then
+            // row half 1's, which do not read O: ptxas may issue them before the wait is answered.
+            softmax_exp(s_next, m, l, alpha_n, softmax_row_max(s_next, m, 0, false), 0, ctx.sl2);
+            hold_wait_below(l[0], alpha_n[0], &wait_pin);
+            PHASE_MARK(6);                          // 6: row half 0 of tile j+1 is done
+#else
             softmax_update(s_next, m, l, alpha_n, ctx.sl2, false);
             reg_fence(s_next);
             hold_wait_below(l[0], l[1], &wait_pin);
             PHASE_MARK(6);                          // 6: the softmax of tile j+1 is done
 #endif
+#endif
             wgmma_wait<0>();
             reg_fence(o);
+#if MID_WAIT_ON
+            // O's row half 0 rescaled first in the source, ptxas's tie-break, so that its FMULs
+            // fill the MUFU issue gaps of row half 1's exp2s (which read sl2 through O: below the
+            // wait; the row max is free to run above it). At a boundary O is kept (alpha 1).
+            {
+                const float sl2_1 = after_wait(ctx.sl2, o[0][0]);
+#if ITEM_OVERLAP_ON
+                rescale_o_half(o, boundary ? 1.f : alpha_n[0], 0);
+#else
+                rescale_o_half(o, alpha_n[0], 0);
+#endif
+                softmax_exp(s_next, m, l, alpha_n, softmax_row_max(s_next, m, 1, false), 1, sl2_1);
+            }
+            reg_fence(s_next);
+#endif
             PHASE_MARK(7);                          // 7: P(j).V(j) has retired
 #ifdef PHASE_CLOCKS
             if (lane == 0 && PHASE_STORED(j)) {
@@ -1489,6 +1525,8 @@ flashcore_fwd(const half* __restrict__ Q, const half* __restrict__ K, const half
             alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];
 #elif RESCALE_IN_TURN_ON
             alpha[0] = alpha_n[0]; alpha[1] = alpha_n[1];   // applied in the next turn (or before the last P.V)
+#elif MID_WAIT_ON
+            rescale_o_half(o, alpha_n[1], 1);       // (row half 0 was rescaled under row half 1's exp2s)
 #else
             rescale_o(o, alpha_n);
 #endif

@@ -91,4 +91,14 @@ __device__ __forceinline__ void rescale_o(float (&o)[DF][4], const float (&alpha
     }
 }
 
+// O_acc *= a on row half h only: the halves apart, so that a caller can rescale one half while the
+// other half's exp2s still run (the sm_90a kernel's MID_WAIT, version 30).
+template <int DF>
+__device__ __forceinline__ void rescale_o_half(float (&o)[DF][4], float a, int h) {
+#pragma unroll
+    for (int i = 0; i < DF; ++i) {
+        o[i][2 * h] *= a; o[i][2 * h + 1] *= a;
+    }
+}
+
 #endif  // FLASHCORE_COMMON_SOFTMAX_CUH

@@ -181,6 +181,17 @@ __device__ __forceinline__ void hold_wait_below(float a, float b, float* scratch
                  :: "r"(smem_u32(scratch)), "f"(a), "f"(b) : "memory");
 }
 
+// x, made to depend on dep for ptxas: an FFMA x + dep*0 it cannot fold (dep*0 is NaN for an
+// infinite or NaN dep, so the product is not 0 to it). With dep a wgmma accumulator read after
+// wgmma_wait, whatever reads the result issues below that wait: the way to keep code below a
+// WARPGROUP.DEPBAR that ptxas would otherwise issue above it (version 30, MID_WAIT). For a finite
+// dep the value is x exactly; an O that is already inf or NaN makes it NaN, as the output is.
+__device__ __forceinline__ float after_wait(float x, float dep) {
+    float r;
+    asm volatile("fma.rn.f32 %0, %1, 0f00000000, %2;" : "=f"(r) : "f"(dep), "f"(x));
+    return r;
+}
+
 // A compiler-only fence on one register: the asm "rewrites" it, so (a) reads of a wgmma result
 // cannot be hoisted above the wgmma_wait that precedes this fence, and (b) ordinary writes to an
 // accumulator / A register are materialised before the wgmma_fence that follows it (otherwise
