@@ -498,18 +498,15 @@ FLASHCORE_HOPPER_IOWR = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowr", (
 FLASHCORE_HOPPER_IOST = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iost", ("SOFTMAX_TURNS=1",))
 FLASHCORE_HOPPER_IOST2 = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iost2", ("SOFTMAX_TURNS=2",))
 
-# Part 2, version 30 (kernels/NOTES.md): versions 21 and 22 with the wait for P(j).V(j) between the
-# two row halves of softmax(j+1) (MID_WAIT=1), after row half 0's exp2s: O's rescale FMULs are free
-# to issue among row half 1's exp2s instead of in a serial tail after the last one, as in cuDNN's
-# turn. In the SASS at D = 128, 32 of the 64 FMULs sit between MUFU.EX2s (none before); at D = 64
-# ptxas still issues the 32 after the last one, and only the wait moved.
+# Part 2, version 30 (kernels/NOTES.md): version 21 with the wait for P(j).V(j) between the two
+# row halves of softmax(j+1) (MID_WAIT=1), after row half 0's exp2s, where version 21 waits after
+# both: row half 1's exp2s issue below the wait (hopper/ptx.cuh after_wait) and O's rescale after
+# it. Measured at 0595a08 on an H100 in turns with version 21 (results/logs/ab-0595a08-iom-io-h100.log,
+# ab-0595a08-iom-iowm-12rounds-h100.log): 1.011 and 1.032x at 4,16,2048,64, 1.035 and 1.020x at
+# 16,16,1024,64. On version 22 (D = 128, `_iowm`) it measured even (0.989, 1.006x at
+# 4,16,2048,128; 0.966x at 2,16,8192,128), and version 8's stepped descriptors on versions 21 and
+# 22 (`_iod`, `_iowd`) 0.950-1.015x: those three entries were taken out after (kernels/NOTES.md).
 FLASHCORE_HOPPER_IOM = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iom", ("MID_WAIT=1",))
-FLASHCORE_HOPPER_IOWM = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowm", ("MID_WAIT=1",))
-# Version 8's stepped descriptors (DESC_STEP=1) on versions 21 and 22: Nsight Compute at 6c13dfc
-# counts ~6.5 M more uniform ops (ULOP3/USHF/ULEA) in version 21 than in cuDNN at 4,16,2048,64;
-# the key loop's uniform ops fall from 92 to 62 at D = 64 and from 117 to 87 at D = 128.
-FLASHCORE_HOPPER_IOD = derived(FLASHCORE_HOPPER_IO, "flashcore_hopper_iod", ("DESC_STEP=1",))
-FLASHCORE_HOPPER_IOWD = derived(FLASHCORE_HOPPER_IOW, "flashcore_hopper_iowd", ("DESC_STEP=1",))
 
 KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPPER_WS, FLASHCORE_HOPPER_PP,
                                FLASHCORE_HOPPER_OV, FLASHCORE_HOPPER_PS, FLASHCORE_HOPPER_OVPP,
@@ -523,8 +520,7 @@ KERNELS = {k.name: k for k in (FLASHCORE_FUSED, FLASHCORE_HOPPER, FLASHCORE_HOPP
                                FLASHCORE_HOPPER_IO3, FLASHCORE_HOPPER_IOWK,
                                FLASHCORE_HOPPER_IOR, FLASHCORE_HOPPER_IOWR,
                                FLASHCORE_HOPPER_IOST, FLASHCORE_HOPPER_IOST2,
-                               FLASHCORE_HOPPER_IOM, FLASHCORE_HOPPER_IOWM,
-                               FLASHCORE_HOPPER_IOD, FLASHCORE_HOPPER_IOWD)}
+                               FLASHCORE_HOPPER_IOM)}
 DEFAULT = FLASHCORE_FUSED
 # The registry kernel in use, for this process and the workers it starts (they inherit the
 # environment): `--kernel NAME` sets it (cli.py), as $FLASHCORE_KERNEL sets the source file.
